@@ -88,13 +88,22 @@ define_macros = [
     ("UDM_FAST_CUDA_REASON", '"' + CUDA_REASON.replace('"', "'") + '"'),
     ("UDM_FAST_BUILT_WITH_TORCH", '"' + torch.__version__ + '"'),
 ]
+def _pip_cuda_include_dirs():
+    """Header folders of the pip CUDA wheels (nvidia/*/include): a bare toolkit may lack cuSPARSE etc."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted({d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "include"))})
+
+
 if WITH_CUDA:
     cu_sources = sorted(glob.glob("kernels/**/*.cu", recursive=True))
     define_macros.append(("UDM_FAST_WITH_CUDA", "1"))
     ext = cpp_extension.CUDAExtension(
         "udm_fast._C",
         cpp_sources + cu_sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=[os.path.join(ROOT, "csrc")] + _pip_cuda_include_dirs(),
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
     )

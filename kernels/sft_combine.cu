@@ -2,8 +2,9 @@
 // Grid-stride loops over the flat (layout-checked) operands, float math.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "elementwise.h"
@@ -41,7 +42,10 @@ constexpr int kThreads = 256;
 
 int blocks_for(int64_t n) {
   const int64_t wanted = (n + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t cap = static_cast<int64_t>(sms) * 32;
   return static_cast<int>(std::max<int64_t>(1, std::min(wanted, cap)));
 }
 
@@ -57,7 +61,7 @@ at::Tensor sft_combine_cuda(const at::Tensor& x_in, const at::Tensor& gamma_in, 
   at::Tensor out = at::empty_like(x);
   const int64_t n = x.numel();
   if (n == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "sft_combine_cuda", [&] {
     sft_combine_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
@@ -79,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> sft_combine_backward_cuda(const at::Tensor& g
   at::Tensor grad_gamma = at::empty_like(x);
   const int64_t n = x.numel();
   if (n == 0) return {grad_x, grad_gamma};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "sft_combine_backward_cuda", [&] {
     sft_combine_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
         grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
