@@ -4,3 +4,4 @@ from .layers import IDA, SFT, SFTResBlock
 
 __version__ = "0.1.0"
 __all__ = ["IDA", "SFT", "SFTResBlock", "build_info", "get_backend", "set_backend"]
+from .entropy_bottleneck import EntropyBottleneck

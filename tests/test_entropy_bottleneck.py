@@ -1,0 +1,172 @@
+"""udm_fast.EntropyBottleneck against compressai's EntropyBottleneck (the reference)."""
+import numpy as np
+import pytest
+import torch
+
+compressai_eb = pytest.importorskip("compressai.entropy_models")
+from compressai._CXX import pmf_to_quantized_cdf as reference_pmf_to_cdf  # noqa: E402
+from compressai.models.utils import update_registered_buffers  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from udm_fast.entropy_bottleneck import EntropyBottleneck, pmf_to_quantized_cdf  # noqa: E402
+
+TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
+
+
+def _perturbed_pair(channels, seed=0, filters=(3, 3, 3, 3)):
+    """A compressai EB with non-default random weights and ours loaded from it."""
+    torch.manual_seed(seed)
+    reference = compressai_eb.EntropyBottleneck(channels, filters=filters)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        # Per-channel spreads from narrow to wide, so the tables vary in length.
+        reference.quantiles.copy_(torch.stack([
+            torch.linspace(-3, -40, channels), torch.linspace(-0.4, 0.4, channels),
+            torch.linspace(2.5, 35, channels)], dim=1)[:, None, :])
+    ours = EntropyBottleneck(channels, filters=filters)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def _inputs(shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = 6 * torch.randn(shape, generator=g)
+    x.view(-1)[::17] *= 40  # far tails: likelihoods at the lower bound
+    return x
+
+
+def test_same_seed_same_initialisation():
+    torch.manual_seed(3)
+    reference = compressai_eb.EntropyBottleneck(7)
+    torch.manual_seed(3)
+    ours = EntropyBottleneck(7)
+    ref_state, our_state = reference.state_dict(), ours.state_dict()
+    assert list(ref_state) == list(our_state)
+    for key in ref_state:
+        assert ref_state[key].dtype == our_state[key].dtype, key
+        torch.testing.assert_close(our_state[key], ref_state[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (3, 6, 4, 5), (2, 6, 3)])
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_and_gradients_match_compressai(shape, training):
+    reference, ours = _perturbed_pair(6)
+    x = _inputs(shape)
+    outputs = []
+    for module in (reference, ours):
+        module.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(11)  # same noise draw in training mode
+        y_hat, likelihoods = module(xi, training=training)
+        objective = -torch.log2(likelihoods).sum() + (y_hat ** 2).sum() + module.loss()
+        objective.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+        outputs.append((y_hat.detach(), likelihoods.detach(), module.loss().detach(), xi.grad, grads))
+    (ry, rl, rloss, rgx, rgrads), (oy, ol, oloss, ogx, ograds) = outputs
+    assert oy.shape == ol.shape == x.shape
+    assert (ol == 1e-9).any(), "test data should reach the likelihood bound"
+    torch.testing.assert_close(oy, ry, rtol=0, atol=0)
+    torch.testing.assert_close(ol, rl, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(oloss, rloss)
+    torch.testing.assert_close(ogx, rgx, rtol=1e-5, atol=1e-6)
+    assert rgrads.keys() == ograds.keys()
+    for name in rgrads:
+        torch.testing.assert_close(ograds[name], rgrads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_forward_uses_module_mode_by_default():
+    _, ours = _perturbed_pair(4)
+    x = _inputs((3, 4, 2, 2))
+    ours.eval()
+    y_eval, _ = ours(x)
+    medians = ours._get_medians().detach().reshape(1, 4, 1, 1)
+    torch.testing.assert_close(y_eval, torch.round(x - medians) + medians, rtol=0, atol=0)
+    ours.train()
+    y_train, _ = ours(x)
+    assert (y_train - x).abs().max() <= 0.5 and not torch.equal(y_train, y_eval)
+
+
+def test_likelihoods_float32_under_autocast():
+    _, ours = _perturbed_pair(4)
+    x = _inputs((2, 4, 3, 3))
+    expected_y, expected_l = ours(x, training=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_hat, likelihoods = ours(x, training=False)
+    assert likelihoods.dtype == torch.float32 and y_hat.dtype == torch.float32
+    torch.testing.assert_close(likelihoods, expected_l, rtol=0, atol=0)
+    y_half, l_half = ours(x.to(torch.bfloat16), training=False)
+    assert y_half.dtype == torch.bfloat16 and l_half.dtype == torch.float32
+
+
+def test_rejects_wrong_channel_count():
+    with pytest.raises(ValueError, match="expected input"):
+        EntropyBottleneck(4)(torch.zeros(2, 3, 5, 5))
+
+
+@pytest.mark.parametrize("filters", [(3, 3, 3, 3), (2, 5)])
+def test_update_tables_identical(filters):
+    reference, ours = _perturbed_pair(9, seed=5, filters=filters)
+    assert reference.update(force=True) and ours.update(force=True)
+    for name in TABLES:
+        ref, got = getattr(reference, name), getattr(ours, name)
+        assert got.dtype == torch.int32 and got.shape == ref.shape, name
+        assert torch.equal(got, ref), name
+    assert not ours.update()  # tables exist: no-op without force
+
+
+def test_update_quantiles_matches_compressai():
+    reference, ours = _perturbed_pair(3, seed=2)
+    reference.update(force=True, update_quantiles=True)
+    ours.update(force=True, update_quantiles=True)
+    torch.testing.assert_close(ours.quantiles, reference.quantiles, rtol=0, atol=0)
+    for name in TABLES:
+        assert torch.equal(getattr(ours, name), getattr(reference, name)), name
+
+
+def test_state_dict_round_trip_both_directions():
+    reference, _ = _perturbed_pair(5, seed=7)
+    reference.update(force=True)
+    # compressai -> ours: plain load_state_dict resizes the table buffers.
+    ours = EntropyBottleneck(5)
+    ours.load_state_dict(reference.state_dict())
+    for key, value in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    # ours -> a fresh compressai module, loaded the way compressai models do it.
+    ours.update(force=True)
+    back = compressai_eb.EntropyBottleneck(5)
+    state = {"eb." + k: v for k, v in ours.state_dict().items()}
+    update_registered_buffers(back, "eb", list(TABLES), state)
+    back.load_state_dict(ours.state_dict())
+    for key, value in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_state_dict_without_likelihood_bound():
+    reference = compressai_eb.EntropyBottleneck(3, likelihood_bound=0)
+    ours = EntropyBottleneck(3, likelihood_bound=0)
+    assert reference.state_dict().keys() == ours.state_dict().keys()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_pmf_quantization_matches_compressai(data):
+    n = data.draw(st.integers(2, 70))
+    # Many tiny masses force the zero-frequency repair; a few large ones act as donors.
+    exponents = data.draw(st.lists(st.floats(-30, 0), min_size=n, max_size=n))
+    pmf = np.float32(2.0) ** np.asarray(exponents, dtype=np.float32)
+    pmf = (pmf / pmf.sum()).astype(np.float32)
+    expected = np.asarray(reference_pmf_to_cdf(pmf.tolist(), 16), dtype=np.int64)
+    got = pmf_to_quantized_cdf(pmf)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+    assert got[-1] == 65536 and np.all(np.diff(got) > 0)
+
+
+def test_pmf_quantization_rejects_bad_pmfs():
+    with pytest.raises(ValueError, match="negative"):
+        pmf_to_quantized_cdf(np.array([0.5, -0.1, 0.6], dtype=np.float32))
+    with pytest.raises(ValueError, match="at least 2"):
+        pmf_to_quantized_cdf(np.array([1.0], dtype=np.float32))
+    with pytest.raises(ValueError, match="at most 65536"):
+        pmf_to_quantized_cdf(np.full(70000, 1 / 70000, dtype=np.float32))

@@ -1,0 +1,289 @@
+"""Factorized-prior entropy bottleneck, a drop-in for compressai's ``EntropyBottleneck``.
+
+Parameters, buffers and their names match compressai >= 1.2, so state dicts load in both
+directions (the coder tables ``_quantized_cdf``/``_offset``/``_cdf_length`` are resized on
+load). ``update()`` builds the quantized CDF tables with compressai's exact algorithm
+(``pmf_to_quantized_cdf``), so the tables, and therefore the bitstreams, are identical.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CDF_PRECISION = 16  # bits of the quantized CDFs; the rANS coders are built for this value
+
+
+class _LowerBoundFunction(torch.autograd.Function):
+    """max(x, bound); the gradient passes where x >= bound or where it pushes x upwards."""
+
+    @staticmethod
+    def forward(ctx, x, bound):
+        ctx.save_for_backward(x, bound)
+        return torch.max(x, bound)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, bound = ctx.saved_tensors
+        passes = (x >= bound) | (grad_output < 0)
+        return passes * grad_output, None
+
+
+class LowerBound(nn.Module):
+    """Lower bound with a straight-through gradient towards the bound (buffer ``bound`` [1])."""
+
+    def __init__(self, bound: float):
+        super().__init__()
+        self.register_buffer("bound", torch.tensor([float(bound)]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _LowerBoundFunction.apply(x, self.bound.to(x.dtype))
+
+
+def pmf_to_quantized_cdf(pmf: np.ndarray, precision: int = CDF_PRECISION) -> np.ndarray:
+    """Quantizes one pmf (float32 [n], tail bin last) to an int32 CDF [n + 1] ending at 2**precision.
+
+    Same result as compressai's C++ ``pmf_to_quantized_cdf``: round-half-away counts, rescale
+    by the integer total, force the last entry to 2**precision, then give every zero-frequency
+    bin one count stolen from the bin with the smallest frequency above one (lowest index wins).
+    """
+    pmf = np.asarray(pmf, dtype=np.float32)
+    if pmf.ndim != 1 or pmf.size < 2:
+        raise ValueError(f"pmf must be 1-D with at least 2 entries, got shape {pmf.shape}")
+    if pmf.size > 1 << precision:
+        raise ValueError(f"pmf has {pmf.size} bins; at most {1 << precision} fit {precision}-bit frequencies")
+    if not np.all(np.isfinite(pmf)) or np.any(pmf < 0):
+        raise ValueError("pmf has negative or non-finite entries")
+    scale = 1 << precision
+    scaled = pmf.astype(np.float64) * scale  # exact: float32 times a power of two
+    counts = np.floor(scaled + 0.5).astype(np.uint64)  # half away from zero (values are >= 0)
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("pmf sums to zero after quantization")
+    freqs = (np.uint64(scale) * counts) // np.uint64(total)
+    cdf = np.concatenate(([0], np.cumsum(freqs))).astype(np.int64)
+    cdf[-1] = scale
+    freqs = np.diff(cdf)
+    for i in np.flatnonzero(freqs == 0):
+        # A repair changes only bins i and the donor, so the zero set is known up front.
+        candidates = np.where(freqs > 1, freqs, np.iinfo(np.int64).max)
+        donor = int(np.argmin(candidates))  # exists: n <= 2**precision bins share 2**precision
+        freqs[donor] -= 1
+        freqs[i] = 1
+    return np.concatenate(([0], np.cumsum(freqs))).astype(np.int32)
+
+
+class EntropyBottleneck(nn.Module):
+    """Entropy bottleneck (Balle et al. 2018) with compressai's parameters, defaults and tables.
+
+    Args:
+        channels: number of channels C.
+        likelihood_bound: lower bound applied to the likelihoods (<= 0 disables it).
+        entropy_coder: only ``None``/``"ans"`` (compressai's rANS bitstream) is supported.
+        entropy_coder_precision: must be 16.
+        tail_mass, init_scale, filters: as in compressai.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        likelihood_bound: float = 1e-9,
+        entropy_coder: str | None = None,
+        entropy_coder_precision: int = CDF_PRECISION,
+        *,
+        tail_mass: float = 1e-9,
+        init_scale: float = 10,
+        filters: Tuple[int, ...] = (3, 3, 3, 3),
+    ):
+        super().__init__()
+        if entropy_coder not in (None, "ans"):
+            raise ValueError(f"entropy_coder {entropy_coder!r} is not supported (only 'ans')")
+        if int(entropy_coder_precision) != CDF_PRECISION:
+            raise ValueError(f"entropy_coder_precision must be {CDF_PRECISION}, got {entropy_coder_precision}")
+        if int(channels) <= 0:
+            raise ValueError(f"channels must be positive, got {channels}")
+        self.entropy_coder = "ans"
+        self.entropy_coder_precision = CDF_PRECISION
+        self.channels = int(channels)
+        self.filters = tuple(int(f) for f in filters)
+        self.init_scale = float(init_scale)
+        self.tail_mass = float(tail_mass)
+
+        self.use_likelihood_bound = likelihood_bound > 0
+        if self.use_likelihood_bound:
+            self.likelihood_lower_bound = LowerBound(likelihood_bound)
+        # Coder tables, filled by update() (or loaded from a state dict).
+        self.register_buffer("_offset", torch.IntTensor())
+        self.register_buffer("_quantized_cdf", torch.IntTensor())
+        self.register_buffer("_cdf_length", torch.IntTensor())
+
+        widths = (1,) + self.filters + (1,)
+        scale = self.init_scale ** (1 / (len(self.filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        # Same creation order as compressai, so the same RNG seed gives the same biases.
+        for i in range(len(self.filters) + 1):
+            matrix = torch.empty(self.channels, widths[i + 1], widths[i])
+            matrix.fill_(float(np.log(np.expm1(1 / scale / widths[i + 1]))))
+            self.matrices.append(nn.Parameter(matrix))
+            bias = torch.empty(self.channels, widths[i + 1], 1)
+            nn.init.uniform_(bias, -0.5, 0.5)
+            self.biases.append(nn.Parameter(bias))
+            if i < len(self.filters):
+                self.factors.append(nn.Parameter(torch.zeros(self.channels, widths[i + 1], 1)))
+
+        self.quantiles = nn.Parameter(
+            torch.tensor([-self.init_scale, 0.0, self.init_scale]).repeat(self.channels, 1, 1))
+        target = math.log(2 / self.tail_mass - 1)
+        self.register_buffer("target", torch.tensor([-target, 0.0, target]))
+
+    # -- coder tables ---------------------------------------------------------------------
+    @property
+    def offset(self) -> Tensor:
+        return self._offset
+
+    @property
+    def quantized_cdf(self) -> Tensor:
+        return self._quantized_cdf
+
+    @property
+    def cdf_length(self) -> Tensor:
+        return self._cdf_length
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The table buffers have a data-dependent size: take the stored one.
+        for name in ("_offset", "_quantized_cdf", "_cdf_length"):
+            stored = state_dict.get(prefix + name)
+            if isinstance(stored, Tensor):
+                setattr(self, name, torch.empty_like(getattr(self, name)).resize_(stored.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- density model --------------------------------------------------------------------
+    def _get_medians(self) -> Tensor:
+        """Per-channel medians, [C, 1, 1]."""
+        return self.quantiles[:, :, 1:2]
+
+    def _logits_cumulative(self, inputs: Tensor, stop_gradient: bool) -> Tensor:
+        """Logit of the cumulative density at ``inputs`` [C, 1, N] -> [C, 1, N]."""
+        logits = inputs
+        for i in range(len(self.filters) + 1):
+            matrix, bias = self.matrices[i], self.biases[i]
+            if stop_gradient:
+                matrix, bias = matrix.detach(), bias.detach()
+            logits = torch.matmul(F.softplus(matrix), logits) + bias
+            if i < len(self.filters):
+                factor = self.factors[i].detach() if stop_gradient else self.factors[i]
+                logits = logits + torch.tanh(factor) * torch.tanh(logits)
+        return logits
+
+    def _likelihood(self, inputs: Tensor, stop_gradient: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+        """(mass of [v - 1/2, v + 1/2], lower logits, upper logits) for ``inputs`` [C, 1, N]."""
+        lower = self._logits_cumulative(inputs - 0.5, stop_gradient=stop_gradient)
+        upper = self._logits_cumulative(inputs + 0.5, stop_gradient=stop_gradient)
+        return torch.sigmoid(upper) - torch.sigmoid(lower), lower, upper
+
+    def loss(self) -> Tensor:
+        """Auxiliary quantile loss: sum |logits_cumulative(quantiles) - target| (network frozen)."""
+        logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
+        return torch.abs(logits - self.target).sum()
+
+    # -- quantization ---------------------------------------------------------------------
+    def quantize(self, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
+        """``"noise"``: inputs + U(-1/2, 1/2); ``"dequantize"``: round(inputs - means) + means;
+        ``"symbols"``: round(inputs - means) as int32 (torch.round: half to even)."""
+        if mode == "noise":
+            return inputs + torch.empty_like(inputs).uniform_(-0.5, 0.5)
+        if mode not in ("dequantize", "symbols"):
+            raise ValueError(f"invalid quantization mode {mode!r}")
+        outputs = inputs - means if means is not None else inputs
+        outputs = torch.round(outputs)
+        if mode == "symbols":
+            return outputs.int()
+        return outputs + means if means is not None else outputs
+
+    @staticmethod
+    def dequantize(inputs: Tensor, means: Tensor | None = None, dtype: torch.dtype = torch.float) -> Tensor:
+        """Symbols back to values: inputs + means (in the means' dtype), or inputs cast to ``dtype``."""
+        if means is not None:
+            return inputs.type_as(means) + means
+        return inputs.type(dtype)
+
+    def forward(self, x: Tensor, training: bool | None = None) -> Tuple[Tensor, Tensor]:
+        """x [B, C, *spatial] -> (y_hat in x's dtype, float32 likelihoods), both x's shape.
+
+        Training: y_hat = x + U(-1/2, 1/2); eval: y_hat = round(x - median) + median.
+        The likelihood math runs in float32 even under autocast.
+        """
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"expected input [B, {self.channels}, ...], got {tuple(x.shape)}")
+        if training is None:
+            training = self.training
+        perm = (1, 0) + tuple(range(2, x.dim()))  # B x C x ... <-> C x B x ... (its own inverse)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            channels_first = x.permute(*perm).contiguous().float()
+            values = channels_first.reshape(self.channels, 1, -1)
+            medians = self._get_medians().float()
+            outputs = self.quantize(values, "noise" if training else "dequantize", medians)
+            likelihood, _, _ = self._likelihood(outputs)
+            if self.use_likelihood_bound:
+                likelihood = self.likelihood_lower_bound(likelihood)
+        outputs = outputs.reshape(channels_first.shape).permute(*perm).contiguous().to(x.dtype)
+        likelihood = likelihood.reshape(channels_first.shape).permute(*perm).contiguous()
+        return outputs, likelihood
+
+    # -- tables -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _update_quantiles(self, search_radius: float = 1e5, rtol: float = 1e-4, atol: float = 1e-3) -> None:
+        """Sets the quantiles by bisection on the cumulative logits (compressai's fast update)."""
+        shape = (self.channels, 1, 1)
+        for i in range(len(self.target)):
+            target = self.target[i]
+            low = torch.full(shape, -search_radius, device=self.quantiles.device)
+            high = torch.full(shape, search_radius, device=self.quantiles.device)
+            low = torch.where(target <= self._logits_cumulative(high, True), low, high)
+            high = torch.where(self._logits_cumulative(low, True) <= target, high, low)
+            while not torch.isclose(low, high, rtol=rtol, atol=atol).all():
+                mid = (low + high) / 2
+                f_mid = self._logits_cumulative(mid, True)
+                low = torch.where(f_mid <= target, mid, low)
+                high = torch.where(f_mid >= target, mid, high)
+            self.quantiles[:, :, i] = ((low + high) / 2)[:, :, 0]
+
+    def update(self, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Builds ``_quantized_cdf`` [C, max_len + 2], ``_offset`` [C], ``_cdf_length`` [C].
+
+        Does nothing (returns False) when tables exist and ``force`` is False.
+        """
+        if self._offset.numel() > 0 and not force:
+            return False
+        if update_quantiles:
+            self._update_quantiles()
+        with torch.no_grad():
+            medians = self.quantiles[:, 0, 1]
+            minima = torch.clamp(torch.ceil(medians - self.quantiles[:, 0, 0]).int(), min=0)
+            maxima = torch.clamp(torch.ceil(self.quantiles[:, 0, 2] - medians).int(), min=0)
+            pmf_start = medians - minima
+            pmf_length = maxima + minima + 1
+            max_length = int(pmf_length.max().item())
+            samples = torch.arange(max_length, device=pmf_start.device)[None, :] + pmf_start[:, None, None]
+            pmf, lower, upper = self._likelihood(samples, stop_gradient=True)
+            pmf = pmf[:, 0, :]
+            # compressai takes the upper tail at the last sample of the longest row for all channels.
+            tail_mass = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
+        pmf_np = pmf.float().cpu().numpy()
+        tail_np = tail_mass.float().cpu().numpy()
+        lengths = pmf_length.cpu().tolist()
+        cdf = torch.zeros((self.channels, max_length + 2), dtype=torch.int32)
+        for c, n in enumerate(lengths):
+            row = pmf_to_quantized_cdf(np.concatenate((pmf_np[c, :n], tail_np[c])))
+            cdf[c, : row.size] = torch.from_numpy(row)
+        device = self.quantiles.device
+        self._offset = (-minima).to(device)
+        self._quantized_cdf = cdf.to(device)
+        self._cdf_length = (pmf_length + 2).to(device)
+        return True
