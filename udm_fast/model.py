@@ -1,0 +1,339 @@
+"""``UDM``: the universal degradation model (encoders, compressors, generator, optional critic).
+
+Public image domain: float tensors in [0, 1], NCHW.  Internally the sub-modules work in the
+reference's [-1, 1] domain (and the generator keeps its 2x - 1 quirk) for checkpoint parity.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from .compressors import Compressor
+from .discriminator import Discriminator
+from .encoders import LPE, LPEL, MoCo
+from .generator import Generator, Noise, NoiseStream
+from .layers import IDA, SFT
+
+FORMAT_NAME = "udm_fast"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class UDMConfig:
+    """Sizes of a UDM. Defaults are the reference model (REFERENCE §4-§10)."""
+
+    filters: int = 64            # generator width K1 (K2 = 2 K1, K3 = 4 K1)
+    local_channels: int = 4      # c_l, channels of e_l
+    cond_dim: int = 8            # condition map channels (proj_dim_noise)
+    global_dim: int = 256        # channels of e_g
+    encoder_dim: int = 256       # LPE / LPEL internal width
+    encoder_kernel: int = 3      # LPE first-kernel size (moco_enc_kernel)
+    head_layers: int = 2         # residual MLP blocks before the global entropy bottleneck
+    tail_layers: int = 2         # ... and after it
+    queue_size: int = 120        # MoCo negatives K
+    moco_momentum: float = 0.999
+    moco_temperature: float = 0.07
+    discriminator: bool = False  # build the WGAN-GP critic
+    disc_channels: int = 3       # 3 = plain strategy, 6 = conditioned
+    disc_ndf: int = 64
+    disc_in_width: int = 128     # training patch width (selects the first convs' strides)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "UDMConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"UDMConfig: unknown keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**values)
+
+
+def _check_images(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4 or t.shape[1] != 3:
+        raise ValueError(f"{name} must be an image batch [B, 3, H, W], got {list(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [0, 1], got {t.dtype} (divide 8-bit images by 255)")
+    if not torch.compiler.is_compiling() and t.numel():
+        lo, hi = torch.aminmax(t.detach())
+        if lo < -0.5 or hi > 1.5:
+            raise ValueError(f"{name} must hold values in [0, 1], found [{lo.item():.3g}, {hi.item():.3g}]")
+
+
+def _pad_to_multiple(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pads bottom/right so H and W are multiples of ``multiple`` (replicate when too small to reflect)."""
+    h, w = t.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return t
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(t, (0, pw, 0, ph), mode=mode)
+
+
+def _tile_starts(length: int, tile: int) -> list:
+    return list(range(0, length, tile))
+
+
+def _resize_window(m: torch.Tensor, out_h: int, out_w: int, rows: slice, cols: slice) -> torch.Tensor:
+    """Window [rows, cols] of bilinear(align_corners=True) resize of m to out_h x out_w, computed directly."""
+
+    def axis(n_in: int, n_out: int, sl: slice):
+        idx = torch.arange(sl.start, sl.stop, device=m.device, dtype=torch.float64)
+        src = idx * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros_like(idx)
+        i0 = src.floor().long().clamp_(0, n_in - 1)
+        i1 = (i0 + 1).clamp_(max=n_in - 1)
+        return i0, i1, (src - i0).to(m.dtype)
+
+    r0, r1, wr = axis(m.shape[-2], out_h, rows)
+    c0, c1, wc = axis(m.shape[-1], out_w, cols)
+    top = m[..., r0, :] * (1 - wr)[:, None] + m[..., r1, :] * wr[:, None]
+    return top[..., c0] * (1 - wc) + top[..., c1] * wc
+
+
+class UDM(nn.Module):
+    """Universal degradation model.
+
+    Sub-modules: ``global_encoder`` (MoCo around the LPE), ``local_encoder`` (LPEL),
+    ``global_compressor``, ``local_compressor``, ``generator`` and optionally ``discriminator``.
+
+    Large images run tiled (eval mode) with ``tile_size`` x ``tile_size`` tiles plus a halo of
+    ``encoder_halo`` (exact for the encoders) and ``generator_halo`` pixels (overlap-discard for the
+    generator); set ``tile_size=None`` to disable tiling.
+    """
+
+    def __init__(self, config: Optional[UDMConfig] = None, **overrides: Any):
+        super().__init__()
+        config = dataclasses.replace(config or UDMConfig(), **overrides)
+        self.config = config
+        c = config
+        self.global_encoder = MoCo(LPE(c.encoder_dim, c.global_dim, c.encoder_kernel),
+                                   LPE(c.encoder_dim, c.global_dim, c.encoder_kernel),
+                                   dim=c.global_dim, K=c.queue_size, m=c.moco_momentum, T=c.moco_temperature)
+        self.local_encoder = LPEL(c.encoder_dim, c.local_channels, 3)
+        self.global_compressor = Compressor(c.global_dim, c.head_layers, c.tail_layers)
+        self.local_compressor = Compressor(c.local_channels)
+        self.generator = Generator(c.filters, c.cond_dim, c.local_channels, c.global_dim)
+        self.discriminator = Discriminator(c.disc_channels, c.disc_ndf, c.disc_in_width) if c.discriminator else None
+        self.tile_size: Optional[int] = 512
+        self.encoder_halo = 16
+        self.generator_halo = 64
+
+    # ------------------------------------------------------------------ public API (images in [0, 1])
+
+    def encode(self, y: torch.Tensor, quantize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Degradation codes of y [B, 3, H, W] in [0, 1]: (e_g [B, global_dim], e_l [B, c_l, ceil(H/2), ceil(W/2)]).
+
+        quantize=True passes the codes through the compressors (rounding in eval mode, uniform noise in
+        training mode, as compressai does); quantize=False returns the raw encoder outputs.
+        """
+        _check_images("y", y)
+        if min(y.shape[-2:]) < 4:
+            raise ValueError(f"y must be at least 4x4 pixels, got {y.shape[-2]}x{y.shape[-1]}")
+        y_int = _pad_to_multiple(y * 2 - 1, 2)
+        if self._tiled(y_int):
+            e_g, e_l = self._encode_tiled(y_int)
+        else:
+            e_g, e_l = self.global_encoder.encoder_q(y_int), self.local_encoder(y_int)
+        if quantize:
+            e_g, e_l = self.global_compressor(e_g)[0], self.local_compressor(e_l)[0]
+        return e_g, e_l
+
+    def synthesize(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise = None) -> torch.Tensor:
+        """Re-applies the degradation (e_g, e_l) to clean x [B, 3, H, W] in [0, 1]; returns ŷ [B, 3, H, W].
+
+        ŷ is not clamped (clamp when writing images). ``noise``: None, a torch.Generator, or the list of
+        32 per-SFT-layer maps with the shapes ``noise_shapes(B, H, W)`` gives.
+        """
+        _check_images("x", x)
+        h, w = x.shape[-2:]
+        x_int = _pad_to_multiple(x * 2 - 1, 8)
+        if self._tiled(x_int):
+            out = self._synthesize_tiled(x_int, e_g, e_l, noise)
+        else:
+            out = self.generator(x_int, e_g, e_l, noise)
+        return (out[..., :h, :w] + 1) / 2
+
+    def transfer(self, x: torch.Tensor, y: torch.Tensor, noise: Noise = None) -> torch.Tensor:
+        """Applies the degradation of y to the clean image x (sizes may differ): ŷ [B, 3, H_x, W_x] in [0, 1]."""
+        e_g, e_l = self.encode(y)
+        if e_g.shape[0] != x.shape[0]:
+            raise ValueError(f"x has batch {x.shape[0]} but y has batch {e_g.shape[0]}")
+        return self.synthesize(x, e_g, e_l, noise)
+
+    forward = transfer
+
+    def noise_shapes(self, batch: int, height: int, width: int) -> list:
+        """Shapes of the 32 explicit noise maps for a clean image of height x width (after padding to 8)."""
+        return self.generator.net.noise_shapes(batch, height + (-height) % 8, width + (-width) % 8)
+
+    def set_backend(self, name: Optional[str]) -> "UDM":
+        """Sets the backend (reference / cuda / triton / auto or None) of every IDA and SFT layer."""
+        for m in self.modules():
+            if isinstance(m, (IDA, SFT)):
+                m.backend = None if name is None else name
+        return self
+
+    def weights_hash(self) -> str:
+        """SHA-256 over the inference weights (encoders, compressors, generator): the model identity."""
+        digest = hashlib.sha256()
+        for prefix in ("global_encoder.encoder_q.", "local_encoder.", "global_compressor.", "local_compressor.",
+                       "generator."):
+            for key, value in self.state_dict().items():
+                if key.startswith(prefix):
+                    digest.update(key.encode())
+                    digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------------ tiling
+
+    def _tiled(self, t: torch.Tensor) -> bool:
+        return (self.tile_size is not None and not self.training
+                and max(t.shape[-2:]) > self.tile_size + 2 * self.generator_halo)
+
+    def _windows(self, h: int, w: int, halo: int):
+        """(rows, cols, crop_rows, crop_cols) for every tile: the tile and its crop with halo."""
+        for a in _tile_starts(h, self.tile_size):
+            for c in _tile_starts(w, self.tile_size):
+                rows, cols = slice(a, min(a + self.tile_size, h)), slice(c, min(c + self.tile_size, w))
+                crop_r = slice(max(0, rows.start - halo), min(h, rows.stop + halo))
+                crop_c = slice(max(0, cols.start - halo), min(w, cols.stop + halo))
+                yield rows, cols, crop_r, crop_c
+
+    def _encode_tiled(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact tiled encoding (eval mode; H, W even): per-tile branch maps keep only outputs centred in the tile."""
+        if self.tile_size % 2 or self.encoder_halo % 2 or self.config.encoder_kernel != 3:
+            raise ValueError("tiled encoding needs an even tile_size and encoder_halo and encoder_kernel=3")
+        lpe = self.global_encoder.encoder_q
+        b, _, h, w = y.shape
+        sum_p = sum_l = 0
+        e_l = y.new_empty(b, self.config.local_channels, h // 2, w // 2)
+        for rows, cols, cr, cc in self._windows(h, w, self.encoder_halo):
+            crop = y[..., cr, cc]
+            fp, fl = lpe.features(crop)
+            # p-branch: valid 3x3 first conv -> local output t is centred on input cr.start + t + 1
+            pr = slice(max(rows.start, cr.start + 1) - cr.start - 1, min(rows.stop, cr.stop - 1) - cr.start - 1)
+            pc = slice(max(cols.start, cc.start + 1) - cc.start - 1, min(cols.stop, cc.stop - 1) - cc.start - 1)
+            sum_p = sum_p + fp[..., pr, pc].sum(dim=(2, 3))
+            # half-resolution maps: local t is global cr.start / 2 + t
+            hr = slice((rows.start - cr.start) // 2, (rows.stop - cr.start) // 2)
+            hc = slice((cols.start - cc.start) // 2, (cols.stop - cc.start) // 2)
+            sum_l = sum_l + fl[..., hr, hc].sum(dim=(2, 3))
+            e_l[..., rows.start // 2:rows.stop // 2, cols.start // 2:cols.stop // 2] = \
+                self.local_encoder(crop)[..., hr, hc]
+        pooled = torch.cat((sum_p / ((h - 2) * (w - 2)), sum_l / ((h // 2) * (w // 2))), dim=1)
+        return lpe.head(pooled), e_l
+
+    def _synthesize_tiled(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise) -> torch.Tensor:
+        """Generator over tiles with halo (overlap-discard); the condition is resampled for the full image."""
+        if self.tile_size % 8 or self.generator_halo % 8:
+            raise ValueError("tiled synthesis needs tile_size and generator_halo to be multiples of 8")
+        gen = self.generator
+        mapped = gen.net.map_head(gen.condition(e_g, e_l))
+        if mapped.shape[0] != x.shape[0]:
+            raise ValueError(f"x has batch {x.shape[0]} but the codes have batch {mapped.shape[0]}")
+        h, w = x.shape[-2:]
+        out = x.new_empty(x.shape)
+        for rows, cols, cr, cc in self._windows(h, w, self.generator_halo):
+            crop = x[..., cr, cc]
+
+            def cond_at(hh: int, ww: int, cr=cr, cc=cc, crop=crop) -> torch.Tensor:
+                s = crop.shape[-2] // hh
+                return _resize_window(mapped, h // s, w // s, slice(cr.start // s, cr.start // s + hh),
+                                      slice(cc.start // s, cc.start // s + ww))
+
+            stream = NoiseStream(noise, window=(cr.start, cc.start))
+            tile_out = gen.net(crop, None, stream, cond_at=cond_at)
+            out[..., rows, cols] = tile_out[..., rows.start - cr.start:rows.stop - cr.start,
+                                            cols.start - cc.start:cols.stop - cc.start]
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @classmethod
+    def from_official(cls, checkpoint: Any, **overrides: Any) -> "UDM":
+        """Builds an eval-mode UDM from the authors' checkpoint (path or dict), sizes inferred from shapes."""
+        parts = ckpt.official_parts(checkpoint)
+        config = dataclasses.replace(infer_official_config(parts), **overrides)
+        model = cls(config)
+        model.load_official_parts(parts)
+        return model.eval()
+
+    def load_official_parts(self, parts: dict) -> None:
+        """Loads normalised official sub-dicts; the MoCo key encoder starts as a copy of the query encoder."""
+        ckpt.check_and_load(self.global_encoder.encoder_q, parts["netE"], "netE")
+        self.global_encoder.encoder_k.load_state_dict(self.global_encoder.encoder_q.state_dict())
+        ckpt.check_and_load(self.local_encoder, parts["netE_loc"], "netE_loc")
+        ckpt.check_and_load(self.generator, parts["netG"], "netG")
+        ckpt.check_and_load(self.global_compressor, parts["netCprs"], "netCprs")
+        ckpt.check_and_load(self.local_compressor, parts["netCprs_loc"], "netCprs_loc")
+        if "netP" in parts and self.discriminator is not None:
+            ckpt.check_and_load(self.discriminator, parts["netP"], "netP")
+
+    def official_state_dict(self) -> dict:
+        """Our weights in the official layout {"model": {netE, netE_loc, netG, netCprs, netCprs_loc[, netP]}}."""
+        parts = {"netE": self.global_encoder.encoder_q.state_dict(), "netE_loc": self.local_encoder.state_dict(),
+                 "netG": self.generator.state_dict(), "netCprs": self.global_compressor.state_dict(),
+                 "netCprs_loc": self.local_compressor.state_dict()}
+        if self.discriminator is not None:
+            parts["netP"] = self.discriminator.state_dict()
+        return {"model": parts}
+
+    def save(self, path: str | os.PathLike, extra: Optional[dict] = None) -> None:
+        """Writes {format, version, config, state_dict[, extra]} atomically."""
+        payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": dataclasses.asdict(self.config),
+                   "state_dict": self.state_dict()}
+        if extra:
+            payload["extra"] = extra
+        ckpt.save_atomic(payload, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: Any = "cpu") -> "UDM":
+        """Loads a file written by ``save`` (eval mode). Official checkpoints: use ``from_official``."""
+        payload = ckpt.load_file(path)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+            raise ckpt.CheckpointError(f"{os.fspath(path)} is not a udm_fast model file "
+                                       "(for the authors' checkpoints use UDM.from_official)")
+        if payload.get("version") != FORMAT_VERSION:
+            raise ckpt.CheckpointError(f"{os.fspath(path)} has format version {payload.get('version')}, "
+                                       f"this udm_fast reads version {FORMAT_VERSION}")
+        model = cls(UDMConfig.from_dict(payload["config"]))
+        ckpt.check_and_load(model, payload["state_dict"], os.fspath(path))
+        return model.to(map_location).eval()
+
+
+def infer_official_config(parts: dict) -> UDMConfig:
+    """UDMConfig whose shapes fit the official sub-dicts (generator width, c_l, dims, MLPs, critic)."""
+    try:
+        g, e, el, cp = parts["netG"], parts["netE"], parts["netE_loc"], parts["netCprs"]
+        local_channels = el["last_mlp.2.weight"].shape[0]
+        values = dict(
+            filters=g["net.conv_first.conv2d.weight"].shape[0],
+            cond_dim=g["conv.weight"].shape[0],
+            local_channels=local_channels,
+            global_dim=g["conv.weight"].shape[1] - local_channels,
+            encoder_dim=e["last_mlp.0.weight"].shape[0],
+            encoder_kernel=e["LPE_p.0.conv.weight"].shape[-1],
+            head_layers=_count_layers(cp, "head.layers."),
+            tail_layers=_count_layers(cp, "tail.layers."),
+        )
+        if "netP" in parts:
+            p = parts["netP"]
+            first = [p[f"main.{2 * i}.weight"].shape[-1] for i in range(3)]
+            values.update(discriminator=True, disc_channels=p["main.0.weight"].shape[1],
+                          disc_ndf=p["main.0.weight"].shape[0],
+                          disc_in_width=next((w for k, w in zip(first, (128, 64, 32)) if k == 4), 16))
+    except KeyError as exc:
+        raise ckpt.CheckpointError(f"official checkpoint lacks the key {exc} needed to infer the model sizes") from exc
+    return UDMConfig(**values)
+
+
+def _count_layers(state: dict, prefix: str) -> int:
+    indices = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
