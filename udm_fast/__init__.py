@@ -1,7 +1,14 @@
-"""udm_fast: a fast universal image degradation model (content-degradation disentanglement)."""
+"""udm_fast: a fast universal image degradation model (content-degradation disentanglement).
+
+Main entry points: ``UDM`` (the model), the drop-in layers ``IDA`` and ``SFT``, the
+compressai-compatible ``EntropyBottleneck``, and ``build_info()`` / ``set_backend()``.
+"""
 from .backend import build_info, get_backend, set_backend
+from .checkpoint import CheckpointError
+from .entropy_bottleneck import EntropyBottleneck
 from .layers import IDA, SFT, SFTResBlock
+from .model import UDM, UDMConfig
 
 __version__ = "0.1.0"
-__all__ = ["IDA", "SFT", "SFTResBlock", "build_info", "get_backend", "set_backend"]
-from .entropy_bottleneck import EntropyBottleneck
+__all__ = ["IDA", "SFT", "SFTResBlock", "UDM", "UDMConfig", "EntropyBottleneck", "CheckpointError",
+           "build_info", "get_backend", "set_backend"]
