@@ -182,13 +182,13 @@ class UDM(nn.Module):
 
     def weights_hash(self) -> str:
         """SHA-256 over the inference weights (encoders, compressors, generator): the model identity."""
+        prefixes = ("global_encoder.encoder_q.", "local_encoder.", "global_compressor.", "local_compressor.",
+                    "generator.")
         digest = hashlib.sha256()
-        for prefix in ("global_encoder.encoder_q.", "local_encoder.", "global_compressor.", "local_compressor.",
-                       "generator."):
-            for key, value in self.state_dict().items():
-                if key.startswith(prefix):
-                    digest.update(key.encode())
-                    digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        for key, value in sorted(self.state_dict().items()):
+            if key.startswith(prefixes):
+                digest.update(key.encode())
+                digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
     # ------------------------------------------------------------------ tiling

@@ -1,0 +1,202 @@
+"""UDM public API: shapes for any sizes, noise control, tiling, save/load, MoCo, input checks."""
+import os
+
+import pytest
+import torch
+
+import udm_fast
+from udm_fast import UDM, CheckpointError
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = UDM(filters=8, encoder_dim=32, global_dim=16, queue_size=12, head_layers=1, tail_layers=1).eval()
+    for c in (m.global_compressor, m.local_compressor):
+        c.model.update(force=True)
+    return m
+
+
+def test_default_sizes_parameter_counts():
+    m = UDM()
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    assert count(m.global_encoder.encoder_q) == 1_064_960
+    assert count(m.global_encoder.encoder_k) == 1_064_960
+    assert count(m.local_encoder) == 1_147_524
+    assert count(m.generator) == 11_684_520
+    assert count(m.global_compressor) == 147_968
+    assert count(m.local_compressor) == 244
+    assert count(UDM(discriminator=True).discriminator) == 44_700_673
+
+
+@pytest.mark.parametrize("x_size,y_size", [((37, 45), (33, 21)), ((16, 16), (64, 48)), ((9, 130), (5, 6))])
+def test_any_sizes(model, x_size, y_size):
+    x, y = torch.rand(2, 3, *x_size), torch.rand(2, 3, *y_size)
+    with torch.no_grad():
+        e_g, e_l = model.encode(y)
+        out = model.transfer(x, y)
+    assert e_g.shape == (2, 16)
+    assert e_l.shape == (2, 4, (y_size[0] + 1) // 2, (y_size[1] + 1) // 2)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_quantized_codes_are_rounded_around_medians(model):
+    with torch.no_grad():
+        raw_g, raw_l = model.encode(torch.rand(1, 3, 16, 16), quantize=False)
+        _, q_l = model.encode(torch.rand(1, 3, 16, 16))
+    assert ((raw_l > 0) & (raw_l < 1)).all()
+    medians = model.local_compressor.model._get_medians().reshape(1, -1, 1, 1)
+    torch.testing.assert_close(q_l - medians, (q_l - medians).round())
+
+
+def test_noise_control(model):
+    x, y = torch.rand(1, 3, 24, 32), torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        e_g, e_l = model.encode(y)
+        shapes = model.noise_shapes(1, 24, 32)
+        assert len(shapes) == 32 and shapes[0] == (1, 1, 24, 32) and shapes[8] == (1, 1, 12, 16)
+        noise = [torch.randn(s) for s in shapes]
+        a = model.synthesize(x, e_g, e_l, noise)
+        b = model.synthesize(x, e_g, e_l, noise)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        c = model.synthesize(x, e_g, e_l, torch.Generator().manual_seed(5))
+        d = model.synthesize(x, e_g, e_l, torch.Generator().manual_seed(5))
+        torch.testing.assert_close(c, d, rtol=0, atol=0)
+        assert not torch.equal(model.synthesize(x, e_g, e_l), model.synthesize(x, e_g, e_l))
+    with pytest.raises(ValueError, match="32 tensors"):
+        model.synthesize(x, e_g, e_l, noise[:5])
+    with pytest.raises(ValueError, match="noise must have shape"):
+        model.synthesize(x, e_g, e_l, [torch.randn(1, 1, 8, 8)] * 32)
+
+
+def test_generator_is_differentiable_in_the_noise(model):
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        e_g, e_l = model.encode(y)
+    noise = [torch.randn(s, requires_grad=True) for s in model.noise_shapes(1, 16, 16)]
+    model.synthesize(x, e_g, e_l, noise).square().sum().backward()
+    assert all(n.grad is not None for n in noise)
+    assert sum(n.grad.abs().sum() for n in noise) > 0
+
+
+def test_tiled_encoding_is_exact(model):
+    y = torch.rand(1, 3, 100, 76)
+    with torch.no_grad():
+        whole = model.encode(y, quantize=False)
+        model.tile_size, model.encoder_halo, model.generator_halo = 32, 16, 8
+        try:
+            tiled = model.encode(y, quantize=False)
+        finally:
+            model.tile_size, model.encoder_halo, model.generator_halo = 512, 16, 64
+    torch.testing.assert_close(tiled[0], whole[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tiled[1], whole[1], rtol=1e-5, atol=1e-6)
+
+
+def test_tiled_synthesis_plumbing_matches_whole_image(model):
+    """With a halo covering the image, every tile sees the whole image: tiling must then be exact."""
+    x = torch.rand(1, 3, 48, 72)
+    with torch.no_grad():
+        e_g, e_l = model.encode(torch.rand(1, 3, 30, 22))
+        noise = [torch.randn(s) for s in model.noise_shapes(1, 48, 72)]
+        whole = model.synthesize(x, e_g, e_l, noise)
+        model.tile_size, model.generator_halo = 16, 80
+        try:
+            tiled = model.synthesize(x, e_g, e_l, noise)
+        finally:
+            model.tile_size, model.generator_halo = 512, 64
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_save_load_round_trip(model, tmp_path):
+    path = tmp_path / "sub" / "m.pt"
+    model.save(path)
+    assert os.listdir(path.parent) == ["m.pt"]  # no temporary files left
+    loaded = UDM.load(path)
+    assert loaded.config == model.config and not loaded.training
+    assert loaded.weights_hash() == model.weights_hash()
+    x, y = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.transfer(x, y, torch.Generator().manual_seed(1)),
+                                   model.transfer(x, y, torch.Generator().manual_seed(1)))
+
+
+def test_load_rejects_foreign_files(model, tmp_path):
+    torch.save({"model": {}}, tmp_path / "official.pt")
+    with pytest.raises(CheckpointError, match="from_official"):
+        UDM.load(tmp_path / "official.pt")
+    payload = torch.load(_saved(model, tmp_path), weights_only=True)
+    payload["version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        UDM.load(tmp_path / "future.pt")
+    payload["version"] = 1
+    payload["config"]["filters"] = 16
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        UDM.load(tmp_path / "mismatch.pt")
+    payload["config"]["bogus"] = 1
+    torch.save(payload, tmp_path / "typo.pt")
+    with pytest.raises(ValueError, match="unknown keys"):
+        UDM.load(tmp_path / "typo.pt")
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / "ok.pt"
+    model.save(path)
+    return path
+
+
+def test_weights_hash_changes_with_weights(model):
+    other = UDM(model.config)
+    assert other.weights_hash() != model.weights_hash()
+
+
+def test_input_checks(model):
+    ok = torch.rand(1, 3, 16, 16)
+    with pytest.raises(TypeError, match="float"):
+        model.transfer(ok, (ok * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.transfer(ok, ok * 255)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model.transfer(ok, torch.rand(1, 4, 16, 16))
+    with pytest.raises(ValueError, match="at least 4x4"):
+        model.encode(torch.rand(1, 3, 3, 16))
+    with pytest.raises(ValueError, match="batch"):
+        model.transfer(torch.rand(2, 3, 16, 16), ok)
+
+
+def test_moco_queue_and_momentum():
+    torch.manual_seed(0)
+    m = UDM(filters=8, encoder_dim=32, global_dim=16, queue_size=6, moco_momentum=0.5).train()
+    moco = m.global_encoder
+    for pk, pq in zip(moco.encoder_k.parameters(), moco.encoder_q.parameters()):
+        assert torch.equal(pk, pq) and not pk.requires_grad
+    with torch.no_grad():
+        for p in moco.encoder_q.parameters():
+            p.add_(1.0)
+    before_k = [p.clone() for p in moco.encoder_k.parameters()]
+    y, y_key = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 3, 16, 16) * 2 - 1
+    q, logits, keys = moco(y, y_key)
+    for pk, pk0, pq in zip(moco.encoder_k.parameters(), before_k, moco.encoder_q.parameters()):
+        torch.testing.assert_close(pk, 0.5 * pk0 + 0.5 * pq)
+    assert q.shape == (4, 16) and logits.shape == (4, 7)
+    torch.testing.assert_close(keys.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(moco.queue[:, :4].t(), keys)
+    assert moco.queue_ptr.item() == 4
+    qn = torch.nn.functional.normalize(q, dim=1)
+    torch.testing.assert_close(logits[:, 0], (qn * keys).sum(1) / moco.T)
+    moco(y, y_key)  # wraps around: columns 4, 5, 0, 1
+    assert moco.queue_ptr.item() == 2
+    assert "global_encoder.queue" in m.state_dict() and "global_encoder.encoder_k.last_mlp.0.weight" in m.state_dict()
+
+
+def test_set_backend_switches_every_layer(model):
+    model.set_backend("reference")
+    assert all(s.backend == "reference" for s in model.generator.net.sft_layers())
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        a = model.transfer(x, y, torch.Generator().manual_seed(0))
+        if udm_fast.build_info()["cpu"]["available"]:
+            model.set_backend("cuda")  # compiled ops (their CPU kernels here)
+            torch.testing.assert_close(model.transfer(x, y, torch.Generator().manual_seed(0)), a)
+    model.set_backend(None)
