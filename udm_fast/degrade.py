@@ -400,7 +400,8 @@ def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor]) -> t
     q = _per_image(quality, x.shape[0], "jpeg: quality", minimum=1)
     if bool((q > 100).any()) or bool((q != q.round()).any()):
         raise ValueError(f"jpeg: quality must be integers in 1..100, got {q.tolist()}")
-    pixels = (x.detach().to(_work_dtype(x)) * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    pixels = (x.detach().to(_work_dtype(x)) * 255.0).round_().to(torch.uint8)
+    pixels = pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
     out = np.empty_like(pixels)
     for i, image in enumerate(pixels):
         buffer = io.BytesIO()

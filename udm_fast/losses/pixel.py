@@ -1,0 +1,147 @@
+"""Pixel-domain losses: L1, the colour loss ``rgbn`` and the diversity loss (REFERENCE §11.3).
+
+Domains: the reference computed these on its [-1, 1] tensors. Our images are in [0, 1]; the colour
+and diversity losses take ``domain="unit"`` ([0, 1], the default) or ``domain="signed"`` ([-1, 1])
+and return the reference's number for the same underlying image either way. The statistics are
+computed in float32 (float64 for float64 inputs), outside autocast.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+COLOR_KERNEL_SIZE = 45
+COLOR_SIGMA = 50.0
+DIVERSITY_KERNEL_SIZE = 11
+DIVERSITY_SIGMA = 1.5
+DIVERSITY_C2 = 0.12  # 0.03 * 2^2: SSIM's (0.03 L)^2 with L = 2, the dynamic range of [-1, 1] images
+DOMAINS = ("unit", "signed")
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, where: str, min_size: int = 1) -> None:
+    for name, t in (("first", a), ("second", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{where}: the {name} input must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{where}: expected images [B, C, H, W], got shape {list(t.shape)} for the {name} input")
+        if not t.is_floating_point():
+            raise TypeError(f"{where}: expected floating-point images, got {t.dtype}")
+    if a.shape != b.shape:
+        raise ValueError(f"{where}: the inputs must have the same shape, got {list(a.shape)} and {list(b.shape)}")
+    if min(a.shape[2:]) < min_size:
+        raise ValueError(f"{where}: images must be at least {min_size}x{min_size} (reflect padding), "
+                         f"got {list(a.shape[2:])}")
+
+
+def _check_domain(domain: str, where: str) -> None:
+    if domain not in DOMAINS:
+        raise ValueError(f"{where}: domain must be 'unit' ([0, 1] images) or 'signed' ([-1, 1]), got {domain!r}")
+
+
+def _reduce(per_element: torch.Tensor, reduction: str, where: str) -> torch.Tensor:
+    """'mean' over everything, or 'none': the mean per sample [B]."""
+    if reduction == "mean":
+        return per_element.mean()
+    if reduction == "none":
+        return per_element.flatten(1).mean(dim=1)
+    raise ValueError(f"{where}: reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def _stat_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _no_autocast(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu") \
+        else contextlib.nullcontext()
+
+
+def _gaussian_taps(positions: torch.Tensor, sigma: float) -> torch.Tensor:
+    g = torch.exp(-positions ** 2 / (2.0 * sigma ** 2))
+    return g / g.sum()
+
+
+def color_kernel1d(dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """The colour loss's 1-D Gaussian: 45 taps at -22..22, sigma 50, summing to 1 (nearly a box)."""
+    half = COLOR_KERNEL_SIZE // 2
+    taps = _gaussian_taps(torch.arange(-half, half + 1, dtype=torch.float64), COLOR_SIGMA)
+    return taps.to(device=device, dtype=dtype)
+
+
+def diversity_kernel1d(dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """The diversity loss's 1-D Gaussian, reproducing the reference quirk: 11 taps at -6, -4.9, ..., 5
+    (step 1.1, so slightly off-centre), sigma 1.5, summing to 1."""
+    return _gaussian_taps(torch.linspace(-6.0, 5.0, DIVERSITY_KERNEL_SIZE, dtype=torch.float64),
+                          DIVERSITY_SIGMA).to(device=device, dtype=dtype)
+
+
+def _separable_filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Depthwise correlation with taps (x) taps, reflect padding len(taps) // 2: [B, C, H, W] -> same."""
+    c = x.shape[1]
+    pad = taps.numel() // 2
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    w = taps.to(device=x.device, dtype=x.dtype)
+    x = F.conv2d(x, w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def l1_loss(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """mean |a - b| in the inputs' own units ([B] per sample for reduction='none').
+
+    The reference computed it on [-1, 1] tensors, i.e. twice the value for [0, 1] images; see
+    ``LossWeights.l1`` for the matching weight.
+    """
+    _check_pair(a, b, "l1_loss")
+    return _reduce((a - b).abs(), reduction, "l1_loss")
+
+
+def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, domain: str = "unit", eps: float = 1e-8,
+               reduction: str = "mean") -> torch.Tensor:
+    """The reference colour loss ``rgbn``: mean |blur(n(y)) - blur(n(y_hat))|.
+
+    n: per-sample min-max normalisation over all channels and pixels jointly, (t - min) / (max - min);
+    blur: depthwise 45x45 Gaussian (sigma 50, separable), reflect padding 22 (H, W >= 23).
+    For domain='signed' the images are first mapped by (t + 1) / 2 as the reference did; n is
+    invariant to that map, so both domains give the same value for the same image. The reference has
+    no epsilon (NaN for a flat image); here max - min is clamped at ``eps``, which changes nothing
+    for any image whose range exceeds eps (every non-flat 8-bit image).
+    """
+    _check_pair(y, y_hat, "color_loss", min_size=COLOR_KERNEL_SIZE // 2 + 1)
+    _check_domain(domain, "color_loss")
+    with _no_autocast(y.device.type):
+        taps = color_kernel1d(_stat_dtype(y), y.device)
+        blurred = []
+        for t in (y, y_hat):
+            t = t.to(taps.dtype)
+            if domain == "signed":
+                t = (t + 1.0) / 2.0
+            low = t.amin(dim=(1, 2, 3), keepdim=True)
+            high = t.amax(dim=(1, 2, 3), keepdim=True)
+            blurred.append(_separable_filter((t - low) / (high - low).clamp_min(eps), taps))
+        return _reduce((blurred[0] - blurred[1]).abs(), reduction, "color_loss")
+
+
+def diversity_loss(y0: torch.Tensor, y1: torch.Tensor, *, domain: str = "unit", c2: float = DIVERSITY_C2,
+                   reduction: str = "mean") -> torch.Tensor:
+    """The reference diversity loss: mean of cs = (2 |s01| + c2) / (s0^2 + s1^2 + c2).
+
+    Local variances s0^2, s1^2 and covariance s01 use the depthwise window ``diversity_kernel1d``
+    (x) itself with reflect padding 5 (H, W >= 6). Minimising it decorrelates two samples.
+    c2 is in [-1, 1] units (the reference's 0.12); for domain='unit' the images are mapped by
+    2t - 1 first, so the value equals the reference's for the same underlying images.
+    """
+    _check_pair(y0, y1, "diversity_loss", min_size=DIVERSITY_KERNEL_SIZE // 2 + 1)
+    _check_domain(domain, "diversity_loss")
+    with _no_autocast(y0.device.type):
+        taps = diversity_kernel1d(_stat_dtype(y0), y0.device)
+        a, b = y0.to(taps.dtype), y1.to(taps.dtype)
+        if domain == "unit":
+            a, b = 2.0 * a - 1.0, 2.0 * b - 1.0
+        mu_a, mu_b = _separable_filter(a, taps), _separable_filter(b, taps)
+        var_a = _separable_filter(a * a, taps) - mu_a ** 2
+        var_b = _separable_filter(b * b, taps) - mu_b ** 2
+        cov = _separable_filter(a * b, taps) - mu_a * mu_b
+        cs = (2.0 * cov.abs() + c2) / (var_a + var_b + c2)
+        return _reduce(cs, reduction, "diversity_loss")

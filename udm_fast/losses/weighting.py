@@ -1,0 +1,87 @@
+"""Loss weights of the generator objective and the critic settings (REFERENCE §11.4, film-grain column)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+import torch
+
+# names of the generator-loss terms that ``LossWeights.weighted_sum`` accepts (the other fields are critic settings)
+TERMS = ("dists", "lpips", "l1", "color", "contrastive", "bits_global", "bits_local", "diversity",
+         "gan_generator", "aux")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the generator loss terms, plus the WGAN-GP critic settings.
+
+    Defaults reproduce the reference film-grain configuration (REFERENCE §11.4), with its bugs fixed:
+
+    * ``dists`` 10 on DISTS of [0, 1] images (the reference fed [-1, 1], a bug; §14.2);
+    * ``l1`` 20 on mean |y - y_hat| of [0, 1] images = the reference's 10 on its [-1, 1] tensors
+      (the same underlying term: the [-1, 1] difference is twice the [0, 1] one);
+    * ``color`` 10 (rgbn, domain-independent); ``diversity`` 1 (``diversity_loss`` works in the
+      reference's [-1, 1] units); ``contrastive`` 1e-4; ``bits_global`` 2e-3 (per image of e_g);
+      ``bits_local`` 0.05 (per latent location of e_l); ``aux`` 1 (EntropyBottleneck quantile loss,
+      added to the generator loss as in the reference);
+    * ``gan_generator`` 10 on ``wgan_generator_loss``, which already carries ``critic_alpha``;
+      the reference's alpha (``netP.alpha``) is unknown, 1 here;
+    * ``gradient_penalty`` 10 (lambda_dis_gp, unknown in the reference; the WGAN-GP paper's value);
+    * ``lpips`` 0 (available, off by default as in the reference).
+
+    Not carried over: the silent replacement of a failing loss by mean(y - y_hat), and the disabled
+    latent loss (REFERENCE §14.7, §14.15).
+    """
+
+    dists: float = 10.0
+    lpips: float = 0.0
+    l1: float = 20.0
+    color: float = 10.0
+    contrastive: float = 1e-4
+    bits_global: float = 2e-3
+    bits_local: float = 0.05
+    diversity: float = 1.0
+    gan_generator: float = 10.0
+    aux: float = 1.0
+    critic_alpha: float = 1.0
+    gradient_penalty: float = 10.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"LossWeights.{f.name} must be a finite number >= 0, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "LossWeights":
+        """Builds weights from a mapping (e.g. YAML); an unknown key is an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"LossWeights: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**dict(values))
+
+    def weighted_sum(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """sum of weight[name] * term over the given terms (scalars). Names: ``TERMS``.
+
+        A term whose weight is 0 is skipped (it may be absent). Raises for unknown names and for a
+        term with a non-zero weight that is not a scalar tensor.
+        """
+        unknown = sorted(set(terms) - set(TERMS))
+        if unknown:
+            raise ValueError(f"LossWeights.weighted_sum: unknown term(s) {unknown}; valid terms: {list(TERMS)}")
+        total = None
+        for name in TERMS:
+            weight = getattr(self, name)
+            if name not in terms or weight == 0:
+                continue
+            term = terms[name]
+            if not isinstance(term, torch.Tensor) or term.dim() != 0:
+                raise ValueError(f"LossWeights.weighted_sum: term {name!r} must be a scalar tensor, got "
+                                 f"{list(term.shape) if isinstance(term, torch.Tensor) else type(term).__name__}")
+            total = weight * term if total is None else total + weight * term
+        if total is None:
+            raise ValueError("LossWeights.weighted_sum: no term with a non-zero weight was given")
+        return total
