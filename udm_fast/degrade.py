@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Optional, Sequence, Union
 
@@ -389,27 +390,37 @@ def adjust_contrast(x: torch.Tensor, contrast: Scalar, exposure_ev: Scalar = 0.0
     return _blend(xf, changed, mask).clamp_(0.0, 1.0).to(x.dtype)
 
 
-def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
+def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded if decoded.mode == "RGB" else decoded.convert("RGB"))
+
+
+def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor], *, threads: int = 1) -> torch.Tensor:
     """Real JPEG round trip through Pillow/libjpeg (4:2:0 chroma subsampling, Pillow's default).
 
     x [B, 3, H, W] in [0, 1] is rounded to 8 bits, each image encoded at its quality (1..100, number
     or [B]) and decoded; the result is returned as x.dtype on x.device (values k/255). Not
-    differentiable; runs on the CPU.
+    differentiable; runs on the CPU, over ``threads`` threads (Pillow's codec releases the GIL).
     """
     _check_images(x, "jpeg")
     q = _per_image(quality, x.shape[0], "jpeg: quality", minimum=1)
     if bool((q > 100).any()) or bool((q != q.round()).any()):
         raise ValueError(f"jpeg: quality must be integers in 1..100, got {q.tolist()}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"jpeg: threads must be an integer >= 1, got {threads!r}")
     pixels = (x.detach().to(_work_dtype(x)) * 255.0).round_().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    out = np.empty_like(pixels)
-    for i, image in enumerate(pixels):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=int(q[i]))
-        buffer.seek(0)
-        with Image.open(buffer) as decoded:
-            out[i] = np.asarray(decoded if decoded.mode == "RGB" else decoded.convert("RGB"))
-    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype).div_(255.0)
+    qualities = [int(v) for v in q]
+    if threads == 1 or len(pixels) < 2:
+        decoded = [_jpeg_round_trip(image, qi) for image, qi in zip(pixels, qualities)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, len(pixels))) as pool:
+            decoded = list(pool.map(_jpeg_round_trip, pixels, qualities))
+    out = torch.from_numpy(np.stack(decoded)) if decoded else torch.from_numpy(pixels)
+    return out.to(x.device).permute(0, 3, 1, 2).to(x.dtype).div_(255.0)
 
 
 # ----------------------------------------------------------------------------- smooth random masks
@@ -580,7 +591,7 @@ def _as_generator(generator: GeneratorArg) -> torch.Generator:
 
 
 def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
-            generator: GeneratorArg = None) -> tuple:
+            generator: GeneratorArg = None, jpeg_threads: int = 1) -> tuple:
     """Degrades a batch of clean images: x [B, 3, H, W] in [0, 1] -> (y, params).
 
     y has x's shape, dtype and device. params[b] describes image b::
@@ -598,6 +609,7 @@ def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
     generator: an int seed, a torch.Generator (any device) or None (seeded from torch's global RNG).
     The same seed and batch give the same y on the same device; image b's params depend only on
     the seed and b. H and W must exceed the largest kernel radius (12 for motion length 21).
+    jpeg_threads: threads for the (CPU) JPEG step; it does not change the result.
     """
     config = DegradeConfig() if config is None else config
     if not isinstance(config, DegradeConfig):
@@ -621,5 +633,5 @@ def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
     compressed = [b for b, image in enumerate(plan) if image["jpeg_quality"] is not None]
     if compressed:
         index = torch.tensor(compressed, device=x.device)
-        y[index] = jpeg(y[index], [plan[b]["jpeg_quality"] for b in compressed])
+        y[index] = jpeg(y[index], [plan[b]["jpeg_quality"] for b in compressed], threads=jpeg_threads)
     return y.to(x.dtype), plan

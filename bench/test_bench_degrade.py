@@ -1,0 +1,71 @@
+"""Degradation-synthesis throughput: pairs of 128x128 per second.
+
+CPU (one thread = one data-loader worker):
+    OMP_NUM_THREADS=1 pytest bench/test_bench_degrade.py -k cpu --benchmark-columns=mean,stddev,rounds
+GPU (skipped without CUDA): pytest bench/test_bench_degrade.py -k cuda
+Each benchmark stores pairs/s in extra_info. Baselines in the same run: the same pipeline one image
+at a time, and the JPEG step alone (Pillow/libjpeg on the CPU, the floor of any pipeline ending in JPEG).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from udm_fast import degrade as D
+
+BATCH, SIZE = 24, 128
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def photos(request):
+    """Photo-like patches on the device: smooth random shapes (bicubic upsampling of 12x12) plus fine texture."""
+    if request.param == "cpu":
+        torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    coarse = F.interpolate(torch.rand(BATCH, 3, 12, 12, generator=g), size=(SIZE, SIZE), mode="bicubic",
+                           align_corners=False)
+    texture = 0.04 * torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
+    return (coarse + texture).clamp(0, 1).to(request.param)
+
+
+def _run(benchmark, fn, pairs, device):
+    def call():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(call, rounds=8, warmup_rounds=1)
+    benchmark.extra_info["pairs_per_s"] = round(pairs / benchmark.stats.stats.mean, 1)
+    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
+
+
+def test_degrade_batched(benchmark, photos):
+    seeds = iter(range(10 ** 6))
+    _run(benchmark, lambda: D.degrade(photos, generator=next(seeds)), BATCH, photos.device)
+
+
+def test_degrade_batched_jpeg_threads4(benchmark, photos):
+    seeds = iter(range(10 ** 6))
+    _run(benchmark, lambda: D.degrade(photos, generator=next(seeds), jpeg_threads=4), BATCH, photos.device)
+
+
+def test_degrade_one_image_at_a_time_baseline(benchmark, photos):
+    seeds = iter(range(10 ** 6))
+    _run(benchmark, lambda: [D.degrade(photos[i:i + 1], generator=next(seeds)) for i in range(BATCH)], BATCH,
+         photos.device)
+
+
+def test_jpeg_only_baseline(benchmark, photos):
+    _run(benchmark, lambda: D.jpeg(photos, 75), BATCH, photos.device)
+
+
+@pytest.mark.parametrize("op", ["noise", "gaussian_blur_sigma3", "motion_blur_length21", "contrast"])
+def test_single_op(benchmark, photos, op):
+    g = torch.Generator(device=photos.device).manual_seed(0)
+    fn = {
+        "noise": lambda: D.gaussian_noise(photos, 10 / 255, generator=g),
+        "gaussian_blur_sigma3": lambda: D.gaussian_blur(photos, 3.0),
+        "motion_blur_length21": lambda: D.motion_blur(photos, 21.0, 0.7),
+        "contrast": lambda: D.adjust_contrast(photos, 1.3, 0.5),
+    }[op]
+    _run(benchmark, fn, BATCH, photos.device)
