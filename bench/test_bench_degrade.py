@@ -44,11 +44,6 @@ def test_degrade_batched(benchmark, photos):
     _run(benchmark, lambda: D.degrade(photos, generator=next(seeds)), BATCH, photos.device)
 
 
-def test_degrade_batched_jpeg_threads4(benchmark, photos):
-    seeds = iter(range(10 ** 6))
-    _run(benchmark, lambda: D.degrade(photos, generator=next(seeds), jpeg_threads=4), BATCH, photos.device)
-
-
 def test_degrade_one_image_at_a_time_baseline(benchmark, photos):
     seeds = iter(range(10 ** 6))
     _run(benchmark, lambda: [D.degrade(photos[i:i + 1], generator=next(seeds)) for i in range(BATCH)], BATCH,

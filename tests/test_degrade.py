@@ -180,7 +180,6 @@ def test_jpeg_equals_pillow_round_trip(quality):
     assert out.dtype == torch.float32
     per_image = D.jpeg(pixels.double() / 255, [quality, 90])
     assert per_image.dtype == torch.float64 and torch.equal(per_image[0].float(), out[0])
-    assert torch.equal(D.jpeg(pixels.double() / 255, [quality, 90], threads=3), per_image)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -353,8 +352,6 @@ def test_other_bad_arguments_raise():
         D.gaussian_blur(x, 1.0, sigma_outside=2.0)
     with pytest.raises(ValueError, match="quality"):
         D.jpeg(x, 101)
-    with pytest.raises(ValueError, match="threads"):
-        D.jpeg(x, 50, threads=0)
     with pytest.raises(ValueError, match="unknown mask kind"):
         D.render_masks([{"kind": "star"}], 8, 8)
 

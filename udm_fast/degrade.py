@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Optional, Sequence, Union
 
@@ -356,14 +355,18 @@ def motion_blur(x: torch.Tensor, length: Scalar, angle: Scalar, *, mask: Optiona
             raise ValueError("motion_blur: length_outside/angle_outside need a mask")
         length_outside = _per_image(length_outside, b, "motion_blur: length_outside", minimum=0.0)
         angle_outside = _per_image(angle_outside, b, "motion_blur: angle_outside")
-    longest = max(float(length.max()) if b else 0.0,
-                  float(length_outside.max()) if length_outside is not None and b else 0.0)
-    radius = motion_radius(longest)
+    longest = length if length_outside is None else torch.maximum(length, length_outside)
+    radii = [motion_radius(float(v)) for v in longest]
     dtype = _work_dtype(x)
-    k_in = motion_kernel(length, angle, radius, device=x.device, dtype=dtype)
-    k_out = None if length_outside is None else motion_kernel(length_outside, angle_outside, radius,
-                                                              device=x.device, dtype=dtype)
-    return _blur(x, k_in, k_out, mask, filter2d)
+    out = torch.empty(x.shape, device=x.device, dtype=dtype)
+    for radius in sorted(set(radii)):  # one filtering pass per kernel size: the cost grows as radius^2
+        members = [i for i in range(b) if radii[i] == radius]
+        index = torch.tensor(members, device=x.device)
+        k_in = motion_kernel(length[members], angle[members], radius, device=x.device, dtype=dtype)
+        k_out = None if length_outside is None else motion_kernel(
+            length_outside[members], angle_outside[members], radius, device=x.device, dtype=dtype)
+        out[index] = _blur(x[index], k_in, k_out, None if mask is None else mask[index], filter2d).to(dtype)
+    return out.to(x.dtype)
 
 
 LUMA = (0.299, 0.587, 0.114)
@@ -398,29 +401,21 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(decoded if decoded.mode == "RGB" else decoded.convert("RGB"))
 
 
-def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor], *, threads: int = 1) -> torch.Tensor:
+def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
     """Real JPEG round trip through Pillow/libjpeg (4:2:0 chroma subsampling, Pillow's default).
 
     x [B, 3, H, W] in [0, 1] is rounded to 8 bits, each image encoded at its quality (1..100, number
     or [B]) and decoded; the result is returned as x.dtype on x.device (values k/255). Not
-    differentiable; runs on the CPU, over ``threads`` threads (Pillow's codec releases the GIL).
+    differentiable; runs on the CPU, one image after the other (parallelise with data-loader workers).
     """
     _check_images(x, "jpeg")
     q = _per_image(quality, x.shape[0], "jpeg: quality", minimum=1)
     if bool((q > 100).any()) or bool((q != q.round()).any()):
         raise ValueError(f"jpeg: quality must be integers in 1..100, got {q.tolist()}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"jpeg: threads must be an integer >= 1, got {threads!r}")
     pixels = (x.detach().to(_work_dtype(x)) * 255.0).round_().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    qualities = [int(v) for v in q]
-    if threads == 1 or len(pixels) < 2:
-        decoded = [_jpeg_round_trip(image, qi) for image, qi in zip(pixels, qualities)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(threads, len(pixels))) as pool:
-            decoded = list(pool.map(_jpeg_round_trip, pixels, qualities))
-    out = torch.from_numpy(np.stack(decoded)) if decoded else torch.from_numpy(pixels)
-    return out.to(x.device).permute(0, 3, 1, 2).to(x.dtype).div_(255.0)
+    out = np.stack([_jpeg_round_trip(image, int(qi)) for image, qi in zip(pixels, q)]) if len(pixels) else pixels
+    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype).div_(255.0)
 
 
 # ----------------------------------------------------------------------------- smooth random masks
@@ -591,7 +586,7 @@ def _as_generator(generator: GeneratorArg) -> torch.Generator:
 
 
 def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
-            generator: GeneratorArg = None, jpeg_threads: int = 1) -> tuple:
+            generator: GeneratorArg = None) -> tuple:
     """Degrades a batch of clean images: x [B, 3, H, W] in [0, 1] -> (y, params).
 
     y has x's shape, dtype and device. params[b] describes image b::
@@ -609,7 +604,6 @@ def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
     generator: an int seed, a torch.Generator (any device) or None (seeded from torch's global RNG).
     The same seed and batch give the same y on the same device; image b's params depend only on
     the seed and b. H and W must exceed the largest kernel radius (12 for motion length 21).
-    jpeg_threads: threads for the (CPU) JPEG step; it does not change the result.
     """
     config = DegradeConfig() if config is None else config
     if not isinstance(config, DegradeConfig):
@@ -633,5 +627,5 @@ def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
     compressed = [b for b, image in enumerate(plan) if image["jpeg_quality"] is not None]
     if compressed:
         index = torch.tensor(compressed, device=x.device)
-        y[index] = jpeg(y[index], [plan[b]["jpeg_quality"] for b in compressed], threads=jpeg_threads)
+        y[index] = jpeg(y[index], [plan[b]["jpeg_quality"] for b in compressed])
     return y.to(x.dtype), plan
