@@ -355,18 +355,14 @@ def motion_blur(x: torch.Tensor, length: Scalar, angle: Scalar, *, mask: Optiona
             raise ValueError("motion_blur: length_outside/angle_outside need a mask")
         length_outside = _per_image(length_outside, b, "motion_blur: length_outside", minimum=0.0)
         angle_outside = _per_image(angle_outside, b, "motion_blur: angle_outside")
-    longest = length if length_outside is None else torch.maximum(length, length_outside)
-    radii = [motion_radius(float(v)) for v in longest]
+    longest = max(float(length.max()) if b else 0.0,
+                  float(length_outside.max()) if length_outside is not None and b else 0.0)
+    radius = motion_radius(longest)
     dtype = _work_dtype(x)
-    out = torch.empty(x.shape, device=x.device, dtype=dtype)
-    for radius in sorted(set(radii)):  # one filtering pass per kernel size: the cost grows as radius^2
-        members = [i for i in range(b) if radii[i] == radius]
-        index = torch.tensor(members, device=x.device)
-        k_in = motion_kernel(length[members], angle[members], radius, device=x.device, dtype=dtype)
-        k_out = None if length_outside is None else motion_kernel(
-            length_outside[members], angle_outside[members], radius, device=x.device, dtype=dtype)
-        out[index] = _blur(x[index], k_in, k_out, None if mask is None else mask[index], filter2d).to(dtype)
-    return out.to(x.dtype)
+    k_in = motion_kernel(length, angle, radius, device=x.device, dtype=dtype)
+    k_out = None if length_outside is None else motion_kernel(length_outside, angle_outside, radius,
+                                                              device=x.device, dtype=dtype)
+    return _blur(x, k_in, k_out, mask, filter2d)
 
 
 LUMA = (0.299, 0.587, 0.114)
