@@ -1,0 +1,110 @@
+"""Shared pieces of the IDA / SFT Triton kernels: device helpers and host-side launch policy.
+
+Layout conventions used by every kernel:
+  * a *low-res pixel* n = (b, i, j) is flattened as n = (b * Hl + i) * Wl + j, Hl = H / 2, Wl = W / 2;
+  * feature maps (x, grad_out, out, cond, noise, m) are addressed through their 4 strides, so
+    NCHW-contiguous and channels_last inputs work without copies (channels_last is the fast one);
+  * per-low-res-pixel intermediates (A, Bx, dA, dBx) are row-major [N_lo, Cm];
+  * packed GEMM weights are tap-major: w_x -> [9, C, Cm], w_map -> [9, Cm_in, Cm_out],
+    w_out -> [4, Cm, C_out] (tap = 3u + v or 2p + q).
+Every tl.dot takes operands cast to the compute dtype ``DOT`` and accumulates in float32.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# triton.jit decides at decoration time whether a kernel is interpreted, so this module-level
+# flag describes every kernel of this package (they are all decorated at import).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_DOT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def dot_dtype(dtype: torch.dtype):
+    """The Triton dtype the tensor-core operands are cast to."""
+    try:
+        return _DOT_DTYPES[dtype]
+    except KeyError:
+        raise TypeError(f"Triton IDA/SFT kernels compute in float32, bfloat16 or float16, not {dtype}") from None
+
+
+def fp32_dot_precision() -> str:
+    """tl.dot input precision for float32 operands: TF32 when cuDNN convolutions may use it
+    (PyTorch's default, so the reference convolutions do the same), IEEE otherwise."""
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def pow2(n: int, floor: int = 16) -> int:
+    """Smallest power of two >= max(n, floor) (tl.dot needs every block dimension >= 16)."""
+    return max(floor, triton.next_power_of_2(int(n)))
+
+
+def num_programs_cap(device: torch.device) -> int:
+    """Number of streaming multiprocessors (persistent grids launch a small multiple of it)."""
+    if device.type == "cuda" and not INTERPRET:
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+def autotune_enabled() -> bool:
+    """Autotuning is opt-in (UDM_FAST_TRITON_AUTOTUNE=1): it compiles and times every config on first use."""
+    return not INTERPRET and os.environ.get("UDM_FAST_TRITON_AUTOTUNE", "0") == "1"
+
+
+def check_runnable(t: torch.Tensor) -> None:
+    """Raises when the kernels cannot run on ``t``'s device."""
+    if t.device.type == "cuda" or INTERPRET:
+        return
+    raise RuntimeError(
+        f"Triton IDA/SFT kernels need a CUDA tensor (got {t.device.type}); on CPU they run only in the "
+        "Triton interpreter, which must be enabled (TRITON_INTERPRET=1) before triton is first imported")
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+@triton.jit
+def lowres_coords(n, Hl, Wl):
+    """(b, i, j) of flattened low-res pixel indices n."""
+    j = n % Wl
+    t = n // Wl
+    return t // Hl, t % Hl, j
+
+
+@triton.jit
+def leaky(h, slope):
+    """LeakyReLU(slope); slope 0 is ReLU."""
+    return tl.where(h > 0, h, h * slope)
+
+
+@triton.jit
+def leaky_grad(g, h, slope):
+    """Backward of LeakyReLU(slope) at pre-activation h (PyTorch convention: slope where h <= 0)."""
+    return tl.where(h > 0, g, g * slope)
+
+
+@triton.jit
+def load_cond_noise(cond_ptr, noise_ptr, seed_ptr, b, hy, hx, pmask, Cc, H, W,
+                    s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw,
+                    HAS_NOISE: tl.constexpr, BLOCK_CZ: tl.constexpr):
+    """[P, BLOCK_CZ] tile of [cond; z] at high-res pixels (b, hy, hx): columns < Cc hold cond,
+    column Cc the noise (explicit tensor, or Philox N(0, 1) from (seed, pixel index)), the rest 0."""
+    cz = tl.arange(0, BLOCK_CZ)
+    ptrs = cond_ptr + b[:, None] * s_cb + cz[None, :] * s_cc + hy[:, None] * s_ch + hx[:, None] * s_cw
+    tile = tl.load(ptrs, mask=pmask[:, None] & (cz[None, :] < Cc), other=0.0).to(tl.float32)
+    if HAS_NOISE:
+        z = tl.load(noise_ptr + b * s_nb + hy * s_nh + hx * s_nw, mask=pmask, other=0.0).to(tl.float32)
+    else:
+        z = philox_noise(seed_ptr, b, hy, hx, H, W)
+        z = tl.where(pmask, z, 0.0)
+    return tl.where(cz[None, :] == Cc, z[:, None], tile)
+
+
+@triton.jit
+def philox_noise(seed_ptr, b, hy, hx, H, W):
+    """N(0, 1) draws for high-res pixels, a pure function of (seed, pixel index (b * H + hy) * W + hx)."""
+    seed = tl.load(seed_ptr)
+    return tl.randn(seed, ((b * H + hy) * W + hx).to(tl.uint32))

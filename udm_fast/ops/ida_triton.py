@@ -1,0 +1,151 @@
+"""``udm_fast::ida_triton_fwd`` / ``udm_fast::ida_triton_bwd``: the Triton IDA kernels as torch ops.
+
+Both ops have fake (meta) kernels, and autograd is registered on the forward, so
+``torch.compile(fullgraph=True)`` traces them without graph breaks. The kernels themselves
+(``udm_fast.triton_kernels``) are imported on first execution, so importing this module needs
+neither triton nor a GPU. ``ida_triton`` is the user-facing function (the ``triton`` entry of
+``udm_fast.layers._IDA_IMPLS``).
+
+Dtypes: float32, bfloat16, float16. Under ``torch.autocast`` the GEMM operands are cast to the
+autocast dtype inside the kernels (float32 accumulation) and the output has the autocast dtype,
+as the reference's ConvTranspose2d would; outside autocast every tensor must share x's dtype.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def kernels(name: str):
+    """The Triton kernel module ``udm_fast.triton_kernels.<name>`` (imported lazily)."""
+    import importlib
+    return importlib.import_module(f"udm_fast.triton_kernels.{name}")
+
+
+def compute_dtype_for(where: str, x: Tensor, others: Sequence[Tensor]) -> torch.dtype:
+    """The dtype the kernels compute in: the autocast dtype when autocast is on for x's device,
+    else x's dtype (then all ``others`` must have it too)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = x.dtype
+        for t in others:
+            if t.dtype != dtype:
+                raise TypeError(f"{where}: all tensors must have x's dtype {dtype} outside autocast, got {t.dtype}")
+    if dtype not in _COMPUTE_DTYPES:
+        raise TypeError(f"{where}: the Triton backend computes in float32, bfloat16 or float16, not {dtype}")
+    return dtype
+
+
+def check_same_device(where: str, tensors: Sequence[Tensor]) -> None:
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"{where}: all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
+def check_ida_shapes(where: str, x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
+                     b_out: Tensor) -> None:
+    """Raises ValueError unless x [B, C, H, W] (H, W even), m [B, Cc, H/2, W/2] and the weights
+    w_up [Cc, Cm, 2, 2], w_map [Cm, Cm, 3, 3], w_x [Cm, C, 3, 3], w_out [Cm, C_out, 2, 2], b_out [C_out] fit."""
+    if x.dim() != 4 or m.dim() != 4:
+        raise ValueError(f"{where}: x and m must be 4-D, got {tuple(x.shape)} and {tuple(m.shape)}")
+    b, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{where}: feature height and width must be even, got {h}x{w}")
+    cc = m.shape[1]
+    if m.shape[0] != b or tuple(m.shape[2:]) != (h // 2, w // 2):
+        raise ValueError(f"{where}: map must be [B, Cc, H/2, W/2] = [{b}, {cc}, {h // 2}, {w // 2}], got {list(m.shape)}")
+    cm = w_x.shape[0] if w_x.dim() == 4 else -1
+    c_out = w_out.shape[1] if w_out.dim() == 4 else -1
+    expected = {"w_up": (w_up, (cc, cm, 2, 2)), "w_map": (w_map, (cm, cm, 3, 3)), "w_x": (w_x, (cm, c, 3, 3)),
+                "w_out": (w_out, (cm, c_out, 2, 2)), "b_out": (b_out, (c_out,))}
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{where}: {name} must have shape {list(shape)} for x {list(x.shape)} and m "
+                             f"{list(m.shape)}, got {list(t.shape)}")
+
+
+def new_output(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Output buffer shaped and laid out like x (channels_last stays channels_last)."""
+    return torch.empty_like(x, dtype=dtype)
+
+
+def new_mid(x: Tensor, w_x: Tensor, dtype: torch.dtype, save_mid: bool) -> tuple:
+    """The saved [N_lo, Cm] tensors A and Bx (empty placeholders when nothing is saved)."""
+    if not save_mid:
+        return x.new_empty((0,), dtype=dtype), x.new_empty((0,), dtype=dtype)
+    rows = x.shape[0] * (x.shape[2] // 2) * (x.shape[3] // 2)
+    return x.new_empty((rows, w_x.shape[0]), dtype=dtype), x.new_empty((rows, w_x.shape[0]), dtype=dtype)
+
+
+def weight_grads(raw: dict, weights: dict) -> list:
+    """Kernel weight gradients (float32) in each weight's shape and dtype, in ``weights``' order."""
+    return [raw[name].reshape(w.shape).to(w.dtype) for name, w in weights.items()]
+
+
+@torch.library.custom_op("udm_fast::ida_triton_fwd", mutates_args=())
+def ida_triton_fwd(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor, b_out: Tensor,
+                   compute_dtype: torch.dtype, save_mid: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """IDA forward. Returns (out [B, C_out, H, W] in compute_dtype, A, Bx), A / Bx being the
+    [N_lo, Cm] mid tensors the backward needs (empty when ``save_mid`` is False)."""
+    out = new_output(x, compute_dtype)
+    mids = kernels("ida").forward(x, m, w_up, w_map, w_x, w_out, b_out, compute_dtype=compute_dtype, out=out,
+                                  save_mid=save_mid)
+    a, bx = mids if save_mid else new_mid(x, w_x, compute_dtype, False)
+    return out, a, bx
+
+
+@ida_triton_fwd.register_fake
+def _ida_triton_fwd_fake(x, m, w_up, w_map, w_x, w_out, b_out, compute_dtype, save_mid):
+    return (new_output(x, compute_dtype),) + new_mid(x, w_x, compute_dtype, save_mid)
+
+
+@torch.library.custom_op("udm_fast::ida_triton_bwd", mutates_args=())
+def ida_triton_bwd(grad_out: Tensor, x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
+                   b_out: Tensor, a: Tensor, bx: Tensor,
+                   compute_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """IDA backward: (dx, dm, dw_up, dw_map, dw_x, dw_out, db_out), each like its input."""
+    grads = {"dx": torch.empty_like(x), "dm": torch.empty_like(m)}
+    raw = kernels("ida").backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, compute_dtype=compute_dtype,
+                                  grads=grads)
+    weights = {"w_up": w_up, "w_map": w_map, "w_x": w_x, "w_out": w_out, "b_out": b_out}
+    return (grads["dx"], grads["dm"], *weight_grads(raw, weights))
+
+
+@ida_triton_bwd.register_fake
+def _ida_triton_bwd_fake(grad_out, x, m, w_up, w_map, w_x, w_out, b_out, a, bx, compute_dtype):
+    return (torch.empty_like(x), torch.empty_like(m), *(w.new_empty(w.shape) for w in (w_up, w_map, w_x, w_out, b_out)))
+
+
+def _ida_setup_context(ctx, inputs, output):
+    *tensors, compute_dtype, save_mid = inputs
+    _, a, bx = output
+    ctx.compute_dtype, ctx.save_mid = compute_dtype, save_mid
+    ctx.mark_non_differentiable(a, bx)
+    ctx.save_for_backward(*tensors, a, bx)
+
+
+def _ida_backward(ctx, grad_out, _grad_a, _grad_bx):
+    if not ctx.save_mid:
+        raise RuntimeError("udm_fast::ida_triton_fwd was called with save_mid=False; it cannot be differentiated")
+    grads = torch.ops.udm_fast.ida_triton_bwd(grad_out, *ctx.saved_tensors, ctx.compute_dtype)
+    return (*grads, None, None)
+
+
+torch.library.register_autograd("udm_fast::ida_triton_fwd", _ida_backward, setup_context=_ida_setup_context)
+
+
+def ida_triton(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
+               b_out: Tensor) -> Tensor:
+    """IDA(x, m) with the Triton kernels; same signature and result as ``layers.ida_reference``."""
+    tensors = (x, m, w_up, w_map, w_x, w_out, b_out)
+    check_ida_shapes("IDA (triton)", *tensors)
+    check_same_device("IDA (triton)", tensors)
+    dtype = compute_dtype_for("IDA (triton)", x, tensors[1:])
+    save_mid = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return torch.ops.udm_fast.ida_triton_fwd(*tensors, dtype, save_mid)[0]
