@@ -15,6 +15,8 @@ from torch import nn
 
 from . import backend as _backend
 from . import ops as _ops
+from .ops import ida_triton as _ida_triton
+from .ops import sft_triton as _sft_triton
 
 NoiseArg = Union[None, torch.Tensor, torch.Generator]
 
@@ -125,7 +127,7 @@ def _check_ida_inputs(x: torch.Tensor, m: torch.Tensor, c_x: int, c_m: int) -> N
                          f"got {list(m.shape)}")
 
 
-_IDA_IMPLS: dict = {"reference": ida_reference}
+_IDA_IMPLS: dict = {"reference": ida_reference, "triton": _ida_triton.ida_triton}
 
 
 def _ida_impl(name: str) -> Callable:
@@ -168,7 +170,7 @@ def _sft_epilogue_compiled(x, gamma, beta, ida):
 
 
 def _sft_epilogue(name: str) -> Callable:
-    if name == "reference":
+    if name in ("reference", "triton"):  # triton: layers whose activation the fused kernel lacks
         return _sft_epilogue_reference
     if name == "cuda":
         if not _ops.AVAILABLE:
@@ -215,6 +217,8 @@ class SFT(nn.Module):
                         noise: NoiseArg = None) -> torch.Tensor:
         """forward() with the condition already resized to H x W and H/2 x W/2 (the generator hoists it)."""
         name = _backend.resolve(self.backend, x.device)
+        if name == "triton" and _sft_triton.activation_slope(self) is not None:
+            return _sft_triton.sft_layer_forward(self, x, cond_full, cond_half, noise)
         gamma = self.convs_gamma[1](self.convs_gamma[0](cond_full))
         z = draw_noise(noise, x, cond_full.dtype)
         beta = self.convs_beta[1](self.convs_beta[0](torch.cat((cond_full, z), dim=1)))
