@@ -127,6 +127,12 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "numpy", "pillow", "pyyaml", "tqdm"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "compressai==1.2.8"]},
+    extras_require={
+        # weight files for DISTS (alpha/beta) and LPIPS (linear layers); VGG16 comes from torchvision's file
+        "weights": ["dists-pytorch", "lpips"],
+        "lmdb": ["lmdb"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "compressai==1.2.8", "torchvision",
+                 "dists-pytorch", "lpips", "lmdb"],
+    },
     entry_points={"console_scripts": ["udm-fast=udm_fast.cli:main"]},
 )
