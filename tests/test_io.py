@@ -58,10 +58,10 @@ def test_png16_round_trip_keeps_16_bit_precision(tmp_path):
 
 
 def _png16_every_filter(samples: np.ndarray) -> bytes:
-    """A 16-bit RGB PNG whose rows cycle through the five PNG filter types (written from the PNG spec)."""
-    height, width, _ = samples.shape
+    """A 16-bit RGB / RGBA PNG whose rows cycle through the five PNG filter types (written from the PNG spec)."""
+    height, width, channels = samples.shape
     raw = samples.astype(">u2").reshape(height, -1).view(np.uint8).astype(np.int64)
-    bpp = 6
+    bpp = 2 * channels
 
     def paeth(a, b, c):
         p = a + b - c
@@ -83,7 +83,7 @@ def _png16_every_filter(samples: np.ndarray) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"".join(lines))) + chunk(b"IEND", b""))
 
 
@@ -91,6 +91,16 @@ def test_png16_colour_from_another_encoder_with_all_filter_types(tmp_path):
     samples = np.random.default_rng(3).integers(0, 65536, size=(10, 7, 3), dtype=np.uint16)
     (tmp_path / "filters.png").write_bytes(_png16_every_filter(samples))
     torch.testing.assert_close(load_quietly(tmp_path / "filters.png"), unit(samples, 65535.0), rtol=0, atol=1e-7)
+
+
+def test_png16_rgba_keeps_16_bit_precision_before_compositing(tmp_path):
+    samples = np.random.default_rng(6).integers(0, 65536, size=(9, 6, 4), dtype=np.uint16)
+    (tmp_path / "rgba16.png").write_bytes(_png16_every_filter(samples))
+    with pytest.warns(ImageNote, match="alpha"):
+        loaded = load_image(tmp_path / "rgba16.png")
+    unit_samples = samples.astype(np.float64) / 65535
+    alpha = unit_samples[..., 3:]
+    torch.testing.assert_close(loaded, unit(unit_samples[..., :3] * alpha + 1 - alpha, 1.0), rtol=0, atol=1e-6)
 
 
 def test_png16_grayscale_divides_by_65535_with_a_note(tmp_path):

@@ -79,7 +79,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
             orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
             frames = getattr(img, "n_frames", 1)
     except Image.UnidentifiedImageError:
-        raise ImageError(path, "not an image file Pillow can read") from None
+        raise ImageError(path, "not an image file Pillow can read (unknown format or damaged header)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"refused: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:  # Pillow's ways to say "corrupt"

@@ -1,0 +1,292 @@
+"""The ``udm-fast`` command: ``transfer``, ``info`` and ``demo``.
+
+Every expected failure (missing or corrupt files, mismatched weights, bad devices, unusable image
+sizes) ends with one ``udm-fast: error: ...`` line on stderr and exit code 1; ``--debug`` re-raises
+it with the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import textwrap
+import time
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from . import __version__, backend, degrade, pretrained
+from .io import ImageNote, format_for_path, load_image, save_image
+from .model import UDM
+
+PROG = "udm-fast"
+MAX_ERROR_CHARS = 400
+DEMO_GRID_NAME = "transfer_grid.png"
+GRID_GAP = 6
+LABEL_HEIGHT = 14
+
+# The demo's degraded examples: (label, function of (image [1, 3, H, W], generator)).
+DEMO_DEGRADATIONS = (
+    ("gaussian blur, sigma 2.5", lambda x, g: degrade.gaussian_blur(x, 2.5)),
+    ("noise, sigma 25/255", lambda x, g: degrade.gaussian_noise(x, 25.0 / 255.0, generator=g)),
+    ("motion blur 13 px + JPEG q25", lambda x, g: degrade.jpeg(degrade.motion_blur(x, 13.0, math.pi / 4), 25)),
+)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def parse_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but no CUDA device is available (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r} requested but MPS is not available")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def load_model(weights: Optional[str], official: bool, device: torch.device) -> UDM:
+    """``weights`` (a UDM.save file, or with ``official`` the authors' checkpoint) or the default model."""
+    if weights is None:
+        if official:
+            raise ValueError("--official needs --weights (the path of the authors' checkpoint)")
+        return pretrained.default_model(device)
+    if official:
+        return UDM.from_official(weights).to(device)
+    return UDM.load(weights, map_location=device)
+
+
+def describe_model(weights: Optional[str], official: bool) -> str:
+    if weights is None:
+        return pretrained.default_model_source()
+    return f"{weights} ({'authors checkpoint' if official else 'udm_fast weights'})"
+
+
+def set_tile_size(model: UDM, tile_size: Optional[int]) -> None:
+    """--tile-size: None keeps the model's default, 0 disables tiling, else a positive multiple of 8."""
+    if tile_size is None:
+        return
+    if tile_size < 0 or tile_size % 8:
+        raise ValueError(f"--tile-size must be 0 (no tiling) or a positive multiple of 8, got {tile_size}")
+    model.tile_size = tile_size or None
+
+
+def _size(image: torch.Tensor) -> str:
+    return f"{image.shape[-1]}x{image.shape[-2]}"
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception message on one line, shortened to MAX_ERROR_CHARS."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines) or type(exc).__name__
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS].rstrip() + " ... (run with --debug for the full message)"
+    return text
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    kind = "note" if issubclass(category, ImageNote) else "warning"
+    print(f"{PROG}: {kind}: {_one_line(message)}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    format_for_path(args.out)  # fail on a bad output name before any work
+    device = parse_device(args.device)
+    clean, degraded = load_image(args.clean), load_image(args.degraded)
+    model = load_model(args.weights, args.official, device)
+    set_tile_size(model, args.tile_size)
+    noise = None if args.seed is None else torch.Generator().manual_seed(args.seed)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.transfer(clean.to(device), degraded.to(device), noise=noise)
+    elapsed = time.perf_counter() - start
+    save_image(out.cpu(), args.out)
+    print(f"wrote {args.out} ({_size(out)}): degradation of {args.degraded} ({_size(degraded)}) applied to "
+          f"{args.clean} ({_size(clean)}) on {device} in {elapsed:.2f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def _version_of(module_name: str) -> str:
+    try:
+        module = __import__(module_name)
+    except ImportError as exc:
+        return f"not installed ({exc})"
+    return getattr(module, "__version__", "unknown version")
+
+
+def _count(module: Optional[torch.nn.Module]) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def run_info(args: argparse.Namespace) -> int:
+    cuda = (f"CUDA {torch.version.cuda} build, {torch.cuda.device_count()} CUDA device(s) visible"
+            if torch.version.cuda else "CPU-only build")
+    print(f"udm_fast  {__version__}")
+    print(f"torch     {torch.__version__} ({cuda})")
+    print(f"triton    {_version_of('triton')}")
+    print(f"python    {sys.version.split()[0]}")
+    print(f"\nbackends (requested: {backend.get_backend()})")
+    info = backend.build_info()
+    width = max(map(len, info))
+    for name, entry in info.items():
+        print(f"  {name:<{width}}  {'yes' if entry['available'] else 'no ':<3}  {entry['detail']}")
+    model = load_model(args.weights, args.official, torch.device("cpu"))
+    config = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(model.config).items())
+    print(f"\nmodel: {describe_model(args.weights, args.official)}")
+    print(textwrap.fill(config, width=100, initial_indent="  config: ", subsequent_indent="          "))
+    print("  parameters:")
+    parts = [(name, _count(child)) for name, child in model.named_children()]
+    parts.append(("(inference, without the MoCo key encoder and critic)",
+                  _count(model) - _count(model.global_encoder.encoder_k) - _count(model.discriminator)))
+    parts.append(("total", _count(model)))
+    width = max(len(name) for name, _ in parts)
+    for name, count in parts:
+        print(f"    {name:<{width}}  {count:>12,}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    pixels = (image[0].detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def _grid(rows: list, labels: Sequence[str]) -> torch.Tensor:
+    """Images laid out in cells of the largest size (rows[r][c] may be None), labels under row 0."""
+    cell_h = max(im.height for row in rows for im in row if im is not None)
+    cell_w = max(im.width for row in rows for im in row if im is not None)
+    n_rows, n_cols = len(rows), len(rows[0])
+    canvas = Image.new("RGB", (n_cols * (cell_w + GRID_GAP) + GRID_GAP,
+                               n_rows * (cell_h + GRID_GAP) + GRID_GAP + LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        top = GRID_GAP + r * (cell_h + GRID_GAP) + (LABEL_HEIGHT if r else 0)
+        for c, im in enumerate(row):
+            left = GRID_GAP + c * (cell_w + GRID_GAP)
+            if im is not None:
+                canvas.paste(im, (left + (cell_w - im.width) // 2, top + (cell_h - im.height) // 2))
+            if r == 0:
+                draw.text((left, top + cell_h + 1), labels[c], fill=(0, 0, 0))
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    device = parse_device(args.device)
+    generator = torch.Generator().manual_seed(args.seed)
+    cleans = [load_image(p) for p in pretrained.sample_paths()]
+    degraded = [make(cleans[i % len(cleans)], generator) for i, (_, make) in enumerate(DEMO_DEGRADATIONS)]
+    model = load_model(args.weights, args.official, device)
+    set_tile_size(model, args.tile_size)
+    rows = [[None] + [_to_pil(y) for y in degraded]]
+    start = time.perf_counter()
+    with torch.no_grad(), tqdm(total=len(cleans) * len(degraded), desc="transfers", unit="image") as bar:
+        codes = [model.encode(y.to(device)) for y in degraded]
+        for x in cleans:
+            row = [_to_pil(x)]
+            for e_g, e_l in codes:
+                row.append(_to_pil(model.synthesize(x.to(device), e_g, e_l, noise=generator)))
+                bar.update()
+            rows.append(row)
+    elapsed = time.perf_counter() - start
+    out = os.path.join(args.out, DEMO_GRID_NAME)
+    save_image(_grid(rows, ["clean \\ degraded"] + [label for label, _ in DEMO_DEGRADATIONS]), out)
+    print(f"wrote {out}: rows = {len(cleans)} bundled clean photos, columns = {len(degraded)} degraded examples "
+          f"(top row), {len(cleans) * len(degraded)} transfers on {device} in {elapsed:.1f} s")
+    if args.weights is None and not pretrained.DEFAULT_WEIGHTS.is_file():
+        print("note: the model is an untrained placeholder, so the grid shows the pipeline, not real transfers")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser and entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    model_options = argparse.ArgumentParser(add_help=False)
+    model_options.add_argument("--weights", metavar="W", help="model weights: a UDM.save file "
+                               "(default: the bundled model)")
+    model_options.add_argument("--official", action="store_true",
+                               help="W is the authors' checkpoint (loaded with UDM.from_official)")
+    run_options = argparse.ArgumentParser(add_help=False)
+    run_options.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    run_options.add_argument("--tile-size", type=int, metavar="N",
+                             help="tile large images in N x N tiles (multiple of 8; 0 = no tiling; default 512)")
+
+    parser = argparse.ArgumentParser(prog=PROG, parents=[common],
+                                     description="Universal image degradation model: transfer degradations.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    transfer = commands.add_parser("transfer", parents=[common, model_options, run_options],
+                                   help="apply the degradation of one photo to another",
+                                   description="Applies the degradation of --degraded to --clean, writes --out "
+                                               "(PNG or JPEG by extension) with the clean image's size.")
+    transfer.add_argument("--clean", required=True, metavar="X", help="the clean image")
+    transfer.add_argument("--degraded", required=True, metavar="Y", help="the image whose degradation to copy")
+    transfer.add_argument("--out", required=True, metavar="Z", help="output image (.png, .jpg or .jpeg)")
+    transfer.add_argument("--seed", type=int, metavar="S", help="seed of the generator noise (default: random)")
+    transfer.set_defaults(run=run_transfer)
+
+    info = commands.add_parser("info", parents=[common, model_options],
+                               help="versions, available backends and the model's sizes")
+    info.set_defaults(run=run_info)
+
+    demo = commands.add_parser("demo", parents=[common, model_options, run_options],
+                               help="transfer grid on the bundled sample photos",
+                               description="Degrades bundled photos, transfers each degradation to every photo "
+                                           "and writes DIR/" + DEMO_GRID_NAME + ".")
+    demo.add_argument("--out", default="udm_fast_demo", metavar="DIR", help="output folder (default ./udm_fast_demo)")
+    demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the noise (default 0)")
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``udm-fast``; returns the exit code (argparse exits with 2 on usage errors)."""
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", ImageNote)
+        warnings.simplefilter("always", pretrained.PlaceholderModelWarning)
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except (OSError, ValueError, RuntimeError) as exc:
+            if getattr(args, "debug", False):  # --debug may come before or after the command
+                raise
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
