@@ -1,0 +1,221 @@
+"""The trainer on a tiny model (CPU): learning, exact resume, DDP on gloo, precision modes and errors."""
+import csv
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from udm_fast import checkpoint as ckpt
+from udm_fast.losses import MissingWeightsError
+from udm_fast.model import UDM
+from udm_fast.train import distributed
+from udm_fast.train.config import ConfigError, ScheduleConfig, load_config
+from udm_fast.train.data import DataError
+from udm_fast.train.trainer import ScheduleFactor, Trainer
+
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(out_dir, **overrides):
+    """configs/tiny.yaml on the bundled photos, single-threaded, one CSV row per step, no grids."""
+    base = {"log.out_dir": str(out_dir), "log.progress": False, "log.log_every": 1, "log.image_every": 0,
+            "log.save_every": 0, "run.threads": 1, "data.degrade_window": 48}
+    return load_config(TINY, {**base, **overrides})
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _mean(rows, key):
+    return sum(float(r[key]) for r in rows) / len(rows)
+
+
+def test_tiny_training_learns_and_writes_its_outputs(tmp_path):
+    # without the critic and the second noise sample (covered by the other tests) a step is ~2x cheaper
+    lean = {"model.discriminator": False, "loss.weights.gan_generator": 0.0, "loss.weights.diversity": 0.0}
+    trainer = Trainer(tiny(tmp_path, **{"run.max_steps": 30, "log.image_every": 15, "log.save_every": 10}, **lean))
+    moco = trainer.model.global_encoder
+    initial_q = [p.clone() for p in moco.encoder_q.parameters()]
+    initial_k = [p.clone() for p in moco.encoder_k.parameters()]
+    initial_queue = trainer.model.global_encoder.queue.clone()
+    summary = trainer.run()
+    assert summary["step"] == 30 and summary["finished"]
+    rows = read_log(tmp_path)
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    first, last = rows[:8], rows[-8:]
+    assert _mean(last, "loss") < _mean(first, "loss")
+    assert _mean(last, "l1") < _mean(first, "l1")  # the synthesised ŷ moves towards y
+    assert "critic_loss" not in rows[0] and "diversity" not in rows[0]
+    # MoCo: the queue was written, and the key encoder followed the trained query encoder by momentum
+    assert not torch.equal(moco.queue, initial_queue)
+    for q0, q, k0, k in zip(initial_q, moco.encoder_q.parameters(), initial_k, moco.encoder_k.parameters()):
+        if q.dim() > 1:  # weights (conv biases before BatchNorm get ~zero gradients)
+            assert not torch.equal(q, q0) and not torch.equal(k, k0)
+    # outputs: resolved config, checkpoints (every 10 steps, two kept), grids, exported model
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest.pt", "step_00000020.pt", "step_00000030.pt"]
+    assert sorted(os.listdir(tmp_path / "images")) == ["step_00000015.png", "step_00000030.png"]
+    assert load_config(tmp_path / "config.yaml") == trainer.config
+    exported = UDM.load(tmp_path / "model.pt")
+    assert exported.weights_hash() == trainer.model.weights_hash()
+
+
+def _state_equal(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_state_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    settings = {"run.max_steps": 4, "log.save_every": 2, "run.ema_decay": 0.5}
+    reference = Trainer(tiny(tmp_path / "a", **settings))
+    reference.run()
+
+    # the interrupted run uses loader workers: items do not depend on them
+    killed = Trainer(tiny(tmp_path / "b", **settings, **{"data.workers": 2}))
+    step = killed.train_step
+
+    def dies_during_step_4(*batch):
+        if killed.step == 3:
+            raise KeyboardInterrupt("killed")
+        return step(*batch)
+
+    killed.train_step = dies_during_step_4
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    assert ckpt.load_file(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 2
+
+    resumed = Trainer(tiny(tmp_path / "b", **settings), resume=True)
+    assert resumed.step == 2
+    resumed.run()
+    for name in ("model", "ema", "optimizer_g", "optimizer_d", "scheduler_g", "sampler"):
+        assert _state_equal(reference.state_dict()[name], resumed.state_dict()[name]), name
+    a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    assert [r["step"] for r in b] == [str(s) for s in range(1, 5)]  # the killed run's row 3 was replaced
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "images_per_s"} == \
+               {k: v for k, v in rb.items() if k != "images_per_s"}
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    try:
+        trainer = Trainer(tiny(out_dir, **{"run.max_steps": 3, "log.save_every": 2}))
+        assert trainer.sampler.per_rank == 2
+        trainer.run()
+        torch.save({"model": trainer.model.state_dict(), "optimizer_g": trainer.optimizer_g.state_dict()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        distributed.shutdown()
+
+
+def test_two_process_gloo_training_keeps_the_ranks_identical(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: the children reuse the imported modules (spawn would import torch twice more)
+    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert _state_equal(states[0], states[1])
+    model = states[0]["model"]
+    # every step enqueued the keys of both ranks (4 per step), not only the local 2
+    assert model["global_encoder.queue_ptr"].item() == (3 * 4) % 16
+    assert not torch.equal(model["global_encoder.encoder_k.LPE_p.0.conv.weight"],
+                           model["global_encoder.encoder_q.LPE_p.0.conv.weight"])
+    saved = ckpt.load_file(tmp_path / "checkpoints" / "latest.pt")
+    assert saved["step"] == 3 and len(saved["rng"]) == 2  # each rank's random state
+    assert len(read_log(tmp_path)) == 3  # only rank 0 logs
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # fp16: skipped first step
+@pytest.mark.parametrize("overrides, columns", [
+    ({"run.amp": "bf16", "run.channels_last": True, "model.disc_channels": 6, "data.degrade_on": "device",
+      "loss.weights.dists": 1.0, "loss.weights.lpips": 1.0, "loss.pretrained": False}, {"dists", "lpips"}),
+    ({"run.amp": "fp16", "optim.grad_clip": 1.0, "optim.critic_grad_clip": 1.0, "loss.weights.diversity": 0.0},
+     {"critic_loss"}),
+])
+def test_precision_and_option_modes_train(tmp_path, overrides, columns):
+    summary = Trainer(tiny(tmp_path, **{"run.max_steps": 1}, **overrides)).run()
+    assert summary["finished"] and columns <= set(summary["losses"])
+    assert all(math.isfinite(v) for v in summary["losses"].values())
+    saved = ckpt.load_file(tmp_path / "checkpoints" / "latest.pt")
+    assert (saved["scaler"] is not None) == (overrides["run.amp"] == "fp16")
+
+
+def test_schedules_drive_their_own_optimisers(tmp_path):
+    overrides = {"run.max_steps": 2,
+                 "optim.generator_schedule": {"kind": "step", "interval": "step", "step_size": 1, "gamma": 0.5},
+                 "optim.critic_schedule": {"kind": "cosine", "interval": "epoch", "min_lr_ratio": 0.1}}
+    trainer = Trainer(tiny(tmp_path, **overrides))
+    assert trainer.sampler.batches_per_epoch == 1  # 4 bundled photos, batch 4
+    trainer.run()
+    rows = read_log(tmp_path)
+    assert [float(r["lr_generator"]) for r in rows] == pytest.approx([5e-4, 2.5e-4])
+    # cosine over the run's 2 epochs: halfway after one, at the floor after two
+    assert [float(r["lr_critic"]) for r in rows] == pytest.approx([1e-3 * 0.55, 1e-3 * 0.1])
+    assert trainer.optimizer_g.param_groups[3]["lr"] == pytest.approx(1e-3 * 0.25)  # every group decays
+
+
+def test_schedule_factor():
+    step = ScheduleFactor(ScheduleConfig(kind="step", step_size=3, gamma=0.1), length=0)
+    assert [step(n) for n in range(7)] == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+    cosine = ScheduleFactor(ScheduleConfig(kind="cosine", min_lr_ratio=0.2), length=4)
+    expected = [0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * min(n, 4) / 4)) for n in range(6)]
+    assert [cosine(n) for n in range(6)] == pytest.approx(expected)
+    assert ScheduleFactor(ScheduleConfig(kind="constant"), length=5)(100) == 1.0
+
+
+def test_output_folder_and_resume_errors(tmp_path):
+    Trainer(tiny(tmp_path, **{"run.max_steps": 1})).run()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        Trainer(tiny(tmp_path, **{"run.max_steps": 1}))
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        Trainer(tiny(tmp_path / "other"), resume=True)
+    with pytest.raises(ckpt.CheckpointError, match="was trained with model"):
+        Trainer(tiny(tmp_path, **{"model.filters": 16}), resume=True)
+    with pytest.raises(ckpt.CheckpointError, match="run.ema_decay was off"):
+        Trainer(tiny(tmp_path, **{"run.ema_decay": 0.9}), resume=True)
+    resumed = Trainer(tiny(tmp_path, **{"run.max_steps": 2}), resume=True)  # a longer run continues
+    assert resumed.run()["step"] == 2
+
+
+def test_missing_perceptual_weights_give_the_losses_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    config = tiny(tmp_path, **{"loss.weights.dists": 10.0, "loss.download": False})
+    with pytest.raises(MissingWeightsError, match="vgg16-397923af.pth.*pretrained=False"):
+        Trainer(config)
+
+
+def test_bad_data_is_reported(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images"):
+        Trainer(tiny(tmp_path / "a", **{"data.root": str(empty)}))
+    with pytest.raises(DataError, match="4 items, fewer than one batch"):
+        Trainer(tiny(tmp_path / "b", **{"data.batch_size": 8}))
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        if torch.cuda.is_available():
+            pytest.skip("needs a machine without CUDA")
+        Trainer(tiny(tmp_path / "c", **{"run.device": "cuda"}))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(4):
+        (broken / f"{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"unusable items in a row.*broken/\d\.jpg: cannot decode image"):
+        Trainer(tiny(tmp_path / "d", **{"data.root": str(broken), "run.max_steps": 1})).run()

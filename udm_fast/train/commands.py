@@ -1,0 +1,314 @@
+"""The ``udm-fast train``, ``synth`` and ``eval`` subcommands (registered by ``add_commands``).
+
+Handlers return an exit code and raise ``ValueError`` / ``OSError`` for expected failures, which
+the ``udm-fast`` entry point prints as one error line.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from ..degrade import DegradeConfig, degrade
+from .config import ConfigError, load_config
+from .data import DataError, ItemError, decode_image, derive_seed, list_images, read_pairs
+
+SYNTH_INDEX = "pairs.csv"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser]) -> None:
+    """Adds ``train``, ``synth`` and ``eval`` to the ``udm-fast`` subcommands."""
+    train = commands.add_parser(
+        "train", parents=list(parents), help="train a model from a YAML config",
+        description="Trains a model as CONFIG says (see configs/default.yaml for every key). Flags override the "
+                    "config. Multi-GPU: torchrun --nproc_per_node N --no-python udm-fast train CONFIG.")
+    train.add_argument("config", metavar="CONFIG", help="YAML training config")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                       help="continue the run in the output folder (its checkpoints/latest.pt), or from CHECKPOINT")
+    train.add_argument("--out", metavar="DIR", help="output folder (log.out_dir)")
+    train.add_argument("--max-steps", type=int, metavar="N", help="stop after N iterations (run.max_steps)")
+    train.add_argument("--data", metavar="DIR|CSV",
+                       help="a folder of clean images (data.kind folder) or a paired CSV index (data.kind csv)")
+    train.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (run.device)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key with a YAML value, e.g. --set run.amp=bf16 (repeatable)")
+    train.set_defaults(run=run_train)
+
+    synth = commands.add_parser(
+        "synth", parents=list(parents), help="make a paired training set from clean images",
+        description=f"Degrades every image of --clean --per-image times and writes OUT/ref/..., OUT/degraded/... "
+                    f"(PNG) and OUT/{SYNTH_INDEX} (columns name, ref_name, params) in the reference's format.")
+    synth.add_argument("--clean", required=True, metavar="DIR", help="folder of clean images (searched recursively)")
+    synth.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    synth.add_argument("--per-image", type=int, default=1, metavar="N", help="degraded versions per image (default 1)")
+    synth.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    synth.add_argument("--config", metavar="CONFIG", help="take the degradation settings from this training "
+                       "config's data.degrade (default: DegradeConfig defaults)")
+    synth.add_argument("--max-side", type=int, default=0, metavar="N",
+                       help="downscale images whose longer side exceeds N pixels first (default: keep sizes)")
+    synth.set_defaults(run=run_synth)
+
+    evaluate = commands.add_parser(
+        "eval", parents=list(parents), help="measure how well a model re-applies degradations",
+        description="For each (clean x, degraded y) pair: ŷ = model re-applies y's degradation to x; reports "
+                    "DISTS and LPIPS (when their weights are available), MS-SSIM and PSNR of ŷ against y, and the "
+                    "bits of the quantised codes (e_g per image, e_l per pixel). Prints a table, writes JSON.")
+    evaluate.add_argument("--weights", required=True, metavar="W",
+                          help="a model file (model.pt of a run), a training checkpoint, or with --official the "
+                               "authors' checkpoint")
+    evaluate.add_argument("--official", action="store_true", help="W is the authors' checkpoint")
+    evaluate.add_argument("--data", required=True, metavar="DIR|CSV",
+                          help=f"a paired CSV index, or a folder holding {SYNTH_INDEX} (as written by synth)")
+    evaluate.add_argument("--distorted-column", default="name", metavar="NAME")
+    evaluate.add_argument("--reference-column", default="ref_name", metavar="NAME")
+    evaluate.add_argument("--out", default="eval.json", metavar="JSON", help="results file (default eval.json)")
+    evaluate.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--crop", type=int, default=0, metavar="N", help="evaluate the central N x N crops")
+    evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N pairs")
+    evaluate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the generator noise")
+    evaluate.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG16 file for DISTS/LPIPS")
+    evaluate.add_argument("--no-download", action="store_true", help="never download the VGG16 weights")
+    evaluate.set_defaults(run=run_eval)
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger("udm_fast")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("udm-fast: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    """The dotted config keys the command-line flags set."""
+    overrides = {}
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(text)
+    if args.out is not None:
+        overrides["log.out_dir"] = args.out
+    if args.max_steps is not None:
+        overrides["run.max_steps"] = args.max_steps
+    if args.device is not None:
+        overrides["run.device"] = args.device
+    if args.data is not None:
+        if os.path.isfile(args.data) and args.data.lower().endswith(".csv"):
+            overrides.update({"data.kind": "csv", "data.csv": args.data, "data.root": None})
+        elif os.path.isdir(args.data):
+            overrides.update({"data.kind": "folder", "data.root": args.data})
+        else:
+            raise DataError(f"--data {args.data}: not a folder of images nor a .csv index")
+    return overrides
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .trainer import Trainer
+
+    _configure_logging()
+    config = load_config(args.config, train_overrides(args))
+    try:
+        trainer = Trainer(config, resume=args.resume)
+        summary = trainer.run()
+    finally:
+        distributed.shutdown()
+    if trainer.dist.is_main:
+        state = "finished" if summary["finished"] else "stopped (resume with --resume)"
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in summary["losses"].items())
+        print(f"{state} at step {summary['step']} (epoch {summary['epoch']:.2f}); {losses}; "
+              f"outputs in {summary['out_dir']}" + (f"; {summary['skipped']} unusable files skipped"
+                                                    if summary["skipped"] else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------- synth
+
+
+def _relative_stem(relative: str) -> str:
+    return os.path.splitext(relative)[0].replace(os.sep, "/")
+
+
+def _save_png(array: np.ndarray, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _limit_side(array: np.ndarray, max_side: int) -> np.ndarray:
+    if not max_side or max(array.shape[:2]) <= max_side:
+        return array
+    scale = max_side / max(array.shape[:2])
+    size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
+    return np.asarray(Image.fromarray(array).resize(size, Image.LANCZOS))
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    if args.per_image < 1:
+        raise ValueError(f"--per-image must be >= 1, got {args.per_image}")
+    config = load_config(args.config).data.degrade if args.config else DegradeConfig()
+    files = list_images(args.clean, IMAGE_EXTENSIONS)
+    rows, skipped = [], []
+    start = time.perf_counter()
+    for index, relative in enumerate(files):
+        try:
+            clean = _limit_side(decode_image(os.path.join(args.clean, relative)), args.max_side)
+            x = torch.from_numpy(np.ascontiguousarray(clean.transpose(2, 0, 1)))[None].float() / 255.0
+            stem = _relative_stem(relative)
+            ref_name = f"ref/{stem}.png"
+            outputs = []
+            for variant in range(args.per_image):
+                y, params = degrade(x, config=config, generator=derive_seed(args.seed, index, variant))
+                pixels = (y[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+                outputs.append((f"degraded/{stem}-{variant}.png", pixels, params[0]))
+        except (ItemError, ValueError) as exc:
+            skipped.append(f"{os.path.join(args.clean, relative)}: {exc}")
+            print(f"udm-fast: warning: skipped {skipped[-1]}", file=sys.stderr)
+            continue
+        _save_png(clean, os.path.join(args.out, ref_name))
+        for name, pixels, params in outputs:
+            _save_png(pixels, os.path.join(args.out, name))
+            rows.append({"name": name, "ref_name": ref_name, "params": json.dumps(params)})
+    if not rows:
+        raise DataError(f"no usable images in {args.clean} ({len(skipped)} skipped)")
+    index_path = os.path.join(args.out, SYNTH_INDEX)
+    with open(index_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["name", "ref_name", "params"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} pairs from {len(files) - len(skipped)} images to {args.out} "
+          f"({time.perf_counter() - start:.1f} s); index {index_path}"
+          + (f"; {len(skipped)} unusable files skipped" if skipped else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def load_eval_model(path: str, official: bool, device: torch.device):
+    """A UDM in eval mode from a model file, a training checkpoint (its raw weights) or, with
+    ``official``, the authors' checkpoint."""
+    from .. import checkpoint as ckpt
+    from ..model import UDM, UDMConfig
+    from .trainer import CHECKPOINT_FORMAT
+
+    if official:
+        return UDM.from_official(path).to(device)
+    payload = ckpt.load_file(path)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        model = UDM(UDMConfig.from_dict(payload["config"]["model"]))
+        ckpt.check_and_load(model, payload["model"], path)
+        return model.to(device).eval()
+    return UDM.load(path, map_location=device)
+
+
+def _index_path(data: str) -> str:
+    if os.path.isdir(data):
+        path = os.path.join(data, SYNTH_INDEX)
+        if not os.path.isfile(path):
+            raise DataError(f"{data} holds no {SYNTH_INDEX}; pass the CSV index itself")
+        return path
+    if not os.path.isfile(data):
+        raise DataError(f"--data {data}: no such file or folder")
+    return data
+
+
+def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
+    if not size:
+        return a
+    h, w = a.shape[:2]
+    if min(h, w) < size:
+        raise ItemError(f"{w}x{h} is smaller than --crop {size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return a[top:top + size, left:left + size]
+
+
+def _eval_pairs(index: str, args: argparse.Namespace, device: torch.device,
+                skipped: list) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    root = os.path.dirname(os.path.abspath(index))
+    pairs = read_pairs(index, args.distorted_column, args.reference_column)
+    if args.limit:
+        pairs = pairs[:args.limit]
+    for distorted, reference in pairs:
+        try:
+            y = decode_image(os.path.join(root, distorted))
+            x = decode_image(os.path.join(root, reference))
+            if x.shape != y.shape:
+                x = np.asarray(Image.fromarray(x).resize((y.shape[1], y.shape[0]), Image.BICUBIC))
+            x, y = _center_crop(x, args.crop), _center_crop(y, args.crop)
+        except ItemError as exc:
+            skipped.append(f"{os.path.join(root, distorted)}: {exc}")
+            print(f"udm-fast: warning: skipped {skipped[-1]}", file=sys.stderr)
+            continue
+        to_tensor = lambda a: (torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]  # noqa: E731
+                               .to(device).float() / 255.0)
+        yield distorted, to_tensor(x), to_tensor(y)
+
+
+def _perceptual_metrics(args: argparse.Namespace, device: torch.device) -> tuple[dict, dict]:
+    """({name: module} of the perceptual metrics whose weights load, {name: why not} for the others)."""
+    from ..losses import DISTS, LPIPS, MissingWeightsError
+
+    modules, unavailable = {}, {}
+    for name, cls in (("dists", DISTS), ("lpips", LPIPS)):
+        try:
+            modules[name] = cls(vgg_weights=args.vgg_weights, download=not args.no_download).to(device).eval()
+        except MissingWeightsError as exc:
+            unavailable[name] = str(exc)
+    return modules, unavailable
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..cli import parse_device
+    from .metrics import evaluate_pairs
+
+    if args.crop < 0 or args.limit < 0:
+        raise ValueError("--crop and --limit must be >= 0")
+    device = parse_device(args.device)
+    index = _index_path(args.data)
+    model = load_eval_model(args.weights, args.official, device)
+    perceptual, unavailable = _perceptual_metrics(args, device)
+    for name, reason in unavailable.items():
+        print(f"udm-fast: note: {name} not computed: {reason.splitlines()[0]}", file=sys.stderr)
+    skipped: list = []
+    results = evaluate_pairs(model, _eval_pairs(index, args, device, skipped), perceptual=perceptual,
+                             noise_seed=args.seed)
+    results.update(weights=args.weights, data=index, crop=args.crop or None, seed=args.seed,
+                   unavailable=unavailable, skipped=skipped)
+    print(format_table(results))
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+METRIC_LABELS = {"dists": "DISTS (lower is better)", "lpips": "LPIPS (lower is better)",
+                 "ms_ssim": "MS-SSIM (higher is better)", "psnr": "PSNR dB (higher is better)",
+                 "bits_global_per_image": "e_g bits per image", "bits_local_per_pixel": "e_l bits per pixel"}
+
+
+def format_table(results: dict) -> str:
+    """The mean metrics as an aligned two-column table."""
+    means = results["mean"]
+    order = [k for k in METRIC_LABELS if k in means or k in results.get("unavailable", {})]
+    width = max(len(METRIC_LABELS[k]) for k in order)
+    lines = [f"{'metric':<{width}}  mean over {results['count']} pairs", "-" * (width + 24)]
+    for key in order:
+        value = f"{means[key]:.4f}" if key in means else "n/a (weights missing)"
+        lines.append(f"{METRIC_LABELS[key]:<{width}}  {value}")
+    return "\n".join(lines)

@@ -1,0 +1,563 @@
+"""The training loop of REFERENCE §11.2 with its bugs fixed, mixed precision, DDP and exact resume.
+
+One iteration = one generator step then one critic step:
+
+1. generator side (encoders, compressors, generator): e_g = LPE_q(y); the key encoder follows the
+   query encoder by momentum and encodes y_key; ê_g, ê_l come from the compressors; the generator
+   runs twice on x (two internal-noise samples ŷ0, ŷ1, the second only for the diversity loss);
+   the loss is ``LossWeights.weighted_sum`` of the terms of ``udm_fast.losses``; Adam step. The
+   keys of every rank are then gathered and enqueued, so the MoCo queue is the same on all ranks.
+2. critic: WGAN-GP on (y, ŷ0) (plain critic) or ((x, y), (x, ŷ0)) (conditioned), Adam step.
+
+Fixed relative to the reference: DISTS/LPIPS see [0, 1] images; each LR scheduler drives its own
+optimiser; the key encoder and queue are trained correctly under data parallelism and are
+checkpointed; resume restores everything (see ``Trainer.state_dict``).
+
+Images are uint8 from the loader, [0, 1] for the losses and metrics, [-1, 1] inside the model.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import checkpoint as ckpt
+from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss, info_nce_loss, l1_loss,
+                      wgan_critic_loss, wgan_generator_loss)
+from ..model import UDM
+from . import distributed as dist_utils
+from .config import ConfigError, ScheduleConfig, TrainingConfig
+from .data import ResumableSampler, batch_generator, build_dataset, collate, make_triples
+
+log = logging.getLogger("udm_fast.train")
+
+CHECKPOINT_FORMAT = "udm_fast-training"
+CHECKPOINT_VERSION = 1
+
+
+class ScheduleFactor:
+    """LR multiplier after n intervals (picklable, so LambdaLR can save it)."""
+
+    def __init__(self, schedule: ScheduleConfig, length: int):
+        self.kind, self.step_size, self.gamma = schedule.kind, schedule.step_size, schedule.gamma
+        self.length, self.min_lr_ratio = max(1, length), schedule.min_lr_ratio
+
+    def __call__(self, n: int) -> float:
+        if self.kind == "step":
+            return self.gamma ** (n // self.step_size)
+        if self.kind == "cosine":
+            progress = min(n, self.length) / self.length
+            return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device is {name!r} but CUDA is not available (use cpu or auto)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def rng_state() -> dict:
+    """The global RNG states (python, numpy, torch CPU, every CUDA device) as checkpointable values."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains a ``UDM`` as ``config`` says; ``run()`` trains until the step or epoch limit.
+
+    ``resume``: False (a fresh run; out_dir must not hold checkpoints), True (continue from
+    out_dir/checkpoints/latest.pt) or a checkpoint path. Under torchrun every process builds a
+    Trainer; rank 0 writes the outputs.
+    """
+
+    def __init__(self, config: TrainingConfig, *, resume: bool | str = False):
+        self.config = config
+        c = config
+        wants_cuda = c.run.device.startswith("cuda") or (c.run.device == "auto" and torch.cuda.is_available())
+        self.dist = dist_utils.init("cuda" if wants_cuda else "cpu")
+        self.device = resolve_device(c.run.device, self.dist.local_rank)
+        if c.run.threads:
+            torch.set_num_threads(c.run.threads)
+        if c.run.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        if c.data.batch_size % self.dist.world_size:
+            raise ConfigError(f"data.batch_size ({c.data.batch_size}) must be divisible by the number of "
+                              f"processes ({self.dist.world_size})")
+        self.out_dir = c.log.out_dir
+        self.checkpoint_dir = os.path.join(self.out_dir, "checkpoints")
+
+        seed_everything(c.seed)  # identical initial weights on every rank
+        self.model = UDM(c.model).to(self.device)
+        if c.run.backend is not None:
+            self.model.set_backend(c.run.backend)
+        if c.run.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        dist_utils.broadcast_module(self.model)
+        self.critic = self.model.discriminator
+        self.ema = None
+        if c.run.ema_decay:
+            self.ema = copy.deepcopy(self.model.generator).requires_grad_(False)
+        self.generator_fn = torch.compile(self.model.generator) if c.run.compile else self.model.generator
+        self.weights = c.loss.weights
+        self.perceptual = self._build_perceptual()
+
+        self.optimizer_g, self.optimizer_d = self._build_optimizers()
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[c.run.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type) if c.run.amp == "fp16" else None
+
+        self.dataset = build_dataset(c.data)
+        self.sampler = ResumableSampler(len(self.dataset), c.data.batch_size, seed=c.seed, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
+        self.total_steps = self._total_steps()
+        self.scheduler_g = self._build_scheduler(self.optimizer_g, c.optim.generator_schedule)
+        self.scheduler_d = (self._build_scheduler(self.optimizer_d, c.optim.critic_schedule)
+                            if self.optimizer_d is not None else None)
+
+        self.step = 0
+        self.skipped = 0
+        self._stop_requested = False
+        seed_everything(c.seed * 1000003 + self.dist.rank)  # per-rank noise streams from here on
+        if resume:
+            self.load_checkpoint(self._resume_path(resume))
+        else:
+            self._check_fresh_out_dir()
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _build_perceptual(self) -> dict:
+        c = self.config.loss
+        modules = {}
+        if self.weights.dists > 0:
+            modules["dists"] = DISTS(vgg_weights=c.vgg_weights, dists_weights=c.dists_weights,
+                                     pretrained=c.pretrained, download=c.download)
+        if self.weights.lpips > 0:
+            modules["lpips"] = LPIPS(vgg_weights=c.vgg_weights, lpips_weights=c.lpips_weights,
+                                     pretrained=c.pretrained, download=c.download)
+        if modules and not c.pretrained:
+            log.warning("loss.pretrained is false: DISTS/LPIPS use random VGG16 weights (smoke test only)")
+        return {name: m.to(self.device).eval() for name, m in modules.items()}
+
+    def generator_side_parameters(self) -> list:
+        m = self.model
+        return [p for module in (m.global_encoder.encoder_q, m.local_encoder, m.generator, m.global_compressor,
+                                 m.local_compressor) for p in module.parameters()]
+
+    def _build_optimizers(self):
+        o, m = self.config.optim, self.model
+        groups = [(m.global_encoder.encoder_q, o.lr_global_encoder), (m.local_encoder, o.lr_local_encoder),
+                  (m.generator, o.lr_generator), (m.global_compressor, o.lr_global_compressor),
+                  (m.local_compressor, o.lr_local_compressor)]
+        optimizer_g = torch.optim.Adam([{"params": list(module.parameters()), "lr": lr} for module, lr in groups],
+                                       betas=tuple(o.betas), eps=o.eps)
+        optimizer_d = None
+        if self.critic is not None:
+            optimizer_d = torch.optim.Adam(self.critic.parameters(), lr=o.lr_critic, betas=tuple(o.betas), eps=o.eps)
+        return optimizer_g, optimizer_d
+
+    def _total_steps(self) -> int:
+        r = self.config.run
+        limits = [r.max_steps] if r.max_steps else []
+        if r.epochs:
+            limits.append(r.epochs * self.sampler.batches_per_epoch)
+        return min(limits)
+
+    def _build_scheduler(self, optimizer, schedule: ScheduleConfig):
+        per_epoch = self.sampler.batches_per_epoch
+        length = schedule.length or (self.total_steps if schedule.interval == "step"
+                                     else math.ceil(self.total_steps / per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule, length))
+
+    def _resume_path(self, resume: bool | str) -> str:
+        path = os.path.join(self.checkpoint_dir, "latest.pt") if resume is True else os.fspath(resume)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
+        return path
+
+    def _check_fresh_out_dir(self) -> None:
+        if os.path.isfile(os.path.join(self.checkpoint_dir, "latest.pt")):
+            raise FileExistsError(f"{self.out_dir} already holds a run (checkpoints/latest.pt): resume it with "
+                                  f"--resume or choose another output folder")
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _autocast(self, enabled: bool = True):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=enabled and self.amp_dtype is not None)
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 batch -> float (x, y, y_key) in [0, 1] on the device (degraded here for degrade_on=device)."""
+        if "window" in batch:
+            windows = batch["window"].to(self.device, non_blocking=True)
+            x, y, y_key = make_triples(windows, batch["positions"], self.config.data.crop_size,
+                                       self.config.data.degrade, batch_generator(batch["degrade_seed"], self.device))
+        else:
+            x, y, y_key = (batch[k].to(self.device, non_blocking=True) for k in ("x", "y", "y_key"))
+        fmt = torch.channels_last if self.config.run.channels_last else torch.contiguous_format
+        return tuple(t.float().div_(255.0).contiguous(memory_format=fmt) for t in (x, y, y_key))
+
+    def _critic_input(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Critic input in the model's [-1, 1] domain: the image, or (x, image) for a 6-channel critic."""
+        return torch.cat((x, image), dim=1) if self.critic.in_channels == 6 else image
+
+    def generator_terms(self, x01: torch.Tensor, y01: torch.Tensor, yk01: torch.Tensor) -> tuple[dict, dict]:
+        """Loss terms (unweighted scalars) of the generator side and the tensors the rest of the step needs."""
+        m, w = self.model, self.weights
+        x, y, y_key = x01 * 2 - 1, y01 * 2 - 1, yk01 * 2 - 1
+        moco = m.global_encoder
+        with self._autocast():
+            q = moco.encoder_q(y)
+            e_l = m.local_encoder(y)
+        moco.momentum_update()
+        with self._autocast():
+            keys = moco.keys(y_key)
+        logits = moco.logits(q, keys)
+        e_g_hat, _, bits_g = m.global_compressor(q.float())
+        e_l_hat, _, bits_l = m.local_compressor(e_l.float())
+        with self._autocast():
+            y_hat = self.generator_fn(x, e_g_hat, e_l_hat)
+            y_hat_2 = self.generator_fn(x, e_g_hat, e_l_hat) if w.diversity > 0 else None
+        y_hat01 = (y_hat.float() + 1) / 2
+        terms = {"aux": entropy_aux_loss(m.global_compressor, m.local_compressor),
+                 "contrastive": info_nce_loss(logits), "bits_global": bits_g.mean(), "bits_local": bits_l.mean()}
+        if w.l1 > 0:
+            terms["l1"] = l1_loss(y_hat01, y01)
+        if w.color > 0:
+            terms["color"] = color_loss(y01, y_hat01)
+        if y_hat_2 is not None:
+            terms["diversity"] = diversity_loss(y_hat01, (y_hat_2.float() + 1) / 2)
+        with self._autocast():
+            for name, module in self.perceptual.items():
+                terms[name] = module(y_hat01, y01)
+            if w.gan_generator > 0:
+                terms["gan_generator"] = wgan_generator_loss(self.critic, self._critic_input(x, y_hat),
+                                                             alpha=w.critic_alpha)
+        return terms, {"keys": keys, "x": x, "y": y, "y_hat": y_hat.detach().float()}
+
+    def _optimizer_step(self, optimizer, params: list, loss: torch.Tensor, clip: float,
+                        scaler: Optional[torch.amp.GradScaler]) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        dist_utils.average_gradients(params)
+        if clip:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.config.run.ema_decay
+        ema_params, params = list(self.ema.parameters()), list(self.model.generator.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.model.generator.buffers()):
+            b_ema.copy_(b)
+
+    def train_step(self, x01: torch.Tensor, y01: torch.Tensor, yk01: torch.Tensor) -> tuple[dict, dict]:
+        """One generator step and one critic step; returns (logged scalars as tensors, tensors for images)."""
+        o = self.config.optim
+        if self.critic is not None:
+            self.critic.requires_grad_(False)
+        terms, extra = self.generator_terms(x01, y01, yk01)
+        loss = self.weights.weighted_sum(terms)
+        self._optimizer_step(self.optimizer_g, self.generator_side_parameters(), loss, o.grad_clip, self.scaler)
+        if self.ema is not None:
+            self._update_ema()
+        self.model.global_encoder.enqueue(dist_utils.gather_rows(extra["keys"]))
+        dist_utils.average_batchnorm_stats(self.model)
+        logged = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        if self.critic is not None:
+            self.critic.requires_grad_(True)
+            real = self._critic_input(extra["x"], extra["y"])
+            fake = self._critic_input(extra["x"], extra["y_hat"])
+            # fp16 gradient penalties underflow: with amp fp16 the critic step runs in fp32
+            with self._autocast(enabled=self.amp_dtype == torch.bfloat16):
+                critic = wgan_critic_loss(self.critic, real, fake, alpha=self.weights.critic_alpha,
+                                          gp_weight=self.weights.gradient_penalty)
+            self._optimizer_step(self.optimizer_d, list(self.critic.parameters()), critic.total,
+                                 o.critic_grad_clip, None)
+            logged.update(critic_loss=critic.total.detach(), wasserstein=critic.wasserstein, gp=critic.gp)
+        return logged, extra
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loader(self) -> DataLoader:
+        c = self.config.data
+        return DataLoader(self.dataset, batch_size=self.sampler.per_rank, sampler=self.sampler,
+                          num_workers=c.workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, generator=torch.Generator().manual_seed(self.config.seed))
+
+    def _request_stop(self, signum, frame) -> None:
+        log.warning("signal %d: stopping after this step (a checkpoint will be written)", signum)
+        self._stop_requested = True
+
+    def _stop_agreed(self) -> bool:
+        return dist_utils.sum_scalar(float(self._stop_requested), self.device) > 0
+
+    def run(self) -> dict:
+        """Trains from the current step to the limit; returns a summary {step, epoch, losses, out_dir}."""
+        c = self.config
+        main = self.dist.is_main
+        if main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(os.path.join(self.out_dir, "config.yaml"), "w", encoding="utf-8") as f:
+                yaml.safe_dump(c.to_dict(), f, sort_keys=False)
+        logger = _RunLogger(self.out_dir, c.log, self.step) if main else None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.sampler.set_position(self.step)
+        per_epoch = self.sampler.batches_per_epoch
+        sums: dict = {}
+        window_start, window_steps, last = time.perf_counter(), 0, {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and c.log.progress),
+                   dynamic_ncols=True, desc="train")
+        try:
+            batches = iter(self._loader())
+            while self.step < self.total_steps and not self._stop_agreed():
+                batch = next(batches)
+                self._report_skipped(batch["skipped"])
+                x, y, y_key = self._to_device(batch)
+                logged, extra = self.train_step(x, y, y_key)
+                self.step += 1
+                self._advance_schedulers(per_epoch)
+                for k, v in logged.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                window_steps += 1
+                bar.update(1)
+                if self.step % c.log.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last = {k: float(v) / window_steps for k, v in sums.items()}
+                    rate = window_steps * c.data.batch_size / elapsed
+                    if logger is not None:
+                        logger.row(self.step, self.step / per_epoch, last, self.lr(), rate, self.skipped)
+                        bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{rate:.1f}")
+                    sums, window_start, window_steps = {}, time.perf_counter(), 0
+                if logger is not None and c.log.image_every and self.step % c.log.image_every == 0:
+                    logger.image_grid(self.step, x, y, (extra["y_hat"] + 1) / 2, c.log.image_count)
+                if c.log.save_every and self.step % c.log.save_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+            self.save_checkpoint()
+            if main and self.step >= self.total_steps:
+                self.export_weights()
+        finally:
+            bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if logger is not None:
+                logger.close()
+        return {"step": self.step, "epoch": self.step / per_epoch, "losses": last, "out_dir": self.out_dir,
+                "skipped": self.skipped, "finished": self.step >= self.total_steps}
+
+    def _advance_schedulers(self, per_epoch: int) -> None:
+        """Advances each scheduler at its interval (every step, or when an epoch completes)."""
+        o = self.config.optim
+        for scheduler, schedule in ((self.scheduler_g, o.generator_schedule), (self.scheduler_d, o.critic_schedule)):
+            if scheduler is not None and (schedule.interval == "step" or self.step % per_epoch == 0):
+                scheduler.step()
+
+    def lr(self) -> dict:
+        out = {"lr_generator": self.optimizer_g.param_groups[2]["lr"]}
+        if self.optimizer_d is not None:
+            out["lr_critic"] = self.optimizer_d.param_groups[0]["lr"]
+        return out
+
+    def _report_skipped(self, skipped: list) -> None:
+        for entry in skipped:
+            log.warning("skipped unusable training file %s", entry)
+        self.skipped += len(skipped)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue on the same trajectory (this rank's RNG included)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+            "step": self.step, "skipped": self.skipped, "sampler": self.sampler.state_dict(),
+            "model": self.model.state_dict(), "ema": None if self.ema is None else self.ema.state_dict(),
+            "optimizer_g": self.optimizer_g.state_dict(),
+            "optimizer_d": None if self.optimizer_d is None else self.optimizer_d.state_dict(),
+            "scheduler_g": self.scheduler_g.state_dict(),
+            "scheduler_d": None if self.scheduler_d is None else self.scheduler_d.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+        }
+
+    def save_checkpoint(self) -> Optional[str]:
+        """Writes checkpoints/step_<n>.pt and latest.pt atomically (rank 0; every rank's RNG state inside)."""
+        self.sampler.set_position(self.step)
+        rng = dist_utils.all_gather_objects(rng_state())
+        if not self.dist.is_main:
+            return None
+        state = self.state_dict()
+        state["rng"] = rng
+        path = os.path.join(self.checkpoint_dir, f"step_{self.step:08d}.pt")
+        ckpt.save_atomic(state, path)
+        ckpt.save_atomic(state, os.path.join(self.checkpoint_dir, "latest.pt"))
+        keep = self.config.log.keep_checkpoints
+        if keep:
+            steps = sorted(f for f in os.listdir(self.checkpoint_dir) if f.startswith("step_") and f.endswith(".pt"))
+            for old in steps[:-keep]:
+                os.remove(os.path.join(self.checkpoint_dir, old))
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        state = ckpt.load_file(path)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ckpt.CheckpointError(f"{path} is not a udm_fast training checkpoint")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ckpt.CheckpointError(f"{path} has training-checkpoint version {state.get('version')}, "
+                                       f"this udm_fast reads {CHECKPOINT_VERSION}")
+        saved = TrainingConfig.from_dict(state["config"])
+        if saved.model != self.config.model:
+            raise ckpt.CheckpointError(f"{path} was trained with model {saved.model}, the config now says "
+                                       f"{self.config.model}")
+        changed = _changed_keys(saved.to_dict(), self.config.to_dict())
+        if changed:
+            log.warning("resuming with changed settings: %s", ", ".join(changed))
+        ckpt.check_and_load(self.model, state["model"], path)
+        if (self.ema is None) != (state["ema"] is None):
+            raise ckpt.CheckpointError(f"{path}: run.ema_decay was {'off' if state['ema'] is None else 'on'} "
+                                       f"in the checkpoint and is {'off' if self.ema is None else 'on'} now")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        if self.optimizer_d is not None:
+            self.optimizer_d.load_state_dict(state["optimizer_d"])
+        self.scheduler_g.load_state_dict(state["scheduler_g"])
+        if self.scheduler_d is not None:
+            self.scheduler_d.load_state_dict(state["scheduler_d"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.skipped = state["step"], state["skipped"]
+        rng = state["rng"]
+        if len(rng) == self.dist.world_size:
+            set_rng_state(rng[self.dist.rank])
+        else:
+            log.warning("the checkpoint has %d ranks, this run %d: the random streams restart (the data "
+                        "order is kept)", len(rng), self.dist.world_size)
+            seed_everything(self.config.seed * 1000003 + self.dist.rank + 7919 * self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def export_weights(self) -> None:
+        """model.pt (and model_ema.pt with EMA): the trained UDM in udm_fast's model format."""
+        extra = {"step": self.step}
+        self.model.save(os.path.join(self.out_dir, "model.pt"), extra=extra)
+        if self.ema is not None:
+            ema_model = copy.deepcopy(self.model)
+            ema_model.generator.load_state_dict(self.ema.state_dict())
+            ema_model.save(os.path.join(self.out_dir, "model_ema.pt"), extra=extra)
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+class _RunLogger:
+    """CSV log (truncated to ``start_step`` on resume), optional TensorBoard, PNG image grids."""
+
+    def __init__(self, out_dir: str, log_config, start_step: int):
+        self.out_dir = out_dir
+        self.csv_path = os.path.join(out_dir, "log.csv")
+        self.fields: Optional[list] = None
+        if os.path.isfile(self.csv_path):
+            with open(self.csv_path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                self.fields = reader.fieldnames
+                kept = [r for r in reader if int(r["step"]) <= start_step]
+            with open(self.csv_path, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, self.fields)
+                writer.writeheader()
+                writer.writerows(kept)
+        self.tensorboard = None
+        if log_config.tensorboard != "off":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+            except ImportError:
+                if log_config.tensorboard == "on":
+                    raise ConfigError("log.tensorboard is 'on' but the tensorboard package is not installed "
+                                      "(pip install tensorboard, or set it to auto)") from None
+
+    def row(self, step: int, epoch: float, losses: dict, lrs: dict, images_per_s: float, skipped: int) -> None:
+        values = {"step": step, "epoch": f"{epoch:.4f}", **{k: f"{v:.6g}" for k, v in losses.items()},
+                  **{k: f"{v:.6g}" for k, v in lrs.items()}, "images_per_s": f"{images_per_s:.2f}",
+                  "skipped": skipped}
+        new = self.fields is None
+        if new:
+            self.fields = list(values)
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(values)
+        if self.tensorboard is not None:
+            for k, v in {**losses, **lrs, "images_per_s": images_per_s}.items():
+                self.tensorboard.add_scalar(k, v, step)
+
+    def image_grid(self, step: int, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, count: int) -> None:
+        """images/step_<n>.png: one row per sample, x | y | y_hat."""
+        from PIL import Image
+
+        rows = torch.cat([t[:count].detach().float().cpu().clamp(0, 1) for t in (x, y, y_hat)], dim=3)
+        grid = torch.cat(list(rows), dim=1)  # [3, count * H, 3 * W]
+        pixels = (grid.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+        folder = os.path.join(self.out_dir, "images")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(pixels).save(os.path.join(folder, f"step_{step:08d}.png"))
+        if self.tensorboard is not None:
+            self.tensorboard.add_image("x|y|y_hat", grid, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
