@@ -2,6 +2,8 @@
 // registration.cpp); pybind11 serves the non-tensor APIs.
 #include <torch/extension.h>
 
+#include "coder_bindings.h"
+
 #ifndef UDM_FAST_CUDA_REASON
 #define UDM_FAST_CUDA_REASON "unknown"
 #endif
@@ -28,4 +30,5 @@ pybind11::dict compiled_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "udm_fast compiled kernels";
   m.def("compiled_info", &compiled_info, "How this extension was built (CUDA compiled or why not).");
+  bind_coder(m);
 }

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import coder
+
 CDF_PRECISION = 16  # bits of the quantized CDFs; the rANS coders are built for this value
 
 
@@ -120,6 +122,7 @@ class EntropyBottleneck(nn.Module):
         self.register_buffer("_offset", torch.IntTensor())
         self.register_buffer("_quantized_cdf", torch.IntTensor())
         self.register_buffer("_cdf_length", torch.IntTensor())
+        self._coder_cache = None  # (table buffers, their versions, CoderTables)
 
         widths = (1,) + self.filters + (1,)
         scale = self.init_scale ** (1 / (len(self.filters) + 1))
@@ -154,6 +157,23 @@ class EntropyBottleneck(nn.Module):
     @property
     def cdf_length(self) -> Tensor:
         return self._cdf_length
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_coder_cache"] = None  # prepared native tables are rebuilt on demand
+        return state
+
+    def coder_tables(self) -> coder.CoderTables:
+        """The coder tables of the current buffers, prepared once and cached until they change."""
+        buffers = (self._quantized_cdf, self._cdf_length, self._offset)
+        versions = tuple(b._version for b in buffers)
+        cache = self._coder_cache
+        if cache is None or any(a is not b for a, b in zip(cache[0], buffers)) or cache[1] != versions:
+            if self._offset.numel() == 0:
+                raise ValueError("Uninitialized CDFs. Run update() first")
+            cache = (buffers, versions, coder.CoderTables(*buffers))
+            self._coder_cache = cache
+        return cache[2]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The table buffers have a data-dependent size: take the stored one.
@@ -287,3 +307,42 @@ class EntropyBottleneck(nn.Module):
         self._quantized_cdf = cdf.to(device)
         self._cdf_length = (pmf_length + 2).to(device)
         return True
+
+    # -- entropy coding -------------------------------------------------------------------------
+    def _coding_medians(self) -> Tensor:
+        return self.quantiles[:, 0, 1].detach()
+
+    def compress(self, x: Tensor) -> list[bytes]:
+        """x [N, C, *spatial] -> N byte strings, identical to compressai's ``compress``."""
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"expected input [N, {self.channels}, ...], got {tuple(x.shape)}")
+        tables = self.coder_tables()
+        if x.dtype == torch.float64 or self.quantiles.dtype != torch.float32:
+            # compressai rounds in the promoted dtype: do the same, then code the symbols.
+            medians = self._coding_medians().reshape(1, -1, *([1] * (x.dim() - 2)))
+            return coder.encode_compat(self.quantize(x.detach(), "symbols", medians), tables)
+        return coder.encode_compat_values(x, self._coding_medians(), tables)
+
+    def decompress(self, strings: list[bytes], size) -> Tensor:
+        """N byte strings and the spatial size -> dequantized [N, C, *size] (compressai's layout)."""
+        tables = self.coder_tables()
+        shape = (self.channels, *(int(d) for d in size))
+        device = self._quantized_cdf.device
+        if self.quantiles.dtype != torch.float32:
+            symbols = coder.decode_compat(strings, tables, shape)
+            medians = self._coding_medians().reshape(1, -1, *([1] * len(size)))
+            return self.dequantize(symbols.to(device), medians)
+        return coder.decode_compat_values(strings, self._coding_medians(), tables, shape).to(device)
+
+    def compress_parallel(self, x: Tensor, *, lane_overhead: float = coder.DEFAULT_LANE_OVERHEAD,
+                          lanes: int | None = None) -> bytes:
+        """x [N, C, *spatial] -> one parallel-format container (see ``udm_fast.coder``)."""
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"expected input [N, {self.channels}, ...], got {tuple(x.shape)}")
+        return coder.encode_parallel_values(x, self._coding_medians(), self.coder_tables(),
+                                            lane_overhead=lane_overhead, lanes=lanes)
+
+    def decompress_parallel(self, data: bytes) -> Tensor:
+        """Parallel container -> dequantized float32 tensor in the stored shape."""
+        values = coder.decode_parallel_values(data, self._coding_medians(), self.coder_tables())
+        return values.to(self._quantized_cdf.device)

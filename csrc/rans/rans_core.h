@@ -1,0 +1,121 @@
+// Header-only core of the rANS coders, usable from host (C++) and device (CUDA) code.
+//
+// Two coders share the same 16-bit CDF tables (compressai's `_quantized_cdf`) and the same
+// escape ("bypass") scheme for values outside a row's range:
+//   * compat: compressai's rans64 (64-bit state in [2^31, 2^63), 32-bit renormalisation words),
+//     one stream per batch item; byte-identical to compressai.ans.
+//   * lanes:  32-bit state in [2^16, 2^32) with 16-bit words, for many interleaved lanes
+//     (the parallel format, see lanes_format.h).
+//
+// Escape of value v (= symbol - offset) outside [0, max_value): the escape bin (index
+// max_value) is coded, then a 4-bit count n of payload nibbles, then n nibbles of
+// raw = (v < 0 ? -2v - 1 : 2 (v - max_value)), least significant first. A 4-bit nibble is
+// an rANS symbol with scale_bits = 4, freq = 1, start = nibble. compressai writes the
+// count as a run of 15s plus a remainder; with n <= kMaxEscapeNibbles < 15 it is one nibble.
+// compressai itself overflows for raw >= 2^28 (8 nibbles); those streams are ours only.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define UDM_RANS_HD __host__ __device__ __forceinline__
+#else
+#define UDM_RANS_HD inline
+#endif
+
+namespace udm_rans {
+
+constexpr uint32_t kPrecision = 16;               // CDF precision (bits)
+constexpr uint32_t kProbScale = 1u << kPrecision;
+constexpr uint32_t kNibbleBits = 4;                // escape payload unit
+constexpr uint32_t kNibbleMask = (1u << kNibbleBits) - 1;
+constexpr int kMaxEscapeNibbles = 9;               // raw < 2^36 covers every int32 symbol/offset pair
+
+constexpr uint64_t kCompatLow = 1ull << 31;        // rans64 normalisation interval [2^31, 2^63)
+constexpr uint32_t kLaneLow = 1u << 16;            // lane coder interval [2^16, 2^32)
+
+// --- escape payload -------------------------------------------------------------------------
+
+// Zig-zag payload of an out-of-range value (value < 0 or value >= max_value).
+UDM_RANS_HD uint64_t escape_raw(int64_t value, int32_t max_value) {
+  return value < 0 ? static_cast<uint64_t>(-2 * value - 1)
+                   : static_cast<uint64_t>(2 * (value - max_value));
+}
+
+UDM_RANS_HD int escape_nibble_count(uint64_t raw) {
+  int n = 0;
+  while (n < 16 && (raw >> (kNibbleBits * n)) != 0) ++n;
+  return n;
+}
+
+// Inverse of escape_raw.
+UDM_RANS_HD int64_t escape_value(uint64_t raw, int32_t max_value) {
+  const int64_t half = static_cast<int64_t>(raw >> 1);
+  return (raw & 1) ? -half - 1 : half + max_value;
+}
+
+// --- compat coder (rans64, 32-bit words) ----------------------------------------------------
+
+// Encodes (start, freq) at 2^scale_bits into x; returns true and sets *word when a word is
+// emitted (the word stream is written back to front).
+UDM_RANS_HD bool compat_put(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits,
+                            uint32_t *word) {
+  const uint64_t x_max = ((kCompatLow >> scale_bits) << 32) * freq;
+  bool emitted = false;
+  if (x >= x_max) {
+    *word = static_cast<uint32_t>(x);
+    x >>= 32;
+    emitted = true;
+  }
+  x = ((x / freq) << scale_bits) + (x % freq) + start;
+  return emitted;
+}
+
+// Decoder step after the symbol (start, freq) was found from x's low scale_bits bits;
+// returns true when the state needs a refill word (x = (x << 32) | word).
+UDM_RANS_HD bool compat_advance(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
+  const uint64_t mask = (1ull << scale_bits) - 1;
+  x = freq * (x >> scale_bits) + (x & mask) - start;
+  return x < kCompatLow;
+}
+
+// --- lane coder (32-bit state, 16-bit words) ------------------------------------------------
+
+UDM_RANS_HD bool lane_put(uint32_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits,
+                          uint16_t *word) {
+  const uint64_t x_max = static_cast<uint64_t>((kLaneLow >> scale_bits) << 16) * freq;
+  bool emitted = false;
+  if (x >= x_max) {
+    *word = static_cast<uint16_t>(x);
+    x >>= 16;
+    emitted = true;
+  }
+  x = ((x / freq) << scale_bits) + (x % freq) + start;
+  return emitted;
+}
+
+UDM_RANS_HD bool lane_advance(uint32_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
+  const uint32_t mask = (1u << scale_bits) - 1;
+  x = freq * (x >> scale_bits) + (x & mask) - start;
+  return x < kLaneLow;
+}
+
+// --- lane layout of the parallel format -----------------------------------------------------
+// A group of W <= kMaxLanes lanes (W = 32, one warp, except for tiny inputs) covers symbols
+// [first, first + count) of the flat symbol sequence; symbol first + W * step + lane belongs
+// to `lane`. Decoding visits (step asc, sub-op asc,
+// lane asc), where sub-op 0 is the CDF symbol and sub-ops 1.. are escape nibbles; a lane that
+// renormalises after a sub-op reads the next 16-bit word of the group's word stream. The
+// encoder visits the exact reverse order and its emitted words, reversed, form that stream.
+constexpr int kMaxLanes = 32;
+
+// Order-dependent 64-bit checksum term of 32-bit word `index` (a sum of these is the checksum,
+// so it parallelises as a reduction).
+UDM_RANS_HD uint64_t checksum_term(uint64_t index, uint32_t word) {
+  uint64_t z = (index << 32 | word) + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace udm_rans

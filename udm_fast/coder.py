@@ -1,0 +1,256 @@
+"""rANS entropy coding of integer symbols under compressai-style quantized CDF tables.
+
+Two formats, both driven by the tables an ``EntropyBottleneck`` stores (``_quantized_cdf``
+[rows, width], ``_cdf_length`` [rows], ``_offset`` [rows]):
+
+* **compat** -- byte-identical to compressai's ``ans`` coder: one stream (``bytes``) per batch
+  item, values outside a row's range escape-coded exactly as compressai does.
+  :func:`encode_compat` / :func:`decode_compat`, and the multi-segment variants
+  :func:`encode_compat_segments` / :func:`decode_compat_segments` (compressai's
+  ``BufferedRansEncoder`` / ``RansDecoder.decode_stream``).
+* **parallel** -- one self-describing container (magic, version, shape, lane layout, table
+  fingerprint, checksums) holding many independent interleaved rANS lanes, sized from the
+  estimated compressed size so the fixed cost stays small: :func:`encode_parallel` /
+  :func:`decode_parallel` / :func:`parallel_info`.
+
+Rows: by default symbol ``[n, c, ...]`` of a ``[N, C, *spatial]`` tensor uses row ``c`` (the
+channel, as in ``EntropyBottleneck``); pass ``indexes`` (int32, same shape) to choose rows per
+symbol (``GaussianConditional`` style). Coding runs on the CPU in C++ with torch's intra-op
+threads (``torch.set_num_threads``) over streams / lane groups; inputs on other devices are
+copied to the CPU. Malformed tables, symbols or streams raise ``ValueError``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _ext
+
+DEFAULT_LANE_OVERHEAD = 0.003
+
+
+def _rans():
+    return _ext.require().rans
+
+
+class CoderTables:
+    """Validated CDF tables prepared for coding (decoder lookup and encoder reciprocals).
+
+    Build once per set of tables and reuse; ``fingerprint`` identifies the table contents.
+    """
+
+    def __init__(self, quantized_cdf: Tensor, cdf_length: Tensor, offset: Tensor):
+        if quantized_cdf.numel() == 0:
+            raise ValueError("empty CDF tables: run update() on the entropy model first")
+        self.native = _rans().Tables(
+            _cpu_int32(quantized_cdf, "quantized_cdf"),
+            _cpu_int32(cdf_length, "cdf_length").reshape(-1),
+            _cpu_int32(offset, "offset").reshape(-1),
+        )
+
+    @property
+    def rows(self) -> int:
+        return self.native.rows
+
+    @property
+    def fingerprint(self) -> int:
+        return self.native.fingerprint
+
+
+def _cpu_int32(t: Tensor, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
+    return t.detach().to(device="cpu", dtype=torch.int32).contiguous()
+
+
+def _row_layout(shape: Sequence[int], indexes: Tensor | None):
+    """(indexes or None, channels, per_channel) for symbols of ``shape`` = [N, C, *spatial]."""
+    if indexes is not None:
+        if tuple(indexes.shape) != tuple(shape):
+            raise ValueError(f"indexes shape {tuple(indexes.shape)} differs from symbols shape {tuple(shape)}")
+        return _cpu_int32(indexes, "indexes"), 1, 1
+    if len(shape) < 2:
+        raise ValueError(f"symbols must be [N, C, *spatial] for channel rows (or pass indexes), got {tuple(shape)}")
+    per_channel = 1
+    for d in shape[2:]:
+        per_channel *= int(d)
+    return None, int(shape[1]), max(per_channel, 1)
+
+
+def _check_symbols(symbols: Tensor) -> Tensor:
+    if not isinstance(symbols, Tensor):
+        raise TypeError(f"symbols must be a tensor, got {type(symbols).__name__}")
+    if symbols.is_floating_point() or symbols.is_complex() or symbols.dtype == torch.bool:
+        raise ValueError(f"symbols must be an integer tensor, got {symbols.dtype}")
+    if symbols.dtype == torch.int64 and symbols.numel() and (
+            symbols.min() < -2**31 or symbols.max() >= 2**31):
+        raise ValueError("symbols must fit int32")
+    return symbols.detach().to(device="cpu", dtype=torch.int32).contiguous()
+
+
+def encode_compat(symbols: Tensor, tables: CoderTables, indexes: Tensor | None = None) -> list[bytes]:
+    """Integer symbols [N, ...] -> N compressai-compatible rANS streams (one per item).
+
+    Without ``indexes`` the symbols are [N, C, *spatial] and channel c uses row c (the bytes
+    equal ``compressai.ans.RansEncoder().encode_with_indexes`` with compressai's
+    ``_build_indexes``). Values outside a row's range are escape-coded; compressai's own coder
+    only handles escapes of magnitude below about 2**27, larger ones round-trip here only.
+    """
+    symbols = _check_symbols(symbols)
+    if symbols.dim() < 1:
+        raise ValueError("symbols need a batch dimension")
+    index_tensor, channels, per_channel = _row_layout(symbols.shape, indexes)
+    n = symbols.shape[0]
+    flat = symbols.reshape(n, -1)
+    if index_tensor is not None:
+        index_tensor = index_tensor.reshape(n, -1)
+    return _rans().compat_encode(tables.native, flat, None, index_tensor, channels, per_channel)
+
+
+def decode_compat(strings: Sequence[bytes], tables: CoderTables, shape: Sequence[int] | None = None,
+                  indexes: Tensor | None = None) -> Tensor:
+    """N compat streams -> int32 symbols [N, *shape] (``shape`` = (C, *spatial) of one item),
+    or of ``indexes.shape`` ([N, ...]) when explicit rows are given.
+
+    Raises ValueError when a stream is truncated, corrupted or does not end exactly where the
+    symbols do (e.g. decoded with other tables or another size).
+    """
+    strings = _check_strings(strings)
+    if indexes is not None:
+        if shape is not None:
+            raise ValueError("pass either shape (channel rows) or indexes, not both")
+        if indexes.dim() < 1 or indexes.shape[0] != len(strings):
+            raise ValueError(f"indexes must be [{len(strings)}, ...] (one row per stream), got {tuple(indexes.shape)}")
+        full_shape = tuple(indexes.shape)
+    else:
+        if shape is None:
+            raise ValueError("shape (C, *spatial) of one item is required without indexes")
+        full_shape = (len(strings), *(int(d) for d in shape))
+    index_tensor, channels, per_channel = _row_layout(full_shape, indexes)
+    length = 1
+    for d in full_shape[1:]:
+        length *= int(d)
+    out = _rans().compat_decode(tables.native, strings, length, None, index_tensor, channels, per_channel)
+    return out.reshape(full_shape)
+
+
+def _check_strings(strings) -> list[bytes]:
+    if isinstance(strings, (bytes, bytearray, str)) or not isinstance(strings, Sequence):
+        raise ValueError("strings must be a list of bytes (one per item)")
+    return [bytes(s) if isinstance(s, (bytearray, memoryview)) else s for s in strings]
+
+
+def encode_compat_segments(segments: Sequence[tuple[Tensor, Tensor, CoderTables]]) -> bytes:
+    """One compat stream holding several segments ``(symbols, indexes, tables)`` (1-D or any
+    shape, indexes of the same shape), like compressai's ``BufferedRansEncoder``: the bytes
+    equal several ``encode_with_indexes`` calls followed by one ``flush()``."""
+    native = []
+    for symbols, indexes, tables in segments:
+        symbols = _check_symbols(symbols).reshape(-1)
+        indexes = _cpu_int32(indexes, "indexes").reshape(-1)
+        if symbols.numel() != indexes.numel():
+            raise ValueError("segment symbols and indexes must have the same number of elements")
+        native.append((tables.native, symbols, indexes))
+    return _rans().compat_encode_segments(native)
+
+
+def decode_compat_segments(data: bytes, segments: Sequence[tuple[Tensor, CoderTables]]) -> list[Tensor]:
+    """Decodes the segments ``(indexes, tables)`` of one compat stream in order (compressai's
+    ``RansDecoder.set_stream`` + ``decode_stream`` calls); int32 symbols shaped like each
+    segment's indexes."""
+    native, shapes = [], []
+    for indexes, tables in segments:
+        shapes.append(tuple(indexes.shape))
+        native.append((tables.native, _cpu_int32(indexes, "indexes").reshape(-1)))
+    decoded = _rans().compat_decode_segments(bytes(data), native)
+    return [symbols.reshape(shape) for symbols, shape in zip(decoded, shapes)]
+
+
+def encode_parallel(symbols: Tensor, tables: CoderTables, indexes: Tensor | None = None, *,
+                    lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None) -> bytes:
+    """Integer symbols (any shape; [N, C, *spatial] without ``indexes``) -> one parallel-format
+    container.
+
+    The number of lanes (groups of 32 interleaved lanes) is chosen so their fixed cost is about
+    ``lane_overhead`` of the estimated compressed size, or set with ``lanes``. The shape is
+    stored; decoding needs the same tables (checked by fingerprint) and the same ``indexes``.
+    """
+    symbols = _check_symbols(symbols)
+    index_tensor, channels, per_channel = _row_layout(symbols.shape, indexes)
+    return _rans().lanes_encode(tables.native, symbols, None, index_tensor, channels, per_channel,
+                                float(lane_overhead), int(lanes or 0))
+
+
+def decode_parallel(data: bytes, tables: CoderTables, indexes: Tensor | None = None) -> Tensor:
+    """Parallel-format container -> int32 symbols in the stored shape.
+
+    Raises ValueError for a wrong magic/version, failed checksums, truncation, other tables
+    (fingerprint) or a corrupted lane.
+    """
+    index_tensor = None if indexes is None else _cpu_int32(indexes, "indexes")
+    return _rans().lanes_decode(tables.native, _as_bytes(data), None, index_tensor)
+
+
+def parallel_info(data: bytes) -> dict:
+    """Validated header of a parallel-format container: version, shape, lanes, groups, ..."""
+    return _rans().lanes_info(_as_bytes(data))
+
+
+def _as_bytes(data) -> bytes:
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if not isinstance(data, bytes):
+        raise ValueError(f"data must be bytes, got {type(data).__name__}")
+    return data
+
+
+# -- float values quantized against per-channel medians (EntropyBottleneck's layout) ----------
+# Symbol = round(value - medians[c]) (half to even, as torch.round) and value' = symbol +
+# medians[c], computed in float32 inside the coder: no int32 tensor is materialised.
+
+def _values_and_medians(values: Tensor, medians: Tensor, tables: CoderTables):
+    if values.dim() < 2:
+        raise ValueError(f"values must be [N, C, *spatial], got {tuple(values.shape)}")
+    medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
+    if medians.numel() != tables.rows:
+        raise ValueError(f"medians must have one value per CDF row ({tables.rows}), got {medians.numel()}")
+    return values.detach().to(device="cpu", dtype=torch.float32).contiguous(), medians
+
+
+def encode_compat_values(values: Tensor, medians: Tensor, tables: CoderTables) -> list[bytes]:
+    """Float values [N, C, *spatial] -> N compat streams of round(values - medians[c])."""
+    values, medians = _values_and_medians(values, medians, tables)
+    _, channels, per_channel = _row_layout(values.shape, None)
+    n = values.shape[0]
+    return _rans().compat_encode(tables.native, values.reshape(n, -1), medians, None, channels, per_channel)
+
+
+def decode_compat_values(strings: Sequence[bytes], medians: Tensor, tables: CoderTables,
+                         shape: Sequence[int]) -> Tensor:
+    """N compat streams -> float32 [N, *shape] (shape = (C, *spatial)) of symbol + medians[c]."""
+    strings = _check_strings(strings)
+    full_shape = (len(strings), *(int(d) for d in shape))
+    medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
+    _, channels, per_channel = _row_layout(full_shape, None)
+    length = channels * per_channel
+    out = _rans().compat_decode(tables.native, strings, length, medians, None, channels, per_channel)
+    return out.reshape(full_shape)
+
+
+def encode_parallel_values(values: Tensor, medians: Tensor, tables: CoderTables, *,
+                           lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None) -> bytes:
+    """Float values [N, C, *spatial] -> one parallel container of round(values - medians[c])."""
+    values, medians = _values_and_medians(values, medians, tables)
+    _, channels, per_channel = _row_layout(values.shape, None)
+    return _rans().lanes_encode(tables.native, values, medians, None, channels, per_channel,
+                                float(lane_overhead), int(lanes or 0))
+
+
+def decode_parallel_values(data: bytes, medians: Tensor, tables: CoderTables) -> Tensor:
+    """Parallel container (implicit channel rows) -> float32 symbol + medians[c], stored shape."""
+    medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
+    return _rans().lanes_decode(tables.native, _as_bytes(data), medians, None)
