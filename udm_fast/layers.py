@@ -128,6 +128,8 @@ def _check_ida_inputs(x: torch.Tensor, m: torch.Tensor, c_x: int, c_m: int) -> N
 
 
 _IDA_IMPLS: dict = {"reference": ida_reference, "triton": _ida_triton.ida_triton}
+if _ops.FUSED_IDA:
+    _IDA_IMPLS["cuda"] = _ops.ida_cuda.ida
 
 
 def _ida_impl(name: str) -> Callable:
@@ -219,6 +221,11 @@ class SFT(nn.Module):
         name = _backend.resolve(self.backend, x.device)
         if name == "triton" and _sft_triton.activation_slope(self) is not None:
             return _sft_triton.sft_layer_forward(self, x, cond_full, cond_half, noise)
+        if name == "cuda" and _ops.FUSED_IDA and (slope := _sft_triton.activation_slope(self)) is not None:
+            return _ops.ida_cuda.sft(x, cond_full, cond_half, draw_noise(noise, x, cond_full.dtype),
+                                     self.convs_gamma[0].conv2d.weight, self.convs_gamma[1].conv2d.weight,
+                                     self.convs_beta[0].conv2d.weight, self.convs_beta[1].conv2d.weight,
+                                     *self.spatial_gamma.weights(), slope)
         gamma = self.convs_gamma[1](self.convs_gamma[0](cond_full))
         z = draw_noise(noise, x, cond_full.dtype)
         beta = self.convs_beta[1](self.convs_beta[0](torch.cat((cond_full, z), dim=1)))
