@@ -1,4 +1,4 @@
-"""The ``udm-fast`` command: ``transfer``, ``info`` and ``demo``.
+"""The ``udm-fast`` command: ``transfer``, ``info``, ``demo``, and ``train`` / ``synth`` / ``eval`` (udm_fast.train).
 
 Every expected failure (missing or corrupt files, mismatched weights, bad devices, unusable image
 sizes) ends with one ``udm-fast: error: ...`` line on stderr and exit code 1; ``--debug`` re-raises
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from . import __version__, backend, degrade, pretrained
 from .io import ImageNote, format_for_path, load_image, save_image
 from .model import UDM
+from .train import commands as train_commands
 
 PROG = "udm-fast"
 MAX_ERROR_CHARS = 400
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="udm_fast_demo", metavar="DIR", help="output folder (default ./udm_fast_demo)")
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the noise (default 0)")
     demo.set_defaults(run=run_demo)
+    train_commands.add_commands(commands, [common])
     return parser
 
 
