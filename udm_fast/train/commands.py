@@ -284,7 +284,9 @@ def run_eval(args: argparse.Namespace) -> int:
     model = load_eval_model(args.weights, args.official, device)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
-        print(f"udm-fast: note: {name} not computed: {reason.splitlines()[0]}", file=sys.stderr)
+        hint = ("; give --vgg-weights PATH (torchvision's vgg16-397923af.pth) or put that file in the torch hub "
+                "cache" if reason.startswith("VGG16") else "")
+        print(f"udm-fast: note: {name} not computed ({reason.split(';')[0]}){hint}", file=sys.stderr)
     skipped: list = []
     results = evaluate_pairs(model, _eval_pairs(index, args, device, skipped), perceptual=perceptual,
                              noise_seed=args.seed)

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -46,6 +47,7 @@ log = logging.getLogger("udm_fast.train")
 
 CHECKPOINT_FORMAT = "udm_fast-training"
 CHECKPOINT_VERSION = 1
+_STEP_FILE = re.compile(r"step_\d{8}\.pt")
 
 
 class ScheduleFactor:
@@ -208,7 +210,14 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule, length))
 
     def _resume_path(self, resume: bool | str) -> str:
-        path = os.path.join(self.checkpoint_dir, "latest.pt") if resume is True else os.fspath(resume)
+        """The given checkpoint, or the run's newest one: the last step_<n>.pt (written before latest.pt,
+        so a run killed between the two writes resumes from the newer state), else latest.pt."""
+        if resume is not True:
+            path = os.fspath(resume)
+        else:
+            steps = sorted(f for f in os.listdir(self.checkpoint_dir) if _STEP_FILE.fullmatch(f)) \
+                if os.path.isdir(self.checkpoint_dir) else []
+            path = os.path.join(self.checkpoint_dir, steps[-1] if steps else "latest.pt")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
         return path
@@ -438,7 +447,7 @@ class Trainer:
         ckpt.save_atomic(state, os.path.join(self.checkpoint_dir, "latest.pt"))
         keep = self.config.log.keep_checkpoints
         if keep:
-            steps = sorted(f for f in os.listdir(self.checkpoint_dir) if f.startswith("step_") and f.endswith(".pt"))
+            steps = sorted(f for f in os.listdir(self.checkpoint_dir) if _STEP_FILE.fullmatch(f))
             for old in steps[:-keep]:
                 os.remove(os.path.join(self.checkpoint_dir, old))
         return path

@@ -1,0 +1,149 @@
+"""``udm-fast synth``, ``train`` and ``eval`` as a user runs them, including a real kill and resume."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from udm_fast import cli
+from udm_fast.degrade import degrade
+from udm_fast.model import UDM
+from udm_fast.train.config import load_config
+from udm_fast.train.data import derive_seed
+
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+FAST = ["--set", "log.progress=false", "--set", "run.threads=1", "--set", "log.image_every=0",
+        "--set", "data.degrade_window=48"]
+LEAN = ["--set", "model.discriminator=false", "--set", "loss.weights.gan_generator=0",
+        "--set", "loss.weights.diversity=0"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(64, 80), (72, 64), (64, 64)]):
+        coarse = rng.integers(0, 256, size=(5, 5, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((w, h), Image.BICUBIC).save(folder / f"p{i}.jpg", quality=95)
+    (folder / "zz_broken.png").write_bytes(b"not a png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def paired(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    assert cli.main(["synth", "--clean", str(photos), "--out", str(out), "--per-image", "2", "--seed", "3"]) == 0
+    return out
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_synth_writes_the_reference_csv_format(paired, photos, capsys, tmp_path):
+    rows = _rows(paired / "pairs.csv")
+    assert [r["name"] for r in rows] == [f"degraded/p{i}-{v}.png" for i in range(3) for v in range(2)]
+    assert [r["ref_name"] for r in rows] == [f"ref/p{i}.png" for i in range(3) for v in range(2)]
+    for index, row in enumerate(rows[::2]):
+        clean = np.asarray(Image.open(photos / f"p{index}.jpg").convert("RGB"))
+        assert np.array_equal(np.asarray(Image.open(paired / row["ref_name"])), clean)  # lossless reference
+        # the degraded file is degrade() of the clean image with the documented per-image seed
+        x = torch.from_numpy(clean.copy()).permute(2, 0, 1)[None].float() / 255
+        y, params = degrade(x, generator=derive_seed(3, index, 0))
+        expected = (y[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.array_equal(np.asarray(Image.open(paired / row["name"])), expected)
+        assert json.loads(row["params"]) == json.loads(json.dumps(params[0]))
+    again = tmp_path / "again"
+    assert cli.main(["synth", "--clean", str(photos), "--out", str(again), "--per-image", "2", "--seed", "3"]) == 0
+    assert (again / "degraded" / "p1-1.png").read_bytes() == (paired / "degraded" / "p1-1.png").read_bytes()
+    err = capsys.readouterr().err
+    assert f"skipped {photos / 'zz_broken.png'}: cannot decode image" in err
+
+
+def test_synth_errors(tmp_path, capsys):
+    assert cli.main(["synth", "--clean", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 1
+    assert "image folder not found" in capsys.readouterr().err
+    assert cli.main(["synth", "--clean", str(tmp_path), "--out", str(tmp_path / "o"), "--per-image", "0"]) == 1
+    assert "--per-image must be >= 1" in capsys.readouterr().err
+
+
+def test_train_then_eval_on_the_synthesised_pairs(paired, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = cli.main(["train", TINY, "--data", str(paired / "pairs.csv"), "--out", str(run), "--max-steps", "2",
+                     *FAST, *LEAN, "--set", "data.batch_size=2"])
+    assert code == 0
+    assert "finished at step 2" in capsys.readouterr().out
+    config = load_config(run / "config.yaml")
+    assert (config.data.kind, config.data.csv, config.data.batch_size) == ("csv", str(paired / "pairs.csv"), 2)
+
+    for weights in (run / "model.pt", run / "checkpoints" / "latest.pt"):
+        out = tmp_path / f"{weights.stem}.json"
+        code = cli.main(["eval", "--weights", str(weights), "--data", str(paired), "--out", str(out), "--crop", "48",
+                         "--limit", "3", "--no-download", "--device", "cpu"])
+        assert code == 0
+        captured = capsys.readouterr()
+        assert "mean over 3 pairs" in captured.out and "PSNR dB" in captured.out
+        assert "dists not computed" in captured.err  # no VGG16 weights on this machine
+        results = json.loads(out.read_text())
+        assert results["count"] == 3 and set(results["unavailable"]) == {"dists", "lpips"}
+        assert set(results["mean"]) == {"psnr", "ms_ssim", "bits_global_per_image", "bits_local_per_pixel"}
+    assert json.loads((tmp_path / "model.json").read_text())["mean"] == \
+        json.loads((tmp_path / "latest.json").read_text())["mean"]  # same weights either way
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "run.max_step=3"], "unknown key 'run.max_step' (did you mean 'max_steps'?)"),
+    (["--set", "oops"], "--set expects KEY=VALUE"),
+    (["--data", "/no/such/folder"], "not a folder of images nor a .csv index"),
+    (["--set", "loss.weights.dists=10", "--set", "loss.download=false"], "vgg16-397923af.pth"),
+])
+def test_train_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    assert cli.main(["train", TINY, "--out", str(tmp_path / "run"), *FAST, *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("udm-fast: error: ") and message in err[-1]
+
+
+def test_eval_errors(tmp_path, capsys):
+    assert cli.main(["eval", "--weights", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 1
+    assert f"{tmp_path} holds no pairs.csv" in capsys.readouterr().err
+
+
+def test_killed_training_resumes_on_the_same_trajectory(paired, tmp_path):
+    """SIGKILL a `udm-fast train` process after a checkpoint; --resume reaches the uninterrupted result."""
+    args = ["train", TINY, "--data", str(paired / "pairs.csv"), "--max-steps", "8", *FAST, *LEAN,
+            "--set", "data.batch_size=2", "--set", "log.save_every=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "udm_fast.cli", *args, "--out", str(killed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step_00000002.pt").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert not (killed / "model.pt").exists()  # it died mid-run
+
+    assert cli.main([*args, "--out", str(killed), "--resume"]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "whole")]) == 0
+    a = UDM.load(killed / "model.pt").state_dict()
+    b = UDM.load(tmp_path / "whole" / "model.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
