@@ -1,0 +1,306 @@
+"""The fused IDA / SFT ops of the ``cuda`` backend: udm_fast::ida_forward, ida_backward, sft_forward.
+
+On the CPU these ops run the same tile code (csrc/ida_core.h) as the CUDA kernels, so the CPU
+tests check its indexing and math against ``ida_reference`` / a functional SFT in float64 and
+against autograd; the ``gpu`` tests check the CUDA kernels themselves.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from udm_fast import IDA, SFT, ops
+from udm_fast.layers import ida_reference
+
+pytestmark = pytest.mark.skipif(not ops.FUSED_IDA, reason="udm_fast._C missing or built without the fused IDA ops")
+
+if ops.FUSED_IDA:
+    from udm_fast.ops import ida_cuda
+
+
+def rel_err(actual, expected):
+    expected = expected.double()
+    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+def ida_operands(b, c, h, w, cc=8, cm=None, co=None, dtype=torch.float32, device="cpu", seed=0):
+    """x, m and IDA weights scaled by 1/sqrt(fan-in) so every stage is O(1)."""
+    cm = (c + cc) // 2 if cm is None else cm
+    co = c if co is None else co
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(b, c, h, w), (b, cc, h // 2, w // 2), (cc, cm, 2, 2), (cm, cm, 3, 3), (cm, c, 3, 3), (cm, co, 2, 2),
+              (co,)]
+    scales = [1.0, 1.0, cc ** -0.5, (9 * cm) ** -0.5, (9 * c) ** -0.5, cm ** -0.5, 1.0]
+    return [(torch.randn(s, generator=g, dtype=torch.float64) * k).to(dtype=dtype, device=device)
+            for s, k in zip(shapes, scales)]
+
+
+def sft_operands(b, c, h, w, cc=8, dtype=torch.float32, device="cpu", seed=0):
+    """x, cond, cond_half, noise, the four MLP weights and the IDA weights of an SFT layer."""
+    x, cond_half, *ida_w = ida_operands(b, c, h, w, cc, dtype=dtype, device=device, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    rd = (c + cc) // 4
+    shapes = [(b, cc, h, w), (b, 1, h, w), (rd, cc, 1, 1), (c, rd, 1, 1), (rd, cc + 1, 1, 1), (c, rd, 1, 1)]
+    scales = [1.0, 1.0, cc ** -0.5, rd ** -0.5, (cc + 1) ** -0.5, rd ** -0.5]
+    cond, noise, *mlp = [(torch.randn(s, generator=g, dtype=torch.float64) * k).to(dtype=dtype, device=device)
+                         for s, k in zip(shapes, scales)]
+    return [x, cond, cond_half, noise, *mlp, *ida_w]
+
+
+def sft_reference(x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, *ida_w, slope):
+    """The SFT layer as torch ops: x * (1 + gamma) + beta + IDA, pre-activation 1x1 MLPs."""
+    gamma = F.conv2d(F.leaky_relu(F.conv2d(cond, w_gamma1), slope), w_gamma2)
+    beta = F.conv2d(F.leaky_relu(F.conv2d(torch.cat((cond, noise), 1), w_beta1), slope), w_beta2)
+    return x * (1 + gamma) + beta + ida_reference(x, cond_half, *ida_w)
+
+
+def to_layout(tensors, channels_last):
+    if not channels_last:
+        return tensors
+    return [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.shape[-1] > 1 else t
+            for t in tensors]
+
+
+def autograd_grads(fn, operands, grad_out):
+    """Gradients of sum(fn(*operands) * grad_out) in float64 with autograd."""
+    leaves = [t.detach().double().requires_grad_(True) for t in operands]
+    fn(*leaves).backward(grad_out.double())
+    return [t.grad for t in leaves]
+
+
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+IDA_SHAPES = [(3, 16, 20, 36), (1, 64, 12, 20)]  # odd batch, non-square, ragged tiles; C in {16, 64}
+
+
+# ------------------------------------------------------------------------------------------- IDA
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", IDA_SHAPES)
+def test_ida_forward_matches_reference(shape, channels_last, dtype):
+    operands = to_layout(ida_operands(*shape, dtype=dtype), channels_last)
+    out = torch.ops.udm_fast.ida_forward(*operands)
+    expected = ida_reference(*[t.double() for t in operands])
+    assert out.dtype == dtype and out.shape == expected.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", IDA_SHAPES)
+def test_ida_backward_matches_autograd(shape, channels_last, dtype):
+    operands = to_layout(ida_operands(*shape, dtype=dtype), channels_last)
+    grad_out = torch.randn(operands[0].shape[0], operands[5].shape[1], *operands[0].shape[2:], dtype=dtype)
+    grads = torch.ops.udm_fast.ida_backward(grad_out, *operands[:6])
+    expected = autograd_grads(ida_reference, operands, grad_out)
+    names = ["x", "m", "w_up", "w_map", "w_x", "w_out", "b_out"]
+    for name, got, want, operand in zip(names, grads, expected, operands):
+        assert got.shape == operand.shape and got.dtype == dtype, name
+        assert rel_err(got, want) < TOL[dtype], name
+    assert grads[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_ida_odd_channel_counts_and_strided_views():
+    # Cm = 5 and Co = 7 are not multiples of the 4-channel micro-tiles; C = 20 leaves a partial chunk;
+    # x and grad_out are non-contiguous views
+    x, m, *w = ida_operands(2, 20, 10, 14, cc=3, cm=5, co=7, dtype=torch.float64)
+    x_view = torch.stack((x, -x), dim=-1)[..., 0]  # x with a column stride of 2
+    grad_out = torch.randn(2, 7, 10, 28, dtype=torch.float64)[..., 1::2]
+    out = torch.ops.udm_fast.ida_forward(x_view, m, *w)
+    assert rel_err(out, ida_reference(x, m, *w)) < 1e-12
+    grads = torch.ops.udm_fast.ida_backward(grad_out, x_view, m, *w[:4])
+    for got, want in zip(grads, autograd_grads(ida_reference, [x, m, *w], grad_out)):
+        assert rel_err(got, want) < 1e-12
+
+
+def test_ida_gradcheck_float64():
+    operands = [t.requires_grad_(True) for t in ida_operands(1, 4, 4, 6, cc=3, cm=5, co=6, dtype=torch.float64)]
+    assert torch.autograd.gradcheck(ida_cuda.ida, operands)
+
+
+def test_ida_bfloat16_on_cpu():
+    operands = ida_operands(2, 16, 8, 12, dtype=torch.bfloat16)
+    out = torch.ops.udm_fast.ida_forward(*operands)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ida_reference(*[t.double() for t in operands])) < 2e-2
+
+
+def test_ida_empty_batch():
+    x, m, *w = ida_operands(0, 16, 8, 8)
+    assert torch.ops.udm_fast.ida_forward(x, m, *w).shape == (0, 16, 8, 8)
+    grads = torch.ops.udm_fast.ida_backward(torch.zeros(0, 16, 8, 8), x, m, *w[:4])
+    assert grads[0].shape == x.shape and grads[1].shape == m.shape
+    assert all(torch.equal(g, torch.zeros_like(t)) for g, t in zip(grads[2:], w))
+
+
+def _replace(operands, index, value):
+    return [value if i == index else t for i, t in enumerate(operands)]
+
+
+@pytest.mark.parametrize("index,value,message", [
+    (0, torch.randn(2, 16, 7, 8), "even"),
+    (0, torch.randn(2, 16, 8), "4-D"),
+    (1, torch.randn(2, 8, 3, 4), r"m must have shape \[2, 8, 4, 4\]"),
+    (4, torch.randn(12, 15, 3, 3), "w_x must have shape"),
+    (6, torch.randn(3), "b_out must have shape"),
+    (2, torch.randn(8, 12, 2, 2, dtype=torch.float64), "w_up has dtype Double"),
+    (0, torch.randint(0, 3, (2, 16, 8, 8)), "expected float32"),
+])
+def test_ida_rejects_bad_inputs(index, value, message):
+    operands = _replace(ida_operands(2, 16, 8, 8), index, value)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.udm_fast.ida_forward(*operands)
+
+
+# ------------------------------------------------------------------------------------------- SFT
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels_last,slope,shape", [
+    (False, 0.01, (3, 16, 10, 14)), (True, 0.0, (3, 16, 10, 14)), (True, 0.01, (1, 64, 8, 12))])
+def test_sft_forward_and_backward_match_reference(shape, slope, channels_last, dtype):
+    operands = to_layout(sft_operands(*shape, dtype=dtype), channels_last)
+    leaves = [t.detach().clone().requires_grad_(True) for t in operands]
+    out = ida_cuda.sft(*leaves, slope)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    reference = lambda *a: sft_reference(*a, slope=slope)  # noqa: E731
+    assert rel_err(out, reference(*[t.double() for t in operands])) < TOL[dtype]
+    for i, want in enumerate(autograd_grads(reference, operands, grad_out)):
+        assert rel_err(leaves[i].grad, want) < TOL[dtype], i
+
+
+def test_sft_gradcheck_float64():
+    operands = [t.requires_grad_(True) for t in sft_operands(1, 4, 4, 6, cc=3, dtype=torch.float64)]
+    assert torch.autograd.gradcheck(lambda *a: ida_cuda.sft(*a, 0.01), operands)
+
+
+@pytest.mark.parametrize("index,value,message", [
+    (1, torch.randn(2, 8, 8, 6), r"cond must have shape \[2, 8, 8, 8\]"),
+    (3, torch.randn(2, 2, 8, 8), "noise must have shape"),
+    (6, torch.randn(6, 8, 1, 1), r"w_beta1 must have shape \[6, 9, 1, 1\]"),
+    (11, torch.randn(12, 8, 2, 2), "keep the channel count"),
+])
+def test_sft_rejects_bad_inputs(index, value, message):
+    operands = _replace(sft_operands(2, 16, 8, 8), index, value)
+    if index == 11:
+        operands[12] = torch.randn(8)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.udm_fast.sft_forward(*operands, 0.01)
+
+
+# ----------------------------------------------------------------------- registration and compile
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck(channels_last):
+    ida_args = to_layout(ida_operands(2, 8, 4, 6, cc=3), channels_last)
+    sft_args = to_layout(sft_operands(2, 8, 4, 6, cc=3), channels_last)
+    grad_out = torch.randn(2, 8, 4, 6)
+    torch.library.opcheck(torch.ops.udm_fast.ida_forward.default, [t.requires_grad_(True) for t in ida_args])
+    torch.library.opcheck(torch.ops.udm_fast.ida_backward.default,
+                          [grad_out, *[t.detach() for t in ida_args[:6]]])
+    torch.library.opcheck(torch.ops.udm_fast.sft_forward.default,
+                          [*[t.requires_grad_(True) for t in sft_args], 0.01])
+
+
+def test_compile_fullgraph_without_graph_breaks():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = SFT(8, 16, backend="cuda").double()
+    ida_layer = IDA(16, 8, backend="cuda").double()
+
+    def step(x, cond, noise):
+        return ida_layer(layer(x, cond, noise), cond).square().sum()
+
+    x = torch.randn(2, 16, 8, 12, dtype=torch.float64, requires_grad=True)
+    cond, noise = torch.randn(2, 8, 4, 6, dtype=torch.float64), torch.randn(2, 1, 8, 12, dtype=torch.float64)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, cond, noise)
+    (grad,) = torch.autograd.grad(loss, x)
+    loss_eager = step(x, cond, noise)
+    (grad_eager,) = torch.autograd.grad(loss_eager, x)
+    assert rel_err(loss, loss_eager) < 1e-12 and rel_err(grad, grad_eager) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------ layers
+
+def test_layers_use_fused_ops_and_match_reference():
+    torch.manual_seed(0)
+    ida_layer = IDA(16, 8).double()
+    sft_layer = SFT(8, 16, activation=torch.nn.ReLU()).double()
+    x, cond = torch.randn(3, 16, 12, 16, dtype=torch.float64), torch.randn(3, 8, 6, 8, dtype=torch.float64)
+    noise = torch.randn(3, 1, 12, 16, dtype=torch.float64)
+    results = {}
+    for name in ("reference", "cuda"):
+        ida_layer.backend = sft_layer.backend = name
+        results[name] = (ida_layer(x, cond), sft_layer(x, cond, noise))
+    for fused, reference in zip(results["cuda"], results["reference"]):
+        assert rel_err(fused, reference) < 1e-12
+
+
+def test_autocast_runs_in_bfloat16():
+    layer = SFT(8, 16, backend="cuda")
+    x, cond, noise = torch.randn(2, 16, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 1, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, cond, noise)
+    assert out.dtype == torch.bfloat16
+    layer.backend = "reference"
+    assert rel_err(out, layer(x, cond, noise)) < 2e-2
+
+
+# --------------------------------------------------------------------------------------------- GPU
+
+GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+
+
+def poison_cuda_allocator(*like):
+    """Fill freed blocks of the caching allocator with NaN at the sizes of the coming outputs,
+    so an element the kernels leave unwritten shows up as NaN."""
+    for t in like:
+        torch.empty(t.numel() * t.element_size(), dtype=torch.uint8, device="cuda").fill_(0xFF)
+
+
+def assert_written_and_close(got, want, tol, what):
+    assert torch.isfinite(got).all(), f"{what}: elements left unwritten (NaN poison) or non-finite"
+    assert rel_err(got, want) < tol, what
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c,b,h,w,channels_last", [
+    (16, 1, 8, 8, False), (64, 3, 48, 80, True), (64, 3, 48, 80, False), (128, 3, 16, 24, True),
+    (256, 1, 32, 32, True), (256, 3, 8, 8, False)])
+def test_gpu_ida_forward_backward(c, b, h, w, channels_last, dtype):
+    operands = to_layout(ida_operands(b, c, h, w, dtype=dtype, device="cuda"), channels_last)
+    grad_out = torch.randn(b, c, h, w, dtype=dtype, device="cuda")
+    poison_cuda_allocator(operands[0])
+    out = torch.ops.udm_fast.ida_forward(*operands)
+    assert_written_and_close(out, ida_reference(*[t.double() for t in operands]), GPU_TOL[dtype], "out")
+    poison_cuda_allocator(*operands)
+    grads = torch.ops.udm_fast.ida_backward(grad_out, *operands[:6])
+    names = ["x", "m", "w_up", "w_map", "w_x", "w_out", "b_out"]
+    for name, got, want in zip(names, grads, autograd_grads(ida_reference, operands, grad_out)):
+        assert_written_and_close(got, want, GPU_TOL[dtype], name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("c,b,h,w,channels_last", [
+    (16, 3, 8, 8, False), (64, 3, 48, 80, True), (128, 1, 16, 24, True), (256, 3, 32, 32, True)])
+def test_gpu_sft_forward_backward(c, b, h, w, channels_last, dtype):
+    operands = to_layout(sft_operands(b, c, h, w, dtype=dtype, device="cuda"), channels_last)
+    leaves = [t.detach().clone().requires_grad_(True) for t in operands]
+    poison_cuda_allocator(operands[0])
+    out = ida_cuda.sft(*leaves, 0.01)
+    reference = lambda *a: sft_reference(*a, slope=0.01)  # noqa: E731
+    assert_written_and_close(out, reference(*[t.double() for t in operands]), GPU_TOL[dtype], "out")
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    for i, want in enumerate(autograd_grads(reference, operands, grad_out)):
+        assert_written_and_close(leaves[i].grad, want, GPU_TOL[dtype], f"grad {i}")
+
+
+@pytest.mark.gpu
+def test_gpu_rejects_float64():
+    operands = ida_operands(1, 16, 8, 8, dtype=torch.float64, device="cuda")
+    with pytest.raises(RuntimeError, match="float64 is not supported on CUDA"):
+        torch.ops.udm_fast.ida_forward(*operands)
