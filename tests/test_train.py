@@ -2,6 +2,7 @@
 import csv
 import math
 import os
+import signal
 import socket
 
 import pytest
@@ -110,6 +111,24 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k != "images_per_s"} == \
                {k: v for k, v in rb.items() if k != "images_per_s"}
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):
+    lean = {"model.discriminator": False, "loss.weights.gan_generator": 0.0, "loss.weights.diversity": 0.0}
+    trainer = Trainer(tiny(tmp_path, **{"run.max_steps": 5}, **lean))
+    step = trainer.train_step
+
+    def interrupted_during_step_2(*batch):
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer: finish this step, then stop
+        return step(*batch)
+
+    trainer.train_step = interrupted_during_step_2
+    summary = trainer.run()
+    assert summary["step"] == 2 and not summary["finished"]
+    assert ckpt.load_file(tmp_path / "checkpoints" / "latest.pt")["step"] == 2
+    assert not (tmp_path / "model.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def _ddp_worker(rank, world, port, out_dir):
