@@ -22,6 +22,21 @@ def rel_err(actual, expected):
     return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-300)).item()
 
 
+def off_kinks(source, pre_activation, dtype, generator, scale):
+    """Nudge the pixels of ``source`` (float64) whose activation inputs ``pre_activation(source)`` (after
+    rounding to ``dtype``) lie within 1e-4 of the LeakyReLU kink, where a float64 reference and a
+    lower-precision kernel may take different derivative branches. ``scale``: activation pixels per
+    source pixel along each axis."""
+    for _ in range(20):
+        near = (pre_activation(source.to(dtype).double()).abs() < 1e-4).any(dim=1, keepdim=True)
+        if scale > 1:
+            near = F.max_pool2d(near.double(), scale) > 0
+        if not near.any():
+            return source
+        source = source + 1e-2 * near * torch.randn(source.shape, generator=generator, dtype=torch.float64)
+    raise AssertionError("could not move the test inputs off the activation kinks")
+
+
 def ida_operands(b, c, h, w, cc=8, cm=None, co=None, dtype=torch.float32, device="cpu", seed=0):
     """x, m and IDA weights scaled by 1/sqrt(fan-in) so every stage is O(1)."""
     cm = (c + cc) // 2 if cm is None else cm
@@ -30,8 +45,10 @@ def ida_operands(b, c, h, w, cc=8, cm=None, co=None, dtype=torch.float32, device
     shapes = [(b, c, h, w), (b, cc, h // 2, w // 2), (cc, cm, 2, 2), (cm, cm, 3, 3), (cm, c, 3, 3), (cm, co, 2, 2),
               (co,)]
     scales = [1.0, 1.0, cc ** -0.5, (9 * cm) ** -0.5, (9 * c) ** -0.5, cm ** -0.5, 1.0]
-    return [(torch.randn(s, generator=g, dtype=torch.float64) * k).to(dtype=dtype, device=device)
-            for s, k in zip(shapes, scales)]
+    x, m, w_up, *rest = [torch.randn(s, generator=g, dtype=torch.float64) * k for s, k in zip(shapes, scales)]
+    w_up_rounded = w_up.to(dtype).double()
+    m = off_kinks(m, lambda src: F.conv_transpose2d(src, w_up_rounded, stride=2), dtype, g, scale=2)
+    return [t.to(dtype=dtype, device=device) for t in (x, m, w_up, *rest)]
 
 
 def sft_operands(b, c, h, w, cc=8, dtype=torch.float32, device="cpu", seed=0):
@@ -41,9 +58,12 @@ def sft_operands(b, c, h, w, cc=8, dtype=torch.float32, device="cpu", seed=0):
     rd = (c + cc) // 4
     shapes = [(b, cc, h, w), (b, 1, h, w), (rd, cc, 1, 1), (c, rd, 1, 1), (rd, cc + 1, 1, 1), (c, rd, 1, 1)]
     scales = [1.0, 1.0, cc ** -0.5, rd ** -0.5, (cc + 1) ** -0.5, rd ** -0.5]
-    cond, noise, *mlp = [(torch.randn(s, generator=g, dtype=torch.float64) * k).to(dtype=dtype, device=device)
-                         for s, k in zip(shapes, scales)]
-    return [x, cond, cond_half, noise, *mlp, *ida_w]
+    cond, noise, *mlp = [torch.randn(s, generator=g, dtype=torch.float64) * k for s, k in zip(shapes, scales)]
+    noise_r, w_gamma1_r, w_beta1_r = (t.to(dtype).double() for t in (noise, mlp[0], mlp[2]))
+    cond = off_kinks(cond, lambda src: torch.cat((F.conv2d(src, w_gamma1_r),
+                                                  F.conv2d(torch.cat((src, noise_r), 1), w_beta1_r)), 1),
+                     dtype, g, scale=1)
+    return [x, *(t.to(dtype=dtype, device=device) for t in (cond, cond_half, noise, *mlp)), *ida_w]
 
 
 def sft_reference(x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, *ida_w, slope):
@@ -67,37 +87,68 @@ def autograd_grads(fn, operands, grad_out):
     return [t.grad for t in leaves]
 
 
+def poison_cuda_allocator(*like):
+    """Leave NaN-filled blocks (all bits set) of the sizes of the coming outputs in the caching
+    allocator, which hands them out again, so an element the kernels leave unwritten shows up."""
+    blocks = [torch.full((t.numel() * t.element_size(),), 0xFF, dtype=torch.uint8, device="cuda") for t in like]
+    del blocks
+
+
+def assert_written_and_close(got, want, tol, what):
+    assert torch.isfinite(got).all(), f"{what}: elements left unwritten (NaN poison) or non-finite"
+    assert rel_err(got, want) < tol, f"{what}: relative error {rel_err(got, want):.2e}"
+
+
+def layout_format(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def check_ida_op(shape, channels_last, dtype, device, tol):
+    """ida_forward vs ida_reference and ida_backward vs autograd, both in float64, with outputs in the
+    input's layout; on CUDA the outputs land in NaN-poisoned memory."""
+    operands = to_layout(ida_operands(*shape, dtype=dtype, device=device), channels_last)
+    grad_out = torch.randn(shape, dtype=dtype, device=device)
+    if device == "cuda":
+        poison_cuda_allocator(operands[0])
+    out = torch.ops.udm_fast.ida_forward(*operands)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=layout_format(channels_last))
+    assert_written_and_close(out, ida_reference(*[t.double() for t in operands]), tol, "out")
+    if device == "cuda":
+        poison_cuda_allocator(*operands[:2])
+    grads = torch.ops.udm_fast.ida_backward(grad_out, *operands[:6])
+    assert grads[0].is_contiguous(memory_format=layout_format(channels_last))
+    names = ["x", "m", "w_up", "w_map", "w_x", "w_out", "b_out"]
+    for name, got, want, operand in zip(names, grads, autograd_grads(ida_reference, operands, grad_out), operands):
+        assert got.shape == operand.shape and got.dtype == dtype, name
+        assert_written_and_close(got, want, tol, f"d{name}")
+
+
+def check_sft_op(shape, channels_last, slope, dtype, device, tol):
+    """The fused SFT forward and its autograd backward vs the torch-op SFT in float64."""
+    operands = to_layout(sft_operands(*shape, dtype=dtype, device=device), channels_last)
+    leaves = [t.detach().clone().requires_grad_(True) for t in operands]
+    if device == "cuda":
+        poison_cuda_allocator(operands[0])
+    out = ida_cuda.sft(*leaves, slope)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=layout_format(channels_last))
+    reference = lambda *a: sft_reference(*a, slope=slope)  # noqa: E731
+    assert_written_and_close(out, reference(*[t.double() for t in operands]), tol, "out")
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    for i, want in enumerate(autograd_grads(reference, operands, grad_out)):
+        assert_written_and_close(leaves[i].grad, want, tol, f"grad of operand {i}")
+
+
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
-IDA_SHAPES = [(3, 16, 20, 36), (1, 64, 12, 20)]  # odd batch, non-square, ragged tiles; C in {16, 64}
 
 
 # ------------------------------------------------------------------------------------------- IDA
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", IDA_SHAPES)
-def test_ida_forward_matches_reference(shape, channels_last, dtype):
-    operands = to_layout(ida_operands(*shape, dtype=dtype), channels_last)
-    out = torch.ops.udm_fast.ida_forward(*operands)
-    expected = ida_reference(*[t.double() for t in operands])
-    assert out.dtype == dtype and out.shape == expected.shape
-    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert rel_err(out, expected) < TOL[dtype]
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", IDA_SHAPES)
-def test_ida_backward_matches_autograd(shape, channels_last, dtype):
-    operands = to_layout(ida_operands(*shape, dtype=dtype), channels_last)
-    grad_out = torch.randn(operands[0].shape[0], operands[5].shape[1], *operands[0].shape[2:], dtype=dtype)
-    grads = torch.ops.udm_fast.ida_backward(grad_out, *operands[:6])
-    expected = autograd_grads(ida_reference, operands, grad_out)
-    names = ["x", "m", "w_up", "w_map", "w_x", "w_out", "b_out"]
-    for name, got, want, operand in zip(names, grads, expected, operands):
-        assert got.shape == operand.shape and got.dtype == dtype, name
-        assert rel_err(got, want) < TOL[dtype], name
-    assert grads[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+@pytest.mark.parametrize("shape", [(3, 16, 20, 36), (1, 64, 12, 20)])  # odd batch, non-square, ragged tiles
+def test_ida_forward_and_backward(shape, channels_last, dtype):
+    check_ida_op(shape, channels_last, dtype, "cpu", TOL[dtype])
 
 
 def test_ida_odd_channel_counts_and_strided_views():
@@ -157,16 +208,8 @@ def test_ida_rejects_bad_inputs(index, value, message):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last,slope,shape", [
     (False, 0.01, (3, 16, 10, 14)), (True, 0.0, (3, 16, 10, 14)), (True, 0.01, (1, 64, 8, 12))])
-def test_sft_forward_and_backward_match_reference(shape, slope, channels_last, dtype):
-    operands = to_layout(sft_operands(*shape, dtype=dtype), channels_last)
-    leaves = [t.detach().clone().requires_grad_(True) for t in operands]
-    out = ida_cuda.sft(*leaves, slope)
-    grad_out = torch.randn_like(out)
-    out.backward(grad_out)
-    reference = lambda *a: sft_reference(*a, slope=slope)  # noqa: E731
-    assert rel_err(out, reference(*[t.double() for t in operands])) < TOL[dtype]
-    for i, want in enumerate(autograd_grads(reference, operands, grad_out)):
-        assert rel_err(leaves[i].grad, want) < TOL[dtype], i
+def test_sft_forward_and_backward(shape, slope, channels_last, dtype):
+    check_sft_op(shape, channels_last, slope, dtype, "cpu", TOL[dtype])
 
 
 def test_sft_gradcheck_float64():
@@ -248,55 +291,26 @@ def test_autocast_runs_in_bfloat16():
 
 
 # --------------------------------------------------------------------------------------------- GPU
+# The same checks on the CUDA kernels, outputs in NaN-poisoned memory.
 
 GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 
 
-def poison_cuda_allocator(*like):
-    """Fill freed blocks of the caching allocator with NaN at the sizes of the coming outputs,
-    so an element the kernels leave unwritten shows up as NaN."""
-    for t in like:
-        torch.empty(t.numel() * t.element_size(), dtype=torch.uint8, device="cuda").fill_(0xFF)
-
-
-def assert_written_and_close(got, want, tol, what):
-    assert torch.isfinite(got).all(), f"{what}: elements left unwritten (NaN poison) or non-finite"
-    assert rel_err(got, want) < tol, what
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("c,b,h,w,channels_last", [
-    (16, 1, 8, 8, False), (64, 3, 48, 80, True), (64, 3, 48, 80, False), (128, 3, 16, 24, True),
-    (256, 1, 32, 32, True), (256, 3, 8, 8, False)])
-def test_gpu_ida_forward_backward(c, b, h, w, channels_last, dtype):
-    operands = to_layout(ida_operands(b, c, h, w, dtype=dtype, device="cuda"), channels_last)
-    grad_out = torch.randn(b, c, h, w, dtype=dtype, device="cuda")
-    poison_cuda_allocator(operands[0])
-    out = torch.ops.udm_fast.ida_forward(*operands)
-    assert_written_and_close(out, ida_reference(*[t.double() for t in operands]), GPU_TOL[dtype], "out")
-    poison_cuda_allocator(*operands)
-    grads = torch.ops.udm_fast.ida_backward(grad_out, *operands[:6])
-    names = ["x", "m", "w_up", "w_map", "w_x", "w_out", "b_out"]
-    for name, got, want in zip(names, grads, autograd_grads(ida_reference, operands, grad_out)):
-        assert_written_and_close(got, want, GPU_TOL[dtype], name)
+@pytest.mark.parametrize("shape,channels_last", [
+    ((1, 16, 8, 8), False), ((3, 64, 48, 80), True), ((3, 64, 48, 80), False), ((3, 128, 16, 24), True),
+    ((1, 256, 32, 32), True), ((3, 256, 8, 8), False)])
+def test_gpu_ida_forward_and_backward(shape, channels_last, dtype):
+    check_ida_op(shape, channels_last, dtype, "cuda", GPU_TOL[dtype])
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("c,b,h,w,channels_last", [
-    (16, 3, 8, 8, False), (64, 3, 48, 80, True), (128, 1, 16, 24, True), (256, 3, 32, 32, True)])
-def test_gpu_sft_forward_backward(c, b, h, w, channels_last, dtype):
-    operands = to_layout(sft_operands(b, c, h, w, dtype=dtype, device="cuda"), channels_last)
-    leaves = [t.detach().clone().requires_grad_(True) for t in operands]
-    poison_cuda_allocator(operands[0])
-    out = ida_cuda.sft(*leaves, 0.01)
-    reference = lambda *a: sft_reference(*a, slope=0.01)  # noqa: E731
-    assert_written_and_close(out, reference(*[t.double() for t in operands]), GPU_TOL[dtype], "out")
-    grad_out = torch.randn_like(out)
-    out.backward(grad_out)
-    for i, want in enumerate(autograd_grads(reference, operands, grad_out)):
-        assert_written_and_close(leaves[i].grad, want, GPU_TOL[dtype], f"grad {i}")
+@pytest.mark.parametrize("shape,channels_last", [
+    ((3, 16, 8, 8), False), ((3, 64, 48, 80), True), ((1, 128, 16, 24), True), ((3, 256, 32, 32), True)])
+def test_gpu_sft_forward_and_backward(shape, channels_last, dtype):
+    check_sft_op(shape, channels_last, 0.01, dtype, "cuda", GPU_TOL[dtype])
 
 
 @pytest.mark.gpu
