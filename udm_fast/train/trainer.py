@@ -344,6 +344,12 @@ class Trainer:
         self._stop_requested = True
 
     def _stop_agreed(self) -> bool:
+        """Whether to stop now. Under DDP the ranks agree at logged steps only (a collective forces a
+        host-device sync), so a signal stops every rank at the same step."""
+        if not self.dist.enabled:
+            return self._stop_requested
+        if self.step % self.config.log.log_every:
+            return False
         return dist_utils.sum_scalar(float(self._stop_requested), self.device) > 0
 
     def run(self) -> dict:
