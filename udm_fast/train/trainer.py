@@ -106,8 +106,8 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Trains a ``UDM`` as ``config`` says; ``run()`` trains until the step or epoch limit.
 
-    ``resume``: False (a fresh run; out_dir must not hold checkpoints), True (continue from
-    out_dir/checkpoints/latest.pt) or a checkpoint path. Under torchrun every process builds a
+    ``resume``: False (a fresh run; out_dir must not hold checkpoints), True (continue from the
+    newest checkpoint in out_dir/checkpoints) or a checkpoint path. Under torchrun every process builds a
     Trainer; rank 0 writes the outputs.
     """
 
@@ -180,9 +180,8 @@ class Trainer:
         return {name: m.to(self.device).eval() for name, m in modules.items()}
 
     def generator_side_parameters(self) -> list:
-        m = self.model
-        return [p for module in (m.global_encoder.encoder_q, m.local_encoder, m.generator, m.global_compressor,
-                                 m.local_compressor) for p in module.parameters()]
+        """The parameters the generator-side optimiser trains (encoders, generator, compressors)."""
+        return [p for group in self.optimizer_g.param_groups for p in group["params"]]
 
     def _build_optimizers(self):
         o, m = self.config.optim, self.model
@@ -209,23 +208,27 @@ class Trainer:
                                      else math.ceil(self.total_steps / per_epoch))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule, length))
 
+    def _step_checkpoints(self) -> list:
+        if not os.path.isdir(self.checkpoint_dir):
+            return []
+        return sorted(f for f in os.listdir(self.checkpoint_dir) if _STEP_FILE.fullmatch(f))
+
     def _resume_path(self, resume: bool | str) -> str:
         """The given checkpoint, or the run's newest one: the last step_<n>.pt (written before latest.pt,
         so a run killed between the two writes resumes from the newer state), else latest.pt."""
         if resume is not True:
             path = os.fspath(resume)
         else:
-            steps = sorted(f for f in os.listdir(self.checkpoint_dir) if _STEP_FILE.fullmatch(f)) \
-                if os.path.isdir(self.checkpoint_dir) else []
+            steps = self._step_checkpoints()
             path = os.path.join(self.checkpoint_dir, steps[-1] if steps else "latest.pt")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
         return path
 
     def _check_fresh_out_dir(self) -> None:
-        if os.path.isfile(os.path.join(self.checkpoint_dir, "latest.pt")):
-            raise FileExistsError(f"{self.out_dir} already holds a run (checkpoints/latest.pt): resume it with "
-                                  f"--resume or choose another output folder")
+        if self._step_checkpoints() or os.path.isfile(os.path.join(self.checkpoint_dir, "latest.pt")):
+            raise FileExistsError(f"{self.out_dir} already holds a run (checkpoints/): resume it with --resume "
+                                  f"or choose another output folder")
 
     # ------------------------------------------------------------------ one iteration
 
@@ -453,8 +456,7 @@ class Trainer:
         ckpt.save_atomic(state, os.path.join(self.checkpoint_dir, "latest.pt"))
         keep = self.config.log.keep_checkpoints
         if keep:
-            steps = sorted(f for f in os.listdir(self.checkpoint_dir) if _STEP_FILE.fullmatch(f))
-            for old in steps[:-keep]:
+            for old in self._step_checkpoints()[:-keep]:
                 os.remove(os.path.join(self.checkpoint_dir, old))
         return path
 
