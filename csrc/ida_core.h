@@ -35,6 +35,8 @@
 #endif
 #if defined(__CUDA_ARCH__)
 #define UDM_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define UDM_UNROLL
 #else
 #define UDM_UNROLL _Pragma("GCC unroll 16")
 #endif
