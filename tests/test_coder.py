@@ -18,8 +18,11 @@ COMPRESSAI_MAX_ESCAPE = 2**26  # compressai's coder overflows for escapes of mag
 
 
 # -- tables and data ------------------------------------------------------------------------
-def random_tables(rng, rows, max_length=40, min_length=2):
-    """compressai-quantized CDF rows of random lengths, zero-padded like _quantized_cdf."""
+def random_tables(rng, rows, max_length=40, min_length=3):
+    """compressai-quantized CDF rows of random lengths, zero-padded like _quantized_cdf.
+
+    min_length 2 gives rows holding only the escape bin (frequency 65536): compressai's encoder
+    stores frequencies as uint16 and divides by zero on them, so only our coders get those."""
     lengths = rng.integers(min_length, max_length + 1, size=rows)  # CDF entries = pmf bins (tail included) + 1
     cdfs = []
     for n in lengths:
@@ -133,7 +136,7 @@ def test_compat_segments_match_buffered_encoder():
 
 def test_compat_huge_values_round_trip():
     rng = np.random.default_rng(3)
-    cdf, cdf_length, offset = random_tables(rng, 4)
+    cdf, cdf_length, offset = random_tables(rng, 4, min_length=2)
     tables = coder.CoderTables(cdf, cdf_length, offset)
     extremes = torch.tensor([[[2**31 - 1, -2**31, 2**27 + 5, -2**29, 0, 1, -1, 123456789]] * 4], dtype=torch.int32)
     for data in (coder.encode_compat(extremes, tables), coder.encode_parallel(extremes, tables)):
@@ -147,7 +150,7 @@ def test_compat_huge_values_round_trip():
        length=st.integers(4, 120), escape_rate=st.sampled_from([0.0, 0.05, 0.5]))
 def test_compat_property_matches_compressai(seed, rows, items, length, escape_rate):
     rng = np.random.default_rng(seed)
-    cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(2, 70)))
+    cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(3, 70)))
     indexes = torch.from_numpy(rng.integers(0, rows, size=(items, length)).astype(np.int32))
     symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate,
                              escape_scale=int(rng.choice([20, 5000, COMPRESSAI_MAX_ESCAPE])))
@@ -311,7 +314,7 @@ def test_parallel_bytes_match_reference_implementation(explicit, lanes):
        lanes=st.sampled_from([None, 1, 7, 32, 33, 200]), escape_rate=st.sampled_from([0.0, 0.1, 1.0]))
 def test_parallel_property_round_trip(seed, rows, size, lanes, escape_rate):
     rng = np.random.default_rng(seed)
-    cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(2, 60)))
+    cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(2, 60)), min_length=2)
     indexes = torch.from_numpy(rng.integers(0, rows, size=(size,)).astype(np.int32))
     symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate,
                              escape_scale=int(rng.choice([10, 2**30])))
@@ -427,3 +430,25 @@ def test_invalid_tables_and_symbols_raise():
         coder.encode_compat(torch.zeros(1, 2, 4, dtype=torch.int32), tables)
     with pytest.raises(ValueError, match="integer"):
         coder.encode_compat(torch.zeros(1, 1, 4), tables)
+
+
+def test_float_quantization_matches_torch_round():
+    """The coders' fused float path rounds exactly like torch.round(x - median).int()."""
+    rng = np.random.default_rng(9)
+    cdf, cdf_length, offset = random_tables(rng, 3)
+    tables = coder.CoderTables(cdf, cdf_length, offset)
+    medians = torch.tensor([0.0, 0.25, -3.5])
+    edges = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, -0.49999997, 8388607.5, -8388607.5,
+                          8388609.0, 2.0**30, -2.0**31, 2147483520.0, -0.0, 1e-30, 3.4999998, 100.5])
+    values = torch.cat([edges, torch.randn(300) * 50, torch.randn(300).round() + 0.5]).reshape(1, 1, -1)
+    values = (values.expand(2, 3, -1) + medians.reshape(1, 3, 1)).contiguous()
+    symbols = torch.round(values - medians.reshape(1, 3, 1)).int()
+    assert coder.encode_compat_values(values, medians, tables) == coder.encode_compat(symbols, tables)
+    assert coder.encode_parallel_values(values, medians, tables) == coder.encode_parallel(symbols, tables)
+    for bad in (float("inf"), float("nan"), 2.0**31, -2.0**32):
+        broken = values.clone()
+        broken[1, 2, 7] = bad
+        with pytest.raises(ValueError, match="position"):
+            coder.encode_compat_values(broken, medians, tables)
+        with pytest.raises(ValueError, match="position"):
+            coder.encode_parallel_values(broken, medians, tables)

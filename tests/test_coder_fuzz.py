@@ -56,7 +56,7 @@ def test_fuzz_decoders_never_crash():
     outcomes = {"decoded": 0, "rejected": 0}
     for _ in range(ROUNDS):
         rows = int(rng.integers(1, 5))
-        cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(2, 50)))
+        cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(2, 50)), min_length=2)
         tables = coder.CoderTables(cdf, cdf_length, offset)
         indexes = torch.from_numpy(rng.integers(0, rows, size=(2, int(rng.integers(1, 200)))).astype(np.int32))
         symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=0.1,

@@ -16,11 +16,14 @@ namespace {
 
 constexpr uint64_t kNibbleRenorm = ((kCompatLow >> kNibbleBits) << 32);  // x_max of a nibble
 
-constexpr int kLockstep = 4;  // streams coded in an interleaved loop (independent dependency chains)
+constexpr int64_t kChunk = 1024;  // symbols per stream read (and quantized) at once
+constexpr int kLockstep = 4;      // streams coded in an interleaved loop (independent dependency chains)
 
+// Encoder of one stream. Callers reserve() for at most kChunk symbols at a time (one word
+// each); escapes reserve their extra words themselves.
 class CompatEncoder {
  public:
-  explicit CompatEncoder(int64_t expected_words) { words_.reserve(expected_words); }
+  void reserve(int64_t symbols) { words_.reserve(symbols); }
 
   // Codes one symbol of a row (the escape path for values outside the row's range).
   void put(const EncodeRow &row, int32_t symbol) {
@@ -29,6 +32,7 @@ class CompatEncoder {
       put_symbol(row.symbols[value]);
       return;
     }
+    words_.reserve(kChunk + kMaxOpsPerSymbol);
     const uint64_t raw = escape_raw(value, row.max_value);
     const int nibbles = escape_nibble_count(raw);
     for (int j = nibbles - 1; j >= 0; --j) put_nibble((raw >> (kNibbleBits * j)) & kNibbleMask);
@@ -38,30 +42,60 @@ class CompatEncoder {
 
   CompatStream finish() {
     CompatStream stream;
-    stream.words = std::move(words_);
+    stream.words = words_.take();
     stream.state = x_;
     return stream;
   }
 
+  // Encodes symbols[n - 1], ..., symbols[0] of one row for kLockstep streams at once, with the
+  // states and output cursors in registers; escapes go through put().
+  static void put_lockstep(CompatEncoder *encoders, const EncodeRow &row, const int32_t *const *symbols, int64_t n) {
+    uint64_t x[kLockstep];
+    uint32_t *out[kLockstep];
+    for (int k = 0; k < kLockstep; ++k) {
+      x[k] = encoders[k].x_;
+      out[k] = encoders[k].words_.cursor();
+    }
+    const uint64_t max_value = static_cast<uint64_t>(row.max_value);
+    for (int64_t i = n - 1; i >= 0; --i) {
+      for (int k = 0; k < kLockstep; ++k) {
+        const int64_t value = static_cast<int64_t>(symbols[k][i]) - row.offset;
+        if (static_cast<uint64_t>(value) >= max_value) [[unlikely]] {
+          encoders[k].x_ = x[k];
+          encoders[k].words_.commit(out[k]);
+          encoders[k].put(row, symbols[k][i]);
+          x[k] = encoders[k].x_;
+          out[k] = encoders[k].words_.cursor();
+          continue;
+        }
+        const EncodeSymbol &sym = row.symbols[value];
+        const bool emit = x[k] >= (static_cast<uint64_t>(sym.freq) << 47);
+        *out[k] = static_cast<uint32_t>(x[k]);
+        out[k] += emit;
+        x[k] = encode_step(emit ? x[k] >> 32 : x[k], sym);
+      }
+    }
+    for (int k = 0; k < kLockstep; ++k) {
+      encoders[k].x_ = x[k];
+      encoders[k].words_.commit(out[k]);
+    }
+  }
+
  private:
   void put_symbol(const EncodeSymbol &sym) {
-    if (x_ >= (static_cast<uint64_t>(sym.freq) << 47)) {  // ((2^31 >> 16) << 32) * freq
-      words_.push_back(static_cast<uint32_t>(x_));
-      x_ >>= 32;
-    }
-    x_ = encode_step(x_, sym);
+    const bool emit = x_ >= (static_cast<uint64_t>(sym.freq) << 47);  // ((2^31 >> 16) << 32) * freq
+    words_.put_if(static_cast<uint32_t>(x_), emit);
+    x_ = encode_step(emit ? x_ >> 32 : x_, sym);
   }
 
   void put_nibble(uint32_t nibble) {
-    if (x_ >= kNibbleRenorm) {
-      words_.push_back(static_cast<uint32_t>(x_));
-      x_ >>= 32;
-    }
-    x_ = (x_ << kNibbleBits) | nibble;
+    const bool emit = x_ >= kNibbleRenorm;
+    words_.put_if(static_cast<uint32_t>(x_), emit);
+    x_ = ((emit ? x_ >> 32 : x_) << kNibbleBits) | nibble;
   }
 
   uint64_t x_ = kCompatLow;
-  std::vector<uint32_t> words_;
+  WordBuffer<uint32_t> words_;
 };
 
 class CompatDecoder {
@@ -84,6 +118,53 @@ class CompatDecoder {
     if (x_ < kCompatLow) refill();
     if (static_cast<int32_t>(s) < row.max_value) return static_cast<int32_t>(s) + row.offset;
     return get_escape(row);
+  }
+
+  // Decodes positions [lo, hi) of one row for kLockstep streams at once, with the states in
+  // registers and branch-free, bounds-clamped refills; escapes go through get_escape().
+  // Calls put(k, position, symbol).
+  template <class Put>
+  static void get_lockstep(CompatDecoder *decoders, const DecodeRow &row, int64_t lo, int64_t hi, const Put &put) {
+    uint64_t x[kLockstep];
+    int64_t pos[kLockstep];
+    bool truncated[kLockstep] = {};
+    for (int k = 0; k < kLockstep; ++k) {
+      x[k] = decoders[k].x_;
+      pos[k] = decoders[k].pos_;
+    }
+    for (int64_t g = lo; g < hi; ++g) {
+      for (int k = 0; k < kLockstep; ++k) {
+        const CompatDecoder &decoder = decoders[k];
+        const uint32_t cum = static_cast<uint32_t>(x[k]) & (kProbScale - 1);
+        const uint32_t s = row.find(cum);
+        x[k] = (row.cdf[s + 1] - row.cdf[s]) * (x[k] >> kPrecision) + cum - row.cdf[s];
+        if (x[k] < kCompatLow) {
+          if (pos[k] + 4 > decoder.size_) {
+            truncated[k] = true;
+          } else {
+            uint32_t word;
+            std::memcpy(&word, decoder.data_ + pos[k], 4);
+            x[k] = (x[k] << 32) | word;
+            pos[k] += 4;
+          }
+        }
+        int32_t symbol = static_cast<int32_t>(s) + row.offset;
+        if (static_cast<int32_t>(s) == row.max_value) [[unlikely]] {
+          if (truncated[k]) break;
+          decoders[k].x_ = x[k];
+          decoders[k].pos_ = pos[k];
+          symbol = decoders[k].get_escape(row);
+          x[k] = decoders[k].x_;
+          pos[k] = decoders[k].pos_;
+        }
+        put(k, g, symbol);
+      }
+    }
+    for (int k = 0; k < kLockstep; ++k) {
+      if (truncated[k]) fail(decoders[k].where() + " is truncated (or decoded with the wrong tables/size)");
+      decoders[k].x_ = x[k];
+      decoders[k].pos_ = pos[k];
+    }
   }
 
   void finish() const {
@@ -129,20 +210,34 @@ class CompatDecoder {
 template <class Reader>
 void encode_block(const Tables &tables, const Layout &layout, const Reader &read, int64_t first, int count,
                   int64_t length, CompatStream *out) {
-  std::vector<CompatEncoder> encoders(count, CompatEncoder(length / 8 + 16));
+  CompatEncoder encoders[kLockstep];
   if (layout.indexes != nullptr) {
     for (int k = 0; k < count; ++k) {
       const int64_t base = (first + k) * length;
       for (int64_t g = base + length - 1; g >= base; --g) {
+        if ((base + length - 1 - g) % kChunk == 0) encoders[k].reserve(kChunk);
         const int64_t row = checked_row(tables, layout.indexes[g], g);
         encoders[k].put(tables.encode_view(row), read(g, row));
       }
     }
   } else {
+    std::vector<int32_t> scratch(kLockstep * kChunk);
+    const int32_t *symbols[kLockstep];
     for_each_row_run<true>(tables, layout, 0, length, [&](int64_t row, int64_t lo, int64_t hi) {
       const EncodeRow view = tables.encode_view(row);
-      for (int64_t g = hi - 1; g >= lo; --g) {
-        for (int k = 0; k < count; ++k) encoders[k].put(view, read((first + k) * length + g, row));
+      for (int64_t chunk_end = hi; chunk_end > lo; chunk_end -= kChunk) {
+        const int64_t chunk_start = std::max(lo, chunk_end - kChunk), n = chunk_end - chunk_start;
+        for (int k = 0; k < count; ++k) {
+          encoders[k].reserve(n);
+          symbols[k] = read.span((first + k) * length + chunk_start, n, row, &scratch[k * kChunk]);
+        }
+        if (count == kLockstep) {
+          CompatEncoder::put_lockstep(encoders, view, symbols, n);
+        } else {
+          for (int64_t i = n - 1; i >= 0; --i) {
+            for (int k = 0; k < count; ++k) encoders[k].put(view, symbols[k][i]);
+          }
+        }
       }
     });
   }
@@ -166,9 +261,9 @@ void decode_block(const Tables &tables, const Layout &layout, const Store &store
     for_each_row_run<false>(tables, layout, 0, length, [&](int64_t row, int64_t lo, int64_t hi) {
       const DecodeRow view = tables.decode_view(row);
       if (count == kLockstep) {
-        for (int64_t g = lo; g < hi; ++g) {
-          for (int k = 0; k < kLockstep; ++k) store((first + k) * length + g, row, decoders[k].get(view));
-        }
+        CompatDecoder::get_lockstep(decoders, view, lo, hi, [&](int k, int64_t g, int32_t symbol) {
+          store((first + k) * length + g, row, symbol);
+        });
       } else {
         for (int64_t g = lo; g < hi; ++g) {
           for (int k = 0; k < count; ++k) store((first + k) * length + g, row, decoders[k].get(view));
@@ -219,11 +314,11 @@ void compat_decode(const Tables &tables, const Layout &layout, const Sink &sink,
 }
 
 CompatStream compat_encode_segments(const std::vector<Segment> &segments) {
-  int64_t total = 0;
-  for (const Segment &segment : segments) total += segment.length;
-  CompatEncoder encoder(total / 8 + 16);
+  CompatEncoder encoder;
+  int64_t done = 0;
   for (auto it = segments.rbegin(); it != segments.rend(); ++it) {
-    for (int64_t g = it->length - 1; g >= 0; --g) {
+    for (int64_t g = it->length - 1; g >= 0; --g, ++done) {
+      if (done % kChunk == 0) encoder.reserve(kChunk);
       encoder.put(it->tables->encode_view(checked_row(*it->tables, it->indexes[g], g)), it->symbols[g]);
     }
   }

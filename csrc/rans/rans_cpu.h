@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -105,30 +106,93 @@ inline int64_t checked_row(const Tables &tables, int32_t row, int64_t position) 
   return row;
 }
 
-// round(value - median) with ties to even (torch.round), as int32. Uses the 2^23 trick instead
-// of nearbyint, which is a library call on baseline x86-64.
+// round(value - median) with ties to even (torch.round) as int32, branch-free (integer masks,
+// so loops of it vectorise): |d| < 2^23 rounds through (|d| + 2^23) - 2^23 in the default
+// rounding mode, larger |d| is integral already. `ok` is false for results outside int32 and
+// for non-finite values (the symbol is then 0).
+inline int32_t quantize_unchecked(float value, float median, bool &ok) {
+  const uint32_t bits = std::bit_cast<uint32_t>(value - median);
+  const uint32_t sign = bits & 0x80000000u, magnitude = bits & 0x7FFFFFFFu;
+  const float rounded_small = (std::bit_cast<float>(magnitude) + 8388608.0f) - 8388608.0f;
+  const uint32_t small = 0u - static_cast<uint32_t>(magnitude < 0x4B000000u);  // |d| < 2^23
+  const uint32_t rounded = ((std::bit_cast<uint32_t>(rounded_small) & small) | (magnitude & ~small)) | sign;
+  ok = magnitude < 0x4F000000u || rounded == 0xCF000000u;  // |r| < 2^31, or r = -2^31
+  return static_cast<int32_t>(std::bit_cast<float>(rounded & (0u - static_cast<uint32_t>(ok))));
+}
+
+[[noreturn]] inline void fail_quantize(int64_t position) {
+  fail("value at position " + std::to_string(position) + " is not finite or outside int32 after quantization");
+}
+
 inline int32_t quantize(float value, float median, int64_t position) {
-  const float diff = value - median;
-  const float magnitude = std::fabs(diff);
-  float rounded = diff;  // |diff| >= 2^23 is integral already (or not finite)
-  if (magnitude < 8388608.0f) rounded = std::copysign((magnitude + 8388608.0f) - 8388608.0f, diff);
-  if (!(rounded >= -2147483648.0f && rounded < 2147483648.0f)) {
-    fail("value at position " + std::to_string(position) + " is not finite or outside int32 after quantization");
+  bool ok;
+  const int32_t symbol = quantize_unchecked(value, median, ok);
+  if (!ok) fail_quantize(position);
+  return symbol;
+}
+
+// quantize() of values[0, n) into out.
+inline void quantize_span(const float *values, float median, int32_t *out, int64_t n, int64_t position) {
+  uint32_t all_ok = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    bool ok;
+    out[i] = quantize_unchecked(values[i], median, ok);
+    all_ok &= ok;
   }
-  return static_cast<int32_t>(rounded);
+  if (!all_ok) {
+    for (int64_t i = 0; i < n; ++i) quantize(values[i], median, position + i);
+  }
 }
 
 // Symbol readers for the encoders: int32 symbols, or float values quantized per row.
+// span(g, n, row, scratch) returns the n symbols from g (all of `row`), in scratch if needed.
 struct IntSymbols {
   const int32_t *symbols;
   int32_t operator()(int64_t g, int64_t) const { return symbols[g]; }
+  const int32_t *span(int64_t g, int64_t, int64_t, int32_t *) const { return symbols + g; }
 };
 
 struct QuantizedValues {
   const float *values;
   const float *medians;
   int32_t operator()(int64_t g, int64_t row) const { return quantize(values[g], medians[row], g); }
+  const int32_t *span(int64_t g, int64_t n, int64_t row, int32_t *scratch) const {
+    quantize_span(values + g, medians[row], scratch, n, g);
+    return scratch;
+  }
 };
+
+// Output words of an encoder, written branch-free: reserve() room for the next words, then
+// put_if(word, emitted) stores the word and advances only when `emitted`.
+template <class Word>
+class WordBuffer {
+ public:
+  void reserve(int64_t more) {
+    if (size_ + more > static_cast<int64_t>(words_.size())) {
+      words_.resize(std::max<int64_t>(2 * static_cast<int64_t>(words_.size()), size_ + more));
+    }
+  }
+  void put_if(Word word, bool emitted) {
+    words_[size_] = word;
+    size_ += emitted;
+  }
+  int64_t size() const { return size_; }
+  // Raw access for hot loops: the next free slot, and committing words written through it.
+  Word *cursor() { return words_.data() + size_; }
+  void commit(const Word *cursor) { size_ = cursor - words_.data(); }
+  std::vector<Word> take() {
+    words_.resize(size_);
+    size_ = 0;
+    return std::move(words_);
+  }
+
+ private:
+  std::vector<Word> words_;
+  int64_t size_ = 0;
+};
+
+// Most coding operations one symbol can take: the CDF symbol, the escape count, the payload.
+constexpr int kMaxOpsPerSymbol = 2 + kMaxEscapeNibbles;
 
 // Calls fn(reader) with the reader matching `source`.
 template <class Fn>

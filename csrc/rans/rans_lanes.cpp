@@ -82,28 +82,33 @@ struct GroupCode {
 
 class LaneEncoder {
  public:
-  explicit LaneEncoder(GroupCode &code) : code_(code) { code_.states.fill(kLaneLow); }
+  LaneEncoder() { states_.fill(kLaneLow); }
+
+  // Room for `ops` more coding operations (one word each at most).
+  void reserve(int64_t ops) { words_.reserve(ops); }
 
   void put_symbol(int lane, const EncodeSymbol &sym) {
-    uint64_t x = code_.states[lane];
-    if (x >= (static_cast<uint64_t>(sym.freq) << 16)) {
-      code_.words.push_back(static_cast<uint16_t>(x));
-      x >>= 16;
-    }
-    code_.states[lane] = static_cast<uint32_t>(encode_step(x, sym));
+    const uint64_t x = states_[lane];
+    const bool emit = x >= (static_cast<uint64_t>(sym.freq) << 16);
+    words_.put_if(static_cast<uint16_t>(x), emit);
+    states_[lane] = static_cast<uint32_t>(encode_step(emit ? x >> 16 : x, sym));
   }
 
   void put_nibble(int lane, uint32_t nibble) {
-    uint32_t x = code_.states[lane];
-    if (x >= kLaneNibbleRenorm) {
-      code_.words.push_back(static_cast<uint16_t>(x));
-      x >>= 16;
-    }
-    code_.states[lane] = (x << kNibbleBits) | nibble;
+    const uint32_t x = states_[lane];
+    const bool emit = x >= kLaneNibbleRenorm;
+    words_.put_if(static_cast<uint16_t>(x), emit);
+    states_[lane] = ((emit ? x >> 16 : x) << kNibbleBits) | nibble;
+  }
+
+  void finish(GroupCode &code) {
+    code.states = states_;
+    code.words = words_.take();
   }
 
  private:
-  GroupCode &code_;
+  std::array<uint32_t, kMaxLanes> states_;
+  WordBuffer<uint16_t> words_;
 };
 
 // Escape-aware encoding of one lane step with per-lane rows: sub-op 0 is the CDF symbol, 1 the
@@ -142,18 +147,20 @@ void encode_step_general(const Tables &tables, LaneEncoder &encoder, int active,
 template <class Reader>
 void encode_group(const Tables &tables, const Layout &layout, const Reader &read, int width, int64_t first,
                   int64_t count, GroupCode &code) {
-  LaneEncoder encoder(code);
-  code.words.reserve(count / 4 + 64);
+  LaneEncoder encoder;
   int64_t rows[kMaxLanes], values[kMaxLanes];
+  int32_t scratch[kMaxLanes];
   const int64_t steps = (count + width - 1) / width;
   for (int64_t t = steps - 1; t >= 0; --t) {
     const int64_t base = first + t * width;
     const int active = static_cast<int>(std::min<int64_t>(width, count - t * width));
+    encoder.reserve(active);
     if (step_rows(tables, layout, base, active, rows)) {
       const EncodeRow row = tables.encode_view(rows[0]);
+      const int32_t *symbols = read.span(base, active, rows[0], scratch);
       bool escaped = false;
       for (int j = 0; j < active; ++j) {
-        values[j] = static_cast<int64_t>(read(base + j, rows[0])) - row.offset;
+        values[j] = static_cast<int64_t>(symbols[j]) - row.offset;
         escaped |= static_cast<uint64_t>(values[j]) >= static_cast<uint64_t>(row.max_value);
       }
       if (!escaped) {
@@ -164,8 +171,10 @@ void encode_group(const Tables &tables, const Layout &layout, const Reader &read
     } else {
       for (int j = 0; j < active; ++j) values[j] = static_cast<int64_t>(read(base + j, rows[j])) - tables.offset(rows[j]);
     }
+    encoder.reserve(active * kMaxOpsPerSymbol);
     encode_step_general(tables, encoder, active, rows, values);
   }
+  encoder.finish(code);
 }
 
 class LaneDecoder {
