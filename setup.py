@@ -131,8 +131,9 @@ setup(
         # weight files for DISTS (alpha/beta) and LPIPS (linear layers); VGG16 comes from torchvision's file
         "weights": ["dists-pytorch", "lpips"],
         "lmdb": ["lmdb"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "compressai==1.2.8", "torchvision",
-                 "dists-pytorch", "lpips", "lmdb"],
+        "tensorboard": ["tensorboard"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "scikit-image", "pytorch-msssim",
+                 "compressai==1.2.8", "torchvision", "dists-pytorch", "lpips", "lmdb"],
     },
     entry_points={"console_scripts": ["udm-fast=udm_fast.cli:main"]},
 )

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import degradation_code
 from .compressors import Compressor
 from .discriminator import Discriminator
 from .encoders import LPE, LPEL, MoCo
@@ -168,6 +169,20 @@ class UDM(nn.Module):
         return self.synthesize(x, e_g, e_l, noise)
 
     forward = transfer
+
+    def update_entropy_tables(self, force: bool = False) -> "UDM":
+        """Builds the compressors' quantized CDF tables (needed by ``compress_degradation``)."""
+        for compressor in (self.global_compressor, self.local_compressor):
+            compressor.model.update(force=force)
+        return self
+
+    def compress_degradation(self, y: torch.Tensor) -> bytes:
+        """The degradation codes of y [B, 3, H, W] in [0, 1] as bytes (the ``.udm`` format)."""
+        return degradation_code.compress(self, y)
+
+    def decompress_degradation(self, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e_g, e_l) from ``compress_degradation`` bytes; equal to ``encode(y)`` in eval mode."""
+        return degradation_code.decompress(self, data)
 
     def noise_shapes(self, batch: int, height: int, width: int) -> list:
         """Shapes of the 32 explicit noise maps for a clean image of height x width (after padding to 8)."""
