@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from typing import Any, Mapping
 
 import torch
+
+from .files import write_atomic
 
 OFFICIAL_PARTS = ("netE", "netE_loc", "netG", "netCprs", "netCprs_loc")
 # entropy-bottleneck buffers whose size depends on the learned tables: resized on load
@@ -37,20 +38,7 @@ def load_file(path: str | os.PathLike) -> Any:
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the target folder, then rename: never a half-written file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def normalize_keys(state: Mapping[str, torch.Tensor]) -> dict:

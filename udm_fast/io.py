@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from typing import Optional
@@ -18,6 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import ExifTags, Image
+
+from .files import write_atomic
 
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
@@ -188,22 +189,16 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8, q
     if not 1 <= quality <= 100:
         raise ValueError(f"save_image: JPEG quality must be in 1..100, got {quality}")
     pixels = _to_hwc(image, bits)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if bits == 16:
-                f.write(_encode_png16(pixels))
-            elif file_format == "JPEG":
-                Image.fromarray(pixels).save(f, format="JPEG", quality=quality)
-            else:
-                Image.fromarray(pixels).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(f) -> None:
+        if bits == 16:
+            f.write(_encode_png16(pixels))
+        elif file_format == "JPEG":
+            Image.fromarray(pixels).save(f, format="JPEG", quality=quality)
+        else:
+            Image.fromarray(pixels).save(f, format="PNG")
+
+    write_atomic(path, write)
 
 
 def _to_hwc(image: torch.Tensor, bits: int) -> np.ndarray:

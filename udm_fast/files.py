@@ -1,0 +1,36 @@
+"""Atomic file writes: write to a temporary file in the target folder, fsync, then rename.
+
+A crash or an exception mid-write never leaves a half-written file at the target path.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import BinaryIO, Callable
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write(f)`` on a temporary binary file next to ``path``, then renames it to ``path``.
+
+    Missing parent folders are created; on any failure the temporary file is removed and the old
+    file at ``path`` (if any) is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically."""
+    write_atomic(path, lambda f: f.write(data))
