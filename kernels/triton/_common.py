@@ -32,10 +32,13 @@ def dot_dtype(dtype: torch.dtype):
         raise TypeError(f"Triton IDA/SFT kernels compute in float32, bfloat16 or float16, not {dtype}") from None
 
 
-def fp32_dot_precision() -> str:
-    """tl.dot input precision for float32 operands: TF32 when cuDNN convolutions may use it
-    (PyTorch's default, so the reference convolutions do the same), IEEE otherwise."""
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+def dot_precision(compute_dtype: torch.dtype) -> str:
+    """tl.dot input precision. float32: TF32 when cuDNN convolutions may use it (PyTorch's default,
+    so the reference convolutions do the same), IEEE otherwise. 16-bit operands: Triton's default
+    (the setting only concerns float32 operands)."""
+    if compute_dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"
 
 
 def pow2(n: int, floor: int = 16) -> int:
@@ -68,7 +71,7 @@ def check_runnable(t: torch.Tensor) -> None:
 
 @triton.jit
 def lowres_coords(n, Hl, Wl):
-    """(b, i, j) of flattened low-res pixel indices n."""
+    """(b, i, j) of flattened low-res pixel indices n (int32: callers keep tensors below 2**31 elements)."""
     j = n % Wl
     t = n // Wl
     return t // Hl, t % Hl, j

@@ -25,11 +25,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, autotune_enabled, check_runnable, dot_dtype, fp32_dot_precision, leaky,
+from ._common import (INTERPRET, autotune_enabled, check_runnable, dot_dtype, dot_precision, leaky,
                       leaky_grad, load_cond_noise, lowres_coords, num_programs_cap, pow2)
 
 
 # ============================================================================ kernels
+#
+# Every GEMM runs as one flattened dynamic loop over (tap, channel chunk) (implicit GEMM, so Triton
+# can pipeline across taps), with 2-D addresses rebuilt each iteration from 1-D int32 vectors
+# (host code checks that every tensor has < 2**31 elements).
 
 @triton.jit
 def _mid_fwd_kernel(x_ptr, m_ptr, wu_ptr, wa_ptr, wx_ptr, a_ptr, bx_ptr,
@@ -46,50 +50,52 @@ def _mid_fwd_kernel(x_ptr, m_ptr, wu_ptr, wa_ptr, wx_ptr, a_ptr, bx_ptr,
     nmask = kn < Cm
     cc = tl.arange(0, BLOCK_CC)
     kk = tl.arange(0, BLOCK_K)
-    # loop-invariant address parts: pixel bases, channel offsets, weight tiles at chunk 0 of tap 0
-    m_pix = m_ptr + b * s_mb + i * s_mh + j * s_mw
-    m_cols = cc[None, :] * s_mc
-    m_cmask = cc[None, :] < Cc
-    x_pix = x_ptr + b * s_xb + (2 * i) * s_xh + (2 * j) * s_xw
-    x_cols = kk[None, :] * s_xc
-    wu_tile = wu_ptr + (cc[:, None] * Cm + kk[None, :]) * 4
-    wu_cmask = cc[:, None] < Cc
-    wa_tile = wa_ptr + kk[:, None] * Cm + kn[None, :]
-    wx_tile = wx_ptr + kk[:, None] * Cm + kn[None, :]
-    acc_a = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
-    acc_b = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
-    for u in tl.static_range(3):
-        for v in tl.static_range(3):
-            # map branch: t at high-res (2i+u-1, 2j+v-1) is lrelu(m Wu) of low-res pixel (i+di, j+dj) at
-            # parity ((u+1)%2, (v+1)%2); zero outside the image (the conv's padding)
-            di = (u + 1) // 2 - 1
-            dj = (v + 1) // 2 - 1
-            mvalid = pmask & (i + di >= 0) & (j + dj >= 0)
-            m_tile = tl.load(m_pix[:, None] + (di * s_mh + dj * s_mw) + m_cols, mask=mvalid[:, None] & m_cmask,
-                             other=0.0).to(DOT)
-            for k0 in range(0, Cm, BLOCK_K):
-                kmask = kk < Cm - k0
-                wu = tl.load(wu_tile + (k0 * 4 + ((u + 1) % 2) * 2 + (v + 1) % 2), mask=wu_cmask & kmask[None, :],
-                             other=0.0).to(DOT)
-                t = leaky(tl.dot(m_tile, wu, input_precision=PREC), 0.1)
-                wa = tl.load(wa_tile + ((u * 3 + v) * Cm + k0) * Cm, mask=kmask[:, None] & nmask[None, :],
-                             other=0.0).to(DOT)
-                acc_a = tl.dot(t.to(DOT), wa, acc_a, input_precision=PREC)
-            # feature branch: x at (2i+u-1, 2j+v-1), zero padded
-            xvalid = pmask & (2 * i + (u - 1) >= 0) & (2 * j + (v - 1) >= 0)
-            x_tap = x_pix[:, None] + ((u - 1) * s_xh + (v - 1) * s_xw) + x_cols
-            for c0 in range(0, C, BLOCK_K):
-                cmask = kk < C - c0
-                xt = tl.load(x_tap + c0 * s_xc, mask=xvalid[:, None] & cmask[None, :], other=0.0).to(DOT)
-                wx = tl.load(wx_tile + ((u * 3 + v) * C + c0) * Cm, mask=cmask[:, None] & nmask[None, :],
-                             other=0.0).to(DOT)
-                acc_b = tl.dot(xt, wx, acc_b, input_precision=PREC)
     offs = n[:, None] * Cm + kn[None, :]
     omask = pmask[:, None] & nmask[None, :]
+
+    # A = sum over taps (u, v) and input mid channels of t(2i+u-1, 2j+v-1) Wa_uv, where t is
+    # lrelu_0.1(m Wu_pq) of low-res pixel (i+di, j+dj) at parity (pq): zero outside the image (padding)
+    m_pix = b * s_mb + i * s_mh + j * s_mw
+    chunks = tl.cdiv(Cm, BLOCK_K)
+    acc_a = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
+    for it in range(0, 9 * chunks):
+        tap = it // chunks
+        k0 = (it % chunks) * BLOCK_K
+        u = tap // 3
+        v = tap % 3
+        di = (u + 1) // 2 - 1
+        dj = (v + 1) // 2 - 1
+        mvalid = pmask & (i + di >= 0) & (j + dj >= 0)
+        m_tile = tl.load(m_ptr + (m_pix + di * s_mh + dj * s_mw)[:, None] + cc[None, :] * s_mc,
+                         mask=mvalid[:, None] & (cc[None, :] < Cc), other=0.0).to(DOT)
+        kin = k0 + kk
+        wu = tl.load(wu_ptr + (cc[:, None] * Cm + kin[None, :]) * 4 + (((u + 1) % 2) * 2 + (v + 1) % 2),
+                     mask=(cc[:, None] < Cc) & (kin[None, :] < Cm), other=0.0).to(DOT)
+        t = leaky(tl.dot(m_tile, wu, input_precision=PREC), 0.1)
+        wa = tl.load(wa_ptr + (tap * Cm + kin[:, None]) * Cm + kn[None, :],
+                     mask=(kin[:, None] < Cm) & nmask[None, :], other=0.0).to(DOT)
+        acc_a = tl.dot(t.to(DOT), wa, acc_a, input_precision=PREC)
+    if not STORE_PRODUCT:
+        tl.store(a_ptr + offs, acc_a.to(a_ptr.dtype.element_ty), mask=omask)
+
+    # Bx = sum over taps and feature channels of x(2i+u-1, 2j+v-1) Wx_uv (zero padded)
+    x_pix = b * s_xb + (2 * i) * s_xh + (2 * j) * s_xw
+    chunks = tl.cdiv(C, BLOCK_K)
+    acc_b = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
+    for it in range(0, 9 * chunks):
+        tap = it // chunks
+        cin = (it % chunks) * BLOCK_K + kk
+        dy = tap // 3 - 1
+        dx = tap % 3 - 1
+        xvalid = pmask & (2 * i + dy >= 0) & (2 * j + dx >= 0)
+        xt = tl.load(x_ptr + (x_pix + dy * s_xh + dx * s_xw)[:, None] + cin[None, :] * s_xc,
+                     mask=xvalid[:, None] & (cin[None, :] < C), other=0.0).to(DOT)
+        wx = tl.load(wx_ptr + (tap * C + cin[:, None]) * Cm + kn[None, :], mask=(cin[:, None] < C) & nmask[None, :],
+                     other=0.0).to(DOT)
+        acc_b = tl.dot(xt, wx, acc_b, input_precision=PREC)
     if STORE_PRODUCT:
         tl.store(a_ptr + offs, (acc_a * acc_b).to(a_ptr.dtype.element_ty), mask=omask)
     else:
-        tl.store(a_ptr + offs, acc_a.to(a_ptr.dtype.element_ty), mask=omask)
         tl.store(bx_ptr + offs, acc_b.to(bx_ptr.dtype.element_ty), mask=omask)
 
 
@@ -110,50 +116,50 @@ def _out_fwd_kernel(a_ptr, bx_ptr, wo_ptr, bias_ptr, out_ptr,
     b, i, j = lowres_coords(n, Hl, Wl)
     oo = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     omask = oo < C_out
+    smask = pmask[:, None] & omask[None, :]
     kk = tl.arange(0, BLOCK_K)
-    bias = tl.load(bias_ptr + oo, mask=omask, other=0.0).to(tl.float32)
     czr = tl.arange(0, BLOCK_CZ)
-    for p in tl.static_range(2):
-        for q in tl.static_range(2):
-            acc = tl.zeros((BLOCK_P, BLOCK_O), tl.float32)
-            for k0 in range(0, Cm, BLOCK_K):
-                kin = k0 + kk
-                lmask = pmask[:, None] & (kin[None, :] < Cm)
-                prod = tl.load(a_ptr + n[:, None] * Cm + kin[None, :], mask=lmask, other=0.0).to(tl.float32)
-                if not A_IS_PRODUCT:
-                    prod = prod * tl.load(bx_ptr + n[:, None] * Cm + kin[None, :], mask=lmask, other=0.0).to(tl.float32)
-                wo = tl.load(wo_ptr + ((p * 2 + q) * Cm + kin[:, None]) * C_out + oo[None, :],
-                             mask=(kin[:, None] < Cm) & omask[None, :], other=0.0).to(DOT)
-                acc = tl.dot(prod.to(DOT), wo, acc, input_precision=PREC)
-            y = acc + bias[None, :]
-            hy = 2 * i + p
-            hx = 2 * j + q
-            smask = pmask[:, None] & omask[None, :]
-            if SFT:
-                cz = load_cond_noise(cond_ptr, noise_ptr, seed_ptr, b, hy, hx, pmask, Cc, 2 * Hl, 2 * Wl,
-                                     s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw, HAS_NOISE, BLOCK_CZ).to(DOT)
-                gamma = tl.zeros((BLOCK_P, BLOCK_O), tl.float32)
-                beta = tl.zeros((BLOCK_P, BLOCK_O), tl.float32)
-                for r0 in range(0, RD, BLOCK_R):
-                    rr = r0 + tl.arange(0, BLOCK_R)
-                    rmask = rr < RD
-                    w1t = tl.load(w1_ptr + rr[None, :] * Cc + czr[:, None], mask=(czr[:, None] < Cc) & rmask[None, :],
-                                  other=0.0).to(DOT)
-                    h1 = leaky(tl.dot(cz, w1t, input_precision=PREC), slope)
-                    w2t = tl.load(w2_ptr + oo[None, :] * RD + rr[:, None], mask=rmask[:, None] & omask[None, :],
-                                  other=0.0).to(DOT)
-                    gamma = tl.dot(h1.to(DOT), w2t, gamma, input_precision=PREC)
-                    w3t = tl.load(w3_ptr + rr[None, :] * (Cc + 1) + czr[:, None],
-                                  mask=(czr[:, None] <= Cc) & rmask[None, :], other=0.0).to(DOT)
-                    h3 = leaky(tl.dot(cz, w3t, input_precision=PREC), slope)
-                    w4t = tl.load(w4_ptr + oo[None, :] * RD + rr[:, None], mask=rmask[:, None] & omask[None, :],
-                                  other=0.0).to(DOT)
-                    beta = tl.dot(h3.to(DOT), w4t, beta, input_precision=PREC)
-                xv = tl.load(x_ptr + (b * s_xb + hy * s_xh + hx * s_xw)[:, None] + oo[None, :] * s_xc, mask=smask,
-                             other=0.0).to(tl.float32)
-                y = xv * (1.0 + gamma) + beta + y
-            tl.store(out_ptr + (b * s_ob + hy * s_oh + hx * s_ow)[:, None] + oo[None, :] * s_oc,
-                     y.to(out_ptr.dtype.element_ty), mask=smask)
+    bias = tl.load(bias_ptr + oo, mask=omask, other=0.0).to(tl.float32)
+    for pq in range(0, 4):
+        p = pq // 2
+        q = pq % 2
+        y = tl.zeros((BLOCK_P, BLOCK_O), tl.float32) + bias[None, :]
+        for k0 in range(0, Cm, BLOCK_K):
+            kin = k0 + kk
+            lmask = pmask[:, None] & (kin[None, :] < Cm)
+            prod = tl.load(a_ptr + n[:, None] * Cm + kin[None, :], mask=lmask, other=0.0).to(tl.float32)
+            if not A_IS_PRODUCT:
+                prod = prod * tl.load(bx_ptr + n[:, None] * Cm + kin[None, :], mask=lmask, other=0.0).to(tl.float32)
+            wo = tl.load(wo_ptr + (pq * Cm + kin[:, None]) * C_out + oo[None, :],
+                         mask=(kin[:, None] < Cm) & omask[None, :], other=0.0).to(DOT)
+            y = tl.dot(prod.to(DOT), wo, y, input_precision=PREC)
+        hy = 2 * i + p
+        hx = 2 * j + q
+        if SFT:
+            cz = load_cond_noise(cond_ptr, noise_ptr, seed_ptr, b, hy, hx, pmask, Cc, 2 * Hl, 2 * Wl,
+                                 s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw, HAS_NOISE, BLOCK_CZ).to(DOT)
+            gamma = tl.zeros((BLOCK_P, BLOCK_O), tl.float32)
+            for r0 in range(0, RD, BLOCK_R):
+                rr = r0 + tl.arange(0, BLOCK_R)
+                w1t = tl.load(w1_ptr + rr[None, :] * Cc + czr[:, None], mask=(czr[:, None] < Cc) & (rr[None, :] < RD),
+                              other=0.0).to(DOT)
+                h1 = leaky(tl.dot(cz, w1t, input_precision=PREC), slope)
+                w2t = tl.load(w2_ptr + oo[None, :] * RD + rr[:, None], mask=(rr[:, None] < RD) & omask[None, :],
+                              other=0.0).to(DOT)
+                gamma = tl.dot(h1.to(DOT), w2t, gamma, input_precision=PREC)
+            xv = tl.load(x_ptr + (b * s_xb + hy * s_xh + hx * s_xw)[:, None] + oo[None, :] * s_xc, mask=smask,
+                         other=0.0).to(tl.float32)
+            y += xv * (1.0 + gamma)
+            for r0 in range(0, RD, BLOCK_R):  # beta accumulates straight into the output tile
+                rr = r0 + tl.arange(0, BLOCK_R)
+                w3t = tl.load(w3_ptr + rr[None, :] * (Cc + 1) + czr[:, None],
+                              mask=(czr[:, None] <= Cc) & (rr[None, :] < RD), other=0.0).to(DOT)
+                h3 = leaky(tl.dot(cz, w3t, input_precision=PREC), slope)
+                w4t = tl.load(w4_ptr + oo[None, :] * RD + rr[:, None], mask=(rr[:, None] < RD) & omask[None, :],
+                              other=0.0).to(DOT)
+                y = tl.dot(h3.to(DOT), w4t, y, input_precision=PREC)
+        tl.store(out_ptr + (b * s_ob + hy * s_oh + hx * s_ow)[:, None] + oo[None, :] * s_oc,
+                 y.to(out_ptr.dtype.element_ty), mask=smask)
 
 
 @triton.jit
@@ -161,30 +167,55 @@ def _dp_bwd_kernel(g_ptr, wo_ptr, a_ptr, bx_ptr, da_ptr, dbx_ptr,
                    N_lo, Hl, Wl, Cm, C_out, s_gb, s_gc, s_gh, s_gw,
                    DOT: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dP = sum_pq G_pq Wo_pq^T, then dA = dP (.) Bx and dBx = dP (.) A."""
+    """dP = sum_pq G_pq Wo_pq^T (K = 4 C_out), then dA = dP (.) Bx and dBx = dP (.) A."""
     n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = n < N_lo
     b, i, j = lowres_coords(n, Hl, Wl)
     kn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = kn < Cm
     kk = tl.arange(0, BLOCK_K)
+    g_pix = b * s_gb + (2 * i) * s_gh + (2 * j) * s_gw
+    chunks = tl.cdiv(C_out, BLOCK_K)
     acc = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
-    for p in tl.static_range(2):
-        for q in tl.static_range(2):
-            g_row = g_ptr + b * s_gb + (2 * i + p) * s_gh + (2 * j + q) * s_gw
-            for c0 in range(0, C_out, BLOCK_K):
-                cin = c0 + kk
-                g = tl.load(g_row[:, None] + cin[None, :] * s_gc, mask=pmask[:, None] & (cin[None, :] < C_out),
-                            other=0.0).to(DOT)
-                wo = tl.load(wo_ptr + ((p * 2 + q) * Cm + kn[None, :]) * C_out + cin[:, None],
-                             mask=(cin[:, None] < C_out) & nmask[None, :], other=0.0).to(DOT)
-                acc = tl.dot(g, wo, acc, input_precision=PREC)
+    for it in range(0, 4 * chunks):
+        pq = it // chunks
+        cin = (it % chunks) * BLOCK_K + kk
+        g = tl.load(g_ptr + (g_pix + (pq // 2) * s_gh + (pq % 2) * s_gw)[:, None] + cin[None, :] * s_gc,
+                    mask=pmask[:, None] & (cin[None, :] < C_out), other=0.0).to(DOT)
+        wo = tl.load(wo_ptr + (pq * Cm + kn[None, :]) * C_out + cin[:, None],
+                     mask=(cin[:, None] < C_out) & nmask[None, :], other=0.0).to(DOT)
+        acc = tl.dot(g, wo, acc, input_precision=PREC)
     offs = n[:, None] * Cm + kn[None, :]
     omask = pmask[:, None] & nmask[None, :]
     a = tl.load(a_ptr + offs, mask=omask, other=0.0).to(tl.float32)
     bx = tl.load(bx_ptr + offs, mask=omask, other=0.0).to(tl.float32)
     tl.store(da_ptr + offs, (acc * bx).to(da_ptr.dtype.element_ty), mask=omask)
     tl.store(dbx_ptr + offs, (acc * a).to(dbx_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _parity_dgrad(acc, src_ptr, w_ptr, b, i, j, pmask, p, q, Hl, Wl, Cm, N_w, ncol, kk,
+                  DOT: tl.constexpr, PREC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += the stride-2 3x3 conv's input gradient at high-res parity (p, q): rows of parity 0
+    get tap u=1 of low-res row i; parity 1 gets u=2 of row i and u=0 of row i+1 (same for columns),
+    i.e. 1/2/2/4 taps. src: [N_lo, Cm] output gradient; w: packed [9, N_w, Cm]; ncol: output columns."""
+    chunks = tl.cdiv(Cm, BLOCK_K)
+    for it in range(0, (1 + p) * (1 + q) * chunks):
+        t = it // chunks
+        kin = (it % chunks) * BLOCK_K + kk
+        tu = t // (1 + q)
+        tv = t % (1 + q)
+        li = i + tu
+        lj = j + tv
+        valid = pmask & (li < Hl) & (lj < Wl)
+        src = (b * Hl + li) * Wl + lj
+        d = tl.load(src_ptr + src[:, None] * Cm + kin[None, :], mask=valid[:, None] & (kin[None, :] < Cm),
+                    other=0.0).to(DOT)
+        tap = (1 + p) * (1 - tu) * 3 + (1 + q) * (1 - tv)
+        w = tl.load(w_ptr + (tap * N_w + ncol[None, :]) * Cm + kin[:, None],
+                    mask=(kin[:, None] < Cm) & (ncol[None, :] < N_w), other=0.0).to(DOT)
+        acc = tl.dot(d, w, acc, input_precision=PREC)
+    return acc
 
 
 @triton.jit
@@ -197,96 +228,80 @@ def _dx_bwd_kernel(dbx_ptr, wx_ptr, dx_ptr,
                    DOT: tl.constexpr, PREC: tl.constexpr, SFT: tl.constexpr, HAS_NOISE: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                    BLOCK_RD: tl.constexpr, BLOCK_CZ: tl.constexpr):
-    """Persistent over low-res tiles. dx at high-res (2i+p, 2j+q) = sum over the 1/2/2/4 taps of the
-    stride-2 3x3 conv that reach that parity of dBx[i+di, j+dj] Wx_uv^T; with SFT also + G (1 + gamma),
-    and the SFT gradients: dcond (and dz), and per-program slots of dW1..dW4 (fp32 atomics; program
-    ``pid`` owns row ``pid`` of the [nprog, slot_stride] slot buffer that dw*_ptr point into)."""
+    """Persistent over low-res tiles: dx at each high-res parity from dBx (``_parity_dgrad``); with SFT
+    also + G (1 + gamma), and the SFT gradients: dcond (and dz), and per-program slots of dW1..dW4
+    (fp32 atomics; program ``pid`` owns row ``pid`` of the [nprog, slot_stride] slot buffer that
+    dw*_ptr point into)."""
     pid = tl.program_id(0)
     cc_ar = tl.arange(0, BLOCK_C)
     kk = tl.arange(0, BLOCK_K)
     rr = tl.arange(0, BLOCK_RD)
     czr = tl.arange(0, BLOCK_CZ)
     rmask = rr < RD
-    if SFT:  # 1x1 weights of the MLP first layers, [BLOCK_CZ, BLOCK_RD], loop invariant
-        w1t = tl.load(w1_ptr + rr[None, :] * Cc + czr[:, None], mask=(czr[:, None] < Cc) & rmask[None, :],
-                      other=0.0).to(DOT)
-        w3t = tl.load(w3_ptr + rr[None, :] * (Cc + 1) + czr[:, None], mask=(czr[:, None] <= Cc) & rmask[None, :],
-                      other=0.0).to(DOT)
+    w1_mask = (czr[:, None] < Cc) & rmask[None, :]
+    w3_mask = (czr[:, None] <= Cc) & rmask[None, :]
     for tile in range(pid, tl.cdiv(N_lo, BLOCK_P), tl.num_programs(0)):
         n = tile * BLOCK_P + tl.arange(0, BLOCK_P)
         pmask = n < N_lo
         b, i, j = lowres_coords(n, Hl, Wl)
-        for p in tl.static_range(2):
-            for q in tl.static_range(2):
-                hy = 2 * i + p
-                hx = 2 * j + q
+        for pq in range(0, 4):
+            p = pq // 2
+            q = pq % 2
+            hy = 2 * i + p
+            hx = 2 * j + q
+            if SFT:
+                cz = load_cond_noise(cond_ptr, noise_ptr, seed_ptr, b, hy, hx, pmask, Cc, 2 * Hl, 2 * Wl,
+                                     s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw, HAS_NOISE, BLOCK_CZ).to(DOT)
+                w1t = tl.load(w1_ptr + rr[None, :] * Cc + czr[:, None], mask=w1_mask, other=0.0).to(DOT)
+                w3t = tl.load(w3_ptr + rr[None, :] * (Cc + 1) + czr[:, None], mask=w3_mask, other=0.0).to(DOT)
+                act1 = leaky(tl.dot(cz, w1t, input_precision=PREC), slope).to(DOT)
+                act3 = leaky(tl.dot(cz, w3t, input_precision=PREC), slope).to(DOT)
+                dact1 = tl.zeros((BLOCK_P, BLOCK_RD), tl.float32)
+                dact3 = tl.zeros((BLOCK_P, BLOCK_RD), tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                cin = c0 + cc_ar
+                cmask = cin < C
+                smask = pmask[:, None] & cmask[None, :]
+                acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
                 if SFT:
-                    cz = load_cond_noise(cond_ptr, noise_ptr, seed_ptr, b, hy, hx, pmask, Cc, 2 * Hl, 2 * Wl,
-                                         s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw, HAS_NOISE, BLOCK_CZ).to(DOT)
-                    h1 = tl.dot(cz, w1t, input_precision=PREC)
-                    h3 = tl.dot(cz, w3t, input_precision=PREC)
-                    act1 = leaky(h1, slope).to(DOT)
-                    act3 = leaky(h3, slope).to(DOT)
-                    dact1 = tl.zeros((BLOCK_P, BLOCK_RD), tl.float32)
-                    dact3 = tl.zeros((BLOCK_P, BLOCK_RD), tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    cin = c0 + cc_ar
-                    cmask = cin < C
-                    acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-                    # rows: parity 0 <- tap u=1 of row i; parity 1 <- u=2 of row i and u=0 of row i+1 (same for columns)
-                    for tu in tl.static_range(1 + p):
-                        li = i + tu
-                        for tv in tl.static_range(1 + q):
-                            lj = j + tv
-                            valid = pmask & (li < Hl) & (lj < Wl)
-                            src = (b * Hl + li) * Wl + lj
-                            tap = ((1 + p) * (1 - tu)) * 3 + (1 + q) * (1 - tv)
-                            for k0 in range(0, Cm, BLOCK_K):
-                                kin = k0 + kk
-                                d = tl.load(dbx_ptr + src[:, None] * Cm + kin[None, :],
-                                            mask=valid[:, None] & (kin[None, :] < Cm), other=0.0).to(DOT)
-                                wx = tl.load(wx_ptr + (tap * C + cin[None, :]) * Cm + kin[:, None],
-                                             mask=(kin[:, None] < Cm) & cmask[None, :], other=0.0).to(DOT)
-                                acc = tl.dot(d, wx, acc, input_precision=PREC)
-                    smask = pmask[:, None] & cmask[None, :]
-                    if SFT:
-                        g = tl.load(g_ptr + (b * s_gb + hy * s_gh + hx * s_gw)[:, None] + cin[None, :] * s_gc,
-                                    mask=smask, other=0.0).to(tl.float32)
-                        xv = tl.load(x_ptr + (b * s_xb + hy * s_xh + hx * s_xw)[:, None] + cin[None, :] * s_xc,
-                                     mask=smask, other=0.0).to(tl.float32)
-                        wmask = rmask[:, None] & cmask[None, :]
-                        w2t = tl.load(w2_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
-                        w4t = tl.load(w4_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
-                        gamma = tl.dot(act1, w2t, input_precision=PREC)
-                        acc += g * (1.0 + gamma)
-                        dgam = (g * xv).to(DOT)
-                        gd = g.to(DOT)
-                        dact1 = tl.dot(dgam, tl.trans(w2t), dact1, input_precision=PREC)
-                        dact3 = tl.dot(gd, tl.trans(w4t), dact3, input_precision=PREC)
-                        slot = pid * slot_stride + cin[:, None] * RD + rr[None, :]
-                        tl.atomic_add(dw2_ptr + slot, tl.dot(tl.trans(dgam), act1, input_precision=PREC),
-                                      mask=cmask[:, None] & rmask[None, :])
-                        tl.atomic_add(dw4_ptr + slot, tl.dot(tl.trans(gd), act3, input_precision=PREC),
-                                      mask=cmask[:, None] & rmask[None, :])
-                    tl.store(dx_ptr + (b * s_db + hy * s_dh + hx * s_dw)[:, None] + cin[None, :] * s_dc,
-                             acc.to(dx_ptr.dtype.element_ty), mask=smask)
-                if SFT:
-                    dh1 = leaky_grad(dact1, h1, slope).to(DOT)
-                    dh3 = leaky_grad(dact3, h3, slope).to(DOT)
-                    dcz = tl.dot(dh1, tl.trans(w1t), input_precision=PREC)
-                    dcz = tl.dot(dh3, tl.trans(w3t), dcz, input_precision=PREC)
-                    tl.store(dcond_ptr + (b * s_qb + hy * s_qh + hx * s_qw)[:, None] + czr[None, :] * s_qc,
-                             dcz.to(dcond_ptr.dtype.element_ty), mask=pmask[:, None] & (czr[None, :] < Cc))
-                    if HAS_NOISE:
-                        dz = tl.sum(tl.where(czr[None, :] == Cc, dcz, 0.0), axis=1)
-                        tl.store(dnoise_ptr + b * s_zb + hy * s_zh + hx * s_zw, dz.to(dnoise_ptr.dtype.element_ty),
-                                 mask=pmask)
-                    tl.atomic_add(dw1_ptr + pid * slot_stride + rr[:, None] * Cc + czr[None, :],
-                                  tl.dot(tl.trans(dh1), cz, input_precision=PREC),
-                                  mask=rmask[:, None] & (czr[None, :] < Cc))
-                    tl.atomic_add(dw3_ptr + pid * slot_stride + rr[:, None] * (Cc + 1) + czr[None, :],
-                                  tl.dot(tl.trans(dh3), cz, input_precision=PREC),
-                                  mask=rmask[:, None] & (czr[None, :] <= Cc))
+                    g = tl.load(g_ptr + (b * s_gb + hy * s_gh + hx * s_gw)[:, None] + cin[None, :] * s_gc,
+                                mask=smask, other=0.0).to(tl.float32)
+                    wmask = rmask[:, None] & cmask[None, :]
+                    w2t = tl.load(w2_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
+                    acc = g * (1.0 + tl.dot(act1, w2t, input_precision=PREC))
+                    xv = tl.load(x_ptr + (b * s_xb + hy * s_xh + hx * s_xw)[:, None] + cin[None, :] * s_xc,
+                                 mask=smask, other=0.0).to(tl.float32)
+                    dgam = (g * xv).to(DOT)
+                    dact1 = tl.dot(dgam, tl.trans(w2t), dact1, input_precision=PREC)
+                    slot = pid * slot_stride + cin[:, None] * RD + rr[None, :]
+                    tl.atomic_add(dw2_ptr + slot, tl.dot(tl.trans(dgam), act1, input_precision=PREC),
+                                  mask=cmask[:, None] & rmask[None, :])
+                    gd = g.to(DOT)
+                    w4t = tl.load(w4_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
+                    dact3 = tl.dot(gd, tl.trans(w4t), dact3, input_precision=PREC)
+                    tl.atomic_add(dw4_ptr + slot, tl.dot(tl.trans(gd), act3, input_precision=PREC),
+                                  mask=cmask[:, None] & rmask[None, :])
+                acc = _parity_dgrad(acc, dbx_ptr, wx_ptr, b, i, j, pmask, p, q, Hl, Wl, Cm, C, cin, kk,
+                                    DOT, PREC, BLOCK_K)
+                tl.store(dx_ptr + (b * s_db + hy * s_dh + hx * s_dw)[:, None] + cin[None, :] * s_dc,
+                         acc.to(dx_ptr.dtype.element_ty), mask=smask)
+            if SFT:  # hidden-layer gradients (pre-activations recomputed) -> dcond, dz, dW1, dW3
+                dh1 = leaky_grad(dact1, tl.dot(cz, w1t, input_precision=PREC), slope).to(DOT)
+                dh3 = leaky_grad(dact3, tl.dot(cz, w3t, input_precision=PREC), slope).to(DOT)
+                dcz = tl.dot(dh1, tl.trans(w1t), input_precision=PREC)
+                dcz = tl.dot(dh3, tl.trans(w3t), dcz, input_precision=PREC)
+                tl.store(dcond_ptr + (b * s_qb + hy * s_qh + hx * s_qw)[:, None] + czr[None, :] * s_qc,
+                         dcz.to(dcond_ptr.dtype.element_ty), mask=pmask[:, None] & (czr[None, :] < Cc))
+                if HAS_NOISE:
+                    dz = tl.sum(tl.where(czr[None, :] == Cc, dcz, 0.0), axis=1)
+                    tl.store(dnoise_ptr + b * s_zb + hy * s_zh + hx * s_zw, dz.to(dnoise_ptr.dtype.element_ty),
+                             mask=pmask)
+                tl.atomic_add(dw1_ptr + pid * slot_stride + rr[:, None] * Cc + czr[None, :],
+                              tl.dot(tl.trans(dh1), cz, input_precision=PREC),
+                              mask=rmask[:, None] & (czr[None, :] < Cc))
+                tl.atomic_add(dw3_ptr + pid * slot_stride + rr[:, None] * (Cc + 1) + czr[None, :],
+                              tl.dot(tl.trans(dh3), cz, input_precision=PREC),
+                              mask=rmask[:, None] & (czr[None, :] <= Cc))
 
 
 @triton.jit
@@ -295,7 +310,7 @@ def _dmap_bwd_kernel(da_ptr, wa_ptr, wu_ptr, m_ptr, dm_ptr, dwu_ptr,
                      DOT: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      BLOCK_CC: tl.constexpr):
-    """Persistent over low-res tiles: dt (parity-split dgrad of Wa) -> dt_pre = dt lrelu'(t) ->
+    """Persistent over low-res tiles: dt (``_parity_dgrad`` of Wa) -> dt_pre = dt lrelu'(t) ->
     dm = sum_pq dt_pre Wu_pq^T, and per-program slots of dWu = m^T dt_pre (fp32 atomics)."""
     pid = tl.program_id(0)
     cc = tl.arange(0, BLOCK_CC)
@@ -307,33 +322,17 @@ def _dmap_bwd_kernel(da_ptr, wa_ptr, wu_ptr, m_ptr, dm_ptr, dwu_ptr,
         m_tile = tl.load(m_ptr + (b * s_mb + i * s_mh + j * s_mw)[:, None] + cc[None, :] * s_mc,
                          mask=pmask[:, None] & (cc[None, :] < Cc), other=0.0).to(DOT)
         dm = tl.zeros((BLOCK_P, BLOCK_CC), tl.float32)
-        for p in tl.static_range(2):
-            for q in tl.static_range(2):
-                for n0 in range(0, Cm, BLOCK_N):
-                    kn = n0 + tl.arange(0, BLOCK_N)
-                    nmask = kn < Cm
-                    dt = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
-                    for tu in tl.static_range(1 + p):
-                        li = i + tu
-                        for tv in tl.static_range(1 + q):
-                            lj = j + tv
-                            valid = pmask & (li < Hl) & (lj < Wl)
-                            src = (b * Hl + li) * Wl + lj
-                            tap = ((1 + p) * (1 - tu)) * 3 + (1 + q) * (1 - tv)
-                            for k0 in range(0, Cm, BLOCK_K):
-                                kin = k0 + kk
-                                d = tl.load(da_ptr + src[:, None] * Cm + kin[None, :],
-                                            mask=valid[:, None] & (kin[None, :] < Cm), other=0.0).to(DOT)
-                                wa = tl.load(wa_ptr + (tap * Cm + kn[None, :]) * Cm + kin[:, None],
-                                             mask=(kin[:, None] < Cm) & nmask[None, :], other=0.0).to(DOT)
-                                dt = tl.dot(d, wa, dt, input_precision=PREC)
-                    wmask = (cc[:, None] < Cc) & nmask[None, :]
-                    wu = tl.load(wu_ptr + (cc[:, None] * Cm + kn[None, :]) * 4 + (p * 2 + q), mask=wmask,
-                                 other=0.0).to(DOT)
-                    dt_pre = leaky_grad(dt, tl.dot(m_tile, wu, input_precision=PREC), 0.1).to(DOT)
-                    dm = tl.dot(dt_pre, tl.trans(wu), dm, input_precision=PREC)
-                    tl.atomic_add(dwu_ptr + ((pid * Cc + cc[:, None]) * Cm + kn[None, :]) * 4 + (p * 2 + q),
-                                  tl.dot(tl.trans(m_tile), dt_pre, input_precision=PREC), mask=wmask)
+        for pq in range(0, 4):
+            for n0 in range(0, Cm, BLOCK_N):
+                kn = n0 + tl.arange(0, BLOCK_N)
+                dt = _parity_dgrad(tl.zeros((BLOCK_P, BLOCK_N), tl.float32), da_ptr, wa_ptr, b, i, j, pmask,
+                                   pq // 2, pq % 2, Hl, Wl, Cm, Cm, kn, kk, DOT, PREC, BLOCK_K)
+                wmask = (cc[:, None] < Cc) & (kn[None, :] < Cm)
+                wu = tl.load(wu_ptr + (cc[:, None] * Cm + kn[None, :]) * 4 + pq, mask=wmask, other=0.0).to(DOT)
+                dt_pre = leaky_grad(dt, tl.dot(m_tile, wu, input_precision=PREC), 0.1).to(DOT)
+                dm = tl.dot(dt_pre, tl.trans(wu), dm, input_precision=PREC)
+                tl.atomic_add(dwu_ptr + ((pid * Cc + cc[:, None]) * Cm + kn[None, :]) * 4 + pq,
+                              tl.dot(tl.trans(m_tile), dt_pre, input_precision=PREC), mask=wmask)
         tl.store(dm_ptr + (b * s_db + i * s_dh + j * s_dw)[:, None] + cc[None, :] * s_dc,
                  dm.to(dm_ptr.dtype.element_ty), mask=pmask[:, None] & (cc[None, :] < Cc))
 
@@ -437,18 +436,22 @@ def _config(kernel: str, dims: dict) -> dict:
                 "dx": dict(BLOCK_P=256, BLOCK_C=64, BLOCK_K=64, BLOCK_RD=pow2(dims["RD"]), BLOCK_CZ=pow2(cc + 1)),
                 "dmap": dict(base, BLOCK_CC=pow2(cc)),
                 "wgrad": dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=512, BLOCK_CC=pow2(cc))}[kernel]
+    # H100 defaults, checked by compile_check (sm_90 cubins: registers / spills), not yet timed on a GPU
     bn = min(64, pow2(cm))
+    wide = dims["ELEM"] == 4  # float32 operands (TF32) take twice the registers of 16-bit ones
     if kernel == "mid":
         return dict(BLOCK_P=64, BLOCK_N=bn, BLOCK_K=64, BLOCK_CC=pow2(cc), num_warps=4, num_stages=3)
     if kernel == "out":
-        return dict(BLOCK_P=64, BLOCK_O=64, BLOCK_K=bn, BLOCK_R=min(64, pow2(dims["RD"])), BLOCK_CZ=pow2(cc + 1),
-                    num_warps=4, num_stages=2)
+        return dict(BLOCK_P=64, BLOCK_O=32 if wide else 64, BLOCK_K=bn, BLOCK_R=min(32, pow2(dims["RD"])),
+                    BLOCK_CZ=pow2(cc + 1), num_warps=8 if dims["SFT"] else 4, num_stages=2)
     if kernel == "dp":
         return dict(BLOCK_P=64, BLOCK_N=bn, BLOCK_K=64, num_warps=4, num_stages=3)
     if kernel == "dx":
+        # the [BLOCK_C, BLOCK_RD] weight-gradient tiles of the SFT MLPs bound BLOCK_C
         brd = pow2(dims["RD"])
-        return dict(BLOCK_P=32 if brd <= 64 else 16, BLOCK_C=64, BLOCK_K=bn, BLOCK_RD=brd, BLOCK_CZ=pow2(cc + 1),
-                    num_warps=8 if brd <= 64 else 4, num_stages=2)
+        block_c = 64 if brd <= 32 and not wide else 32 if brd <= 64 and not wide else 16
+        return dict(BLOCK_P=32 if brd <= 64 else 16, BLOCK_C=block_c if dims["SFT"] else 64, BLOCK_K=bn,
+                    BLOCK_RD=brd, BLOCK_CZ=pow2(cc + 1), num_warps=8, num_stages=2)
     if kernel == "dmap":
         return dict(BLOCK_P=32, BLOCK_N=bn, BLOCK_K=bn, BLOCK_CC=pow2(cc), num_warps=4, num_stages=2)
     if kernel == "wgrad":
@@ -478,6 +481,7 @@ _TUNED: dict = {}
 def _launch(name: str, kernel, grid, dims: dict, *args, reset=(), **constexprs):
     """Runs ``kernel`` with its default config, or autotuned over ``_autotune_space`` (opt-in).
     ``grid`` maps a config dict to the launch grid; ``reset`` names fp32 atomic accumulators."""
+    check_runnable(args[0])
     if not autotune_enabled():
         cfg = _config(name, dims)
         kernel[grid(cfg)](*args, **constexprs, **cfg)
@@ -500,10 +504,17 @@ def _strides(t: Optional[torch.Tensor], n: int) -> tuple:
     return tuple(t.stride()) if t is not None else (0,) * n
 
 
-def _dims(x, m, w_x, w_out, sft: Optional[SftArgs]) -> dict:
+def _dims(x, m, w_x, w_out, sft: Optional[SftArgs], compute_dtype: torch.dtype) -> dict:
+    """Problem sizes (launch arguments and config keys); raises when int32 offsets could overflow."""
+    tensors = [x, m] + ([sft.cond] + ([sft.noise] if sft.noise is not None else []) if sft is not None else [])
     b, c, h, w = x.shape
-    return dict(B=b, C=c, H=h, W=w, Hl=h // 2, Wl=w // 2, N_lo=b * (h // 2) * (w // 2), Cc=m.shape[1],
-                Cm=w_x.shape[0], C_out=w_out.shape[1], RD=sft.w1.shape[0] if sft is not None else 16)
+    n_lo = b * (h // 2) * (w // 2)
+    if max([t.numel() for t in tensors] + [n_lo * w_x.shape[0]]) >= 2 ** 31:
+        raise ValueError("Triton IDA/SFT kernels index with int32: every tensor must have fewer than 2**31 "
+                         f"elements (x is {list(x.shape)}); split the batch")
+    return dict(B=b, C=c, H=h, W=w, Hl=h // 2, Wl=w // 2, N_lo=n_lo, Cc=m.shape[1], Cm=w_x.shape[0],
+                C_out=w_out.shape[1], RD=sft.w1.shape[0] if sft is not None else 16, SFT=sft is not None,
+                ELEM=compute_dtype.itemsize)
 
 
 def _sft_operands(sft: Optional[SftArgs], placeholder: torch.Tensor):
@@ -525,11 +536,10 @@ def forward(x, m, w_up, w_map, w_x, w_out, b_out, *, compute_dtype: torch.dtype,
 
     Returns (a, bx): the [N_lo, Cm] mid tensors in compute dtype for the backward, or None when
     ``save_mid`` is False (the kernels then pass A (.) Bx through one scratch buffer)."""
-    check_runnable(x)
-    d = _dims(x, m, w_x, w_out, sft)
+    d = _dims(x, m, w_x, w_out, sft, compute_dtype)
     if d["N_lo"] == 0:
-        return (x.new_empty((0, d["Cm"]), dtype=compute_dtype),) * 2 if save_mid else None
-    DOT, PREC = dot_dtype(compute_dtype), fp32_dot_precision()
+        return tuple(x.new_empty((0, d["Cm"]), dtype=compute_dtype) for _ in range(2)) if save_mid else None
+    DOT, PREC = dot_dtype(compute_dtype), dot_precision(compute_dtype)
     cm, c, c_out = d["Cm"], d["C"], d["C_out"]
     wx_p = _pack(w_x, (2, 3, 1, 0), (9, c, cm), compute_dtype)
     wa_p = _pack(w_map, (2, 3, 1, 0), (9, cm, cm), compute_dtype)
@@ -575,7 +585,7 @@ def _wgrad(d: dict, l1, l2, r, wu, m_dim, n_dim, ntaps, *, r_from_map=False, bia
             l1, l2 if l2 is not None else l1, r, wu if wu is not None else l1, part, bias_part,
             d["N_lo"], d["Hl"], d["Wl"], m_dim, n_dim, d["Cc"], *r.stride(), k_per_split,
             NTAPS=ntaps, L_PRODUCT=l2 is not None, R_FROM_MAP=r_from_map, BIAS_GRAD=bias_grad,
-            DOT=dot_dtype(compute_dtype), PREC=fp32_dot_precision())
+            DOT=dot_dtype(compute_dtype), PREC=dot_precision(compute_dtype))
     return part.sum(0), (bias_part.sum((0, 1)) if bias_grad else None)
 
 
@@ -585,8 +595,7 @@ def backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, *, compute_dtype: t
     (like m) and, with SFT, dcond (like cond) and dnoise (like noise, when explicit). Returns the
     weight gradients as float32 tensors in the weights' shapes: w_up, w_map, w_x, w_out, b_out
     (+ w1..w4 for SFT, as 2-D [out, in])."""
-    check_runnable(x)
-    d = _dims(x, m, w_x, w_out, sft)
+    d = _dims(x, m, w_x, w_out, sft, compute_dtype)
     cm, c, c_out, cc, rd = d["Cm"], d["C"], d["C_out"], d["Cc"], d["RD"]
     if d["N_lo"] == 0:
         for t in grads.values():
@@ -599,7 +608,7 @@ def backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, *, compute_dtype: t
             out.update({k: getattr(sft, k).new_zeros(getattr(sft, k).shape, dtype=torch.float32)
                         for k in ("w1", "w2", "w3", "w4")})
         return out
-    DOT, PREC = dot_dtype(compute_dtype), fp32_dot_precision()
+    DOT, PREC = dot_dtype(compute_dtype), dot_precision(compute_dtype)
     wx_p = _pack(w_x, (2, 3, 1, 0), (9, c, cm), compute_dtype)
     wa_p = _pack(w_map, (2, 3, 1, 0), (9, cm, cm), compute_dtype)
     wo_p = _pack(w_out, (2, 3, 0, 1), (4, cm, c_out), compute_dtype)

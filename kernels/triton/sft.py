@@ -30,10 +30,10 @@ def _noise_kernel(seed_ptr, out_ptr, total, H, W, BLOCK: tl.constexpr):
 
 def noise(seed: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
     """The [B, 1, H, W] float32 noise the SFT kernels draw for ``seed`` (int64, 1 element)."""
-    check_runnable(seed)
     out = torch.empty((batch, 1, height, width), device=seed.device, dtype=torch.float32)
     total = out.numel()
     if total:
+        check_runnable(seed)
         _noise_kernel[(triton.cdiv(total, 1024),)](seed, out, total, height, width, BLOCK=1024)
     return out
 
