@@ -46,8 +46,8 @@ def pow2(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(int(n)))
 
 
-def num_programs_cap(device: torch.device) -> int:
-    """Number of streaming multiprocessors (persistent grids launch a small multiple of it)."""
+def multiprocessor_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (2 in the interpreter); grids are sized from it."""
     if device.type == "cuda" and not INTERPRET:
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._common import (INTERPRET, autotune_enabled, check_runnable, dot_dtype, dot_precision, leaky,
-                      leaky_grad, load_cond_noise, lowres_coords, num_programs_cap, pow2)
+                      leaky_grad, load_cond_noise, lowres_coords, multiprocessor_count, pow2)
 
 
 # ============================================================================ kernels
@@ -500,10 +500,6 @@ def _pack(w: torch.Tensor, perm, shape, dtype) -> torch.Tensor:
     return torch.empty(shape, device=w.device, dtype=dtype).copy_(w.permute(*perm).reshape(shape))
 
 
-def _strides(t: Optional[torch.Tensor], n: int) -> tuple:
-    return tuple(t.stride()) if t is not None else (0,) * n
-
-
 def _dims(x, m, w_x, w_out, sft: Optional[SftArgs], compute_dtype: torch.dtype) -> dict:
     """Problem sizes (launch arguments and config keys); raises when int32 offsets could overflow."""
     tensors = [x, m] + ([sft.cond] + ([sft.noise] if sft.noise is not None else []) if sft is not None else [])
@@ -563,7 +559,7 @@ def forward(x, m, w_up, w_map, w_x, w_out, b_out, *, compute_dtype: torch.dtype,
 def _persistent_programs(device, n_lo: int, slot_bytes: int) -> int:
     """Grid of the persistent kernels: enough programs to fill the GPU, bounded so that their
     per-program weight-gradient slots stay within ~16 MB."""
-    sms = num_programs_cap(device)
+    sms = multiprocessor_count(device)
     per_sm = 1 if INTERPRET else 4  # interpreted: 2 programs, so that each one loops over several tiles
     budget = max(sms, min(per_sm * sms, (16 << 20) // max(slot_bytes, 1)))
     return max(1, min(triton.cdiv(n_lo, 16), budget))
@@ -572,7 +568,7 @@ def _persistent_programs(device, n_lo: int, slot_bytes: int) -> int:
 def _wgrad(d: dict, l1, l2, r, wu, m_dim, n_dim, ntaps, *, r_from_map=False, bias_grad=False,
            compute_dtype) -> tuple:
     """sum over splits of the split-K weight gradient -> ([m_dim, n_dim, ntaps] fp32, bias [n_dim] or None)."""
-    sms = num_programs_cap(l1.device)
+    sms = multiprocessor_count(l1.device)
     base = ntaps * triton.cdiv(m_dim, 64) * triton.cdiv(n_dim, 64)
     split = max(1, min(triton.cdiv(4 * sms, base), triton.cdiv(d["N_lo"], 512)))
     split = min(split, d["N_lo"])
