@@ -1,4 +1,4 @@
-"""The ``udm-fast`` command: ``transfer``, ``info``, ``demo``, and ``train`` / ``synth`` / ``eval`` (udm_fast.train).
+"""The ``udm-fast`` command: ``transfer``, ``encode``, ``decode``, ``info``, ``demo``, and ``train`` / ``synth`` / ``eval`` (udm_fast.train).
 
 Every expected failure (missing or corrupt files, mismatched weights, bad devices, unusable image
 sizes) ends with one ``udm-fast: error: ...`` line on stderr and exit code 1; ``--debug`` re-raises
@@ -21,7 +21,9 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from . import __version__, backend, degrade, pretrained
+from . import __version__, backend, degradation_code, degrade, pretrained
+from .checkpoint import save_atomic
+from .files import write_bytes_atomic
 from .io import ImageNote, format_for_path, load_image, save_image
 from .model import UDM
 from .train import commands as train_commands
@@ -111,20 +113,71 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 # ----------------------------------------------------------------------------- transfer
 
 
+def _read_code(path: str) -> bytes:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"degradation code not found: {path}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def run_transfer(args: argparse.Namespace) -> int:
     format_for_path(args.out)  # fail on a bad output name before any work
     device = parse_device(args.device)
-    clean, degraded = load_image(args.clean), load_image(args.degraded)
+    clean = load_image(args.clean)
+    degraded = None if args.degraded is None else load_image(args.degraded)
     model = load_model(args.weights, args.official, device)
     set_tile_size(model, args.tile_size)
     noise = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.transfer(clean.to(device), degraded.to(device), noise=noise)
+        if degraded is None:
+            e_g, e_l = model.decompress_degradation(_read_code(args.code))
+            out = model.synthesize(clean.to(device), e_g, e_l, noise=noise)
+            source = f"the code {args.code}"
+        else:
+            out = model.transfer(clean.to(device), degraded.to(device), noise=noise)
+            source = f"{args.degraded} ({_size(degraded)})"
     elapsed = time.perf_counter() - start
     save_image(out.cpu(), args.out)
-    print(f"wrote {args.out} ({_size(out)}): degradation of {args.degraded} ({_size(degraded)}) applied to "
+    print(f"wrote {args.out} ({_size(out)}): degradation of {source} applied to "
           f"{args.clean} ({_size(clean)}) on {device} in {elapsed:.2f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- encode / decode
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    device = parse_device(args.device)
+    degraded = load_image(args.degraded)
+    model = load_model(args.weights, args.official, device).update_entropy_tables()
+    set_tile_size(model, args.tile_size)
+    data = model.compress_degradation(degraded.to(device))
+    write_bytes_atomic(args.out, data)
+    info = degradation_code.info(data)
+    pixels = degraded.shape[-2] * degraded.shape[-1]
+    print(f"wrote {args.out}: {len(data)} bytes for {args.degraded} ({_size(degraded)}); "
+          f"e_g {8 * info['global_bytes']} bits, e_l {8 * info['local_bytes']} bits "
+          f"({8 * info['local_bytes'] / pixels:.4f} bits per pixel)")
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    data = _read_code(args.code)
+    info = degradation_code.info(data)
+    device = parse_device(args.device)
+    model = load_model(args.weights, args.official, device)
+    e_g, e_l = model.decompress_degradation(data)
+    print(f"{args.code}: {info['bytes']} bytes, format version {info['version']}, model {info['weights_hash'][:16]}")
+    print(f"  degraded image {info['width']}x{info['height']}; e_g {list(e_g.shape)} "
+          f"({info['global_bytes']} bytes), e_l {list(e_l.shape)} ({info['local_bytes']} bytes)")
+    g = e_g[0].abs()
+    top = torch.argsort(g, descending=True)[:8].tolist()
+    print("  largest |e_g| dimensions: " + ", ".join(f"{i}: {e_g[0, i].item():+.3f}" for i in top))
+    print("  e_l channel means: " + ", ".join(f"{v:.3f}" for v in e_l.mean(dim=(0, 2, 3)).tolist()))
+    if args.out:
+        save_atomic({"e_g": e_g.cpu(), "e_l": e_l.cpu(), "weights_hash": info["weights_hash"]}, args.out)
+        print(f"  wrote the decoded codes to {args.out} (torch.load gives {{'e_g', 'e_l', 'weights_hash'}})")
     return 0
 
 
@@ -251,10 +304,29 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Applies the degradation of --degraded to --clean, writes --out "
                                                "(PNG or JPEG by extension) with the clean image's size.")
     transfer.add_argument("--clean", required=True, metavar="X", help="the clean image")
-    transfer.add_argument("--degraded", required=True, metavar="Y", help="the image whose degradation to copy")
+    source = transfer.add_mutually_exclusive_group(required=True)
+    source.add_argument("--degraded", metavar="Y", help="the image whose degradation to copy")
+    source.add_argument("--code", metavar="C", help="a degradation code written by `udm-fast encode`")
     transfer.add_argument("--out", required=True, metavar="Z", help="output image (.png, .jpg or .jpeg)")
     transfer.add_argument("--seed", type=int, metavar="S", help="seed of the generator noise (default: random)")
     transfer.set_defaults(run=run_transfer)
+
+    encode = commands.add_parser("encode", parents=[common, model_options, run_options],
+                                 help="compress the degradation of a photo into a .udm code",
+                                 description="Encodes the degradation of --degraded (e_g and e_l, entropy coded "
+                                             "with the model's tables) into --out; the file records the model.")
+    encode.add_argument("--degraded", required=True, metavar="Y", help="the degraded image")
+    encode.add_argument("--out", required=True, metavar="CODE", help="output file (e.g. code.udm)")
+    encode.set_defaults(run=run_encode)
+
+    decode = commands.add_parser("decode", parents=[common, model_options],
+                                 help="decode a .udm code and summarise it",
+                                 description="Decodes a code written by `udm-fast encode` with the same model and "
+                                             "prints its sizes and strongest e_g dimensions.")
+    decode.add_argument("code", metavar="CODE", help="the .udm file")
+    decode.add_argument("--out", metavar="PT", help="also save the decoded e_g, e_l with torch.save")
+    decode.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    decode.set_defaults(run=run_decode)
 
     info = commands.add_parser("info", parents=[common, model_options],
                                help="versions, available backends and the model's sizes")

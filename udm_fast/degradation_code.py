@@ -8,7 +8,7 @@ Layout (little endian)::
 
 Both streams are the coder's parallel containers (``udm_fast.coder``): the global one holds
 round(head(e_g) - medians), the local one round(e_l - medians), under the compressors' own
-quantized CDF tables. Decoding adds the medians back (and applies the tail MLP), which gives
+quantized CDF tables (built from the weights when missing). Decoding adds the medians back (and applies the tail MLP), which gives
 exactly the eval-mode quantized codes ``UDM.encode(y)`` returns. The weights hash ties a file to
 the model that wrote it: another model's file is refused.
 """
@@ -31,10 +31,10 @@ class DegradationCodeError(ValueError):
     """A .udm code that is malformed, truncated, corrupted, of another version or of another model."""
 
 
-def _tables(compressor, name: str) -> coder.CoderTables:
+def _tables(compressor) -> coder.CoderTables:
+    """The compressor's coder tables, built from its weights first when it has none."""
     eb = compressor.model
-    if eb._quantized_cdf.numel() == 0:
-        raise RuntimeError(f"the {name} entropy bottleneck has no coder tables: call model.update_entropy_tables()")
+    eb.update()
     return coder.CoderTables(eb._quantized_cdf, eb._cdf_length, eb._offset)
 
 
@@ -44,8 +44,8 @@ def compress(model, y: torch.Tensor) -> bytes:
     e_g, e_l = model.encode(y, quantize=False)
     gc, lc = model.global_compressor, model.local_compressor
     g_values = gc.head(e_g) if gc.head is not None else e_g
-    g_stream = coder.encode_parallel_values(g_values, gc.model._get_medians(), _tables(gc, "global"))
-    l_stream = coder.encode_parallel_values(e_l, lc.model._get_medians(), _tables(lc, "local"))
+    g_stream = coder.encode_parallel_values(g_values, gc.model._get_medians(), _tables(gc))
+    l_stream = coder.encode_parallel_values(e_l, lc.model._get_medians(), _tables(lc))
     header = _HEADER.pack(MAGIC, VERSION, bytes.fromhex(model.weights_hash()), y.shape[-2], y.shape[-1],
                           len(g_stream), len(l_stream))
     body = header + g_stream + l_stream
@@ -84,8 +84,8 @@ def decompress(model, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
             f"the loaded model is {model.weights_hash()[:12]}...: decode with the model that encoded it")
     gc, lc = model.global_compressor, model.local_compressor
     try:
-        g_latent = coder.decode_parallel_values(fields["global_stream"], gc.model._get_medians(), _tables(gc, "global"))
-        e_l = coder.decode_parallel_values(fields["local_stream"], lc.model._get_medians(), _tables(lc, "local"))
+        g_latent = coder.decode_parallel_values(fields["global_stream"], gc.model._get_medians(), _tables(gc))
+        e_l = coder.decode_parallel_values(fields["local_stream"], lc.model._get_medians(), _tables(lc))
     except ValueError as exc:
         raise DegradationCodeError(f"degradation code streams cannot be decoded: {exc}") from exc
     device = next(model.parameters()).device

@@ -171,7 +171,7 @@ class UDM(nn.Module):
     forward = transfer
 
     def update_entropy_tables(self, force: bool = False) -> "UDM":
-        """Builds the compressors' quantized CDF tables (needed by ``compress_degradation``)."""
+        """Builds the compressors' quantized CDF tables (when missing, or always with ``force``)."""
         for compressor in (self.global_compressor, self.local_compressor):
             compressor.model.update(force=force)
         return self
@@ -196,12 +196,15 @@ class UDM(nn.Module):
         return self
 
     def weights_hash(self) -> str:
-        """SHA-256 over the inference weights (encoders, compressors, generator): the model identity."""
+        """SHA-256 over the inference weights (encoders, compressors, generator): the model identity.
+
+        The coder tables are left out: ``update_entropy_tables`` derives them from the weights.
+        """
         prefixes = ("global_encoder.encoder_q.", "local_encoder.", "global_compressor.", "local_compressor.",
                     "generator.")
         digest = hashlib.sha256()
         for key, value in sorted(self.state_dict().items()):
-            if key.startswith(prefixes):
+            if key.startswith(prefixes) and key.rsplit(".", 1)[-1] not in ckpt.DYNAMIC_BUFFERS:
                 digest.update(key.encode())
                 digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
