@@ -12,7 +12,8 @@ Scope (environment variable UDM_FAST_BENCH_LAYERS):
   ``default``  fused + eager for every level/dtype/phase; torch.compile only where the issue's
                targets need it (SFT at level 1 in bfloat16) - compiling each graph costs seconds;
   ``full``     every variant everywhere;
-  ``quick``    level 1, bfloat16, SFT and IDA forward+backward, fused and eager.
+  ``quick``    level 1, bfloat16, forward+backward: SFT fused / eager / compile, IDA fused / eager
+               (the issue's headline comparisons; 5 benchmarks, ~30 kernels to JIT).
 SFT noise is drawn inside every variant (noise=None), as in training.
 """
 import os
@@ -41,7 +42,8 @@ def _selected(layer, level, dtype, phase, variant) -> bool:
     if variant == "fused" and not CUDA:
         return False
     if SCOPE == "quick":
-        return level == "L1" and dtype == torch.bfloat16 and phase == "fwd+bwd" and variant != "compile"
+        return level == "L1" and dtype == torch.bfloat16 and phase == "fwd+bwd" and \
+            (variant != "compile" or layer == "SFT")
     if SCOPE == "full" or variant != "compile":
         return True
     return not CUDA or (layer == "SFT" and level == "L1" and dtype == torch.bfloat16)
