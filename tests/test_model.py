@@ -136,7 +136,7 @@ def test_load_rejects_foreign_files(model, tmp_path):
         UDM.load(tmp_path / "mismatch.pt")
     payload["config"]["bogus"] = 1
     torch.save(payload, tmp_path / "typo.pt")
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown key"):
         UDM.load(tmp_path / "typo.pt")
 
 

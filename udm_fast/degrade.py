@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .dataclass_dict import checked_fields
 
 OPS = ("noise", "gaussian_blur", "motion_blur", "contrast")
 MASK_KINDS = ("ramp", "ellipse", "field")
@@ -98,10 +100,7 @@ class DegradeConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "DegradeConfig":
         """Builds a config from a mapping (e.g. YAML); an unknown key is an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"DegradeConfig: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        values = checked_fields(cls, values)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

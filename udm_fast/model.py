@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import degradation_code
 from .compressors import Compressor
+from .dataclass_dict import checked_fields
 from .discriminator import Discriminator
 from .encoders import LPE, LPEL, MoCo
 from .generator import Generator, Noise, NoiseStream
@@ -48,11 +49,8 @@ class UDMConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "UDMConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"UDMConfig: unknown keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**values)
+        """Builds a config from a mapping; an unknown key is an error."""
+        return cls(**checked_fields(cls, values))
 
 
 def _check_images(name: str, t: torch.Tensor) -> None:

@@ -7,6 +7,8 @@ from typing import Mapping
 
 import torch
 
+from ..dataclass_dict import checked_fields
+
 # names of the generator-loss terms that ``LossWeights.weighted_sum`` accepts (the other fields are critic settings)
 TERMS = ("dists", "lpips", "l1", "color", "contrastive", "bits_global", "bits_local", "diversity",
          "gan_generator", "aux")
@@ -57,11 +59,7 @@ class LossWeights:
     @classmethod
     def from_dict(cls, values: Mapping) -> "LossWeights":
         """Builds weights from a mapping (e.g. YAML); an unknown key is an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"LossWeights: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**dict(values))
+        return cls(**checked_fields(cls, values))
 
     def weighted_sum(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """sum of weight[name] * term over the given terms (scalars). Names: ``TERMS``.
