@@ -175,3 +175,69 @@ def test_udm_parallel_decode(benchmark, case):
     data = ours.compress_parallel(x)
     _run(benchmark, lambda: ours.decompress_parallel(data), info, _rounds(x, False))
     torch.testing.assert_close(ours.decompress_parallel(data), ours(x, training=False)[0], rtol=0, atol=0)
+
+
+# -- GPU (skipped without CUDA or without the CUDA coder) ------------------------------------
+def _cuda_coder_available():
+    if not torch.cuda.is_available():
+        return False
+    from udm_fast import _ext
+    module = _ext.load()
+    return module is not None and hasattr(module.rans, "lanes_encode_cuda")
+
+
+gpu = pytest.mark.skipif(not _cuda_coder_available(), reason="needs CUDA and the CUDA coder")
+GPU_SHAPES = ["c", "a64"]
+
+
+def _gpu_case(case):
+    key, _, ours, x, _, info = case
+    if key not in GPU_SHAPES:
+        pytest.skip("GPU benchmarks run on the large latents only")
+    module = ours.cuda() if ours._quantized_cdf.device.type != "cuda" else ours
+    module.coder_tables().device_tables(torch.device("cuda"))  # uploaded once per model
+    return module, x.cuda(), info
+
+
+def _run_cuda(benchmark, fn, info, rounds=20):
+    def call():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=2)
+    benchmark.extra_info.update(info)
+    benchmark.extra_info["gsym_per_s"] = round(info["symbols"] / benchmark.stats.stats.mean / 1e9, 3)
+    benchmark.extra_info["device"] = torch.cuda.get_device_name()
+
+
+@gpu
+def test_cuda_parallel_encode_device(benchmark, case):
+    """Device-resident: CUDA latent -> CUDA uint8 container."""
+    module, x, info = _gpu_case(case)
+    data = module.compress_parallel(x, as_tensor=True)
+    _run_cuda(benchmark, lambda: module.compress_parallel(x, as_tensor=True),
+              {**info, "parallel_bytes": data.numel()})
+
+
+@gpu
+def test_cuda_parallel_decode_device(benchmark, case):
+    """Device-resident: CUDA container -> CUDA latent."""
+    module, x, info = _gpu_case(case)
+    data = module.compress_parallel(x, as_tensor=True)
+    _run_cuda(benchmark, lambda: module.decompress_parallel(data), info)
+
+
+@gpu
+def test_cuda_parallel_encode_host_to_host(benchmark, case):
+    """CPU latent -> GPU coder -> bytes on the host."""
+    module, x, info = _gpu_case(case)
+    x_host = x.cpu().pin_memory()
+    _run_cuda(benchmark, lambda: module.compress_parallel(x_host.cuda(non_blocking=True)), info)
+
+
+@gpu
+def test_cuda_parallel_decode_host_to_host(benchmark, case):
+    """bytes on the host -> GPU decoder -> CPU latent."""
+    module, x, info = _gpu_case(case)
+    data = module.compress_parallel(x)
+    _run_cuda(benchmark, lambda: module.decompress_parallel(data).cpu(), info)

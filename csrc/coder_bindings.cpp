@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "rans/rans_cpu.h"
+#ifdef UDM_FAST_WITH_CUDA
+#include "rans/rans_cuda.h"
+#endif
 
 namespace py = pybind11;
 using udm_rans::ByteSpan;
@@ -259,4 +262,31 @@ void bind_coder(py::module_ &m) {
            py::arg("channels"), py::arg("per_channel"), py::arg("lane_overhead"), py::arg("lanes"));
   rans.def("lanes_info", &lanes_info, py::arg("data"));
   rans.def("lanes_decode", &lanes_decode, py::arg("tables"), py::arg("data"), py::arg("medians"), py::arg("indexes"));
+#ifdef UDM_FAST_WITH_CUDA
+  py::class_<udm_rans::DeviceTables>(rans, "DeviceTables", "Tables copied to a CUDA device")
+      .def(py::init([](const std::shared_ptr<Tables> &tables, const std::string &device) {
+             return udm_rans::upload_tables(*tables, at::Device(device));
+           }),
+           py::arg("tables"), py::arg("device"));
+  rans.def(
+      "lanes_encode_cuda",
+      [](const udm_rans::DeviceTables &tables, const at::Tensor &input, const std::optional<at::Tensor> &medians,
+         const std::optional<at::Tensor> &indexes, int64_t channels, int64_t per_channel, double lane_overhead,
+         int64_t lanes) {
+        TORCH_CHECK_VALUE(lane_overhead > 0 && lane_overhead < 1, "lane_overhead must be in (0, 1)");
+        py::gil_scoped_release release;
+        return udm_rans::lanes_encode_cuda(tables, input, medians, indexes, channels, per_channel, lane_overhead,
+                                           lanes);
+      },
+      py::arg("tables"), py::arg("input"), py::arg("medians"), py::arg("indexes"), py::arg("channels"),
+      py::arg("per_channel"), py::arg("lane_overhead"), py::arg("lanes"));
+  rans.def(
+      "lanes_decode_cuda",
+      [](const std::shared_ptr<Tables> &tables, const udm_rans::DeviceTables &device_tables, const at::Tensor &data,
+         const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes) {
+        py::gil_scoped_release release;
+        return udm_rans::lanes_decode_cuda(*tables, device_tables, data, medians, indexes);
+      },
+      py::arg("tables"), py::arg("device_tables"), py::arg("data"), py::arg("medians"), py::arg("indexes"));
+#endif
 }

@@ -452,3 +452,70 @@ def test_float_quantization_matches_torch_round():
             coder.encode_compat_values(broken, medians, tables)
         with pytest.raises(ValueError, match="position"):
             coder.encode_parallel_values(broken, medians, tables)
+
+
+# -- CUDA coder of the parallel format: same bytes as the CPU coder ---------------------------
+def _cuda_coder_or_skip():
+    from udm_fast import _ext
+    if not hasattr(_ext.require().rans, "lanes_encode_cuda"):
+        pytest.skip("extension built without the CUDA coder")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("explicit,lanes,escape_rate", [(False, None, 0.0), (False, 5, 0.05), (True, 70, 0.05),
+                                                         (False, 4096, 0.3), (True, None, 0.0)])
+def test_cuda_parallel_bytes_match_cpu(explicit, lanes, escape_rate):
+    _cuda_coder_or_skip()
+    rng = np.random.default_rng(21)
+    shape = (3, 7, 33, 35)
+    cdf, cdf_length, offset = random_tables(rng, 7, min_length=2)
+    indexes = (torch.from_numpy(rng.integers(0, 7, size=shape).astype(np.int32)) if explicit
+               else channel_indexes(shape).contiguous())
+    symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate,
+                             escape_scale=int(rng.choice([30, 2**30])))
+    tables = coder.CoderTables(cdf, cdf_length, offset)
+    rows = indexes if explicit else None
+    expected = coder.encode_parallel(symbols, tables, rows, lanes=lanes)
+    on_gpu = coder.encode_parallel(symbols.cuda(), tables, None if rows is None else rows.cuda(), lanes=lanes,
+                                   as_tensor=True)
+    assert on_gpu.is_cuda and on_gpu.cpu().numpy().tobytes() == expected
+    decoded = coder.decode_parallel(on_gpu, tables, None if rows is None else rows.cuda())
+    assert decoded.is_cuda and torch.equal(decoded.cpu(), symbols)
+    assert torch.equal(coder.decode_parallel(expected, tables, rows, device="cuda").cpu(), symbols)
+
+
+@pytest.mark.gpu
+def test_cuda_parallel_values_and_errors():
+    _cuda_coder_or_skip()
+    from test_coder_fuzz import mutate, repair_checksums
+    _, ours = _updated_pair(6, seed=4)
+    x = 3 * torch.randn(4, 6, 40, 24)
+    x.view(-1)[::97] *= 100
+    expected = ours.compress_parallel(x)
+    y_hat, _ = ours(x, training=False)
+    tables = ours.coder_tables()
+    medians = ours.quantiles[:, 0, 1].detach()
+    ours.cuda()
+    assert ours.compress_parallel(x.cuda()) == expected
+    assert torch.equal(ours.decompress_parallel(expected).cpu(), y_hat)
+    corrupted = bytearray(expected)
+    corrupted[-5] ^= 0x40
+    with pytest.raises(ValueError, match="checksum"):
+        ours.decompress_parallel(bytes(corrupted))
+    # Adversarial streams (valid checksums): the GPU decoder agrees with the CPU decoder.
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        bad = repair_checksums(mutate(rng, expected))
+        outcomes = []
+        for device in ("cpu", "cuda"):
+            try:
+                outcomes.append(coder.decode_parallel_values(bad, medians, tables, device=device).cpu())
+            except ValueError:
+                outcomes.append(None)
+        assert (outcomes[0] is None) == (outcomes[1] is None)
+        if outcomes[0] is not None:
+            assert torch.equal(outcomes[0], outcomes[1])
+    bad_input = x.cuda()
+    bad_input[1, 2, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="position"):
+        ours.compress_parallel(bad_input)

@@ -50,6 +50,15 @@ class CoderTables:
             _cpu_int32(offset, "offset").reshape(-1),
         )
 
+        self._device_tables = {}
+
+    def device_tables(self, device: torch.device):
+        """The tables copied to a CUDA device (cached per device) for the CUDA coder."""
+        key = str(device)
+        if key not in self._device_tables:
+            self._device_tables[key] = _rans().DeviceTables(self.native, key)
+        return self._device_tables[key]
+
     @property
     def rows(self) -> int:
         return self.native.rows
@@ -81,7 +90,8 @@ def _row_layout(shape: Sequence[int], indexes: Tensor | None):
     return None, int(shape[1]), max(per_channel, 1)
 
 
-def _check_symbols(symbols: Tensor) -> Tensor:
+def _check_symbols(symbols: Tensor, device="cpu") -> Tensor:
+    """Integer symbols as a contiguous int32 tensor on ``device`` (range-checked)."""
     if not isinstance(symbols, Tensor):
         raise TypeError(f"symbols must be a tensor, got {type(symbols).__name__}")
     if symbols.is_floating_point() or symbols.is_complex() or symbols.dtype == torch.bool:
@@ -89,7 +99,7 @@ def _check_symbols(symbols: Tensor) -> Tensor:
     if symbols.dtype == torch.int64 and symbols.numel() and (
             symbols.min() < -2**31 or symbols.max() >= 2**31):
         raise ValueError("symbols must fit int32")
-    return symbols.detach().to(device="cpu", dtype=torch.int32).contiguous()
+    return symbols.detach().to(device=device, dtype=torch.int32).contiguous()
 
 
 def encode_compat(symbols: Tensor, tables: CoderTables, indexes: Tensor | None = None) -> list[bytes]:
@@ -170,29 +180,80 @@ def decode_compat_segments(data: bytes, segments: Sequence[tuple[Tensor, CoderTa
     return [symbols.reshape(shape) for symbols, shape in zip(decoded, shapes)]
 
 
+def _cuda_coder_for(t: Tensor) -> bool:
+    """True when ``t`` is on a CUDA device and the extension has the CUDA coder."""
+    return t.is_cuda and hasattr(_rans(), "lanes_encode_cuda")
+
+
+def _encode_parallel(inputs: Tensor, medians: Tensor | None, tables: CoderTables, indexes: Tensor | None,
+                     lane_overhead: float, lanes: int | None, as_tensor: bool):
+    """Shared body of encode_parallel / encode_parallel_values (GPU when the input is on CUDA)."""
+    shape = inputs.shape
+    lanes = int(lanes or 0)
+    if _cuda_coder_for(inputs):
+        device = inputs.device
+        if indexes is not None:
+            if tuple(indexes.shape) != tuple(shape):
+                raise ValueError(f"indexes shape {tuple(indexes.shape)} differs from symbols shape {tuple(shape)}")
+            index_tensor, channels, per_channel = indexes.to(device=device, dtype=torch.int32).contiguous(), 1, 1
+        else:
+            index_tensor, channels, per_channel = _row_layout(shape, None)
+        if medians is not None:
+            medians = medians.detach().to(device=device, dtype=torch.float32).reshape(-1).contiguous()
+        data = _rans().lanes_encode_cuda(tables.device_tables(device), inputs.detach().contiguous(), medians,
+                                         index_tensor, channels, per_channel, float(lane_overhead), lanes)
+        return data if as_tensor else data.cpu().numpy().tobytes()
+    index_tensor, channels, per_channel = _row_layout(shape, indexes)
+    data = _rans().lanes_encode(tables.native, inputs.cpu().contiguous(), medians, index_tensor, channels,
+                                per_channel, float(lane_overhead), lanes)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if as_tensor else data
+
+
 def encode_parallel(symbols: Tensor, tables: CoderTables, indexes: Tensor | None = None, *,
-                    lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None) -> bytes:
+                    lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None,
+                    as_tensor: bool = False):
     """Integer symbols (any shape; [N, C, *spatial] without ``indexes``) -> one parallel-format
-    container.
+    container (``bytes``, or a uint8 tensor on the symbols' device with ``as_tensor``).
 
     The number of lanes (groups of 32 interleaved lanes) is chosen so their fixed cost is about
     ``lane_overhead`` of the estimated compressed size, or set with ``lanes``. The shape is
     stored; decoding needs the same tables (checked by fingerprint) and the same ``indexes``.
+    CUDA symbols are coded on their GPU (same bytes as the CPU coder).
     """
-    symbols = _check_symbols(symbols)
-    index_tensor, channels, per_channel = _row_layout(symbols.shape, indexes)
-    return _rans().lanes_encode(tables.native, symbols, None, index_tensor, channels, per_channel,
-                                float(lane_overhead), int(lanes or 0))
+    symbols = _check_symbols(symbols, symbols.device if _cuda_coder_for(symbols) else "cpu")
+    return _encode_parallel(symbols, None, tables, indexes, lane_overhead, lanes, as_tensor)
 
 
-def decode_parallel(data: bytes, tables: CoderTables, indexes: Tensor | None = None) -> Tensor:
-    """Parallel-format container -> int32 symbols in the stored shape.
+def _decode_parallel(data, medians: Tensor | None, tables: CoderTables, indexes: Tensor | None,
+                     device) -> Tensor:
+    """Shared body of decode_parallel / decode_parallel_values (GPU for CUDA data or device)."""
+    target = torch.device(device) if device is not None else (
+        data.device if isinstance(data, Tensor) else torch.device("cpu"))
+    if target.type == "cuda" and hasattr(_rans(), "lanes_decode_cuda"):
+        if not isinstance(data, Tensor):
+            data = torch.frombuffer(bytearray(_as_bytes(data)), dtype=torch.uint8)
+        data = data.to(target).reshape(-1)
+        if indexes is not None:
+            indexes = indexes.to(device=target, dtype=torch.int32).contiguous()
+        if medians is not None:
+            medians = medians.detach().to(device=target, dtype=torch.float32).reshape(-1).contiguous()
+        return _rans().lanes_decode_cuda(tables.native, tables.device_tables(target), data, medians, indexes)
+    if isinstance(data, Tensor):
+        data = data.cpu().numpy().tobytes()
+    index_tensor = None if indexes is None else _cpu_int32(indexes, "indexes")
+    if medians is not None:
+        medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
+    return _rans().lanes_decode(tables.native, _as_bytes(data), medians, index_tensor).to(target)
+
+
+def decode_parallel(data, tables: CoderTables, indexes: Tensor | None = None, *, device=None) -> Tensor:
+    """Parallel-format container (``bytes`` or a uint8 tensor) -> int32 symbols in the stored
+    shape, decoded on ``device`` (default: the data tensor's device, else the CPU).
 
     Raises ValueError for a wrong magic/version, failed checksums, truncation, other tables
     (fingerprint) or a corrupted lane.
     """
-    index_tensor = None if indexes is None else _cpu_int32(indexes, "indexes")
-    return _rans().lanes_decode(tables.native, _as_bytes(data), None, index_tensor)
+    return _decode_parallel(data, None, tables, indexes, device)
 
 
 def parallel_info(data: bytes) -> dict:
@@ -242,15 +303,22 @@ def decode_compat_values(strings: Sequence[bytes], medians: Tensor, tables: Code
 
 
 def encode_parallel_values(values: Tensor, medians: Tensor, tables: CoderTables, *,
-                           lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None) -> bytes:
-    """Float values [N, C, *spatial] -> one parallel container of round(values - medians[c])."""
-    values, medians = _values_and_medians(values, medians, tables)
-    _, channels, per_channel = _row_layout(values.shape, None)
-    return _rans().lanes_encode(tables.native, values, medians, None, channels, per_channel,
-                                float(lane_overhead), int(lanes or 0))
+                           lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None,
+                           as_tensor: bool = False):
+    """Float values [N, C, *spatial] -> one parallel container of round(values - medians[c])
+    (on the GPU for CUDA values)."""
+    if values.dim() < 2:
+        raise ValueError(f"values must be [N, C, *spatial], got {tuple(values.shape)}")
+    if medians.numel() != tables.rows:
+        raise ValueError(f"medians must have one value per CDF row ({tables.rows}), got {medians.numel()}")
+    medians = medians.detach().float().reshape(-1).contiguous()
+    values = values.detach().float()
+    if not _cuda_coder_for(values):
+        values, medians = values.cpu(), medians.cpu()
+    return _encode_parallel(values, medians, tables, None, lane_overhead, lanes, as_tensor)
 
 
-def decode_parallel_values(data: bytes, medians: Tensor, tables: CoderTables) -> Tensor:
-    """Parallel container (implicit channel rows) -> float32 symbol + medians[c], stored shape."""
-    medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
-    return _rans().lanes_decode(tables.native, _as_bytes(data), medians, None)
+def decode_parallel_values(data, medians: Tensor, tables: CoderTables, *, device=None) -> Tensor:
+    """Parallel container (implicit channel rows) -> float32 symbol + medians[c], stored shape,
+    on ``device`` (default: the data tensor's device, else the CPU)."""
+    return _decode_parallel(data, medians, tables, None, device)

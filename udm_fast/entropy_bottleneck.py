@@ -335,14 +335,16 @@ class EntropyBottleneck(nn.Module):
         return coder.decode_compat_values(strings, self._coding_medians(), tables, shape).to(device)
 
     def compress_parallel(self, x: Tensor, *, lane_overhead: float = coder.DEFAULT_LANE_OVERHEAD,
-                          lanes: int | None = None) -> bytes:
-        """x [N, C, *spatial] -> one parallel-format container (see ``udm_fast.coder``)."""
+                          lanes: int | None = None, as_tensor: bool = False):
+        """x [N, C, *spatial] -> one parallel-format container (``bytes``, or a uint8 tensor on
+        x's device with ``as_tensor``); coded on the GPU when x is on CUDA (same bytes)."""
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected input [N, {self.channels}, ...], got {tuple(x.shape)}")
         return coder.encode_parallel_values(x, self._coding_medians(), self.coder_tables(),
-                                            lane_overhead=lane_overhead, lanes=lanes)
+                                            lane_overhead=lane_overhead, lanes=lanes, as_tensor=as_tensor)
 
-    def decompress_parallel(self, data: bytes) -> Tensor:
-        """Parallel container -> dequantized float32 tensor in the stored shape."""
-        values = coder.decode_parallel_values(data, self._coding_medians(), self.coder_tables())
-        return values.to(self._quantized_cdf.device)
+    def decompress_parallel(self, data) -> Tensor:
+        """Parallel container (bytes or uint8 tensor) -> dequantized float32 tensor in the
+        stored shape, decoded on the module's device."""
+        return coder.decode_parallel_values(data, self._coding_medians(), self.coder_tables(),
+                                            device=self._quantized_cdf.device)

@@ -81,28 +81,14 @@ void mutate(std::vector<uint8_t> &bytes) {
 
 // Rewrites both checksums of a lane container so the decoder's deeper checks are exercised.
 void repair_checksums(std::vector<uint8_t> &bytes) {
-  namespace fmt = lanes_format;
-  if (bytes.size() < static_cast<size_t>(fmt::kFixedHeaderBytes)) return;
-  uint16_t ndim;
-  uint32_t groups;
-  std::memcpy(&ndim, bytes.data() + fmt::kOffDims, 2);
-  std::memcpy(&groups, bytes.data() + fmt::kOffGroups, 4);
-  const uint64_t header = fmt::kFixedHeaderBytes + 8ull * ndim + 4ull * groups;
-  if (header > bytes.size() || (bytes.size() - header) % 4 != 0) return;
-  auto sum = [&](uint64_t from, uint64_t to) {
-    uint64_t total = 0;
-    for (uint64_t i = from; i + 4 <= to; i += 4) {
-      uint32_t word;
-      std::memcpy(&word, bytes.data() + i, 4);
-      total += checksum_term((i - from) / 4, word);
-    }
-    return total;
-  };
-  const uint64_t payload = sum(header, bytes.size());
-  std::memcpy(bytes.data() + fmt::kOffPayloadChecksum, &payload, 8);
-  std::memset(bytes.data() + fmt::kOffHeaderChecksum, 0, 8);
-  const uint64_t head = sum(0, header);
-  std::memcpy(bytes.data() + fmt::kOffHeaderChecksum, &head, 8);
+  int64_t header = 0;
+  try {
+    header = lanes_header_size(bytes.data(), static_cast<int64_t>(bytes.size()));
+  } catch (const std::invalid_argument &) {
+    return;
+  }
+  if (header > static_cast<int64_t>(bytes.size()) || (bytes.size() - header) % 4 != 0) return;
+  seal_lanes_header(bytes.data(), header, lanes_checksum(bytes.data() + header, bytes.size() - header));
 }
 
 template <class Fn>
@@ -130,14 +116,34 @@ int main(int argc, char **argv) {
   for (int64_t it = 0; it < iterations; ++it) {
     const RandomTables rt = random_tables();
     const Tables tables(rt.cdf.data(), rt.rows, rt.width, rt.lengths.data(), rt.offsets.data());
-    const int64_t items = uniform(1, 3), length = uniform(0, 300);
+    // Explicit rows, or implicit channel rows (row = (i / per_channel) % channels); int32
+    // symbols, or float values quantized against per-row medians.
+    const bool implicit = uniform(0, 1) == 1, floats = implicit && uniform(0, 1) == 1;
+    const int64_t channels = uniform(1, rt.rows), per_channel = uniform(1, 20);
+    const int64_t items = uniform(1, 3), length = implicit ? channels * per_channel * uniform(0, 4) : uniform(0, 300);
     std::vector<int32_t> symbols(items * length), indexes(items * length), decoded(items * length);
-    for (auto &s : symbols) s = random_symbol();
-    for (auto &i : indexes) i = static_cast<int32_t>(uniform(0, rt.rows - 1));
+    std::vector<float> values(items * length), medians(rt.rows);
+    for (auto &m : medians) m = static_cast<float>(uniform(-1000, 1000)) / 7.0f;
+    for (int64_t i = 0; i < items * length; ++i) {
+      const int64_t row = implicit ? (i / per_channel) % channels : uniform(0, rt.rows - 1);
+      indexes[i] = static_cast<int32_t>(row);
+      symbols[i] = floats ? static_cast<int32_t>(uniform(-300, 300)) : random_symbol();
+      values[i] = static_cast<float>(symbols[i]) + medians[row] + static_cast<float>(uniform(-49, 49)) / 100.0f;
+    }
     Layout layout;
-    layout.indexes = indexes.data();
+    if (implicit) {
+      layout.channels = channels;
+      layout.per_channel = per_channel;
+    } else {
+      layout.indexes = indexes.data();
+    }
     Source source;
-    source.symbols = symbols.data();
+    if (floats) {
+      source.values = values.data();
+      source.medians = medians.data();
+    } else {
+      source.symbols = symbols.data();
+    }
     Sink sink;
     sink.symbols = decoded.data();
 
@@ -165,7 +171,7 @@ int main(int argc, char **argv) {
     const std::vector<uint8_t> container =
         lanes_encode(tables, layout, source, items * length, shape, LaneOptions{0.003, uniform(0, 100)});
     const ByteSpan span{container.data(), static_cast<int64_t>(container.size())};
-    lanes_decode(tables, span, lanes_parse(span), indexes.data(), sink);
+    lanes_decode(tables, span, lanes_parse(span), implicit ? nullptr : indexes.data(), sink);
     check(decoded == symbols, "lanes round trip");
     for (int m = 0; m < 8; ++m) {
       std::vector<uint8_t> mutated = container;

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define UDM_RANS_HD __host__ __device__ __forceinline__
@@ -52,6 +53,43 @@ UDM_RANS_HD int escape_nibble_count(uint64_t raw) {
 UDM_RANS_HD int64_t escape_value(uint64_t raw, int32_t max_value) {
   const int64_t half = static_cast<int64_t>(raw >> 1);
   return (raw & 1) ? -half - 1 : half + max_value;
+}
+
+// --- quantization of float latents ---------------------------------------------------------
+
+UDM_RANS_HD uint32_t float_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+UDM_RANS_HD float bits_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// round(value - median) with ties to even (torch.round) as int32, branch-free (integer masks,
+// so loops of it vectorise): |d| < 2^23 rounds through (|d| + 2^23) - 2^23 in the default
+// rounding mode, larger |d| is integral already. `ok` is false for results outside int32 and
+// for non-finite values (the symbol is then 0).
+UDM_RANS_HD int32_t quantize_unchecked(float value, float median, bool &ok) {
+#if defined(__CUDA_ARCH__)
+  const float diff = __fsub_rn(value, median);
+#else
+  const float diff = value - median;
+#endif
+  const uint32_t bits = float_bits(diff);
+  const uint32_t sign = bits & 0x80000000u, magnitude = bits & 0x7FFFFFFFu;
+#if defined(__CUDA_ARCH__)
+  const float rounded_small = __fsub_rn(__fadd_rn(bits_float(magnitude), 8388608.0f), 8388608.0f);
+#else
+  const float rounded_small = (bits_float(magnitude) + 8388608.0f) - 8388608.0f;
+#endif
+  const uint32_t small = 0u - static_cast<uint32_t>(magnitude < 0x4B000000u);  // |d| < 2^23
+  const uint32_t rounded = ((float_bits(rounded_small) & small) | (magnitude & ~small)) | sign;
+  ok = magnitude < 0x4F000000u || rounded == 0xCF000000u;  // |r| < 2^31, or r = -2^31
+  return static_cast<int32_t>(bits_float(rounded & (0u - static_cast<uint32_t>(ok))));
 }
 
 // --- compat coder (rans64, 32-bit words) ----------------------------------------------------

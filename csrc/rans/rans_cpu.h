@@ -9,7 +9,6 @@
 #pragma once
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -77,13 +76,15 @@ struct LaneOptions {
 };
 
 struct LaneHeaderInfo {
-  int version;
-  bool explicit_indexes;
-  uint64_t fingerprint;
-  int64_t n_symbols, per_channel, channels, n_groups, group_symbols;
-  int lanes_per_group;
+  int version = 1;
+  bool explicit_indexes = false;
+  uint64_t fingerprint = 0;
+  int64_t n_symbols = 0, per_channel = 0, channels = 0, n_groups = 0, group_symbols = 0;
+  int lanes_per_group = 0;
   std::vector<int64_t> shape;
-  int64_t payload_offset;            // byte offset of the lane states
+  std::vector<int64_t> word_start;   // [n_groups + 1] prefix sums of the groups' word counts
+  int64_t payload_offset = 0;        // byte offset of the lane states (= header block size)
+  uint64_t payload_checksum = 0;
 };
 
 std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, const Source &source,
@@ -91,6 +92,17 @@ std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, co
                                   const LaneOptions &options);
 // Validates the container (magic, version, sizes, checksums); throws on any mismatch.
 LaneHeaderInfo lanes_parse(ByteSpan data);
+// Pieces of the container for other implementations (the CUDA coder): header block size from
+// the fixed 64-byte header; parse of a full header block of a container of total_size bytes
+// (everything but the payload checksum); checksum of a block; payload size; header block of
+// `info` without checksums; sealing it with both checksums; decode-time compatibility checks.
+int64_t lanes_header_size(const uint8_t *fixed, int64_t available);
+LaneHeaderInfo lanes_parse_header(const uint8_t *header, int64_t total_size);
+uint64_t lanes_checksum(const uint8_t *data, int64_t bytes);
+int64_t lanes_payload_bytes(const LaneHeaderInfo &info);
+std::vector<uint8_t> lanes_header(const LaneHeaderInfo &info);
+void seal_lanes_header(uint8_t *header, int64_t header_bytes, uint64_t payload_checksum);
+void check_lanes_decode_inputs(const Tables &tables, const LaneHeaderInfo &info, bool has_indexes);
 // Decodes a parsed container; `layout.indexes` must be given iff the stream has explicit rows.
 void lanes_decode(const Tables &tables, ByteSpan data, const LaneHeaderInfo &info,
                   const int32_t *indexes, const Sink &sink);
@@ -104,20 +116,6 @@ inline int64_t checked_row(const Tables &tables, int32_t row, int64_t position) 
          " is outside the " + std::to_string(tables.rows()) + " CDF rows");
   }
   return row;
-}
-
-// round(value - median) with ties to even (torch.round) as int32, branch-free (integer masks,
-// so loops of it vectorise): |d| < 2^23 rounds through (|d| + 2^23) - 2^23 in the default
-// rounding mode, larger |d| is integral already. `ok` is false for results outside int32 and
-// for non-finite values (the symbol is then 0).
-inline int32_t quantize_unchecked(float value, float median, bool &ok) {
-  const uint32_t bits = std::bit_cast<uint32_t>(value - median);
-  const uint32_t sign = bits & 0x80000000u, magnitude = bits & 0x7FFFFFFFu;
-  const float rounded_small = (std::bit_cast<float>(magnitude) + 8388608.0f) - 8388608.0f;
-  const uint32_t small = 0u - static_cast<uint32_t>(magnitude < 0x4B000000u);  // |d| < 2^23
-  const uint32_t rounded = ((std::bit_cast<uint32_t>(rounded_small) & small) | (magnitude & ~small)) | sign;
-  ok = magnitude < 0x4F000000u || rounded == 0xCF000000u;  // |r| < 2^31, or r = -2^31
-  return static_cast<int32_t>(std::bit_cast<float>(rounded & (0u - static_cast<uint32_t>(ok))));
 }
 
 [[noreturn]] inline void fail_quantize(int64_t position) {

@@ -14,8 +14,6 @@ namespace {
 namespace fmt = lanes_format;
 
 constexpr uint64_t kLaneNibbleRenorm = static_cast<uint64_t>(kLaneLow >> kNibbleBits) << 16;
-constexpr double kLaneCostBytes = 4.0;  // fixed cost of one lane (state, alignment, group table)
-constexpr int64_t kEstimateSamples = 1 << 18;
 
 template <class T>
 void put_le(std::vector<uint8_t> &out, int64_t at, T value) {
@@ -29,12 +27,6 @@ T get_le(const uint8_t *data, int64_t at) {
   return value;
 }
 
-uint64_t checksum(const uint8_t *data, int64_t bytes) {
-  const int64_t words = bytes / 4;
-  uint64_t total = 0;
-  for (int64_t i = 0; i < words; ++i) total += checksum_term(i, get_le<uint32_t>(data, 4 * i));
-  return total;
-}
 
 int64_t row_of(const Tables &tables, const Layout &layout, int64_t g) {
   if (layout.indexes != nullptr) return checked_row(tables, layout.indexes[g], g);
@@ -56,23 +48,34 @@ bool step_rows(const Tables &tables, const Layout &layout, int64_t base, int act
   return false;
 }
 
+// Checksum of a header block, its own checksum field counted as zero.
+uint64_t header_checksum(const uint8_t *header, int64_t header_bytes) {
+  constexpr int64_t kFieldWord = fmt::kOffHeaderChecksum / 4;
+  uint64_t total = 0;
+  for (int64_t i = 0; i < header_bytes / 4; ++i) {
+    const bool field = i == kFieldWord || i == kFieldWord + 1;
+    total += checksum_term(i, field ? 0u : get_le<uint32_t>(header, 4 * i));
+  }
+  return total;
+}
+
+// Sampled code length (lanes_format.h) of the input, in 1/256 bits; integer, so every
+// implementation that samples the same symbols gets the same lane layout.
 template <class Reader>
-double estimate_bits(const Tables &tables, const Layout &layout, const Reader &read, int64_t n_symbols) {
-  const int64_t stride = std::max<int64_t>(1, n_symbols / kEstimateSamples);
-  double bits = 0;
-  int64_t samples = 0;
-  for (int64_t g = 0; g < n_symbols; g += stride, ++samples) {
+uint64_t estimate_cost(const Tables &tables, const Layout &layout, const Reader &read, int64_t n_symbols) {
+  const int64_t stride = fmt::estimate_stride(n_symbols);
+  uint64_t cost = 0;
+  for (int64_t g = 0; g < n_symbols; g += stride) {
     const int64_t row = row_of(tables, layout, g);
     const int64_t value = static_cast<int64_t>(read(g, row)) - tables.offset(row);
     const int32_t max_value = tables.max_value(row);
     if (static_cast<uint64_t>(value) < static_cast<uint64_t>(max_value)) {
-      bits += tables.cost_row(row)[value] / 256.0;
+      cost += tables.cost_row(row)[value];
     } else {
-      bits += tables.cost_row(row)[max_value] / 256.0 +
-              kNibbleBits * (1 + escape_nibble_count(escape_raw(value, max_value)));
+      cost += tables.cost_row(row)[max_value] + fmt::escape_cost(escape_nibble_count(escape_raw(value, max_value)));
     }
   }
-  return samples == 0 ? 0.0 : bits * static_cast<double>(n_symbols) / static_cast<double>(samples);
+  return cost;
 }
 
 struct GroupCode {
@@ -289,19 +292,14 @@ std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, co
                                   int64_t n_symbols, const std::vector<int64_t> &shape,
                                   const LaneOptions &options) {
   if (static_cast<int>(shape.size()) > fmt::kMaxDims) fail("at most 16 dimensions can be stored");
-  int64_t lanes = options.lanes;
-  if (lanes <= 0) {
-    double bits = 0;
-    with_symbol_reader(source, [&](const auto &read) { bits = estimate_bits(tables, layout, read, n_symbols); });
-    lanes = static_cast<int64_t>(options.lane_overhead * bits / 8.0 / kLaneCostBytes);
+  uint64_t sampled_cost = 0;
+  if (options.lanes <= 0) {
+    with_symbol_reader(source, [&](const auto &read) { sampled_cost = estimate_cost(tables, layout, read, n_symbols); });
   }
-  // Full warps of 32 lanes; a single narrower group when even 32 lanes cost too much.
-  const int width = static_cast<int>(std::clamp<int64_t>(lanes, 1, kMaxLanes));
-  int64_t groups = std::max<int64_t>(1, (lanes + kMaxLanes - 1) / kMaxLanes);
-  int64_t group_symbols = (n_symbols + groups - 1) / groups;
-  group_symbols = std::max<int64_t>(width, (group_symbols + width - 1) / width * width);
+  const fmt::LaneLayout lane_layout = fmt::choose_layout(sampled_cost, n_symbols, options.lane_overhead, options.lanes);
+  const int width = lane_layout.width;
+  const int64_t groups = lane_layout.groups, group_symbols = lane_layout.group_symbols;
   if (group_symbols > UINT32_MAX - kMaxLanes) fail("too many symbols per lane group");
-  groups = (n_symbols + group_symbols - 1) / group_symbols;
 
   std::vector<GroupCode> codes(groups);
   with_symbol_reader(source, [&](const auto &read) {
@@ -313,35 +311,22 @@ std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, co
     });
   });
 
-  int64_t total_words = 0;
-  for (const GroupCode &code : codes) {
-    if (code.words.size() > UINT32_MAX) fail("a lane group produced too many words");
-    total_words += static_cast<int64_t>(code.words.size());
-  }
-  const int64_t header_bytes = fmt::kFixedHeaderBytes + 8 * static_cast<int64_t>(shape.size()) + 4 * groups;
-  const int64_t payload_bytes = 4 * width * groups + 2 * total_words + 2 * (total_words % 2);
-  std::vector<uint8_t> out(header_bytes + payload_bytes, 0);
-  std::memcpy(out.data() + fmt::kOffMagic, fmt::kMagic, 4);
-  put_le<uint16_t>(out, fmt::kOffVersion, fmt::kVersion);
-  put_le<uint8_t>(out, fmt::kOffCoder, fmt::kCoderLanes32);
-  put_le<uint8_t>(out, fmt::kOffFlags, layout.indexes != nullptr ? fmt::kFlagExplicitIndexes : 0);
-  put_le<uint64_t>(out, fmt::kOffFingerprint, tables.fingerprint());
-  put_le<uint64_t>(out, fmt::kOffSymbols, n_symbols);
-  put_le<uint64_t>(out, fmt::kOffPerChannel, layout.indexes != nullptr ? 0 : layout.per_channel);
-  put_le<uint32_t>(out, fmt::kOffChannels, layout.indexes != nullptr ? 0 : static_cast<uint32_t>(layout.channels));
-  put_le<uint32_t>(out, fmt::kOffGroups, static_cast<uint32_t>(groups));
-  put_le<uint32_t>(out, fmt::kOffGroupSymbols, static_cast<uint32_t>(group_symbols));
-  put_le<uint16_t>(out, fmt::kOffDims, static_cast<uint16_t>(shape.size()));
-  put_le<uint16_t>(out, fmt::kOffLanes, static_cast<uint16_t>(width));
-  int64_t at = fmt::kFixedHeaderBytes;
-  for (int64_t dim : shape) {
-    put_le<uint64_t>(out, at, static_cast<uint64_t>(dim));
-    at += 8;
-  }
-  for (const GroupCode &code : codes) {
-    put_le<uint32_t>(out, at, static_cast<uint32_t>(code.words.size()));
-    at += 4;
-  }
+  LaneHeaderInfo info;
+  info.explicit_indexes = layout.indexes != nullptr;
+  info.fingerprint = tables.fingerprint();
+  info.n_symbols = n_symbols;
+  info.per_channel = layout.per_channel;
+  info.channels = layout.channels;
+  info.n_groups = groups;
+  info.group_symbols = group_symbols;
+  info.lanes_per_group = width;
+  info.shape = shape;
+  info.word_start.assign(1, 0);
+  for (const GroupCode &code : codes) info.word_start.push_back(info.word_start.back() + code.words.size());
+  std::vector<uint8_t> out = lanes_header(info);
+  const int64_t header_bytes = static_cast<int64_t>(out.size());
+  const int64_t payload_bytes = lanes_payload_bytes(info);
+  out.resize(header_bytes + payload_bytes, 0);
   uint8_t *states = out.data() + header_bytes;
   uint8_t *words = states + 4 * width * groups;
   for (const GroupCode &code : codes) {
@@ -351,22 +336,79 @@ std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, co
     for (int64_t i = 0; i < n; ++i) std::memcpy(words + 2 * i, &code.words[n - 1 - i], 2);
     words += 2 * n;
   }
-  put_le<uint64_t>(out, fmt::kOffPayloadChecksum, checksum(out.data() + header_bytes, payload_bytes));
-  put_le<uint64_t>(out, fmt::kOffHeaderChecksum, checksum(out.data(), header_bytes));
+  seal_lanes_header(out.data(), header_bytes, lanes_checksum(out.data() + header_bytes, payload_bytes));
   return out;
 }
 
-LaneHeaderInfo lanes_parse(ByteSpan data) {
-  const uint8_t *p = data.data;
-  if (data.size < fmt::kFixedHeaderBytes) fail("parallel rANS stream is truncated (no complete header)");
-  if (std::memcmp(p + fmt::kOffMagic, fmt::kMagic, 4) != 0) fail("not a parallel rANS stream (bad magic)");
-  LaneHeaderInfo info;
-  info.version = get_le<uint16_t>(p, fmt::kOffVersion);
-  if (info.version != fmt::kVersion) {
-    fail("parallel rANS stream has version " + std::to_string(info.version) + "; this build reads version " +
+uint64_t lanes_checksum(const uint8_t *data, int64_t bytes) {
+  uint64_t total = 0;
+  for (int64_t i = 0; i < bytes / 4; ++i) total += checksum_term(i, get_le<uint32_t>(data, 4 * i));
+  return total;
+}
+
+int64_t lanes_payload_bytes(const LaneHeaderInfo &info) {
+  const int64_t words = info.word_start.back();
+  return 4 * static_cast<int64_t>(info.lanes_per_group) * info.n_groups + 2 * words + 2 * (words % 2);
+}
+
+std::vector<uint8_t> lanes_header(const LaneHeaderInfo &info) {
+  const int64_t groups = info.n_groups;
+  std::vector<uint8_t> out(fmt::kFixedHeaderBytes + 8 * info.shape.size() + 4 * groups, 0);
+  std::memcpy(out.data() + fmt::kOffMagic, fmt::kMagic, 4);
+  put_le<uint16_t>(out, fmt::kOffVersion, fmt::kVersion);
+  put_le<uint8_t>(out, fmt::kOffCoder, fmt::kCoderLanes32);
+  put_le<uint8_t>(out, fmt::kOffFlags, info.explicit_indexes ? fmt::kFlagExplicitIndexes : 0);
+  put_le<uint64_t>(out, fmt::kOffFingerprint, info.fingerprint);
+  put_le<uint64_t>(out, fmt::kOffSymbols, info.n_symbols);
+  put_le<uint64_t>(out, fmt::kOffPerChannel, info.explicit_indexes ? 0 : info.per_channel);
+  put_le<uint32_t>(out, fmt::kOffChannels, info.explicit_indexes ? 0 : static_cast<uint32_t>(info.channels));
+  put_le<uint32_t>(out, fmt::kOffGroups, static_cast<uint32_t>(groups));
+  put_le<uint32_t>(out, fmt::kOffGroupSymbols, static_cast<uint32_t>(info.group_symbols));
+  put_le<uint16_t>(out, fmt::kOffDims, static_cast<uint16_t>(info.shape.size()));
+  put_le<uint16_t>(out, fmt::kOffLanes, static_cast<uint16_t>(info.lanes_per_group));
+  int64_t at = fmt::kFixedHeaderBytes;
+  for (int64_t dim : info.shape) {
+    put_le<uint64_t>(out, at, static_cast<uint64_t>(dim));
+    at += 8;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t words = info.word_start[g + 1] - info.word_start[g];
+    if (words > UINT32_MAX) fail("a lane group produced too many words");
+    put_le<uint32_t>(out, at, static_cast<uint32_t>(words));
+    at += 4;
+  }
+  return out;
+}
+
+void seal_lanes_header(uint8_t *header, int64_t header_bytes, uint64_t payload_checksum) {
+  std::memcpy(header + fmt::kOffPayloadChecksum, &payload_checksum, 8);
+  const uint64_t sum = header_checksum(header, header_bytes);
+  std::memcpy(header + fmt::kOffHeaderChecksum, &sum, 8);
+}
+
+int64_t lanes_header_size(const uint8_t *fixed, int64_t available) {
+  if (available < fmt::kFixedHeaderBytes) fail("parallel rANS stream is truncated (no complete header)");
+  if (std::memcmp(fixed + fmt::kOffMagic, fmt::kMagic, 4) != 0) fail("not a parallel rANS stream (bad magic)");
+  const uint16_t version = get_le<uint16_t>(fixed, fmt::kOffVersion);
+  if (version != fmt::kVersion) {
+    fail("parallel rANS stream has version " + std::to_string(version) + "; this build reads version " +
          std::to_string(fmt::kVersion));
   }
-  if (p[fmt::kOffCoder] != fmt::kCoderLanes32) fail("parallel rANS stream uses an unknown coder id");
+  if (fixed[fmt::kOffCoder] != fmt::kCoderLanes32) fail("parallel rANS stream uses an unknown coder id");
+  const uint16_t ndim = get_le<uint16_t>(fixed, fmt::kOffDims);
+  if (ndim > fmt::kMaxDims) fail("parallel rANS stream header is corrupted (too many dimensions)");
+  return fmt::kFixedHeaderBytes + 8 * static_cast<int64_t>(ndim) + 4 * static_cast<int64_t>(get_le<uint32_t>(fixed, fmt::kOffGroups));
+}
+
+LaneHeaderInfo lanes_parse_header(const uint8_t *p, int64_t total_size) {
+  const int64_t header_bytes = lanes_header_size(p, total_size);
+  if (total_size < header_bytes) fail("parallel rANS stream is truncated (incomplete header)");
+  if (header_checksum(p, header_bytes) != get_le<uint64_t>(p, fmt::kOffHeaderChecksum)) {
+    fail("parallel rANS stream header checksum mismatch (corrupted)");
+  }
+  // The header is intact from here on; check its consistency anyway (it may be crafted).
+  LaneHeaderInfo info;
+  info.version = fmt::kVersion;
   const uint8_t flags = p[fmt::kOffFlags];
   if (flags & ~fmt::kFlagExplicitIndexes) fail("parallel rANS stream has unknown flags");
   const uint16_t width = get_le<uint16_t>(p, fmt::kOffLanes);
@@ -379,15 +421,6 @@ LaneHeaderInfo lanes_parse(ByteSpan data) {
   const uint32_t groups = get_le<uint32_t>(p, fmt::kOffGroups);
   const uint32_t group_symbols = get_le<uint32_t>(p, fmt::kOffGroupSymbols);
   const uint16_t ndim = get_le<uint16_t>(p, fmt::kOffDims);
-  if (ndim > fmt::kMaxDims) fail("parallel rANS stream header is corrupted (too many dimensions)");
-  const int64_t header_bytes = fmt::kFixedHeaderBytes + 8 * static_cast<int64_t>(ndim) + 4 * static_cast<int64_t>(groups);
-  if (data.size < header_bytes) fail("parallel rANS stream is truncated (incomplete header)");
-  std::vector<uint8_t> header(p, p + header_bytes);
-  std::memset(header.data() + fmt::kOffHeaderChecksum, 0, 8);
-  if (checksum(header.data(), header_bytes) != get_le<uint64_t>(p, fmt::kOffHeaderChecksum)) {
-    fail("parallel rANS stream header checksum mismatch (corrupted)");
-  }
-  // The header is intact from here on; check its consistency anyway (it may be crafted).
   if (n_symbols > (1ull << 62) || per_channel > (1ull << 62)) fail("parallel rANS stream header is invalid (sizes)");
   if (group_symbols == 0 || group_symbols % width != 0) fail("parallel rANS stream header is invalid (group size)");
   if (groups != (n_symbols + group_symbols - 1) / group_symbols) fail("parallel rANS stream header is invalid (group count)");
@@ -405,15 +438,9 @@ LaneHeaderInfo lanes_parse(ByteSpan data) {
     info.shape.push_back(static_cast<int64_t>(dim));
   }
   if (elements != n_symbols) fail("parallel rANS stream header is invalid (shape does not match the symbol count)");
-  uint64_t total_words = 0;
+  info.word_start.assign(groups + 1, 0);
   for (uint32_t g = 0; g < groups; ++g) {
-    total_words += get_le<uint32_t>(p, fmt::kFixedHeaderBytes + 8 * ndim + 4 * static_cast<int64_t>(g));
-  }
-  const uint64_t expected = static_cast<uint64_t>(header_bytes) + 4ull * width * groups + 2 * total_words + 2 * (total_words % 2);
-  if (static_cast<uint64_t>(data.size) < expected) fail("parallel rANS stream is truncated");
-  if (static_cast<uint64_t>(data.size) > expected) fail("parallel rANS stream has trailing bytes");
-  if (checksum(p + header_bytes, data.size - header_bytes) != get_le<uint64_t>(p, fmt::kOffPayloadChecksum)) {
-    fail("parallel rANS stream payload checksum mismatch (corrupted)");
+    info.word_start[g + 1] = info.word_start[g] + get_le<uint32_t>(p, fmt::kFixedHeaderBytes + 8 * ndim + 4 * static_cast<int64_t>(g));
   }
   info.n_symbols = static_cast<int64_t>(n_symbols);
   info.per_channel = static_cast<int64_t>(per_channel);
@@ -422,31 +449,43 @@ LaneHeaderInfo lanes_parse(ByteSpan data) {
   info.group_symbols = group_symbols;
   info.lanes_per_group = width;
   info.payload_offset = header_bytes;
+  info.payload_checksum = get_le<uint64_t>(p, fmt::kOffPayloadChecksum);
+  const int64_t expected = header_bytes + lanes_payload_bytes(info);
+  if (total_size < expected) fail("parallel rANS stream is truncated");
+  if (total_size > expected) fail("parallel rANS stream has trailing bytes");
   return info;
 }
 
-void lanes_decode(const Tables &tables, ByteSpan data, const LaneHeaderInfo &info, const int32_t *indexes,
-                  const Sink &sink) {
+LaneHeaderInfo lanes_parse(ByteSpan data) {
+  const LaneHeaderInfo info = lanes_parse_header(data.data, data.size);
+  if (lanes_checksum(data.data + info.payload_offset, data.size - info.payload_offset) != info.payload_checksum) {
+    fail("parallel rANS stream payload checksum mismatch (corrupted)");
+  }
+  return info;
+}
+
+void check_lanes_decode_inputs(const Tables &tables, const LaneHeaderInfo &info, bool has_indexes) {
   if (info.fingerprint != tables.fingerprint()) {
     fail("parallel rANS stream was made with different CDF tables (fingerprint mismatch)");
   }
-  if (info.explicit_indexes != (indexes != nullptr)) {
+  if (info.explicit_indexes != has_indexes) {
     fail(info.explicit_indexes ? "this parallel rANS stream needs the explicit indexes it was coded with"
                                : "this parallel rANS stream uses implicit rows; do not pass indexes");
   }
   if (!info.explicit_indexes && info.channels > tables.rows()) {
     fail("parallel rANS stream uses more channels than the tables have rows");
   }
+}
+
+void lanes_decode(const Tables &tables, ByteSpan data, const LaneHeaderInfo &info, const int32_t *indexes,
+                  const Sink &sink) {
+  check_lanes_decode_inputs(tables, info, indexes != nullptr);
   Layout layout;
   layout.indexes = indexes;
   layout.per_channel = std::max<int64_t>(1, info.per_channel);
   layout.channels = std::max<int64_t>(1, info.channels);
   const int64_t groups = info.n_groups;
-  const int64_t counts_at = fmt::kFixedHeaderBytes + 8 * static_cast<int64_t>(info.shape.size());
-  std::vector<int64_t> word_start(groups + 1, 0);
-  for (int64_t g = 0; g < groups; ++g) {
-    word_start[g + 1] = word_start[g] + get_le<uint32_t>(data.data, counts_at + 4 * g);
-  }
+  const std::vector<int64_t> &word_start = info.word_start;
   const uint8_t *states = data.data + info.payload_offset;
   const int width = info.lanes_per_group;
   const uint8_t *words = states + 4 * width * groups;

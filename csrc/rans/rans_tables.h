@@ -55,6 +55,8 @@ class Tables {
   int64_t width() const { return width_; }
   uint64_t fingerprint() const { return fingerprint_; }
   int32_t offset(int64_t row) const { return offsets_[row]; }
+  const int32_t *offsets() const { return offsets_.data(); }
+  const int32_t *max_values() const { return max_values_.data(); }
   int32_t max_value(int64_t row) const { return max_values_[row]; }  // index of the escape bin
   const EncodeSymbol *encode_row(int64_t row) const { return &encode_[row * (width_ - 1)]; }
   const uint32_t *cdf_row(int64_t row) const { return &cdf_[row * width_]; }
