@@ -53,7 +53,11 @@ struct RowMap {
   int64_t per_channel, channels;
 
   __device__ int64_t row(int64_t i) const {
-    return indexes != nullptr ? indexes[i] : (i / per_channel) % channels;
+    if (indexes != nullptr) return indexes[i];
+    if (i <= UINT32_MAX && per_channel <= UINT32_MAX) {  // 32-bit division is much cheaper
+      return (static_cast<uint32_t>(i) / static_cast<uint32_t>(per_channel)) % static_cast<uint32_t>(channels);
+    }
+    return (i / per_channel) % channels;
   }
 };
 
