@@ -1,4 +1,8 @@
 """udm_fast.EntropyBottleneck against compressai's EntropyBottleneck (the reference)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +174,47 @@ def test_pmf_quantization_rejects_bad_pmfs():
         pmf_to_quantized_cdf(np.array([1.0], dtype=np.float32))
     with pytest.raises(ValueError, match="at most 65536"):
         pmf_to_quantized_cdf(np.full(70000, 1 / 70000, dtype=np.float32))
+
+
+# -- fused Triton likelihood (GPU by default; here under the Triton interpreter) -----------------
+def _fused_against_torch(device):
+    from udm_fast import backend
+    _, ours = _perturbed_pair(3, seed=8, filters=(3, 2, 5))
+    ours = ours.to(device)
+    x = _inputs((2, 3, 5, 7)).to(device)
+    for training in (False, True):
+        results = []
+        for name in ("reference", "triton"):
+            backend.set_backend(name)
+            try:
+                ours.zero_grad()
+                xi = x.clone().requires_grad_(True)
+                torch.manual_seed(5)
+                y_hat, likelihoods = ours(xi, training=training)
+                (torch.log(likelihoods) * torch.linspace(-1, 2, likelihoods.numel(), device=device).reshape(
+                    likelihoods.shape)).sum().backward()
+                results.append((likelihoods.detach(), xi.grad, {n: p.grad.clone() for n, p in ours.named_parameters()
+                                                                 if p.grad is not None}))
+            finally:
+                backend.set_backend(None)
+        (ref_l, ref_gx, ref_g), (got_l, got_gx, got_g) = results
+        assert (ref_l == 1e-9).any()
+        torch.testing.assert_close(got_l, ref_l, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got_gx, ref_gx, rtol=1e-3, atol=1e-3 * ref_gx.abs().max().item())
+        assert ref_g.keys() == got_g.keys()
+        for name in ref_g:
+            scale = ref_g[name].abs().max().item()
+            torch.testing.assert_close(got_g[name], ref_g[name], rtol=1e-3, atol=1e-3 * scale + 1e-6, msg=name)
+
+
+def test_fused_likelihood_matches_torch_composition():
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        _fused_against_torch("cuda")
+    elif os.environ.get("UDM_FAST_EB_INTERPRETER_CHILD") == "1":
+        _fused_against_torch("cpu")
+    else:  # the interpreter must be on before triton is first imported: run in a fresh process
+        env = dict(os.environ, TRITON_INTERPRET="1", UDM_FAST_EB_INTERPRETER_CHILD="1")
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                               "fused_likelihood_matches"], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import backend as _backend
 from . import coder
 
 CDF_PRECISION = 16  # bits of the quantized CDFs; the rANS coders are built for this value
@@ -44,6 +45,26 @@ class LowerBound(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return _LowerBoundFunction.apply(x, self.bound.to(x.dtype))
+
+
+class _FusedLikelihood(torch.autograd.Function):
+    """Likelihoods [C, N] from the Triton kernels (udm_fast.triton_kernels.entropy_likelihood)."""
+
+    @staticmethod
+    def forward(ctx, values, weights, biases, tanh_factors, bound):
+        ctx.save_for_backward(values, weights, biases, tanh_factors, bound)
+        return _likelihood_kernels().likelihood_forward(values, weights, biases, tanh_factors, bound)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, weights, biases, tanh_factors, bound = ctx.saved_tensors
+        grads = _likelihood_kernels().likelihood_backward(grad, values, weights, biases, tanh_factors, bound)
+        return (*grads, None)
+
+
+def _likelihood_kernels():
+    from .ops.ida_triton import kernels  # imports triton on first use only
+    return kernels("entropy_likelihood")
 
 
 def pmf_to_quantized_cdf(pmf: np.ndarray, precision: int = CDF_PRECISION) -> np.ndarray:
@@ -207,6 +228,33 @@ class EntropyBottleneck(nn.Module):
         upper = self._logits_cumulative(inputs + 0.5, stop_gradient=stop_gradient)
         return torch.sigmoid(upper) - torch.sigmoid(lower), lower, upper
 
+    def _packed_density(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """softplus(matrices) [C, L, F, F], biases [C, L, F], tanh(factors) [C, L, F] (0 for the
+        last layer), zero-padded to F = the widest filter rounded up to a power of two."""
+        layers = len(self.filters) + 1
+        width = 1 << max(1, max(self.filters, default=1) - 1).bit_length()
+        weights, biases, tanh_factors = [], [], []
+        for i in range(layers):
+            matrix = F.softplus(self.matrices[i])
+            weights.append(F.pad(matrix, (0, width - matrix.shape[2], 0, width - matrix.shape[1])))
+            biases.append(F.pad(self.biases[i][:, :, 0], (0, width - self.biases[i].shape[1])))
+            factor = torch.tanh(self.factors[i][:, :, 0]) if i < len(self.filters) else torch.zeros_like(
+                self.biases[i][:, :, 0])
+            tanh_factors.append(F.pad(factor, (0, width - factor.shape[1])))
+        return (torch.stack(weights, 1).float().contiguous(), torch.stack(biases, 1).float().contiguous(),
+                torch.stack(tanh_factors, 1).float().contiguous())
+
+    def _bounded_likelihood(self, outputs: Tensor) -> Tensor:
+        """Bounded likelihood of ``outputs`` [C, 1, N]: fused Triton kernels when the backend
+        resolves to ``triton`` (CUDA by default), else the torch composition."""
+        bound = self.likelihood_lower_bound.bound if self.use_likelihood_bound else None
+        if _backend.resolve(None, outputs.device) == "triton":
+            likelihood = _FusedLikelihood.apply(outputs.reshape(self.channels, -1).contiguous(),
+                                                *self._packed_density(), bound)
+            return likelihood.reshape(outputs.shape)
+        likelihood, _, _ = self._likelihood(outputs)
+        return self.likelihood_lower_bound(likelihood) if bound is not None else likelihood
+
     def loss(self) -> Tensor:
         """Auxiliary quantile loss: sum |logits_cumulative(quantiles) - target| (network frozen)."""
         logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
@@ -249,9 +297,7 @@ class EntropyBottleneck(nn.Module):
             values = channels_first.reshape(self.channels, 1, -1)
             medians = self._get_medians().float()
             outputs = self.quantize(values, "noise" if training else "dequantize", medians)
-            likelihood, _, _ = self._likelihood(outputs)
-            if self.use_likelihood_bound:
-                likelihood = self.likelihood_lower_bound(likelihood)
+            likelihood = self._bounded_likelihood(outputs)
         outputs = outputs.reshape(channels_first.shape).permute(*perm).contiguous().to(x.dtype)
         likelihood = likelihood.reshape(channels_first.shape).permute(*perm).contiguous()
         return outputs, likelihood
