@@ -61,10 +61,8 @@ def _fit(reference, key, shape):
     reference.update(force=True, update_quantiles=True)
 
 
-@pytest.fixture(scope="module", params=list(SHAPES))
-def case(request):
-    torch.set_num_threads(1)
-    key = request.param
+def _fitted_pair(key):
+    """compressai's EntropyBottleneck fitted for ``key``, ours with the same state, and a latent."""
     shape = SHAPES[key]
     torch.manual_seed(0)
     reference = compressai_eb.EntropyBottleneck(shape[1])
@@ -72,10 +70,17 @@ def case(request):
     ours = EntropyBottleneck(shape[1])
     ours.load_state_dict(reference.state_dict())
     ours.eval()
-    x = _latent(key, shape, torch.Generator().manual_seed(2))
+    return reference, ours, _latent(key, shape, torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def case(request):
+    torch.set_num_threads(1)
+    key = request.param
+    reference, ours, x = _fitted_pair(key)
     strings = reference.compress(x)
     assert ours.compress(x) == strings, "compat bytes differ from compressai"
-    info = {"shape": list(shape), "symbols": x.numel(), "compat_bytes": sum(map(len, strings))}
+    info = {"shape": list(x.shape), "symbols": x.numel(), "compat_bytes": sum(map(len, strings))}
     info.update(_ideal_bytes(ours, x))
     return key, reference, ours, x, strings, info
 
@@ -190,13 +195,15 @@ gpu = pytest.mark.skipif(not _cuda_coder_available(), reason="needs CUDA and the
 GPU_SHAPES = ["c", "a64"]
 
 
-def _gpu_case(case):
-    key, _, ours, x, _, info = case
-    if key not in GPU_SHAPES:
-        pytest.skip("GPU benchmarks run on the large latents only")
-    module = ours.cuda() if ours._quantized_cdf.device.type != "cuda" else ours
-    module.coder_tables().device_tables(torch.device("cuda"))  # uploaded once per model
-    return module, x.cuda(), info
+@pytest.fixture(scope="module", params=GPU_SHAPES)
+def gpu_case(request):
+    """The fitted model on the GPU (tables uploaded once), the latent on the GPU, and its info."""
+    if not _cuda_coder_available():
+        pytest.skip("needs CUDA and the CUDA coder")
+    _, ours, x = _fitted_pair(request.param)
+    module = ours.cuda()
+    module.coder_tables().device_tables(torch.device("cuda"))
+    return module, x.cuda(), {"shape": list(x.shape), "symbols": x.numel()}
 
 
 def _run_cuda(benchmark, fn, info, rounds=20):
@@ -211,33 +218,33 @@ def _run_cuda(benchmark, fn, info, rounds=20):
 
 
 @gpu
-def test_cuda_parallel_encode_device(benchmark, case):
+def test_cuda_parallel_encode_device(benchmark, gpu_case):
     """Device-resident: CUDA latent -> CUDA uint8 container."""
-    module, x, info = _gpu_case(case)
+    module, x, info = gpu_case
     data = module.compress_parallel(x, as_tensor=True)
     _run_cuda(benchmark, lambda: module.compress_parallel(x, as_tensor=True),
               {**info, "parallel_bytes": data.numel()})
 
 
 @gpu
-def test_cuda_parallel_decode_device(benchmark, case):
+def test_cuda_parallel_decode_device(benchmark, gpu_case):
     """Device-resident: CUDA container -> CUDA latent."""
-    module, x, info = _gpu_case(case)
+    module, x, info = gpu_case
     data = module.compress_parallel(x, as_tensor=True)
     _run_cuda(benchmark, lambda: module.decompress_parallel(data), info)
 
 
 @gpu
-def test_cuda_parallel_encode_host_to_host(benchmark, case):
+def test_cuda_parallel_encode_host_to_host(benchmark, gpu_case):
     """CPU latent -> GPU coder -> bytes on the host."""
-    module, x, info = _gpu_case(case)
+    module, x, info = gpu_case
     x_host = x.cpu().pin_memory()
     _run_cuda(benchmark, lambda: module.compress_parallel(x_host.cuda(non_blocking=True)), info)
 
 
 @gpu
-def test_cuda_parallel_decode_host_to_host(benchmark, case):
+def test_cuda_parallel_decode_host_to_host(benchmark, gpu_case):
     """bytes on the host -> GPU decoder -> CPU latent."""
-    module, x, info = _gpu_case(case)
+    module, x, info = gpu_case
     data = module.compress_parallel(x)
     _run_cuda(benchmark, lambda: module.decompress_parallel(data).cpu(), info)
