@@ -247,7 +247,7 @@ MEASURE_LABELS = {"spectrum_db": "spectrum distance dB (lower better)",
 
 def format_transfer_table(table: dict) -> str:
     """``transfer_table``'s result as aligned text: one row per measure, one column per method."""
-    width = max(len(label) for label in MEASURE_LABELS)
+    width = max(len(label) for label in MEASURE_LABELS.values())
     lines = [f"{'measure (' + str(table['pairs']) + ' pairs)':<{width}}" + "".join(f"{m:>12}" for m in METHODS),
              "-" * (width + 12 * len(METHODS))]
     for key, label in MEASURE_LABELS.items():
