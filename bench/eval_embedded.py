@@ -57,12 +57,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     names, contents = load_contents(args.photos, args.crop)
     seeds = list(range(args.first_seed, args.first_seed + args.degradations))
-    table = transfer_table(model, contents, degradation_grid(contents, seeds), noise_seed=args.noise_seed)
+    degraded, params = degradation_grid(contents, seeds)
+    table = transfer_table(model, contents, degraded, noise_seed=args.noise_seed)
     print(format_transfer_table(table))
     print(f"({len(names)} photos x {len(seeds)} degradations, {args.crop}x{args.crop} crops, "
           f"{time.perf_counter() - start:.1f} s)")
     if args.out:
-        table.update(weights=args.weights, photos=names, crop=args.crop, seeds=seeds)
+        table.update(weights=args.weights, photos=names, crop=args.crop, seeds=seeds, degradations=params)
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(table, f, indent=2)
     return 0

@@ -186,8 +186,8 @@ def test_code_bits_are_the_compressed_file():
 def test_transfer_table_identity_row_and_baseline_layout():
     model = _tiny_model()
     contents = torch.stack([_photo(48, 100, 150)[0], _photo(48, 300, 200)[0]]).float()
-    degraded = ev.degradation_grid(contents, seeds=[3, 4])
-    assert degraded.shape == (2, 2, 3, 48, 48)
+    degraded, params = ev.degradation_grid(contents, seeds=[3, 4])
+    assert degraded.shape == (2, 2, 3, 48, 48) and len(params) == 2 and "ops" in params[0]
     table = ev.transfer_table(model, contents, degraded)
     assert table["pairs"] == 4 and set(table["methods"]) == set(ev.METHODS)
     identity = [ev.degradation_measures(contents[i:i + 1], degraded[i, j:j + 1], contents[i:i + 1])
@@ -195,6 +195,8 @@ def test_transfer_table_identity_row_and_baseline_layout():
     for key in ev.MEASURE_LABELS:
         expected = np.nanmean([r[key].item() for r in identity])
         assert table["methods"]["identity"][key] == pytest.approx(expected, rel=1e-9)
+        assert [p["identity"][key] for p in table["per_pair"]] == pytest.approx([r[key].item() for r in identity],
+                                                                               rel=1e-9, nan_ok=True)
     assert table["codes"]["global_dim"] == 8 and 0 <= table["codes"]["active_dimensions"] <= 8
     text = ev.format_transfer_table(table)
     assert "mismatched" in text and "spread ratio" in text

@@ -204,7 +204,7 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     ŷ = synthesize(x_i, codes of degraded[i, (j + 1) % m]). The spread ratio uses the unquantised e_g,
     the active dimensions the quantised one. Returns {"methods": {method: {measure: mean}},
     "codes": {"spread_ratio", "active_dimensions", "global_dim", "bits_total", "bits_global", "bits_local"},
-    "pairs": n * m}.
+    "pairs": n * m, "per_pair": [{"content": i, "degradation": j, method: {measure: value}}]}.
     """
     if degraded.dim() != 5 or contents.dim() != 4 or degraded.shape[0] != contents.shape[0] \
             or degraded.shape[2:] != contents.shape[1:] or degraded.shape[1] < 2:
@@ -213,6 +213,7 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     model.eval()
     n, m = degraded.shape[:2]
     rows: dict = {method: [] for method in METHODS}
+    per_pair = []
     raw_codes, codes, bits = [], [], []
     for i in range(n):
         x = contents[i:i + 1]
@@ -225,13 +226,16 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
             for method, source in (("model", j), ("mismatched", (j + 1) % m)):
                 noise = torch.Generator(device=x.device).manual_seed(noise_seed)
                 outputs[method] = model.synthesize(x, *per_degradation[source], noise=noise)
+            pair = {"content": i, "degradation": j}
             for method, y_hat in outputs.items():
                 rows[method].append(degradation_measures(y_hat, y, x))
+                pair[method] = {key: float(value[0]) for key, value in rows[method][-1].items()}
+            per_pair.append(pair)
             bits.append(code_bits(model, y))
     methods = {method: {key: float(np.nanmean(torch.cat([r[key] for r in per]).cpu().numpy()))
                         for key in per[0]} for method, per in rows.items()}
     codes_grid = torch.stack(codes)  # [n, m, global_dim]
-    return {"pairs": n * m, "methods": methods,
+    return {"pairs": n * m, "methods": methods, "per_pair": per_pair,
             "codes": {"spread_ratio": code_spread_ratio(torch.stack(raw_codes)),
                       "active_dimensions": active_dimensions(codes_grid.flatten(0, 1)),
                       "global_dim": int(codes_grid.shape[-1]),
@@ -260,13 +264,17 @@ def format_transfer_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def degradation_grid(contents: torch.Tensor, seeds: Sequence[int], config=None) -> torch.Tensor:
-    """degraded [n, m, 3, H, W]: content i under the degradation drawn by ``udm_fast.degrade`` with
-    seed ``seeds[j]`` (the same parameters for every content; image b's parameters depend only on
-    the seed and b, and each content is degraded alone as b = 0)."""
+def degradation_grid(contents: torch.Tensor, seeds: Sequence[int], config=None) -> tuple[torch.Tensor, list]:
+    """(degraded [n, m, 3, H, W], params [m]): content i under the degradation drawn by
+    ``udm_fast.degrade`` with seed ``seeds[j]``, whose parameters ``params[j]`` are the same for every
+    content (image b's parameters depend only on the seed and b, and each content is degraded alone)."""
     from .degrade import degrade
 
     if len(seeds) < 2:
         raise ValueError("degradation_grid: give at least two seeds")
-    return torch.stack([torch.cat([degrade(contents[i:i + 1], config=config, generator=int(s))[0] for s in seeds])
-                        for i in range(contents.shape[0])])
+    rows, params = [], []
+    for i in range(contents.shape[0]):
+        results = [degrade(contents[i:i + 1], config=config, generator=int(s)) for s in seeds]
+        rows.append(torch.cat([y for y, _ in results]))
+        params = [plan[0] for _, plan in results]
+    return torch.stack(rows), params
