@@ -307,7 +307,7 @@ def test_degrade_noise_only_adds_expected_noise():
 @pytest.mark.parametrize("bad,match", [
     (torch.rand(3, 8, 8), r"\[B, 3, H, W\]"),
     (torch.rand(1, 4, 8, 8), r"\[B, 3, H, W\]"),
-    ((torch.rand(1, 3, 8, 8) * 255).to(torch.uint8), "floating-point"),
+    ((torch.rand(1, 3, 8, 8) * 255).to(torch.uint8), "float tensor"),
     (torch.rand(1, 3, 8, 8) * 2 - 0.5, r"\[0, 1\]"),
     (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
     (np.zeros((1, 3, 8, 8)), "torch.Tensor"),

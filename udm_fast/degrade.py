@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .checks import check_image_batch
 from .dataclass_dict import checked_fields
 
 OPS = ("noise", "gaussian_blur", "motion_blur", "contrast")
@@ -124,12 +125,7 @@ def _check_range(name, value, minimum=None, maximum=None, positive=False, intege
 
 
 def _check_images(x, where: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"{where}: expected images [B, 3, H, W], got shape {list(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{where}: expected a floating-point tensor in [0, 1], got {x.dtype}")
+    check_image_batch(x, f"{where}: x")
     if x.numel():
         low, high = (float(v) for v in torch.aminmax(x))
         if not (low >= 0.0 and high <= 1.0):  # also false for NaN

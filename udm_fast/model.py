@@ -16,6 +16,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import degradation_code
+from .checks import check_image_batch
 from .compressors import Compressor
 from .dataclass_dict import checked_fields
 from .discriminator import Discriminator
@@ -54,12 +55,7 @@ class UDMConfig:
 
 
 def _check_images(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 4 or t.shape[1] != 3:
-        raise ValueError(f"{name} must be an image batch [B, 3, H, W], got {list(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in [0, 1], got {t.dtype} (divide 8-bit images by 255)")
+    check_image_batch(t, name)
     if not torch.compiler.is_compiling() and t.numel():
         lo, hi = torch.aminmax(t.detach())
         if lo < -0.5 or hi > 1.5:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_image_batch
 from .pretrained import (STAGE_CHANNELS, VGG16_CONV_CHANNELS, VGG16_CONV_INDICES, PathArg,
                          dists_alpha_beta, lpips_linear_weights, vgg16_features_state_dict)
 
@@ -31,12 +32,7 @@ POOL_INDICES = (4, 9, 16, 23)  # the max-pools between the stages
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, where: str) -> None:
     for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4 or t.shape[1] != 3:
-            raise ValueError(f"{where}: {name} must be images [B, 3, H, W], got shape {list(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{where}: {name} must be a floating-point tensor in [0, 1], got {t.dtype}")
+        check_image_batch(t, f"{where}: {name}")
     if x.shape != y.shape:
         raise ValueError(f"{where}: x and y must have the same shape, got {list(x.shape)} and {list(y.shape)}")
     if min(x.shape[2:]) < 16:
