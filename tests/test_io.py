@@ -267,3 +267,21 @@ def test_truncated_jpeg(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match=r"cut\.jpg: corrupt or truncated"):
         load_image(tmp_path / "cut.jpg")
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from udm_fast.files import write_bytes_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "new.bin", b"x")
+        assert stat.S_IMODE(os.stat(tmp_path / "new.bin").st_mode) == 0o644
+        os.chmod(tmp_path / "new.bin", 0o600)
+        write_bytes_atomic(tmp_path / "new.bin", b"y")  # an existing file keeps its permissions
+        assert stat.S_IMODE(os.stat(tmp_path / "new.bin").st_mode) == 0o600
+        assert (tmp_path / "new.bin").read_bytes() == b"y"
+    finally:
+        os.umask(umask)
