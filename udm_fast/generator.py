@@ -23,6 +23,7 @@ Noise = Union[None, torch.Generator, Sequence[torch.Tensor]]
 CondAt = Callable[[int, int], torch.Tensor]
 
 N_BLOCKS = (4, 3, 2, 3, 4)  # blocks1, blocks2, blocks3, blocks2_, blocks1_
+DOWNSCALE = (1, 2, 4, 2, 1)  # feature resolution of each group relative to the input
 N_SFT_LAYERS = 2 * sum(N_BLOCKS)
 
 
@@ -102,7 +103,7 @@ class VUNet(nn.Module):
 
     def noise_shapes(self, batch: int, height: int, width: int) -> List[tuple]:
         """Shapes [B, 1, h, w] of the 32 per-layer noise maps for an input of height x width."""
-        sizes = [1] * 8 + [2] * 6 + [4] * 4 + [2] * 6 + [1] * 8
+        sizes = [scale for scale, n in zip(DOWNSCALE, N_BLOCKS) for _ in range(2 * n)]
         return [(batch, 1, height // s, width // s) for s in sizes]
 
     def forward(self, clean: torch.Tensor, cond: torch.Tensor, noise: Noise = None,
