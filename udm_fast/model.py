@@ -72,10 +72,6 @@ def _pad_to_multiple(t: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(t, (0, pw, 0, ph), mode=mode)
 
 
-def _tile_starts(length: int, tile: int) -> list:
-    return list(range(0, length, tile))
-
-
 def _resize_window(m: torch.Tensor, out_h: int, out_w: int, rows: slice, cols: slice) -> torch.Tensor:
     """Window [rows, cols] of bilinear(align_corners=True) resize of m to out_h x out_w, computed directly."""
 
@@ -211,8 +207,8 @@ class UDM(nn.Module):
 
     def _windows(self, h: int, w: int, halo: int):
         """(rows, cols, crop_rows, crop_cols) for every tile: the tile and its crop with halo."""
-        for a in _tile_starts(h, self.tile_size):
-            for c in _tile_starts(w, self.tile_size):
+        for a in range(0, h, self.tile_size):
+            for c in range(0, w, self.tile_size):
                 rows, cols = slice(a, min(a + self.tile_size, h)), slice(c, min(c + self.tile_size, w))
                 crop_r = slice(max(0, rows.start - halo), min(h, rows.stop + halo))
                 crop_c = slice(max(0, cols.start - halo), min(w, cols.stop + halo))
