@@ -150,7 +150,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 def run_encode(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     degraded = load_image(args.degraded)
-    model = load_model(args.weights, args.official, device).update_entropy_tables()
+    model = load_model(args.weights, args.official, device)
     set_tile_size(model, args.tile_size)
     data = model.compress_degradation(degraded.to(device))
     write_bytes_atomic(args.out, data)
