@@ -26,6 +26,8 @@ import torch
 
 from .degradation_code import parse
 from .degrade import gaussian_blur
+from .losses.spectral import SPECTRUM_FLOOR
+from .losses.spectral import radial_power_spectrum as _radial_power_spectrum
 from .train.metrics import ms_ssim, psnr
 
 LAPLACIAN = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))  # Immerkaer's noise kernel, norm 6
@@ -33,7 +35,6 @@ MAD_TO_SIGMA = 1.0 / 0.6744897501960817  # median |N(0, 1)| = Phi^-1(3/4)
 LOWPASS_SIGMA = 3.0     # pixels: removes noise and blur differences, keeps layout, shading and colour
 NOISE_MARGIN = 2.0      # spectrum bins used by blur_width: image power above this many noise floors
 MIN_FIT_BINS = 3
-SPECTRUM_FLOOR = 1.0 / (12 * 255 ** 2)  # power of 8-bit rounding noise: weaker detail is not visible
 ACTIVE_VARIANCE = 0.1   # quantised e_g: a dimension whose values vary less than this is inactive
 METHODS = ("model", "identity", "mismatched")
 
@@ -57,31 +58,9 @@ def _check_same_shape(a: torch.Tensor, b: torch.Tensor, where: str) -> None:
 
 
 def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frequencies [n], power [B, n]): the Hann-windowed power spectrum averaged over channels and
-    over rings of radial frequency.
-
-    Ring k holds the frequencies f = |(f_y, f_x)| in cycles per pixel with k <= f * 2n < k + 1, where
-    n = min(H, W) // 2; the DC ring (k = 0) is left out. The power is normalised so that white noise
-    of variance s² has power s² in every ring.
-    """
-    x = _check_batch(images, "radial_power_spectrum")
-    h, w = x.shape[-2:]
-    x = x - x.mean(dim=(-2, -1), keepdim=True)
-    window = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
-                         torch.hann_window(w, periodic=False, dtype=torch.float64)).to(x.device)
-    power = torch.fft.fft2(x * window).abs().pow(2).mean(dim=1) / window.pow(2).sum()  # [B, H, W]
-    n = min(h, w) // 2
-    fy = torch.fft.fftfreq(h, dtype=torch.float64, device=x.device)
-    fx = torch.fft.fftfreq(w, dtype=torch.float64, device=x.device)
-    radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-    ring = torch.floor(radius * 2 * n).long().flatten()
-    keep = (ring >= 1) & (ring < n)
-    ring = ring[keep] - 1
-    counts = torch.bincount(ring, minlength=n - 1).double()
-    sums = torch.zeros(x.shape[0], n - 1, dtype=torch.float64, device=x.device)
-    sums.index_add_(1, ring, power.flatten(1)[:, keep])
-    freqs = (torch.arange(1, n, dtype=torch.float64, device=x.device) + 0.5) / (2 * n)
-    return freqs, sums / counts
+    """(frequencies [n], power [B, n]) in float64: ``udm_fast.losses.radial_power_spectrum`` (Hann
+    window, channel and ring average, white noise of variance s² has power s² in every ring)."""
+    return _radial_power_spectrum(_check_batch(images, "radial_power_spectrum"))
 
 
 def spectrum_distance(a: torch.Tensor, b: torch.Tensor, floor: float = SPECTRUM_FLOOR) -> torch.Tensor:

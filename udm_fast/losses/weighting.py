@@ -8,10 +8,11 @@ from typing import Mapping
 import torch
 
 from ..dataclass_dict import checked_fields
+from .spectral import LOWPASS_SIGMA
 
 # names of the generator-loss terms that ``LossWeights.weighted_sum`` accepts (the other fields are critic settings)
-TERMS = ("dists", "lpips", "l1", "color", "contrastive", "bits_global", "bits_local", "diversity",
-         "gan_generator", "aux")
+TERMS = ("dists", "lpips", "l1", "lowpass_l1", "spectrum", "color", "contrastive", "bits_global", "bits_local",
+         "diversity", "gan_generator", "aux")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class LossWeights:
     * ``gan_generator`` 10 on ``wgan_generator_loss``, which already carries ``critic_alpha``;
       the reference's alpha (``netP.alpha``) is unknown, 1 here;
     * ``gradient_penalty`` 10 (lambda_dis_gp, unknown in the reference; the WGAN-GP paper's value);
-    * ``lpips`` 0 (available, off by default as in the reference).
+    * ``lpips`` 0 (available, off by default as in the reference);
+    * ``lowpass_l1`` and ``spectrum`` 0: content and spectrum terms (``losses.spectral``) that stand in
+      for DISTS when its VGG16 weights are unavailable; ``lowpass_sigma`` is the low-pass width (pixels).
 
     Not carried over: the silent replacement of a failing loss by mean(y - y_hat), and the disabled
     latent loss (REFERENCE §14.7, §14.15).
@@ -39,6 +42,8 @@ class LossWeights:
     dists: float = 10.0
     lpips: float = 0.0
     l1: float = 20.0
+    lowpass_l1: float = 0.0
+    spectrum: float = 0.0
     color: float = 10.0
     contrastive: float = 1e-4
     bits_global: float = 2e-3
@@ -48,6 +53,7 @@ class LossWeights:
     aux: float = 1.0
     critic_alpha: float = 1.0
     gradient_penalty: float = 10.0
+    lowpass_sigma: float = LOWPASS_SIGMA
 
     def __post_init__(self):
         for f in fields(self):
@@ -55,6 +61,8 @@ class LossWeights:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:
                 raise ValueError(f"LossWeights.{f.name} must be a finite number >= 0, got {value!r}")
+        if self.lowpass_sigma <= 0:
+            raise ValueError(f"LossWeights.lowpass_sigma must be > 0 (pixels), got {self.lowpass_sigma!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "LossWeights":

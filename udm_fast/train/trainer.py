@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss, info_nce_loss, l1_loss,
-                      wgan_critic_loss, wgan_generator_loss)
+                      lowpass_l1_loss, spectrum_loss, wgan_critic_loss, wgan_generator_loss)
 from ..model import UDM
 from . import distributed as dist_utils
 from .config import ConfigError, ScheduleConfig, TrainingConfig
@@ -273,6 +273,10 @@ class Trainer:
                  "contrastive": info_nce_loss(logits), "bits_global": bits_g.mean(), "bits_local": bits_l.mean()}
         if w.l1 > 0:
             terms["l1"] = l1_loss(y_hat01, y01)
+        if w.lowpass_l1 > 0:
+            terms["lowpass_l1"] = lowpass_l1_loss(y_hat01, y01, sigma=w.lowpass_sigma)
+        if w.spectrum > 0:
+            terms["spectrum"] = spectrum_loss(y_hat01, y01)
         if w.color > 0:
             terms["color"] = color_loss(y01, y_hat01)
         if y_hat_2 is not None:

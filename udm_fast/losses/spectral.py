@@ -1,0 +1,87 @@
+"""Losses that split an image into content (low frequencies) and degradation statistics (its spectrum).
+
+Pixel-wise L1 against a noisy y is minimised by a noise-free ŷ (the median), so on its own it teaches
+the generator to drop the noise it should reproduce. These two terms separate the jobs:
+
+* ``lowpass_l1_loss``: L1 after a Gaussian low-pass — the content, shading and colour of y, with the
+  noise realisation averaged away;
+* ``spectrum_loss``: the L1 distance between log radially averaged power spectra — noise level, blur
+  width, ringing and block periodicity, independent of where the noise samples fall.
+
+They stand in for DISTS when its pretrained VGG16 weights are not available (the embedded model,
+``configs/embedded.yaml``); the paper's configuration leaves them off. Images are [B, C, H, W] in
+[0, 1]; the statistics are computed in float32 (float64 for float64 inputs), outside autocast.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .pixel import _check_pair, _gaussian_taps, _no_autocast, _reduce, _separable_filter, _stat_dtype
+
+SPECTRUM_FLOOR = 1.0 / (12 * 255 ** 2)  # power of 8-bit rounding noise: weaker detail is not visible
+LOWPASS_SIGMA = 1.5                     # pixels, default of ``lowpass_l1_loss``
+
+
+def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frequencies [n - 1], power [B, n - 1]) with n = min(H, W) // 2: the Hann-windowed power spectrum
+    averaged over channels and over rings of radial frequency, in the input's dtype (differentiable).
+
+    Ring k holds the frequencies f = |(f_y, f_x)| in cycles per pixel with k <= 2 n f < k + 1; the DC
+    ring (k = 0) and the corners beyond f = 1/2 are left out. The power is normalised so that white
+    noise of variance s² has power s² in every ring.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise ValueError("radial_power_spectrum: expected a float image batch [B, C, H, W], got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
+    h, w = images.shape[-2:]
+    n = min(h, w) // 2
+    if n < 2:
+        raise ValueError(f"radial_power_spectrum: images must be at least 4x4, got {h}x{w}")
+    x = images - images.mean(dim=(-2, -1), keepdim=True)
+    dtype, device = x.dtype, x.device
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=dtype, device=device),
+                         torch.hann_window(w, periodic=False, dtype=dtype, device=device))
+    power = torch.fft.fft2(x * window).abs().pow(2).mean(dim=1) / window.pow(2).sum()  # [B, H, W]
+    radius = torch.sqrt(torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
+                        + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2)
+    ring = torch.floor(radius * 2 * n).long().flatten()
+    keep = (ring >= 1) & (ring < n)
+    ring = ring[keep] - 1
+    counts = torch.bincount(ring, minlength=n - 1).to(dtype)
+    sums = power.new_zeros(power.shape[0], n - 1).index_add(1, ring, power.flatten(1)[:, keep])
+    freqs = (torch.arange(1, n, dtype=dtype, device=device) + 0.5) / (2 * n)
+    return freqs, sums / counts
+
+
+def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTRUM_FLOOR,
+                  reduction: str = "mean") -> torch.Tensor:
+    """mean over rings of |log10(P_ŷ + floor) - log10(P_y + floor)| (bels), P from ``radial_power_spectrum``.
+
+    The floor keeps frequencies weaker than 8-bit rounding noise from dominating. [B] per sample for
+    reduction='none'. Images at least 8x8.
+    """
+    _check_pair(y_hat, y, "spectrum_loss", min_size=8)
+    if not floor > 0:
+        raise ValueError(f"spectrum_loss: floor must be > 0, got {floor!r}")
+    with _no_autocast(y.device.type):
+        dtype = _stat_dtype(y)
+        _, p_hat = radial_power_spectrum(y_hat.to(dtype))
+        _, p = radial_power_spectrum(y.to(dtype))
+        return _reduce((torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
+
+
+def lowpass_l1_loss(y_hat: torch.Tensor, y: torch.Tensor, *, sigma: float = LOWPASS_SIGMA,
+                    reduction: str = "mean") -> torch.Tensor:
+    """mean |g * ŷ - g * y| with g a Gaussian of ``sigma`` pixels (radius ceil(3 sigma), reflect padding;
+    H, W > radius). [B] per sample for reduction='none'."""
+    if not sigma > 0:
+        raise ValueError(f"lowpass_l1_loss: sigma must be > 0, got {sigma!r}")
+    radius = max(1, math.ceil(3.0 * sigma))
+    _check_pair(y_hat, y, "lowpass_l1_loss", min_size=radius + 1)
+    with _no_autocast(y.device.type):
+        dtype = _stat_dtype(y)
+        taps = _gaussian_taps(torch.arange(-radius, radius + 1, dtype=dtype, device=y.device), sigma)
+        diff = _separable_filter(y_hat.to(dtype) - y.to(dtype), taps)  # the filter is linear
+        return _reduce(diff.abs(), reduction, "lowpass_l1_loss")
