@@ -8,6 +8,7 @@ import torch
 from udm_fast import evaluation as ev
 from udm_fast.degrade import gaussian_blur, gaussian_noise
 from udm_fast.model import UDM
+from numpy_spectra import numpy_radial_spectrum as _numpy_radial_spectrum
 
 scipy_ndimage = pytest.importorskip("scipy.ndimage")
 scipy_signal = pytest.importorskip("scipy.signal")
@@ -23,26 +24,6 @@ def _photo(size=96, top=100, left=150):
 def _random_images(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.nn.functional.avg_pool2d(torch.rand(shape, generator=g, dtype=torch.float64), 3, 1, 1)
-
-
-def _numpy_radial_spectrum(image):
-    """Reference: one image [C, H, W] -> ring powers, with an explicit loop over frequencies."""
-    c, h, w = image.shape
-    window = np.outer(np.hanning(h), np.hanning(w))
-    power = np.zeros((h, w))
-    for ch in range(c):
-        plane = image[ch] - image[ch].mean()
-        power += np.abs(np.fft.fft2(plane * window)) ** 2
-    power /= c * (window ** 2).sum()
-    n = min(h, w) // 2
-    sums, counts = np.zeros(n - 1), np.zeros(n - 1)
-    for i, fy in enumerate(np.fft.fftfreq(h)):
-        for j, fx in enumerate(np.fft.fftfreq(w)):
-            ring = int(math.floor(math.hypot(fy, fx) * 2 * n))
-            if 1 <= ring < n:
-                sums[ring - 1] += power[i, j]
-                counts[ring - 1] += 1
-    return sums / counts
 
 
 def test_radial_spectrum_matches_numpy():

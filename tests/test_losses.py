@@ -12,6 +12,7 @@ from torch import nn
 from udm_fast import losses as L
 from udm_fast.entropy_bottleneck import EntropyBottleneck
 from udm_fast.losses import pretrained as P
+from numpy_spectra import numpy_radial_spectrum
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):
@@ -110,6 +111,74 @@ def test_pixel_loss_errors(fn, kwargs, match):
         fn(a, a, **kwargs)
     with pytest.raises(ValueError, match="same shape"):
         fn(a, a[..., :-1])
+
+
+# ----------------------------------------------------------------------------- spectral losses
+
+
+def _numpy_gaussian_lowpass(img, sigma):
+    """Reference low-pass of one plane [H, W]: sampled Gaussian, radius ceil(3 sigma), normalised, reflect."""
+    r = max(1, math.ceil(3 * sigma))
+    g = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    g /= g.sum()
+    return _correlate_reflect(img, np.outer(g, g))
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.5, 2.5])
+def test_lowpass_l1_matches_numpy(sigma):
+    a, b = _rand(2, 3, 17, 20, seed=11), _rand(2, 3, 17, 20, seed=12)
+    ref = np.stack([np.stack([np.abs(_numpy_gaussian_lowpass(a[i, c].numpy(), sigma)
+                                     - _numpy_gaussian_lowpass(b[i, c].numpy(), sigma)) for c in range(3)])
+                    for i in range(2)])
+    np.testing.assert_allclose(L.lowpass_l1_loss(a, b, sigma=sigma, reduction="none").numpy(),
+                               ref.reshape(2, -1).mean(1), rtol=1e-12)
+
+
+def test_lowpass_l1_ignores_zero_mean_fine_noise_but_not_content():
+    x = _rand(1, 3, 64, 64, seed=13)
+    x = torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False)  # smooth content
+    noise = 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noisy, shifted = L.lowpass_l1_loss(x + noise, x, sigma=2.0), L.lowpass_l1_loss(x + 0.05, x, sigma=2.0)
+    assert L.l1_loss(x + noise, x) > 0.07  # plain L1 sees the noise (E|N(0, 0.1)| = 0.08)
+    assert noisy < 0.015 and shifted.item() == pytest.approx(0.05, rel=1e-9)
+
+
+def test_spectrum_loss_matches_numpy_spectra_and_ignores_the_noise_realisation():
+    a, b = _rand(2, 3, 24, 31, seed=14), _rand(2, 3, 24, 31, seed=15) * 0.3
+    floor = 1e-4
+    expected = [np.mean(np.abs(np.log10(numpy_radial_spectrum(a[i].numpy()) + floor)
+                               - np.log10(numpy_radial_spectrum(b[i].numpy()) + floor))) for i in range(2)]
+    np.testing.assert_allclose(L.spectrum_loss(a, b, floor=floor, reduction="none").numpy(), expected, rtol=1e-10)
+    assert L.spectrum_loss(a, a).item() == 0.0
+    g = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    x = 0.5 * torch.ones(2, 3, 64, 64, dtype=torch.float64)
+    n1, n2 = (x + 0.05 * torch.randn(x.shape, generator=gen, dtype=torch.float64) for gen in g)
+    assert L.spectrum_loss(n1, n2) < 0.1 < L.spectrum_loss(n1, x + 0.5 * (n2 - x))  # same sigma vs half sigma
+
+
+def test_spectral_losses_gradients_and_float32():
+    a = _rand(1, 2, 12, 10, seed=16).requires_grad_(True)
+    b = _rand(1, 2, 12, 10, seed=17)
+    assert torch.autograd.gradcheck(lambda p: L.spectrum_loss(p, b), (a,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda p: L.lowpass_l1_loss(p, b, sigma=1.0), (a,), fast_mode=True)
+    for fn in (L.spectrum_loss, L.lowpass_l1_loss):
+        value = fn(a.float().bfloat16(), b.bfloat16())
+        assert value.dtype == torch.float32
+        assert value.item() == pytest.approx(fn(a.bfloat16().double(), b.bfloat16().double()).item(), rel=1e-4)
+
+
+def test_spectral_loss_errors():
+    a = _rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="at least 8x8"):
+        L.spectrum_loss(a[..., :7], a[..., :7])
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        L.lowpass_l1_loss(a, a, sigma=0.0)
+    with pytest.raises(ValueError, match="at least 7x7"):
+        L.lowpass_l1_loss(a[..., :6, :6], a[..., :6, :6], sigma=2.0)
+    with pytest.raises(ValueError, match="floor must be > 0"):
+        L.spectrum_loss(a, a, floor=0.0)
+    with pytest.raises(ValueError, match="lowpass_sigma"):
+        L.LossWeights(lowpass_sigma=0.0)
 
 
 # ----------------------------------------------------------------------------- training terms

@@ -38,6 +38,13 @@ def test_tiny_config_is_valid_and_small():
     assert c.model.disc_in_width == c.data.crop_size
 
 
+def test_embedded_config_is_valid_and_needs_no_downloaded_weights():
+    c = load_config(os.path.join(ROOT, "configs", "embedded.yaml"))
+    w = c.loss.weights
+    assert w.dists == 0 and w.lpips == 0 and w.spectrum > 0 and w.lowpass_l1 > 0
+    assert c.model.disc_in_width == c.data.crop_size and c.model.queue_size >= c.data.batch_size
+
+
 def test_round_trip_through_dict():
     c = load_config(TINY)
     assert TrainingConfig.from_dict(c.to_dict()) == c
