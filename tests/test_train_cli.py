@@ -82,7 +82,7 @@ def test_synth_errors(tmp_path, capsys):
     assert "--per-image must be >= 1" in capsys.readouterr().err
 
 
-def test_train_then_eval_on_the_synthesised_pairs(paired, tmp_path, capsys):
+def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, capsys):
     run = tmp_path / "run"
     code = cli.main(["train", TINY, "--data", str(paired / "pairs.csv"), "--out", str(run), "--max-steps", "2",
                      *FAST, *LEAN, "--set", "data.batch_size=2"])
@@ -105,6 +105,25 @@ def test_train_then_eval_on_the_synthesised_pairs(paired, tmp_path, capsys):
     assert json.loads((tmp_path / "model.json").read_text())["mean"] == \
         json.loads((tmp_path / "latest.json").read_text())["mean"]  # same weights either way
 
+    # transfer mode: clean photos, seeded degradations, the model next to the two baselines
+    out = tmp_path / "transfer.json"
+    code = cli.main(["eval", "--weights", str(run / "model.pt"), "--clean", str(photos),
+                     "--crop", "48", "--degradations", "2", "--first-seed", "7", "--no-download", "--device", "cpu",
+                     "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "skipped" in captured.err and "zz_broken.png" in captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].split()[-3:] == ["model", "identity", "mismatched"] and "(6 pairs)" in lines[0]
+    assert "3 photos x 2 degradations, 48x48 central crops, degradation seeds 7..8" in captured.out
+    table = json.loads(out.read_text())
+    assert table["pairs"] == 6 and table["degradation_seeds"] == [7, 8] and table["crop"] == 48
+    assert len(table["skipped"]) == 1 and "zz_broken.png" in table["skipped"][0]
+    assert [os.path.basename(p) for p in table["photos"]] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert table["methods"]["identity"]["spectrum_db"] > 0
+    spectrum_row = next(line for line in lines if line.startswith("spectrum distance"))
+    assert float(spectrum_row.split()[-2]) == pytest.approx(table["methods"]["identity"]["spectrum_db"], abs=1e-4)
+
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "run.max_step=3"], "unknown key 'run.max_step' (did you mean 'max_steps'?)"),
@@ -119,9 +138,18 @@ def test_train_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message)
     assert err[-1].startswith("udm-fast: error: ") and message in err[-1]
 
 
-def test_eval_errors(tmp_path, capsys):
+def test_eval_errors(tmp_path, capsys, photos):
     assert cli.main(["eval", "--weights", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 1
     assert f"{tmp_path} holds no pairs.csv" in capsys.readouterr().err
+    assert cli.main(["eval", "--clean", str(tmp_path / "missing")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    assert cli.main(["eval", "--clean", str(photos), "--degradations", "1"]) == 1
+    assert "--degradations >= 2" in capsys.readouterr().err
+    assert cli.main(["eval", "--clean", str(photos), "--crop", "100", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "smaller than --crop 100" in err and "needs at least 2 usable photos of at least 100x100" in err
+    with pytest.raises(SystemExit):  # argparse: --data and --clean exclude each other
+        cli.main(["eval", "--clean", str(photos), "--data", str(tmp_path)])
 
 
 def test_killed_training_resumes_on_the_same_trajectory(paired, tmp_path):

@@ -19,7 +19,7 @@ Images are float tensors [B, 3, H, W] in [0, 1]; the statistics are computed in 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -174,14 +174,16 @@ def code_bits(model, y: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_seed: int = 0) -> dict:
+def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_seed: int = 0, *,
+                   perceptual: Optional[dict] = None, progress: Optional[Callable[[], None]] = None) -> dict:
     """The model against the identity and mismatched baselines on a grid of pairs.
 
     contents [n, 3, H, W]: clean photos; degraded [n, m, 3, H, W]: degraded[i, j] is content i under
     degradation j (m >= 2, the same degradation j for every content). For each pair (i, j):
     model ŷ = synthesize(x_i, codes of degraded[i, j]); identity ŷ = x_i; mismatched
     ŷ = synthesize(x_i, codes of degraded[i, (j + 1) % m]). The spread ratio uses the unquantised e_g,
-    the active dimensions the quantised one. Returns {"methods": {method: {measure: mean}},
+    the active dimensions the quantised one. ``perceptual`` maps names ("dists", "lpips") to distance
+    modules ([0, 1] images, ``reduction="none"``) added to the measures; ``progress`` is called per pair. Returns {"methods": {method: {measure: mean}},
     "codes": {"spread_ratio", "active_dimensions", "global_dim", "bits_total", "bits_global", "bits_local"},
     "pairs": n * m, "per_pair": [{"content": i, "degradation": j, method: {measure: value}}]}.
     """
@@ -207,10 +209,15 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
                 outputs[method] = model.synthesize(x, *per_degradation[source], noise=noise)
             pair = {"content": i, "degradation": j}
             for method, y_hat in outputs.items():
-                rows[method].append(degradation_measures(y_hat, y, x))
+                measures = degradation_measures(y_hat, y, x)
+                for name, module in (perceptual or {}).items():
+                    measures[name] = module(y_hat.clamp(0.0, 1.0), y, reduction="none").double()
+                rows[method].append(measures)
                 pair[method] = {key: float(value[0]) for key, value in rows[method][-1].items()}
             per_pair.append(pair)
             bits.append(code_bits(model, y))
+            if progress is not None:
+                progress()
     methods = {method: {key: float(np.nanmean(torch.cat([r[key] for r in per]).cpu().numpy()))
                         for key in per[0]} for method, per in rows.items()}
     codes_grid = torch.stack(codes)  # [n, m, global_dim]
@@ -225,7 +232,9 @@ MEASURE_LABELS = {"spectrum_db": "spectrum distance dB (lower better)",
                   "noise_error_255": "|noise σ error| /255 (lower better)",
                   "blur_error_px": "|blur σ error| px (lower better)",
                   "psnr_lowpass": "low-pass PSNR dB (higher better)",
-                  "ms_ssim_lowpass": "low-pass MS-SSIM (higher better)"}
+                  "ms_ssim_lowpass": "low-pass MS-SSIM (higher better)",
+                  "dists": "DISTS (lower better)",
+                  "lpips": "LPIPS (lower better)"}
 
 
 def format_transfer_table(table: dict) -> str:
@@ -234,6 +243,8 @@ def format_transfer_table(table: dict) -> str:
     lines = [f"{'measure (' + str(table['pairs']) + ' pairs)':<{width}}" + "".join(f"{m:>12}" for m in METHODS),
              "-" * (width + 12 * len(METHODS))]
     for key, label in MEASURE_LABELS.items():
+        if key not in table["methods"]["model"]:  # DISTS / LPIPS without their weights
+            continue
         lines.append(f"{label:<{width}}" + "".join(f"{table['methods'][m][key]:>12.4f}" for m in METHODS))
     c = table["codes"]
     lines += ["", f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",

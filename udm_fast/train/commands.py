@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +20,14 @@ import yaml
 from PIL import Image
 
 from ..degrade import DegradeConfig, degrade
+from ..files import write_bytes_atomic
 from .config import ConfigError, load_config
 from .data import DataError, ItemError, decode_image, derive_seed, list_images, read_pairs
 
 SYNTH_INDEX = "pairs.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+TRANSFER_CROP = 128
+TRANSFER_FIRST_SEED = 1_000_000
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -61,21 +64,36 @@ def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argpars
 
     evaluate = commands.add_parser(
         "eval", parents=list(parents), help="measure how well a model re-applies degradations",
-        description="For each (clean x, degraded y) pair: ŷ = model re-applies y's degradation to x; reports "
-                    "DISTS and LPIPS (when their weights are available), MS-SSIM and PSNR of ŷ against y, and the "
-                    "bits of the quantised codes (e_g per image, e_l per pixel). Prints a table, writes JSON.")
-    evaluate.add_argument("--weights", required=True, metavar="W",
+        description="Two modes. --data: for each (clean x, degraded y) pair of a paired set, ŷ = the model "
+                    "re-applies y's degradation to x; reports DISTS and LPIPS (when their weights are available), "
+                    "MS-SSIM and PSNR of ŷ against y, and the bits of the quantised codes. --clean: degrades each "
+                    "clean photo with --degradations seeded draws of udm_fast.degrade and compares the model with "
+                    "two baselines on the same pairs (identity ŷ = x, and the code of another degradation) on "
+                    "measures that do not depend on the noise realisation (power spectrum, noise level, blur "
+                    "width), on content after a low-pass, and on the codes (spread ratio, active dimensions, bits). "
+                    "Prints a table, writes JSON.")
+    evaluate.add_argument("--weights", metavar="W",
                           help="a model file (model.pt of a run), a training checkpoint, or with --official the "
-                               "authors' checkpoint")
+                               "authors' checkpoint (default: the bundled model)")
     evaluate.add_argument("--official", action="store_true", help="W is the authors' checkpoint")
-    evaluate.add_argument("--data", required=True, metavar="DIR|CSV",
-                          help=f"a paired CSV index, or a folder holding {SYNTH_INDEX} (as written by synth)")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="DIR|CSV",
+                        help=f"a paired CSV index, or a folder holding {SYNTH_INDEX} (as written by synth)")
+    source.add_argument("--clean", metavar="DIR", help="a folder of clean photos (held out from training): "
+                        "transfer evaluation against the identity and mismatched baselines")
     evaluate.add_argument("--distorted-column", default="name", metavar="NAME")
     evaluate.add_argument("--reference-column", default="ref_name", metavar="NAME")
     evaluate.add_argument("--out", default="eval.json", metavar="JSON", help="results file (default eval.json)")
     evaluate.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--crop", type=int, default=0, metavar="N", help="evaluate the central N x N crops")
-    evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N pairs")
+    evaluate.add_argument("--crop", type=int, default=0, metavar="N",
+                          help=f"evaluate the central N x N crops (--clean: default {TRANSFER_CROP})")
+    evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N pairs (--data) or "
+                          "photos (--clean)")
+    evaluate.add_argument("--degradations", type=int, default=6, metavar="M",
+                          help="--clean: degradations per photo (default 6, at least 2)")
+    evaluate.add_argument("--first-seed", type=int, default=TRANSFER_FIRST_SEED, metavar="S",
+                          help=f"--clean: seed of the first degradation, then S+1, ... (default {TRANSFER_FIRST_SEED}, "
+                               "far from the seeds a training run draws)")
     evaluate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the generator noise")
     evaluate.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG16 file for DISTS/LPIPS")
     evaluate.add_argument("--no-download", action="store_true", help="never download the VGG16 weights")
@@ -200,13 +218,18 @@ def run_synth(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval
 
 
-def load_eval_model(path: str, official: bool, device: torch.device):
-    """A UDM in eval mode from a model file, a training checkpoint (its raw weights) or, with
-    ``official``, the authors' checkpoint."""
+def load_eval_model(path: Optional[str], official: bool, device: torch.device):
+    """A UDM in eval mode from a model file, a training checkpoint (its raw weights), with ``official``
+    the authors' checkpoint, or for ``path`` None the bundled model."""
     from .. import checkpoint as ckpt
     from ..model import UDM, UDMConfig
     from .trainer import CHECKPOINT_FORMAT
 
+    if path is None:
+        if official:
+            raise ValueError("--official needs --weights PATH (the authors' checkpoint)")
+        from ..pretrained import default_model
+        return default_model(device)
     if official:
         return UDM.from_official(path).to(device)
     payload = ckpt.load_file(path)
@@ -273,30 +296,84 @@ def _perceptual_metrics(args: argparse.Namespace, device: torch.device) -> tuple
     return modules, unavailable
 
 
+def _clean_crops(folder: str, crop: int, limit: int, skipped: list) -> tuple[list, torch.Tensor]:
+    """(paths, [n, 3, crop, crop] in [0, 1]): the central crop of every usable photo in the folder
+    (sorted; the first ``limit`` if > 0). Unusable files are reported, appended to ``skipped`` and left out."""
+    if not os.path.isdir(folder):
+        raise DataError(f"--clean {folder}: no such folder")
+    paths, crops = [], []
+    for relative in list_images(folder, IMAGE_EXTENSIONS):
+        path = os.path.join(folder, relative)
+        try:
+            crops.append(_center_crop(decode_image(path), crop).transpose(2, 0, 1))
+        except ItemError as exc:
+            skipped.append(f"{path}: {exc}")
+            print(f"udm-fast: warning: skipped {skipped[-1]}", file=sys.stderr)
+            continue
+        paths.append(path)
+        if len(paths) == limit:
+            break
+    if len(paths) < 2:
+        raise DataError(f"--clean {folder}: needs at least 2 usable photos of at least {crop}x{crop} (the spread "
+                        f"ratio compares contents), found {len(paths)}")
+    return paths, torch.from_numpy(np.ascontiguousarray(np.stack(crops))).float() / 255.0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from ..cli import parse_device
-    from .metrics import evaluate_pairs
 
     if args.crop < 0 or args.limit < 0:
         raise ValueError("--crop and --limit must be >= 0")
+    if args.clean is not None and (args.degradations < 2 or (args.crop and args.crop < 32)):
+        raise ValueError("--clean needs --degradations >= 2 and --crop >= 32")
     device = parse_device(args.device)
-    index = _index_path(args.data)
+    source = args.data if args.clean is None else args.clean
+    index = _index_path(args.data) if args.clean is None else None
     model = load_eval_model(args.weights, args.official, device)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
         hint = ("; give --vgg-weights PATH (torchvision's vgg16-397923af.pth) or put that file in the torch hub "
                 "cache" if reason.startswith("VGG16") else "")
         print(f"udm-fast: note: {name} not computed ({reason.split(';')[0]}){hint}", file=sys.stderr)
+    if args.clean is None:
+        results, table = _eval_paired(model, index, args, device, perceptual)
+    else:
+        results, table = _eval_transfer(model, args, device, perceptual)
+    results.update(weights=args.weights or "bundled", data=index or source, crop=results.get("crop", args.crop or None),
+                   seed=args.seed, unavailable=unavailable)
+    print(table)
+    write_bytes_atomic(args.out, json.dumps(results, indent=2).encode("utf-8"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _eval_paired(model, index: str, args: argparse.Namespace, device: torch.device, perceptual: dict):
+    from .metrics import evaluate_pairs
+
     skipped: list = []
     results = evaluate_pairs(model, _eval_pairs(index, args, device, skipped), perceptual=perceptual,
                              noise_seed=args.seed)
-    results.update(weights=args.weights, data=index, crop=args.crop or None, seed=args.seed,
-                   unavailable=unavailable, skipped=skipped)
-    print(format_table(results))
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
-    return 0
+    results["skipped"] = skipped
+    return results, format_table(results)
+
+
+def _eval_transfer(model, args: argparse.Namespace, device: torch.device, perceptual: dict):
+    from ..evaluation import degradation_grid, format_transfer_table, transfer_table
+    from tqdm import tqdm
+
+    crop = args.crop or TRANSFER_CROP
+    skipped: list = []
+    paths, contents = _clean_crops(args.clean, crop, args.limit, skipped)
+    seeds = list(range(args.first_seed, args.first_seed + args.degradations))
+    degraded, params = degradation_grid(contents, seeds)
+    start = time.perf_counter()
+    with tqdm(total=len(paths) * len(seeds), desc="pairs", unit="pair", disable=None) as bar:
+        table = transfer_table(model, contents.to(device), degraded.to(device), noise_seed=args.seed,
+                               perceptual=perceptual, progress=bar.update)
+    text = (format_transfer_table(table) + f"\n({len(paths)} photos x {len(seeds)} degradations, {crop}x{crop} "
+            f"central crops, degradation seeds {seeds[0]}..{seeds[-1]}, {time.perf_counter() - start:.1f} s on {device})")
+    table.update(photos=paths, crop=crop, degradation_seeds=seeds, degradations=params, skipped=skipped)
+    return table, text
 
 
 METRIC_LABELS = {"dists": "DISTS (lower is better)", "lpips": "LPIPS (lower is better)",
