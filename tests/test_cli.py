@@ -234,6 +234,39 @@ def test_demo_writes_the_grid(tmp_path, capsys, monkeypatch, files):
         top = gap + r * (cell_h + gap) + label + (cell_h - h) // 2
         left = gap + (cell_w - w) // 2
         torch.testing.assert_close(grid[..., top:top + h, left:left + w], sample, rtol=0, atol=1e-6)
+    # traversals: one row per e_g dimension, one column per offset, cells of the table crop's size
+    traversals = load_image(tmp_path / "demo" / cli.DEMO_TRAVERSAL_NAME)
+    side = min(cli.DEMO_TABLE_CROP, *(s.shape[-1] for s in samples), *(s.shape[-2] for s in samples))
+    assert traversals.shape[-2:] == (cli.TRAVERSAL_DIMENSIONS * (side + gap) + gap + label,
+                                     len(cli.TRAVERSAL_OFFSETS) * (side + gap) + gap)
+    dims = [int(d) for d in out.split("with e_g dimensions [", 1)[1].split("]", 1)[0].split(",")]
+    assert len(set(dims)) == cli.TRAVERSAL_DIMENSIONS and all(0 <= d < UDM.load(files["weights"]).config.global_dim
+                                                              for d in dims)
+    rows = [line.split() for line in out.splitlines()]
+    header = next(r for r in rows if r[:1] == ["measure"])
+    assert header[-3:] == ["model", "identity", "mismatched"]
+    assert f"({len(samples) * cli.DEMO_TABLE_DEGRADATIONS} pairs)" in " ".join(header)
+    assert any(r[:2] == ["spectrum", "distance"] for r in rows) and "active e_g dimensions" in out
+
+
+def test_demo_traversal_rows_move_only_their_dimension(files):
+    model = UDM.load(files["weights"]).eval()
+    torch.manual_seed(0)
+    codes = [(torch.randn(1, model.config.global_dim).round(), torch.zeros(1, 4, 2, 2)) for _ in range(5)]
+    codes[1][0][0, 2] += 10.0  # dimension 2 varies most, then the others by their random spread
+    calls = []
+    original = model.synthesize
+    model.synthesize = lambda x, e_g, e_l, noise=None: calls.append(e_g.clone()) or original(x, e_g, e_l, noise=noise)
+    grid, dims = cli._traversals(model, torch.rand(1, 3, 16, 16), codes, seed=0)
+    assert dims[0] == 2 and len(dims) == cli.TRAVERSAL_DIMENSIONS
+    variance = torch.cat([g for g, _ in codes]).var(dim=0, unbiased=False)
+    assert [float(variance[d]) for d in dims] == sorted((float(v) for v in variance), reverse=True)[:len(dims)]
+    assert len(calls) == len(dims) * len(cli.TRAVERSAL_OFFSETS)
+    for k, e_g in enumerate(calls):
+        d, offset = dims[k // len(cli.TRAVERSAL_OFFSETS)], cli.TRAVERSAL_OFFSETS[k % len(cli.TRAVERSAL_OFFSETS)]
+        expected = codes[0][0].clone()
+        expected[0, d] += offset
+        assert torch.equal(e_g, expected)
 
 
 # ----------------------------------------------------------------------------- the installed entry point

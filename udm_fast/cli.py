@@ -31,6 +31,11 @@ from .train import commands as train_commands
 PROG = "udm-fast"
 MAX_ERROR_CHARS = 400
 DEMO_GRID_NAME = "transfer_grid.png"
+DEMO_TRAVERSAL_NAME = "traversals.png"
+TRAVERSAL_DIMENSIONS = 4      # rows: the e_g dimensions that vary most across the demo's degradations
+TRAVERSAL_OFFSETS = (-3, -2, -1, 0, 1, 2, 3)  # columns: quantisation steps added to that dimension
+DEMO_TABLE_DEGRADATIONS = 4   # seeded udm_fast.degrade draws per sample photo for the printed table
+DEMO_TABLE_CROP = 128
 GRID_GAP = 6
 LABEL_HEIGHT = 14
 
@@ -231,8 +236,9 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels))
 
 
-def _grid(rows: list, labels: Sequence[str]) -> torch.Tensor:
-    """Images laid out in cells of the largest size (rows[r][c] may be None), labels under row 0."""
+def _grid(rows: list, labels: Sequence[str], row_labels: Sequence[str] = ()) -> torch.Tensor:
+    """Images laid out in cells of the largest size (rows[r][c] may be None), labels under row 0,
+    ``row_labels[r]`` written over the top-left corner of row r's first cell."""
     cell_h = max(im.height for row in rows for im in row if im is not None)
     cell_w = max(im.width for row in rows for im in row if im is not None)
     n_rows, n_cols = len(rows), len(rows[0])
@@ -247,19 +253,57 @@ def _grid(rows: list, labels: Sequence[str]) -> torch.Tensor:
                 canvas.paste(im, (left + (cell_w - im.width) // 2, top + (cell_h - im.height) // 2))
             if r == 0:
                 draw.text((left, top + cell_h + 1), labels[c], fill=(0, 0, 0))
+            if c == 0 and r < len(row_labels):
+                draw.text((left + 2, top + 1), row_labels[r], fill=(255, 255, 0), stroke_width=1,
+                          stroke_fill=(0, 0, 0))
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)[None].float() / 255.0
 
 
+def _center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    size = min(size, h, w)
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[..., top:top + size, left:left + size]
+
+
+def _traversals(model: UDM, x: torch.Tensor, codes: list, seed: int) -> tuple[torch.Tensor, list]:
+    """(grid, dimensions): the transfer to x of codes[0] with one e_g dimension moved by ``TRAVERSAL_OFFSETS``
+    quantisation steps, one row per dimension; the dimensions are the ``TRAVERSAL_DIMENSIONS`` whose
+    quantised values vary most across ``codes`` (ties: the lower index)."""
+    e_g_all = torch.cat([e_g for e_g, _ in codes]).double()
+    variance = e_g_all.var(dim=0, unbiased=False)
+    dimensions = sorted(range(variance.numel()), key=lambda d: (-float(variance[d]), d))[:TRAVERSAL_DIMENSIONS]
+    base_g, base_l = codes[0]
+    rows = []
+    for d in dimensions:
+        row = []
+        for offset in TRAVERSAL_OFFSETS:
+            e_g = base_g.clone()
+            e_g[:, d] += offset
+            row.append(_to_pil(model.synthesize(x, e_g, base_l, noise=torch.Generator().manual_seed(seed))))
+        rows.append(row)
+    labels = [f"e_g[d] {o:+d}" if o else "e_g[d] as coded" for o in TRAVERSAL_OFFSETS]
+    return _grid(rows, labels, [f"d={d}" for d in dimensions]), dimensions
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    from .evaluation import degradation_grid, format_transfer_table, transfer_table
+
     device = parse_device(args.device)
     generator = torch.Generator().manual_seed(args.seed)
     cleans = [load_image(p) for p in pretrained.sample_paths()]
     degraded = [make(cleans[i % len(cleans)], generator) for i, (_, make) in enumerate(DEMO_DEGRADATIONS)]
-    model = load_model(args.weights, args.official, device)
+    model = load_model(args.weights, args.official, device).eval()
     set_tile_size(model, args.tile_size)
+    contents = torch.cat([_center_crop(x, DEMO_TABLE_CROP) for x in cleans])
+    seeds = [train_commands.TRANSFER_FIRST_SEED + k for k in range(DEMO_TABLE_DEGRADATIONS)]
+    table_degraded, _ = degradation_grid(contents, seeds)
+    n_transfers = len(cleans) * len(degraded)
+    n_pairs = len(cleans) * len(seeds)
+    n_traversals = TRAVERSAL_DIMENSIONS * len(TRAVERSAL_OFFSETS)
     rows = [[None] + [_to_pil(y) for y in degraded]]
     start = time.perf_counter()
-    with torch.no_grad(), tqdm(total=len(cleans) * len(degraded), desc="transfers", unit="image") as bar:
+    with torch.no_grad(), tqdm(total=n_transfers + n_traversals + n_pairs, desc="demo", unit="image") as bar:
         codes = [model.encode(y.to(device)) for y in degraded]
         for x in cleans:
             row = [_to_pil(x)]
@@ -267,13 +311,29 @@ def run_demo(args: argparse.Namespace) -> int:
                 row.append(_to_pil(model.synthesize(x.to(device), e_g, e_l, noise=generator)))
                 bar.update()
             rows.append(row)
+        table_codes = [model.encode(table_degraded[i, j:j + 1].to(device))
+                       for i in range(len(cleans)) for j in range(len(seeds))]
+        traversal_grid, dimensions = _traversals(model, contents[:1].to(device), codes + table_codes, args.seed)
+        bar.update(n_traversals)
+        table = transfer_table(model, contents.to(device), table_degraded.to(device), noise_seed=args.seed,
+                               progress=bar.update)
     elapsed = time.perf_counter() - start
     out = os.path.join(args.out, DEMO_GRID_NAME)
     save_image(_grid(rows, ["clean \\ degraded"] + [label for label, _ in DEMO_DEGRADATIONS]), out)
     print(f"wrote {out}: rows = {len(cleans)} bundled clean photos, columns = {len(degraded)} degraded examples "
-          f"(top row), {len(cleans) * len(degraded)} transfers on {device} in {elapsed:.1f} s")
+          f"(top row), {n_transfers} transfers")
+    out = os.path.join(args.out, DEMO_TRAVERSAL_NAME)
+    save_image(traversal_grid, out)
+    print(f"wrote {out}: the '{DEMO_DEGRADATIONS[0][0]}' code transferred to a crop of the first photo, with e_g "
+          f"dimensions {dimensions} (rows; most varying over the demo's degradations) moved by "
+          f"{TRAVERSAL_OFFSETS[0]}..{TRAVERSAL_OFFSETS[-1]:+d} steps (columns)")
+    print(f"\ntransfer quality on the bundled photos ({DEMO_TABLE_CROP}x{DEMO_TABLE_CROP} central crops) x "
+          f"{len(seeds)} seeded degradations (seeds {seeds[0]}..{seeds[-1]}); see the README for the held-out "
+          "evaluation, `udm-fast eval --clean DIR` to run it on your photos:")
+    print(format_transfer_table(table))
+    print(f"(demo computed on {device} in {elapsed:.1f} s)")
     if args.weights is None and not pretrained.DEFAULT_WEIGHTS.is_file():
-        print("note: the model is an untrained placeholder, so the grid shows the pipeline, not real transfers")
+        print("note: the model is an untrained placeholder, so the images show the pipeline, not real transfers")
     return 0
 
 
@@ -333,9 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=run_info)
 
     demo = commands.add_parser("demo", parents=[common, model_options, run_options],
-                               help="transfer grid on the bundled sample photos",
+                               help="transfer grid, e_g traversals and a quality table on the bundled photos",
                                description="Degrades bundled photos, transfers each degradation to every photo "
-                                           "and writes DIR/" + DEMO_GRID_NAME + ".")
+                                           "(DIR/" + DEMO_GRID_NAME + "), moves single e_g dimensions (DIR/"
+                                           + DEMO_TRAVERSAL_NAME + ") and prints the transfer table against "
+                                           "the identity and mismatched baselines.")
     demo.add_argument("--out", default="udm_fast_demo", metavar="DIR", help="output folder (default ./udm_fast_demo)")
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the noise (default 0)")
     demo.set_defaults(run=run_demo)

@@ -225,13 +225,10 @@ def load_eval_model(path: Optional[str], official: bool, device: torch.device):
     from ..model import UDM, UDMConfig
     from .trainer import CHECKPOINT_FORMAT
 
-    if path is None:
-        if official:
-            raise ValueError("--official needs --weights PATH (the authors' checkpoint)")
-        from ..pretrained import default_model
-        return default_model(device)
-    if official:
-        return UDM.from_official(path).to(device)
+    from ..cli import load_model
+
+    if path is None or official:
+        return load_model(path, official, device).eval()
     payload = ckpt.load_file(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         model = UDM(UDMConfig.from_dict(payload["config"]["model"]))
