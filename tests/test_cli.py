@@ -1,4 +1,5 @@
 """The ``udm-fast`` command (in-process and through the installed entry point) and the default model."""
+import json
 import os
 import subprocess
 import sys
@@ -323,7 +324,15 @@ def test_default_model_loads_a_bundled_weights_file(files, monkeypatch):
         warnings.simplefilter("error", pretrained.PlaceholderModelWarning)
         model = pretrained.default_model("cpu")
     assert model.weights_hash() == UDM.load(files["weights"]).weights_hash() and not model.training
-    assert pretrained.default_model_source() == str(files["weights"])
+    monkeypatch.setattr(pretrained, "DEFAULT_METADATA", files["weights"].parent / "absent.json")
+    assert pretrained.default_model_source() == str(files["weights"]) and pretrained.default_model_metadata() is None
+    record = files["weights"].parent / "record.json"
+    record.write_text(json.dumps({"training_log": {"steps": 123}, "config": {"run": {"device": "cpu"}},
+                                  "commit": "0123456789abcdef"}))
+    monkeypatch.setattr(pretrained, "DEFAULT_METADATA", record)
+    assert pretrained.default_model_metadata()["commit"] == "0123456789abcdef"
+    assert pretrained.default_model_source() == (f"{files['weights']} (trained 123 steps on cpu, commit 0123456789ab; "
+                                                 "record in record.json)")
 
 
 def test_bundled_samples():

@@ -1,13 +1,17 @@
 """The default model and the bundled sample images.
 
 ``default_model`` loads ``assets/default_model.pt`` (a ``UDM.save`` file) when the package ships
-one. Until trained weights exist it returns a deterministic, untrained placeholder so that the
-command-line tools and the demo run end to end; a ``PlaceholderModelWarning`` says so.
+one; ``assets/default_model.json`` describes how it was trained (config, log summary, commit) and
+``assets/default_model_eval.json`` holds its held-out evaluation (``udm-fast eval --clean``).
+Without the weights file it returns a deterministic, untrained placeholder so that the command-line
+tools and the demo still run end to end; a ``PlaceholderModelWarning`` says so.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -15,6 +19,7 @@ from .model import UDM
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "default_model.pt"
+DEFAULT_METADATA = ASSETS / "default_model.json"
 SAMPLES = ASSETS / "samples"
 SAMPLE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 PLACEHOLDER_FILTERS = 16
@@ -35,10 +40,23 @@ def default_model(device: str | torch.device = "cpu") -> UDM:
     return placeholder_model().to(device)
 
 
+def default_model_metadata() -> Optional[dict]:
+    """The training record of the bundled weights (``DEFAULT_METADATA``), or None when absent."""
+    if not (DEFAULT_WEIGHTS.is_file() and DEFAULT_METADATA.is_file()):
+        return None
+    with open(DEFAULT_METADATA, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def default_model_source() -> str:
-    """Where ``default_model`` gets its weights: the weights file, or the placeholder."""
+    """Where ``default_model`` gets its weights: the weights file (with its training record), or the placeholder."""
     if DEFAULT_WEIGHTS.is_file():
-        return str(DEFAULT_WEIGHTS)
+        meta = default_model_metadata()
+        if meta is None:
+            return str(DEFAULT_WEIGHTS)
+        log = meta["training_log"]
+        return (f"{DEFAULT_WEIGHTS} (trained {log['steps']} steps on {meta['config']['run']['device']}, "
+                f"commit {meta['commit'][:12]}; record in {DEFAULT_METADATA.name})")
     return f"untrained placeholder, UDM(filters={PLACEHOLDER_FILTERS}) initialised with seed {PLACEHOLDER_SEED}"
 
 
