@@ -348,27 +348,19 @@ UDM_HOST_DEVICE void fill_map_halo(acc_t* halo, const IdaInputs<scalar_t>& in, c
   }
 }
 
-// wts[kc][tap][k] = w[k, c0 + kc, tap] for w [Cm, k_in, 3, 3]; zero padding.
-template <typename scalar_t, typename acc_t>
-UDM_HOST_DEVICE void stage_conv_weights(acc_t* wts, const scalar_t* w, int cm, int cmp, int k_in, int c0, int ch,
-                                        int lane, int lanes) {
-  for (int e = lane; e < kTaps * ch * cmp; e += lanes) {
-    const int tap = e % kTaps, kc = (e / kTaps) % ch, k = e / (kTaps * ch);
-    const int c = c0 + kc;
-    wts[(kc * kTaps + tap) * cmp + k] =
-        (k < cm && c < k_in) ? static_cast<acc_t>(w[(static_cast<int64_t>(k) * k_in + c) * kTaps + tap]) : acc_t(0);
-  }
-}
+// Stages w [Cm, k_in, 3, 3] (channels c0 .. c0 + ch - 1, zero padding to cmp outputs) as
+// kConvLayout: wts[kc][tap][k] (forward GEMMs), or kDgradLayout: wts[tap][k][kc] (dgrad GEMMs).
+enum WeightLayout { kConvLayout, kDgradLayout };
 
-// wts[tap][k][kc] = w[k, c0 + kc, tap]: the transposed layout of the dgrad GEMMs.
-template <typename scalar_t, typename acc_t>
-UDM_HOST_DEVICE void stage_dgrad_weights(acc_t* wts, const scalar_t* w, int cm, int cmp, int k_in, int c0, int ch,
-                                         int lane, int lanes) {
+template <WeightLayout layout, typename scalar_t, typename acc_t>
+UDM_HOST_DEVICE void stage_weights(acc_t* wts, const scalar_t* w, int cm, int cmp, int k_in, int c0, int ch,
+                                   int lane, int lanes) {
   for (int e = lane; e < kTaps * ch * cmp; e += lanes) {
     const int tap = e % kTaps, kc = (e / kTaps) % ch, k = e / (kTaps * ch);
     const int c = c0 + kc;
-    wts[(tap * cmp + k) * ch + kc] =
-        (k < cm && c < k_in) ? static_cast<acc_t>(w[(static_cast<int64_t>(k) * k_in + c) * kTaps + tap]) : acc_t(0);
+    const int dst = layout == kConvLayout ? (kc * kTaps + tap) * cmp + k : (tap * cmp + k) * ch + kc;
+    wts[dst] = (k < cm && c < k_in) ? static_cast<acc_t>(w[(static_cast<int64_t>(k) * k_in + c) * kTaps + tap])
+                                    : acc_t(0);
   }
 }
 
@@ -424,14 +416,14 @@ UDM_HOST_DEVICE void compute_branches(const IdaInputs<scalar_t>& in, const Tilin
   const int cmp = d.cm_pad();
   // an empty reduction still runs one all-zero chunk, which writes the zeros
   for (int k0 = 0; k0 < (d.cm > 0 ? d.cm : 1); k0 += t.ch) {
-    stage_conv_weights(wts, in.w_map, d.cm, cmp, d.cm, k0, t.ch, lane, lanes);
+    stage_weights<kConvLayout>(wts, in.w_map, d.cm, cmp, d.cm, k0, t.ch, lane, lanes);
     fill_map_halo(halo, in, t, o, k0, lane, lanes);
     block_sync();
     conv_chunk(buf_a, halo, wts, t, cmp, k0 == 0, lane, lanes);
     block_sync();
   }
   for (int c0 = 0; c0 < (d.c > 0 ? d.c : 1); c0 += t.ch) {
-    stage_conv_weights(wts, in.w_x, d.cm, cmp, d.c, c0, t.ch, lane, lanes);
+    stage_weights<kConvLayout>(wts, in.w_x, d.cm, cmp, d.c, c0, t.ch, lane, lanes);
     fill_x_halo(halo, in, t, o, c0, lane, lanes);
     block_sync();
     conv_chunk(buf_bx, halo, wts, t, cmp, c0 == 0, lane, lanes);
@@ -807,7 +799,7 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
   block_sync();
   // dx = col2im(dbx Wx), written directly
   for (int c0 = 0; c0 < d.c; c0 += t.ch) {
-    stage_dgrad_weights(wts, in.w_x, d.cm, cmp, d.c, c0, t.ch, lane, lanes);
+    stage_weights<kDgradLayout>(wts, in.w_x, d.cm, cmp, d.c, c0, t.ch, lane, lanes);
     block_sync();
     for (int mt = lane; mt < 4 * n_pg * n_cg; mt += lanes) {
       const int cg = mt % n_cg, pg = (mt / n_cg) % n_pg, pq = mt / (n_cg * n_pg);
@@ -828,7 +820,7 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
   }
   // dt = col2im(da Wa), times LReLU_0.1'(t_pre); then dm and dWu through ConvT2x2s2
   for (int k0 = 0; k0 < (d.cm > 0 ? d.cm : 1); k0 += t.ch) {
-    stage_dgrad_weights(wts, in.w_map, d.cm, cmp, d.cm, k0, t.ch, lane, lanes);
+    stage_weights<kDgradLayout>(wts, in.w_map, d.cm, cmp, d.cm, k0, t.ch, lane, lanes);
     block_sync();
     for (int mt = lane; mt < 4 * n_pg * n_cg; mt += lanes) {
       const int cg = mt % n_cg, pg = (mt / n_cg) % n_pg, pq = mt / (n_cg * n_pg);

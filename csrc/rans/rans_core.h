@@ -92,17 +92,19 @@ UDM_RANS_HD int32_t quantize_unchecked(float value, float median, bool &ok) {
   return static_cast<int32_t>(bits_float(rounded & (0u - static_cast<uint32_t>(ok))));
 }
 
-// --- compat coder (rans64, 32-bit words) ----------------------------------------------------
+// --- one rANS step, shared by both coders ---------------------------------------------------
+// compat (rans64 as in compressai): 64-bit state, 32-bit words, low bound kCompatLow;
+// lanes of the parallel format: 32-bit state, 16-bit words, low bound kLaneLow.
 
 // Encodes (start, freq) at 2^scale_bits into x; returns true and sets *word when a word is
 // emitted (the word stream is written back to front).
-UDM_RANS_HD bool compat_put(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits,
-                            uint32_t *word) {
-  const uint64_t x_max = ((kCompatLow >> scale_bits) << 32) * freq;
+template <typename State, typename Word>
+UDM_RANS_HD bool rans_put(State &x, uint32_t start, uint32_t freq, uint32_t scale_bits, State low, Word *word) {
+  const uint64_t x_max = ((static_cast<uint64_t>(low) >> scale_bits) << (8 * sizeof(Word))) * freq;
   bool emitted = false;
   if (x >= x_max) {
-    *word = static_cast<uint32_t>(x);
-    x >>= 32;
+    *word = static_cast<Word>(x);
+    x >>= 8 * sizeof(Word);
     emitted = true;
   }
   x = ((x / freq) << scale_bits) + (x % freq) + start;
@@ -110,32 +112,28 @@ UDM_RANS_HD bool compat_put(uint64_t &x, uint32_t start, uint32_t freq, uint32_t
 }
 
 // Decoder step after the symbol (start, freq) was found from x's low scale_bits bits;
-// returns true when the state needs a refill word (x = (x << 32) | word).
-UDM_RANS_HD bool compat_advance(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
-  const uint64_t mask = (1ull << scale_bits) - 1;
+// returns true when the state needs a refill word (x = (x << word bits) | word).
+template <typename State>
+UDM_RANS_HD bool rans_advance(State &x, uint32_t start, uint32_t freq, uint32_t scale_bits, State low) {
+  const State mask = (State(1) << scale_bits) - 1;
   x = freq * (x >> scale_bits) + (x & mask) - start;
-  return x < kCompatLow;
+  return x < low;
 }
 
-// --- lane coder (32-bit state, 16-bit words) ------------------------------------------------
+UDM_RANS_HD bool compat_put(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits, uint32_t *word) {
+  return rans_put<uint64_t, uint32_t>(x, start, freq, scale_bits, kCompatLow, word);
+}
 
-UDM_RANS_HD bool lane_put(uint32_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits,
-                          uint16_t *word) {
-  const uint64_t x_max = static_cast<uint64_t>((kLaneLow >> scale_bits) << 16) * freq;
-  bool emitted = false;
-  if (x >= x_max) {
-    *word = static_cast<uint16_t>(x);
-    x >>= 16;
-    emitted = true;
-  }
-  x = ((x / freq) << scale_bits) + (x % freq) + start;
-  return emitted;
+UDM_RANS_HD bool compat_advance(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
+  return rans_advance<uint64_t>(x, start, freq, scale_bits, kCompatLow);
+}
+
+UDM_RANS_HD bool lane_put(uint32_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits, uint16_t *word) {
+  return rans_put<uint32_t, uint16_t>(x, start, freq, scale_bits, kLaneLow, word);
 }
 
 UDM_RANS_HD bool lane_advance(uint32_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
-  const uint32_t mask = (1u << scale_bits) - 1;
-  x = freq * (x >> scale_bits) + (x & mask) - start;
-  return x < kLaneLow;
+  return rans_advance<uint32_t>(x, start, freq, scale_bits, kLaneLow);
 }
 
 // --- lane layout of the parallel format -----------------------------------------------------
