@@ -13,7 +13,7 @@ from .perceptual import DISTS, LPIPS, VGG16Features, l2_pool
 from .pixel import DIVERSITY_C2, color_loss, diversity_loss, l1_loss
 from .pretrained import (MissingWeightsError, dists_alpha_beta, lpips_linear_weights, vgg16_cache_path,
                          vgg16_features_state_dict)
-from .spectral import lowpass_l1_loss, radial_power_spectrum, spectrum_loss
+from .spectral import lowpass_l1_loss, planar_power_spectrum, radial_power_spectrum, spectrum_loss
 from .terms import (CriticLoss, bits_from_likelihoods, entropy_aux_loss, gradient_penalty, info_nce_loss,
                     rate_loss, wgan_critic_loss, wgan_generator_loss)
 from .weighting import TERMS, LossWeights
@@ -23,7 +23,7 @@ __all__ = [
     "DIVERSITY_C2", "color_loss", "diversity_loss", "l1_loss",
     "MissingWeightsError", "dists_alpha_beta", "lpips_linear_weights", "vgg16_cache_path",
     "vgg16_features_state_dict",
-    "lowpass_l1_loss", "radial_power_spectrum", "spectrum_loss",
+    "lowpass_l1_loss", "planar_power_spectrum", "radial_power_spectrum", "spectrum_loss",
     "CriticLoss", "bits_from_likelihoods", "entropy_aux_loss", "gradient_penalty", "info_nce_loss", "rate_loss",
     "wgan_critic_loss", "wgan_generator_loss",
     "TERMS", "LossWeights",

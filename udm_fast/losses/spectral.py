@@ -24,6 +24,16 @@ SPECTRUM_FLOOR = 1.0 / (12 * 255 ** 2)  # power of 8-bit rounding noise: weaker 
 LOWPASS_SIGMA = 1.5                     # pixels, default of ``lowpass_l1_loss``
 
 
+def _windowed_power(images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W]: |FFT(Hann window * (image - its mean))|² averaged over channels, divided by the window's
+    energy so that white noise of variance s² has expected power s² at every frequency."""
+    h, w = images.shape[-2:]
+    x = images - images.mean(dim=(-2, -1), keepdim=True)
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
+                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
+    return torch.fft.fft2(x * window).abs().pow(2).mean(dim=1) / window.pow(2).sum()
+
+
 def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(frequencies [n - 1], power [B, n - 1]) with n = min(H, W) // 2: the Hann-windowed power spectrum
     averaged over channels and over rings of radial frequency, in the input's dtype (differentiable).
@@ -39,11 +49,8 @@ def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     n = min(h, w) // 2
     if n < 2:
         raise ValueError(f"radial_power_spectrum: images must be at least 4x4, got {h}x{w}")
-    x = images - images.mean(dim=(-2, -1), keepdim=True)
-    dtype, device = x.dtype, x.device
-    window = torch.outer(torch.hann_window(h, periodic=False, dtype=dtype, device=device),
-                         torch.hann_window(w, periodic=False, dtype=dtype, device=device))
-    power = torch.fft.fft2(x * window).abs().pow(2).mean(dim=1) / window.pow(2).sum()  # [B, H, W]
+    power = _windowed_power(images)
+    dtype, device = power.dtype, power.device
     radius = torch.sqrt(torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
                         + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2)
     ring = torch.floor(radius * 2 * n).long().flatten()
@@ -55,20 +62,37 @@ def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return freqs, sums / counts
 
 
-def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTRUM_FLOOR,
-                  reduction: str = "mean") -> torch.Tensor:
-    """mean over rings of |log10(P_ŷ + floor) - log10(P_y + floor)| (bels), P from ``radial_power_spectrum``.
+def planar_power_spectrum(images: torch.Tensor, pool: int) -> torch.Tensor:
+    """[B, H // pool, W // pool]: the Hann-windowed 2-D power spectrum (normalised like
+    ``radial_power_spectrum``, averaged over channels) averaged over pool x pool blocks of frequencies in
+    FFT order. Unlike the ring average it keeps orientation (motion blur) and periodic peaks (blocking,
+    checkerboard patterns); pooling tames the periodogram's variance."""
+    h, w = images.shape[-2:]
+    if pool < 1 or h < pool or w < pool:
+        raise ValueError(f"planar_power_spectrum: pool must be in [1, min(H, W)], got {pool} for {h}x{w}")
+    return torch.nn.functional.avg_pool2d(_windowed_power(images)[:, None], pool)[:, 0]
 
+
+def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTRUM_FLOOR, pool: int = 0,
+                  reduction: str = "mean") -> torch.Tensor:
+    """mean over frequency bins of |log10(P_ŷ + floor) - log10(P_y + floor)| (bels).
+
+    P: the ring average of ``radial_power_spectrum`` (pool=0), or the 2-D spectrum pooled in pool x pool
+    blocks of ``planar_power_spectrum`` (pool >= 1), which also sees orientation and periodic artefacts.
     The floor keeps frequencies weaker than 8-bit rounding noise from dominating. [B] per sample for
     reduction='none'. Images at least 8x8.
     """
     _check_pair(y_hat, y, "spectrum_loss", min_size=8)
     if not floor > 0:
         raise ValueError(f"spectrum_loss: floor must be > 0, got {floor!r}")
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
+        raise ValueError(f"spectrum_loss: pool must be an int >= 0, got {pool!r}")
     with _no_autocast(y.device.type):
         dtype = _stat_dtype(y)
-        _, p_hat = radial_power_spectrum(y_hat.to(dtype))
-        _, p = radial_power_spectrum(y.to(dtype))
+        if pool:
+            p_hat, p = planar_power_spectrum(y_hat.to(dtype), pool), planar_power_spectrum(y.to(dtype), pool)
+        else:
+            p_hat, p = radial_power_spectrum(y_hat.to(dtype))[1], radial_power_spectrum(y.to(dtype))[1]
         return _reduce((torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
 
 

@@ -33,7 +33,8 @@ class LossWeights:
     * ``gradient_penalty`` 10 (lambda_dis_gp, unknown in the reference; the WGAN-GP paper's value);
     * ``lpips`` 0 (available, off by default as in the reference);
     * ``lowpass_l1`` and ``spectrum`` 0: content and spectrum terms (``losses.spectral``) that stand in
-      for DISTS when its VGG16 weights are unavailable; ``lowpass_sigma`` is the low-pass width (pixels).
+      for DISTS when its VGG16 weights are unavailable; ``lowpass_sigma`` is the low-pass width (pixels),
+      ``spectrum_pool`` 0 compares ring-averaged spectra, N >= 1 2-D spectra pooled in N x N bins.
 
     Not carried over: the silent replacement of a failing loss by mean(y - y_hat), and the disabled
     latent loss (REFERENCE §14.7, §14.15).
@@ -54,6 +55,7 @@ class LossWeights:
     critic_alpha: float = 1.0
     gradient_penalty: float = 10.0
     lowpass_sigma: float = LOWPASS_SIGMA
+    spectrum_pool: int = 0
 
     def __post_init__(self):
         for f in fields(self):
@@ -61,6 +63,8 @@ class LossWeights:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:
                 raise ValueError(f"LossWeights.{f.name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.spectrum_pool, int) or self.spectrum_pool < 0:
+            raise ValueError(f"LossWeights.spectrum_pool must be an int >= 0, got {self.spectrum_pool!r}")
         if self.lowpass_sigma <= 0:
             raise ValueError(f"LossWeights.lowpass_sigma must be > 0 (pixels), got {self.lowpass_sigma!r}")
 
