@@ -156,10 +156,31 @@ def test_spectrum_loss_matches_numpy_spectra_and_ignores_the_noise_realisation()
     assert L.spectrum_loss(n1, n2) < 0.1 < L.spectrum_loss(n1, x + 0.5 * (n2 - x))  # same sigma vs half sigma
 
 
+def test_planar_spectrum_matches_numpy_and_sees_orientation():
+    a = _rand(2, 3, 16, 24, seed=18)
+    window = np.outer(np.hanning(16), np.hanning(24))
+    for i in range(2):
+        power = np.mean([np.abs(np.fft.fft2((a[i, c].numpy() - a[i, c].numpy().mean()) * window)) ** 2
+                         for c in range(3)], axis=0) / (window ** 2).sum()
+        pooled = power.reshape(4, 4, 6, 4).mean(axis=(1, 3))
+        np.testing.assert_allclose(L.planar_power_spectrum(a, 4)[i].numpy(), pooled, rtol=1e-10)
+    # a horizontal and a vertical stripe pattern share their ring spectrum but not their planar one
+    stripes = 0.5 + 0.2 * torch.sin(torch.arange(32, dtype=torch.float64) * 2 * math.pi / 4)
+    horizontal = stripes[None, None, :, None].expand(1, 3, 32, 32)
+    vertical = stripes[None, None, None, :].expand(1, 3, 32, 32)
+    assert L.spectrum_loss(horizontal, vertical).item() < 1e-9
+    assert L.spectrum_loss(horizontal, vertical, pool=2).item() > 0.5
+    with pytest.raises(ValueError, match="pool must be an int >= 0"):
+        L.spectrum_loss(horizontal, vertical, pool=-1)
+    with pytest.raises(ValueError, match="pool must be in"):
+        L.planar_power_spectrum(a, 17)
+
+
 def test_spectral_losses_gradients_and_float32():
     a = _rand(1, 2, 12, 10, seed=16).requires_grad_(True)
     b = _rand(1, 2, 12, 10, seed=17)
     assert torch.autograd.gradcheck(lambda p: L.spectrum_loss(p, b), (a,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda p: L.spectrum_loss(p, b, pool=2), (a,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda p: L.lowpass_l1_loss(p, b, sigma=1.0), (a,), fast_mode=True)
     for fn in (L.spectrum_loss, L.lowpass_l1_loss):
         value = fn(a.float().bfloat16(), b.bfloat16())
@@ -179,6 +200,8 @@ def test_spectral_loss_errors():
         L.spectrum_loss(a, a, floor=0.0)
     with pytest.raises(ValueError, match="lowpass_sigma"):
         L.LossWeights(lowpass_sigma=0.0)
+    with pytest.raises(ValueError, match="spectrum_pool"):
+        L.LossWeights(spectrum_pool=1.5)
 
 
 # ----------------------------------------------------------------------------- training terms

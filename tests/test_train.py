@@ -166,7 +166,8 @@ def test_two_process_gloo_training_keeps_the_ranks_identical(tmp_path):
 @pytest.mark.parametrize("overrides, columns", [
     ({"run.amp": "bf16", "run.channels_last": True, "model.disc_channels": 6, "data.degrade_on": "device",
       "loss.weights.dists": 1.0, "loss.weights.lpips": 1.0, "loss.pretrained": False,
-      "loss.weights.spectrum": 1.0, "loss.weights.lowpass_l1": 1.0}, {"dists", "lpips", "spectrum", "lowpass_l1"}),
+      "loss.weights.spectrum": 1.0, "loss.weights.spectrum_pool": 4, "loss.weights.lowpass_l1": 1.0},
+     {"dists", "lpips", "spectrum", "lowpass_l1"}),
     ({"run.amp": "fp16", "optim.grad_clip": 1.0, "optim.critic_grad_clip": 1.0, "loss.weights.diversity": 0.0},
      {"critic_loss"}),
 ])
