@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="the training run's output folder")
     parser.add_argument("--photos", default="", help="where the training photos came from (stored as text)")
+    parser.add_argument("--commit", default="", help="the commit the run was trained with (default: HEAD)")
     parser.add_argument("--note", default="", help="free text stored with the metadata")
     args = parser.parse_args(argv)
     with open(os.path.join(args.run, "config.yaml"), encoding="utf-8") as f:
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{DEFAULT_WEIGHTS}: {size} bytes is over the {MAX_BYTES}-byte budget")
     shipped = UDM.load(DEFAULT_WEIGHTS)
     metadata = {"weights": DEFAULT_WEIGHTS.name, "bytes": size, "weights_hash": shipped.weights_hash(),
-                "commit": git_commit(), "config": config, "training_photos": args.photos,
+                "commit": args.commit or git_commit(), "config": config, "training_photos": args.photos,
                 "training_log": summary, "note": args.note}
     write_bytes_atomic(METADATA, json.dumps(metadata, indent=2).encode("utf-8"))
     print(f"wrote {DEFAULT_WEIGHTS} ({size / 1e6:.2f} MB, hash {metadata['weights_hash'][:12]}) and {METADATA}")
