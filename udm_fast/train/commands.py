@@ -336,7 +336,7 @@ def run_eval(args: argparse.Namespace) -> int:
         results, table = _eval_paired(model, index, args, device, perceptual)
     else:
         results, table = _eval_transfer(model, args, device, perceptual)
-    results.update(weights=args.weights or "bundled", data=index or source, crop=results.get("crop", args.crop or None),
+    results.update(weights=args.weights or "bundled", weights_hash=model.weights_hash(), data=index or source, crop=results.get("crop", args.crop or None),
                    seed=args.seed, unavailable=unavailable)
     print(table)
     write_bytes_atomic(args.out, json.dumps(results, indent=2).encode("utf-8"))
