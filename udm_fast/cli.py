@@ -328,8 +328,9 @@ def run_demo(args: argparse.Namespace) -> int:
           f"dimensions {dimensions} (rows; most varying over the demo's degradations) moved by "
           f"{TRAVERSAL_OFFSETS[0]}..{TRAVERSAL_OFFSETS[-1]:+d} steps (columns)")
     print(f"\ntransfer quality on the bundled photos ({DEMO_TABLE_CROP}x{DEMO_TABLE_CROP} central crops) x "
-          f"{len(seeds)} seeded degradations (seeds {seeds[0]}..{seeds[-1]}); see the README for the held-out "
-          "evaluation, `udm-fast eval --clean DIR` to run it on your photos:")
+          f"{len(seeds)} seeded degradations (seeds {seeds[0]}..{seeds[-1]}); the bundled model saw some of these "
+          "photos in training, see the README for its held-out evaluation and `udm-fast eval --clean DIR` to "
+          "run one on your photos:")
     print(format_transfer_table(table))
     print(f"(demo computed on {device} in {elapsed:.1f} s)")
     if args.weights is None and not pretrained.DEFAULT_WEIGHTS.is_file():
