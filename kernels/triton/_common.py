@@ -78,6 +78,14 @@ def lowres_coords(n, Hl, Wl):
 
 
 @triton.jit
+def lowres_block(N_lo, Hl, Wl, BLOCK_P: tl.constexpr):
+    """(n, mask, b, i, j): this program's BLOCK_P flattened low-res pixels (grid axis 0), n < N_lo, coordinates."""
+    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b, i, j = lowres_coords(n, Hl, Wl)
+    return n, n < N_lo, b, i, j
+
+
+@triton.jit
 def leaky(h, slope):
     """LeakyReLU(slope); slope 0 is ReLU."""
     return tl.where(h > 0, h, h * slope)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._common import (INTERPRET, autotune_enabled, check_runnable, dot_dtype, dot_precision, leaky,
-                      leaky_grad, load_cond_noise, lowres_coords, multiprocessor_count, pow2)
+                      leaky_grad, load_cond_noise, lowres_block, lowres_coords, multiprocessor_count, pow2)
 
 
 # ============================================================================ kernels
@@ -43,9 +43,7 @@ def _mid_fwd_kernel(x_ptr, m_ptr, wu_ptr, wa_ptr, wx_ptr, a_ptr, bx_ptr,
                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_CC: tl.constexpr):
     """A and Bx (or A (.) Bx when STORE_PRODUCT) for BLOCK_P low-res pixels x BLOCK_N mid channels."""
-    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = n < N_lo
-    b, i, j = lowres_coords(n, Hl, Wl)
+    n, pmask, b, i, j = lowres_block(N_lo, Hl, Wl, BLOCK_P)
     kn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = kn < Cm
     cc = tl.arange(0, BLOCK_CC)
@@ -111,9 +109,7 @@ def _out_fwd_kernel(a_ptr, bx_ptr, wo_ptr, bias_ptr, out_ptr,
                     BLOCK_R: tl.constexpr, BLOCK_CZ: tl.constexpr):
     """Y_pq = P Wo_pq + b for the 4 output parities of BLOCK_P low-res pixels x BLOCK_O channels;
     with SFT, out = x (1 + gamma) + beta + Y, gamma = W2 act(W1 cond), beta = W4 act(W3 [cond; z])."""
-    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = n < N_lo
-    b, i, j = lowres_coords(n, Hl, Wl)
+    n, pmask, b, i, j = lowres_block(N_lo, Hl, Wl, BLOCK_P)
     oo = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     omask = oo < C_out
     smask = pmask[:, None] & omask[None, :]
@@ -168,9 +164,7 @@ def _dp_bwd_kernel(g_ptr, wo_ptr, a_ptr, bx_ptr, da_ptr, dbx_ptr,
                    DOT: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dP = sum_pq G_pq Wo_pq^T (K = 4 C_out), then dA = dP (.) Bx and dBx = dP (.) A."""
-    n = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = n < N_lo
-    b, i, j = lowres_coords(n, Hl, Wl)
+    n, pmask, b, i, j = lowres_block(N_lo, Hl, Wl, BLOCK_P)
     kn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = kn < Cm
     kk = tl.arange(0, BLOCK_K)
