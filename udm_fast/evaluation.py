@@ -183,7 +183,8 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     model ŷ = synthesize(x_i, codes of degraded[i, j]); identity ŷ = x_i; mismatched
     ŷ = synthesize(x_i, codes of degraded[i, (j + 1) % m]). The spread ratio uses the unquantised e_g,
     the active dimensions the quantised one. ``perceptual`` maps names ("dists", "lpips") to distance
-    modules ([0, 1] images, ``reduction="none"``) added to the measures; ``progress`` is called per pair. Returns {"methods": {method: {measure: mean}},
+    modules ([0, 1] images, ``reduction="none"``) added to the measures; ``progress`` is called per pair.
+    Returns {"methods": {method: {measure: mean}},
     "codes": {"spread_ratio", "active_dimensions", "global_dim", "bits_total", "bits_global", "bits_local"},
     "pairs": n * m, "per_pair": [{"content": i, "degradation": j, method: {measure: value}}]}.
     """

@@ -5,8 +5,9 @@ the generator to drop the noise it should reproduce. These two terms separate th
 
 * ``lowpass_l1_loss``: L1 after a Gaussian low-pass — the content, shading and colour of y, with the
   noise realisation averaged away;
-* ``spectrum_loss``: the L1 distance between log radially averaged power spectra — noise level, blur
-  width, ringing and block periodicity, independent of where the noise samples fall.
+* ``spectrum_loss``: the L1 distance between log power spectra, ring-averaged or 2-D pooled — noise
+  level, blur width (and, 2-D, its direction), ringing and block periodicity, independent of where the
+  noise samples fall.
 
 They stand in for DISTS when its pretrained VGG16 weights are not available (the embedded model,
 ``configs/embedded.yaml``); the paper's configuration leaves them off. Images are [B, C, H, W] in
@@ -14,19 +15,21 @@ They stand in for DISTS when its pretrained VGG16 weights are not available (the
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .pixel import _check_pair, _gaussian_taps, _no_autocast, _reduce, _separable_filter, _stat_dtype
+from ..degrade import gaussian_kernel1d, gaussian_radius
+from .pixel import _check_pair, _no_autocast, _reduce, _separable_filter, _stat_dtype
 
 SPECTRUM_FLOOR = 1.0 / (12 * 255 ** 2)  # power of 8-bit rounding noise: weaker detail is not visible
 LOWPASS_SIGMA = 1.5                     # pixels, default of ``lowpass_l1_loss``
 
 
-def _windowed_power(images: torch.Tensor) -> torch.Tensor:
+def _windowed_power(images: torch.Tensor, where: str) -> torch.Tensor:
     """[B, H, W]: |FFT(Hann window * (image - its mean))|² averaged over channels, divided by the window's
     energy so that white noise of variance s² has expected power s² at every frequency."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"{where}: expected a float image batch [B, C, H, W], got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
     h, w = images.shape[-2:]
     x = images - images.mean(dim=(-2, -1), keepdim=True)
     window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
@@ -42,14 +45,11 @@ def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     ring (k = 0) and the corners beyond f = 1/2 are left out. The power is normalised so that white
     noise of variance s² has power s² in every ring.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError("radial_power_spectrum: expected a float image batch [B, C, H, W], got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
     h, w = images.shape[-2:]
     n = min(h, w) // 2
     if n < 2:
         raise ValueError(f"radial_power_spectrum: images must be at least 4x4, got {h}x{w}")
-    power = _windowed_power(images)
+    power = _windowed_power(images, "radial_power_spectrum")
     dtype, device = power.dtype, power.device
     radius = torch.sqrt(torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
                         + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2)
@@ -67,10 +67,11 @@ def planar_power_spectrum(images: torch.Tensor, pool: int) -> torch.Tensor:
     ``radial_power_spectrum``, averaged over channels) averaged over pool x pool blocks of frequencies in
     FFT order. Unlike the ring average it keeps orientation (motion blur) and periodic peaks (blocking,
     checkerboard patterns); pooling tames the periodogram's variance."""
-    h, w = images.shape[-2:]
+    power = _windowed_power(images, "planar_power_spectrum")
+    h, w = power.shape[-2:]
     if pool < 1 or h < pool or w < pool:
         raise ValueError(f"planar_power_spectrum: pool must be in [1, min(H, W)], got {pool} for {h}x{w}")
-    return torch.nn.functional.avg_pool2d(_windowed_power(images)[:, None], pool)[:, 0]
+    return torch.nn.functional.avg_pool2d(power[:, None], pool)[:, 0]
 
 
 def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTRUM_FLOOR, pool: int = 0,
@@ -98,14 +99,13 @@ def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTR
 
 def lowpass_l1_loss(y_hat: torch.Tensor, y: torch.Tensor, *, sigma: float = LOWPASS_SIGMA,
                     reduction: str = "mean") -> torch.Tensor:
-    """mean |g * ŷ - g * y| with g a Gaussian of ``sigma`` pixels (radius ceil(3 sigma), reflect padding;
-    H, W > radius). [B] per sample for reduction='none'."""
+    """mean |g * ŷ - g * y| with g the Gaussian of ``sigma`` pixels of ``udm_fast.degrade.gaussian_kernel1d``
+    (radius ceil(3 sigma)), reflect padding (H, W > radius). [B] per sample for reduction='none'."""
     if not sigma > 0:
         raise ValueError(f"lowpass_l1_loss: sigma must be > 0, got {sigma!r}")
-    radius = max(1, math.ceil(3.0 * sigma))
-    _check_pair(y_hat, y, "lowpass_l1_loss", min_size=radius + 1)
+    _check_pair(y_hat, y, "lowpass_l1_loss", min_size=gaussian_radius(sigma) + 1)
     with _no_autocast(y.device.type):
         dtype = _stat_dtype(y)
-        taps = _gaussian_taps(torch.arange(-radius, radius + 1, dtype=dtype, device=y.device), sigma)
+        taps = gaussian_kernel1d(sigma, dtype=dtype, device=y.device)[0]
         diff = _separable_filter(y_hat.to(dtype) - y.to(dtype), taps)  # the filter is linear
         return _reduce(diff.abs(), reduction, "lowpass_l1_loss")

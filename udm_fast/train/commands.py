@@ -222,10 +222,9 @@ def load_eval_model(path: Optional[str], official: bool, device: torch.device):
     """A UDM in eval mode from a model file, a training checkpoint (its raw weights), with ``official``
     the authors' checkpoint, or for ``path`` None the bundled model."""
     from .. import checkpoint as ckpt
+    from ..cli import load_model
     from ..model import UDM, UDMConfig
     from .trainer import CHECKPOINT_FORMAT
-
-    from ..cli import load_model
 
     if path is None or official:
         return load_model(path, official, device).eval()
@@ -324,7 +323,6 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.clean is not None and (args.degradations < 2 or (args.crop and args.crop < 32)):
         raise ValueError("--clean needs --degradations >= 2 and --crop >= 32")
     device = parse_device(args.device)
-    source = args.data if args.clean is None else args.clean
     index = _index_path(args.data) if args.clean is None else None
     model = load_eval_model(args.weights, args.official, device)
     perceptual, unavailable = _perceptual_metrics(args, device)
@@ -336,8 +334,8 @@ def run_eval(args: argparse.Namespace) -> int:
         results, table = _eval_paired(model, index, args, device, perceptual)
     else:
         results, table = _eval_transfer(model, args, device, perceptual)
-    results.update(weights=args.weights or "bundled", weights_hash=model.weights_hash(), data=index or source, crop=results.get("crop", args.crop or None),
-                   seed=args.seed, unavailable=unavailable)
+    results.update(weights=args.weights or "bundled", weights_hash=model.weights_hash(), data=index or args.clean,
+                   crop=results.get("crop", args.crop or None), seed=args.seed, unavailable=unavailable)
     print(table)
     write_bytes_atomic(args.out, json.dumps(results, indent=2).encode("utf-8"))
     print(f"wrote {args.out}")
