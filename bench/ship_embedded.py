@@ -39,7 +39,10 @@ def log_summary(path: str, batch_size: int) -> dict:
                   for p, s, r in zip([0] + steps[:-1], steps, rows) if float(r["images_per_s"]) > 0)
     skip = {"step", "epoch", "images_per_s", "skipped"}
     tenth = max(1, len(rows) // 10)
-    mean = lambda part, k: sum(float(r[k]) for r in part) / len(part)  # noqa: E731
+
+    def mean(part: list, key: str) -> float:
+        return sum(float(r[key]) for r in part) / len(part)
+
     return {"steps": steps[-1], "images": steps[-1] * batch_size, "hours_estimated": round(seconds / 3600, 3),
             "skipped_files": int(rows[-1]["skipped"]),
             "first_tenth": {k: mean(rows[:tenth], k) for k in rows[0] if k not in skip},
