@@ -35,8 +35,12 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 COND = 8
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
-needs_kernels = pytest.mark.skipif(not IN_PROCESS, reason="triton was imported without the interpreter in this "
-                                                          "process; test_interpreter_suite_in_subprocess runs these")
+if not IN_PROCESS:
+    _SKIP_KERNELS = "triton was imported without the interpreter in this process; test_interpreter_suite_in_subprocess " \
+                    "runs these"
+else:  # an interpreter that cannot run the kernels here (Triton 3.6 with numpy >= 2.4) is reported, not hit
+    _SKIP_KERNELS = None if CUDA else _common.interpreter_problem()
+needs_kernels = pytest.mark.skipif(_SKIP_KERNELS is not None, reason=_SKIP_KERNELS or "")
 
 
 @pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
@@ -450,6 +454,14 @@ def test_bad_inputs_raise():
         sft_ops.sft_triton(*feats, *weights, slope=0.01, noise=3)
 
 
+@pytest.mark.skipif(CUDA or not INTERPRETED, reason="concerns the CPU interpreter in this process")
+def test_broken_interpreter_is_reported_by_name(monkeypatch):
+    monkeypatch.setattr(_common, "interpreter_problem", lambda: "this interpreter cannot loop (numpy too new)")
+    x, m = torch.randn(1, 16, 8, 8), torch.rand(1, COND, 4, 4)
+    with pytest.raises(RuntimeError, match="numpy too new"):
+        IDA(16, COND, backend="triton")(x, m)
+
+
 def test_auto_backend_prefers_triton_on_cuda_only():
     from udm_fast import backend
     assert backend.resolve("auto", torch.device("cpu")) == "reference"
@@ -459,10 +471,11 @@ def test_auto_backend_prefers_triton_on_cuda_only():
 # ----------------------------------------------------------------------------- GPU code generation without a GPU
 
 def _compile_check(*args):
-    """Runs compile_check (every kernel variant -> cubin via ptxas) in a process without the interpreter."""
+    """Runs compile_check (every kernel variant -> cubin via ptxas) in a process without the interpreter
+    (loaded through ``kernels``, so a source checkout on PYTHONPATH works as well as an install)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "udm_fast.triton_kernels.compile_check", *args], env=env,
-                          capture_output=True, text=True)
+    code = "import sys; from udm_fast.ops.ida_triton import kernels; sys.exit(kernels('compile_check').main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("ok ") >= 14  # every kernel of the SFT and IDA paths, both noise modes
 

@@ -11,8 +11,11 @@ Every tl.dot takes operands cast to the compute dtype ``DOT`` and accumulates in
 """
 from __future__ import annotations
 
+import functools
 import os
+from typing import Optional
 
+import numpy
 import torch
 import triton
 import triton.language as tl
@@ -60,11 +63,42 @@ def autotune_enabled() -> bool:
 
 def check_runnable(t: torch.Tensor) -> None:
     """Raises when the kernels cannot run on ``t``'s device."""
-    if t.device.type == "cuda" or INTERPRET:
+    if t.device.type == "cuda":
+        return
+    if INTERPRET:
+        problem = interpreter_problem()
+        if problem:
+            raise RuntimeError(problem)
         return
     raise RuntimeError(
         f"Triton IDA/SFT kernels need a CUDA tensor (got {t.device.type}); on CPU they run only in the "
         "Triton interpreter, which must be enabled (TRITON_INTERPRET=1) before triton is first imported")
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_problem() -> Optional[str]:
+    """Why the Triton interpreter cannot run these kernels here, or None (probed once per process).
+    Triton 3.6's interpreter converts a runtime loop bound with int(array), which numpy >= 2.4 refuses
+    ("only 0-dimensional arrays can be converted"); Triton 3.8 squeezes the array first."""
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        _loop_probe[(1,)](out, 3)
+    except Exception as e:  # the interpreter wraps the numpy TypeError in its own InterpreterError
+        return (f"the Triton interpreter (triton {triton.__version__}, numpy {numpy.__version__}) cannot run a loop "
+                f"with a runtime bound: {e!r}. Triton 3.6's interpreter needs numpy < 2.4 "
+                "(pip install 'numpy<2.4'); newer Triton releases (3.8) work with any numpy")
+    if int(out.item()) != 3:
+        return f"the Triton interpreter (triton {triton.__version__}) ran a 3-step loop {int(out.item())} times"
+    return None
+
+
+@triton.jit
+def _loop_probe(out_ptr, n):
+    """Counts to n in a loop whose bound is a kernel argument (the interpreter check above)."""
+    total = 0
+    for _ in range(0, n):
+        total += 1
+    tl.store(out_ptr, total)
 
 
 # ----------------------------------------------------------------------------- device helpers
