@@ -111,6 +111,18 @@ def test_backend_selection(monkeypatch):
     assert udm_fast.get_backend() == "auto"
 
 
+def test_set_layer_backend_reaches_every_fused_layer():
+    block = torch.nn.Sequential(SFTResBlock(16, 3, 8), IDA(16, 8, backend="cuda"))
+    layers = [m for m in block.modules() if isinstance(m, (IDA, SFT))]
+    assert len(layers) == 5  # two SFT (each with its IDA) and the extra IDA
+    assert udm_fast.set_layer_backend(block, "reference") is block
+    assert {m.backend for m in layers} == {"reference"}
+    udm_fast.set_layer_backend(block, None)
+    assert {m.backend for m in layers} == {None}
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        udm_fast.set_layer_backend(block, "tpu")
+
+
 def test_build_info_reports_every_backend():
     info = udm_fast.build_info()
     for name in ("cpu", "cuda", "triton", "reference"):

@@ -6,9 +6,9 @@ compressai-compatible ``EntropyBottleneck``, and ``build_info()`` / ``set_backen
 from .backend import build_info, get_backend, set_backend
 from .checkpoint import CheckpointError
 from .entropy_bottleneck import EntropyBottleneck
-from .layers import IDA, SFT, SFTResBlock
+from .layers import IDA, SFT, SFTResBlock, set_layer_backend
 from .model import UDM, UDMConfig
 
 __version__ = "0.1.0"
 __all__ = ["IDA", "SFT", "SFTResBlock", "UDM", "UDMConfig", "EntropyBottleneck", "CheckpointError",
-           "build_info", "get_backend", "set_backend"]
+           "build_info", "get_backend", "set_backend", "set_layer_backend"]

@@ -233,6 +233,16 @@ class SFT(nn.Module):
         return _sft_epilogue(name)(x, gamma, beta, ida)
 
 
+def set_layer_backend(root: nn.Module, name: Optional[str]) -> nn.Module:
+    """Sets the backend (reference / cuda / triton / auto, or None to follow the global choice) of every
+    IDA and SFT layer inside ``root``; returns ``root``."""
+    checked = None if name is None else _backend._check_name(name, "set_layer_backend")
+    for module in root.modules():
+        if isinstance(module, (IDA, SFT)):
+            module.backend = checked
+    return root
+
+
 class SFTResBlock(nn.Module):
     """x + Conv_b(SFT_2(Conv_a(SFT_1(x, cond)), cond)); convs are pre-activation 3x3 (reference ``SFTResBlock``)."""
 

@@ -22,7 +22,7 @@ from .dataclass_dict import checked_fields
 from .discriminator import Discriminator
 from .encoders import LPE, LPEL, MoCo
 from .generator import Generator, Noise, NoiseStream
-from .layers import IDA, SFT
+from .layers import set_layer_backend
 
 FORMAT_NAME = "udm_fast"
 FORMAT_VERSION = 1
@@ -180,9 +180,7 @@ class UDM(nn.Module):
 
     def set_backend(self, name: Optional[str]) -> "UDM":
         """Sets the backend (reference / cuda / triton / auto or None) of every IDA and SFT layer."""
-        for m in self.modules():
-            if isinstance(m, (IDA, SFT)):
-                m.backend = None if name is None else name
+        set_layer_backend(self, name)
         return self
 
     def weights_hash(self) -> str:
