@@ -4,16 +4,18 @@
 
 GPU: the three VUNet levels at batch 24 (C=64 @ 128x128, C=128 @ 64x64, C=256 @ 32x32), float32
 and bfloat16 tensors (parameters and activations in that dtype), forward (no_grad) and
-forward+backward (grads of x, the condition maps and all weights). CPU: small sizes, reference vs
-compile only (the fused kernels need a GPU). Each benchmark group (layer-level-dtype-phase)
-holds the variants side by side, so ``bench/summarize.py`` prints their ratios.
+forward+backward (grads of x, the condition maps and all weights). Variants: ``fused`` (Triton
+kernels), ``cuda`` (the CUDA C++ kernels), ``eager`` (reference backend), ``compile``
+(torch.compile of the reference). CPU: small sizes, reference vs compile only (the fused kernels
+need a GPU). Each benchmark group (layer-level-dtype-phase) holds the variants side by side, so
+``bench/summarize.py`` prints their ratios.
 
 Scope (environment variable UDM_FAST_BENCH_LAYERS):
-  ``default``  fused + eager for every level/dtype/phase; torch.compile only where the issue's
-               targets need it (SFT at level 1 in bfloat16) - compiling each graph costs seconds;
+  ``default``  fused, cuda and eager for every level/dtype/phase; torch.compile only where the
+               issue's targets need it (SFT at level 1 in bfloat16) - compiling each graph costs seconds;
   ``full``     every variant everywhere;
-  ``quick``    level 1, bfloat16, forward+backward: SFT fused / eager / compile, IDA fused / eager
-               (the issue's headline comparisons; 5 benchmarks, ~30 kernels to JIT).
+  ``quick``    bfloat16, forward+backward (the issue's targets): SFT and IDA fused / eager at the three
+               levels, SFT level 1 also compile, level 1 also cuda (15 benchmarks).
 SFT noise is drawn inside every variant (noise=None), as in training.
 """
 import os
@@ -39,11 +41,14 @@ FLOORS_BF16_US = {("SFT", "L1"): (36.5, 55.9), ("SFT", "L2"): (17.6, 31.8), ("SF
 
 
 def _selected(layer, level, dtype, phase, variant) -> bool:
-    if variant == "fused" and not CUDA:
+    if variant in ("fused", "cuda") and not CUDA:
         return False
     if SCOPE == "quick":
-        return level == "L1" and dtype == torch.bfloat16 and phase == "fwd+bwd" and \
-            (variant != "compile" or layer == "SFT")
+        if dtype != torch.bfloat16 or phase != "fwd+bwd":
+            return False
+        if variant == "compile":
+            return layer == "SFT" and level == "L1"
+        return variant != "cuda" or level == "L1"
     if SCOPE == "full" or variant != "compile":
         return True
     return not CUDA or (layer == "SFT" and level == "L1" and dtype == torch.bfloat16)
@@ -54,7 +59,7 @@ def _cases():
         for level in LEVELS:
             for dtype in (torch.bfloat16, torch.float32):
                 for phase in ("fwd", "fwd+bwd"):
-                    for variant in ("fused", "eager", "compile"):
+                    for variant in ("fused", "cuda", "eager", "compile"):
                         if _selected(layer, level, dtype, phase, variant):
                             yield pytest.param(layer, level, dtype, phase, variant,
                                                id=f"{layer}-{level}-{str(dtype)[6:]}-{phase}-{variant}")
@@ -63,7 +68,7 @@ def _cases():
 def _build(layer, channels, size, dtype, variant):
     """(callable running the layer once, its inputs, its module) for one benchmark."""
     torch.manual_seed(0)
-    backend = "triton" if variant == "fused" else "reference"
+    backend = {"fused": "triton", "cuda": "cuda"}.get(variant, "reference")
     gen = torch.Generator(device=DEVICE).manual_seed(1)
     x = torch.randn(BATCH, channels, size, size, device=DEVICE, dtype=dtype, generator=gen)
     x = x.contiguous(memory_format=torch.channels_last)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from generator_training import check_trains_like_reference, generator_loss_curve
 from udm_fast import IDA, SFT, ops
 from udm_fast.layers import ida_reference
 
@@ -318,3 +319,19 @@ def test_gpu_rejects_float64():
     operands = ida_operands(1, 16, 8, 8, dtype=torch.float64, device="cuda")
     with pytest.raises(RuntimeError, match="float64 is not supported on CUDA"):
         torch.ops.udm_fast.ida_forward(*operands)
+
+
+# ------------------------------------------------------------------------- training through the layers
+
+def test_generator_with_fused_layers_trains_like_reference():
+    """On the CPU: the cuda backend's tile code (the CUDA kernels' code) in all 32 SFT layers of a generator."""
+    cpu = torch.device("cpu")
+    check_trains_like_reference(generator_loss_curve("cuda", cpu), generator_loss_curve("reference", cpu), 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autocast_dtype,tolerance", [(None, 1e-3), (torch.bfloat16, 5e-2)])
+def test_gpu_generator_with_fused_layers_trains_like_reference(autocast_dtype, tolerance):
+    gpu = torch.device("cuda")
+    check_trains_like_reference(generator_loss_curve("cuda", gpu, autocast_dtype=autocast_dtype),
+                                generator_loss_curve("reference", gpu, autocast_dtype=autocast_dtype), tolerance)

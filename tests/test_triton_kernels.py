@@ -24,6 +24,7 @@ pytest.importorskip("triton")
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from generator_training import check_trains_like_reference, generator_loss_curve  # noqa: E402
 from udm_fast.layers import IDA, SFT, ida_reference  # noqa: E402
 from udm_fast.ops import ida_triton as ida_ops, sft_triton as sft_ops  # noqa: E402
 
@@ -257,6 +258,17 @@ def test_gpu_levels(batch, channels, height, width, channels_last, dtype):
 
 
 # ----------------------------------------------------------------------------- noise
+
+@needs_kernels
+@pytest.mark.parametrize("autocast_dtype,tolerance", [
+    pytest.param(None, 1e-3, marks=_sweep_mark),  # ~3 min in the interpreter
+    pytest.param(torch.bfloat16, 5e-2, marks=pytest.mark.skipif(not CUDA, reason="bfloat16 tl.dot needs a GPU"))])
+def test_generator_with_fused_layers_trains_like_reference(autocast_dtype, tolerance):
+    steps, min_drop = (10, 0.25) if CUDA else (4, 0.1)  # the interpreter runs ~20 s per step
+    losses, reference = (generator_loss_curve(backend, DEVICE, steps, autocast_dtype=autocast_dtype)
+                         for backend in ("triton", "reference"))
+    check_trains_like_reference(losses, reference, tolerance, min_drop)
+
 
 @needs_kernels
 def test_in_kernel_noise_matches_materialised_noise():
