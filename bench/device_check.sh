@@ -103,6 +103,12 @@ bench() {  # name, seconds, pytest arguments...
 }
 UDM_FAST_BENCH_LAYERS=quick bench layers 150 bench/test_bench_layers.py
 bench generator 60 bench/test_bench_generator.py
+seconds=$(limit 60)
+if (( seconds > 0 )); then
+  log "per-kernel profile (limit ${seconds}s)"
+  timeout "$seconds" python3 bench/profile_kernels.py --out "$OUT/profile_kernels.json" > "$OUT/profile_kernels.log" 2>&1
+  grep -E "us per iteration|failed" "$OUT/profile_kernels.log"
+fi
 bench train 90 bench/test_bench_train.py -k cuda
 bench coder 30 bench/test_bench_coder.py -k cuda
 bench degrade 20 bench/test_bench_degrade.py -k cuda

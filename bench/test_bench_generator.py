@@ -47,8 +47,8 @@ def _inputs():
     return [t.requires_grad_() for t in (x, e_g, e_l)]
 
 
-@pytest.mark.parametrize("backend,compiled,dtype", list(_variants()))
-def test_generator_step(benchmark, backend, compiled, dtype):
+def generator_step(backend, compiled, dtype):
+    """(step, parameters): ``step()`` runs one synchronised forward+backward of the generator."""
     torch.manual_seed(0)
     generator = Generator(SHAPE["filters"], loc_emb_dim=LOC_EMB, emb_dim=SHAPE["emb_dim"]).to(DEVICE)
     set_layer_backend(generator.to(memory_format=torch.channels_last), backend)
@@ -65,7 +65,12 @@ def test_generator_step(benchmark, backend, compiled, dtype):
         out.float().square().mean().backward()
         if CUDA:
             torch.cuda.synchronize()
+    return step, params
 
+
+@pytest.mark.parametrize("backend,compiled,dtype", list(_variants()))
+def test_generator_step(benchmark, backend, compiled, dtype):
+    step, params = generator_step(backend, compiled, dtype)
     step()  # JIT / compile outside the timed rounds
     if CUDA:
         torch.cuda.reset_peak_memory_stats()

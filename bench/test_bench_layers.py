@@ -95,8 +95,8 @@ def _synchronised(fn):
     return wrapper
 
 
-@pytest.mark.parametrize("layer,level,dtype,phase,variant", list(_cases()))
-def test_layer(benchmark, layer, level, dtype, phase, variant):
+def layer_step(layer, level, dtype, phase, variant):
+    """A callable running one synchronised forward (no_grad) or forward+backward of the case."""
     channels, size = LEVELS[level]
     run, inputs, module = _build(layer, channels, size, dtype, variant)
     if phase == "fwd":
@@ -113,7 +113,13 @@ def test_layer(benchmark, layer, level, dtype, phase, variant):
                 t.grad = None
             run(*leaves).backward(grad_out)
 
-    step = _synchronised(step)
+    return _synchronised(step)
+
+
+@pytest.mark.parametrize("layer,level,dtype,phase,variant", list(_cases()))
+def test_layer(benchmark, layer, level, dtype, phase, variant):
+    channels, size = LEVELS[level]
+    step = layer_step(layer, level, dtype, phase, variant)
     step()  # compiles (Triton JIT / torch.compile) outside the timed rounds
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
