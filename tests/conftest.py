@@ -1,4 +1,6 @@
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -16,3 +18,11 @@ def pytest_collection_modifyitems(config, items):
 def tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def weight_packages():
+    """Skips unless the packages that ship the DISTS / LPIPS weight files (test extras) are installed."""
+    for module, package in (("DISTS_pytorch", "dists-pytorch"), ("lpips", "lpips")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {package} (pip install -e '.[test]')")

@@ -266,6 +266,7 @@ def test_lmdb_matches_the_files(paired_set, tmp_path):
 
 
 def test_lmdb_missing_package_or_database(paired_set, monkeypatch):
+    pytest.importorskip("lmdb")
     with pytest.raises(DataError, match="LMDB database not found"):
         PairedTriples(str(paired_set / "pairs.csv"), crop_size=CROP, lmdb_path=str(paired_set / "nope"))
     monkeypatch.setitem(sys.modules, "lmdb", None)

@@ -396,7 +396,8 @@ def test_weights_load_from_paths_and_hub_cache(vgg_file, alpha_beta_file, lin_fi
     assert torch.equal(from_cache.vgg.features[0].weight, expected["features.0.weight"])
 
 
-def test_missing_weights_explain_how_to_provide_them(alpha_beta_file, vgg_file, tmp_path, monkeypatch):
+def test_missing_weights_explain_how_to_provide_them(alpha_beta_file, vgg_file, tmp_path, monkeypatch,
+                                                    weight_packages):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(L.MissingWeightsError, match="vgg16-397923af.pth.*pretrained=False"):
         L.DISTS(dists_weights=alpha_beta_file, download=False)

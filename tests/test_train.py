@@ -217,7 +217,7 @@ def test_output_folder_and_resume_errors(tmp_path):
     assert resumed.run()["step"] == 2
 
 
-def test_missing_perceptual_weights_give_the_losses_error(tmp_path, monkeypatch):
+def test_missing_perceptual_weights_give_the_losses_error(tmp_path, monkeypatch, weight_packages):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     config = tiny(tmp_path, **{"loss.weights.dists": 10.0, "loss.download": False})
     with pytest.raises(MissingWeightsError, match="vgg16-397923af.pth.*pretrained=False"):

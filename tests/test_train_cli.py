@@ -131,7 +131,9 @@ def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, caps
     (["--data", "/no/such/folder"], "not a folder of images nor a .csv index"),
     (["--set", "loss.weights.dists=10", "--set", "loss.download=false"], "vgg16-397923af.pth"),
 ])
-def test_train_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
+def test_train_errors_are_one_line(tmp_path, capsys, monkeypatch, request, args, message):
+    if "vgg16" in message:  # the VGG16 file is looked for once the DISTS weights are found
+        request.getfixturevalue("weight_packages")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     assert cli.main(["train", TINY, "--out", str(tmp_path / "run"), *FAST, *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
