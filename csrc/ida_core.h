@@ -768,6 +768,25 @@ UDM_HOST_DEVICE UDM_FORCE_INLINE void dgrad_microtile(const acc_t* src, const ac
   }
 }
 
+// One chunk of t.ch output channels (c0 ...) of a dgrad: stages w [Cm, n_out, 3, 3] for the chunk, runs
+// every (parity, pixel group, channel group) micro-tile over src and hands its sums to
+// epilogue(pq, pg, cg, s); synchronises the block before and after the micro-tiles.
+template <typename scalar_t, typename acc_t, typename Epilogue>
+UDM_HOST_DEVICE UDM_FORCE_INLINE void dgrad_chunk(const acc_t* src, const scalar_t* w, int n_out, int c0, acc_t* wts,
+                                                  const Dims& d, const Tiling& t, int lane, int lanes,
+                                                  const Epilogue& epilogue) {
+  const int n_pg = t.pixels() / kPix, n_cg = t.ch / kVec;
+  stage_weights<kDgradLayout>(wts, w, d.cm, d.cm_pad(), n_out, c0, t.ch, lane, lanes);
+  block_sync();
+  for (int mt = lane; mt < 4 * n_pg * n_cg; mt += lanes) {
+    const int cg = mt % n_cg, pg = (mt / n_cg) % n_pg, pq = mt / (n_cg * n_pg);
+    acc_t s[kPix][kVec];
+    dgrad_microtile(src, wts, d, t, pq, pg, cg, s);
+    epilogue(pq, pg, cg, s);
+  }
+  block_sync();
+}
+
 // Backward pass 2 for one tile: dx (IDA part) and, through t, dm and dWu, for the
 // high-res children of the tile's low-res pixels; reads pass 1's workspaces.
 template <typename scalar_t, typename acc_t>
@@ -777,7 +796,7 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
   const Dims& d = in.d;
   const TileOrigin o = tile_origin(t, tile);
   const DgradLayout l = dgrad_layout(d, t);
-  const int np = t.pixels(), cmp = d.cm_pad(), n_pg = np / kPix, n_cg = t.ch / kVec;
+  const int np = t.pixels(), cmp = d.cm_pad();
   acc_t *dbx = buf + l.dbx, *da = buf + l.da, *wts = buf + l.wts, *dt = buf + l.dt, *mp = buf + l.map;
   acc_t* dm_acc = buf + l.dm;
   const int hw1 = t.tw + 1;
@@ -799,12 +818,7 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
   block_sync();
   // dx = col2im(dbx Wx), written directly
   for (int c0 = 0; c0 < d.c; c0 += t.ch) {
-    stage_weights<kDgradLayout>(wts, in.w_x, d.cm, cmp, d.c, c0, t.ch, lane, lanes);
-    block_sync();
-    for (int mt = lane; mt < 4 * n_pg * n_cg; mt += lanes) {
-      const int cg = mt % n_cg, pg = (mt / n_cg) % n_pg, pq = mt / (n_cg * n_pg);
-      acc_t s[kPix][kVec];
-      dgrad_microtile(dbx, wts, d, t, pq, pg, cg, s);
+    dgrad_chunk(dbx, in.w_x, d.c, c0, wts, d, t, lane, lanes, [&](int pq, int pg, int cg, acc_t (&s)[kPix][kVec]) {
       UDM_UNROLL
       for (int pm = 0; pm < kPix; ++pm) {
         const TilePixel px = tile_pixel(d, t, o, pg * kPix + pm);
@@ -815,17 +829,11 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
           if (c < d.c) dx(o.b, c, 2 * px.i + (pq >> 1), 2 * px.j + (pq & 1)) = static_cast<scalar_t>(s[pm][r]);
         }
       }
-    }
-    block_sync();
+    });
   }
   // dt = col2im(da Wa), times LReLU_0.1'(t_pre); then dm and dWu through ConvT2x2s2
   for (int k0 = 0; k0 < (d.cm > 0 ? d.cm : 1); k0 += t.ch) {
-    stage_weights<kDgradLayout>(wts, in.w_map, d.cm, cmp, d.cm, k0, t.ch, lane, lanes);
-    block_sync();
-    for (int mt = lane; mt < 4 * n_pg * n_cg; mt += lanes) {
-      const int cg = mt % n_cg, pg = (mt / n_cg) % n_pg, pq = mt / (n_cg * n_pg);
-      acc_t s[kPix][kVec];
-      dgrad_microtile(da, wts, d, t, pq, pg, cg, s);
+    dgrad_chunk(da, in.w_map, d.cm, k0, wts, d, t, lane, lanes, [&](int pq, int pg, int cg, acc_t (&s)[kPix][kVec]) {
       UDM_UNROLL
       for (int pm = 0; pm < kPix; ++pm) {
         const int pix = pg * kPix + pm;
@@ -842,8 +850,7 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
           dt[(pq * np + pix) * t.ch + kc] = v;
         }
       }
-    }
-    block_sync();
+    });
     for (int e = lane; e < np * d.cc; e += lanes) {  // dm[pix][c] += sum_{pq, kc} Wu[c, k, pq] dt
       const int pix = e / d.cc, c = e % d.cc;
       acc_t s = acc_t(0);
