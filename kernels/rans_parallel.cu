@@ -111,6 +111,25 @@ __global__ void estimate_kernel(TableView t, RowMap rows, Input in, int64_t n, i
   }
 }
 
+// The lane group (one warp) of the calling thread: symbols first .. first + count - 1, coded in
+// steps of width lanes; valid is false for the warps past the last group (they must return at once).
+struct WarpGroup {
+  int64_t group, first, count, steps;
+  int lane;
+  bool valid;
+};
+
+__device__ __forceinline__ WarpGroup warp_group(int64_t groups, int64_t group_symbols, int64_t n_symbols, int width) {
+  WarpGroup g;
+  g.group = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  g.lane = threadIdx.x % 32;
+  g.valid = g.group < groups;
+  g.first = g.group * group_symbols;
+  g.count = min(group_symbols, n_symbols - g.first);  // meaningful only when valid
+  g.steps = (g.count + width - 1) / width;
+  return g;
+}
+
 struct EncodeArgs {
   TableView t;
   RowMap rows;
@@ -125,12 +144,10 @@ struct EncodeArgs {
 // One warp per group: steps t descending; within a step sub-ops k descending (k = 0: CDF
 // symbol, 1: escape nibble count, 2..: payload nibbles), lanes descending, as the CPU encoder.
 __global__ void encode_kernel(EncodeArgs a) {
-  const int64_t group = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (group >= a.groups) return;  // whole warps only
-  const int64_t first = group * a.group_symbols;
-  const int64_t count = min(a.group_symbols, a.n_symbols - first);
-  const int64_t steps = (count + a.width - 1) / a.width;
+  const WarpGroup g = warp_group(a.groups, a.group_symbols, a.n_symbols, a.width);
+  if (!g.valid) return;  // whole warps only
+  const int64_t group = g.group, first = g.first, count = g.count, steps = g.steps;
+  const int lane = g.lane;
   uint16_t *out = a.scratch + group * a.scratch_per_group;
   uint32_t emitted = 0;
   uint32_t x = kLaneLow;
@@ -254,12 +271,10 @@ __device__ uint32_t refill(uint32_t x, bool need, const uint16_t *words, int64_t
 }
 
 __global__ void decode_kernel(DecodeArgs a) {
-  const int64_t group = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (group >= a.groups) return;  // whole warps only
-  const int64_t first = group * a.group_symbols;
-  const int64_t count = min(a.group_symbols, a.n_symbols - first);
-  const int64_t steps = (count + a.width - 1) / a.width;
+  const WarpGroup g = warp_group(a.groups, a.group_symbols, a.n_symbols, a.width);
+  if (!g.valid) return;  // whole warps only
+  const int64_t group = g.group, first = g.first, count = g.count, steps = g.steps;
+  const int lane = g.lane;
   const uint16_t *words = a.words + a.word_start[group];
   const int64_t n_words = a.word_start[group + 1] - a.word_start[group];
   uint32_t x = lane < a.width ? a.states[group * a.width + lane] : kLaneLow;
