@@ -4,7 +4,9 @@ CPU (one thread = one data-loader worker):
     OMP_NUM_THREADS=1 pytest bench/test_bench_degrade.py -k cpu --benchmark-columns=mean,stddev,rounds
 GPU (skipped without CUDA): pytest bench/test_bench_degrade.py -k cuda
 Each benchmark stores pairs/s in extra_info. Baselines in the same run: the same pipeline one image
-at a time, and the JPEG step alone (Pillow/libjpeg on the CPU, the floor of any pipeline ending in JPEG).
+at a time, and the JPEG step alone, both ways (``pillow``: libjpeg on the CPU, one image after the
+other, the floor of a GPU pipeline that sends its images there; ``tensor``: udm_fast.jpeg on the
+device, what ``degrade`` uses on a GPU).
 """
 import pytest
 import torch
@@ -50,8 +52,10 @@ def test_degrade_one_image_at_a_time_baseline(benchmark, photos):
          photos.device)
 
 
-def test_jpeg_only_baseline(benchmark, photos):
-    _run(benchmark, lambda: D.jpeg(photos, 75), BATCH, photos.device)
+@pytest.mark.parametrize("impl", ["pillow", "tensor"])
+def test_jpeg_only(benchmark, photos, impl):
+    """The JPEG step alone: Pillow's libjpeg per image on the CPU, or the batched tensor version on the device."""
+    _run(benchmark, lambda: D.jpeg(photos, 75, impl=impl), BATCH, photos.device)
 
 
 @pytest.mark.parametrize("op", ["noise", "gaussian_blur_sigma3", "motion_blur_length21", "contrast"])

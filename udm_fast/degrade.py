@@ -12,7 +12,8 @@ inhomogeneous (report §7) through a smooth random mask ``m`` in [0, 1]:
   ``m * k_in + (1 - m) * k_out`` (computed exactly as ``m * (k_in * x) + (1 - m) * (k_out * x)``).
 
 Images are float tensors [B, 3, H, W] in [0, 1] on any device. All ops but JPEG are batched torch
-ops on the input's device; JPEG goes through Pillow (libjpeg) on the CPU, one image at a time.
+ops on the input's device; JPEG runs libjpeg's arithmetic batched on a GPU (``udm_fast.jpeg``) and
+Pillow's libjpeg on the CPU, one image at a time (the same pixels either way).
 Results are deterministic for a seed. The parameter ranges are ours (the paper publishes none);
 ``DegradeConfig`` documents and justifies them.
 
@@ -31,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import jpeg as jpeg_codec
 from .checks import check_image_batch
 from .dataclass_dict import checked_fields
 
 OPS = ("noise", "gaussian_blur", "motion_blur", "contrast")
 MASK_KINDS = ("ramp", "ellipse", "field")
 BLUR_OPS = ("gaussian_blur", "motion_blur")
+JPEG_IMPLS = ("auto", "pillow", "tensor")  # see jpeg()
 FIELD_GRID = 4  # the "field" mask is a bicubic upsampling of a FIELD_GRID x FIELD_GRID grid
 
 Scalar = Union[float, int, Sequence[float], torch.Tensor]
@@ -71,6 +74,7 @@ class DegradeConfig:
     * ``p_jpeg`` = 1.0: the report applies JPEG to every image. Lower it only for experiments.
     * ``p_inhomogeneous`` = 0.2: the share of applied degradations made spatially varying. The
       reference data are homogeneous; a minority of varying ones teaches the local code e_l.
+    * ``jpeg_impl`` = "auto": how ``jpeg`` runs (``pillow``, ``tensor`` or ``auto``; same pixels).
     """
 
     p_noise: float = 0.5
@@ -85,6 +89,7 @@ class DegradeConfig:
     jpeg_quality: tuple = (30, 95)
     p_jpeg: float = 1.0
     p_inhomogeneous: float = 0.2
+    jpeg_impl: str = "auto"
 
     def __post_init__(self):
         for name in ("p_noise", "p_gaussian_blur", "p_motion_blur", "p_contrast", "p_jpeg", "p_inhomogeneous"):
@@ -97,6 +102,8 @@ class DegradeConfig:
         _check_range("contrast", self.contrast, minimum=0.0)
         _check_range("exposure_ev", self.exposure_ev)
         _check_range("jpeg_quality", self.jpeg_quality, minimum=1, maximum=100, integer=True)
+        if self.jpeg_impl not in JPEG_IMPLS:
+            raise ValueError(f"DegradeConfig.jpeg_impl must be one of {', '.join(JPEG_IMPLS)}, got {self.jpeg_impl!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "DegradeConfig":
@@ -392,18 +399,25 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(decoded if decoded.mode == "RGB" else decoded.convert("RGB"))
 
 
-def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
-    """Real JPEG round trip through Pillow/libjpeg (4:2:0 chroma subsampling, Pillow's default).
+def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor], impl: str = "auto") -> torch.Tensor:
+    """Real JPEG round trip: libjpeg's baseline codec at a libjpeg quality, 4:2:0 chroma (Pillow's default).
 
     x [B, 3, H, W] in [0, 1] is rounded to 8 bits, each image encoded at its quality (1..100, number
     or [B]) and decoded; the result is returned as x.dtype on x.device (values k/255). Not
-    differentiable; runs on the CPU, one image after the other (parallelise with data-loader workers).
+    differentiable. ``impl``: ``pillow`` encodes and decodes with Pillow's libjpeg on the CPU, one image
+    after the other; ``tensor`` computes the same integer arithmetic (``udm_fast.jpeg``, bit-identical
+    to Pillow's libjpeg-turbo in the tests) batched on x's device; ``auto`` is ``tensor`` on a GPU and
+    ``pillow`` on the CPU, where it is the faster one.
     """
     _check_images(x, "jpeg")
+    if impl not in JPEG_IMPLS:
+        raise ValueError(f"jpeg: impl must be one of {', '.join(JPEG_IMPLS)}, got {impl!r}")
     q = _per_image(quality, x.shape[0], "jpeg: quality", minimum=1)
     if bool((q > 100).any()) or bool((q != q.round()).any()):
         raise ValueError(f"jpeg: quality must be integers in 1..100, got {q.tolist()}")
     pixels = (x.detach().to(_work_dtype(x)) * 255.0).round_().to(torch.uint8)
+    if impl == "tensor" or (impl == "auto" and x.device.type != "cpu"):
+        return jpeg_codec.round_trip(pixels, q.to(torch.int64)).to(x.dtype).div_(255.0)
     pixels = pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
     out = np.stack([_jpeg_round_trip(image, int(qi)) for image, qi in zip(pixels, q)]) if len(pixels) else pixels
     return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).to(x.dtype).div_(255.0)
@@ -618,5 +632,5 @@ def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
     compressed = [b for b, image in enumerate(plan) if image["jpeg_quality"] is not None]
     if compressed:
         index = torch.tensor(compressed, device=x.device)
-        y[index] = jpeg(y[index], [plan[b]["jpeg_quality"] for b in compressed])
+        y[index] = jpeg(y[index], [plan[b]["jpeg_quality"] for b in compressed], config.jpeg_impl)
     return y.to(x.dtype), plan
