@@ -5,6 +5,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <limits>
 #include <vector>
 
 #include "ida_launch.h"
@@ -17,8 +18,14 @@ constexpr int64_t kTileBudgetBytes = 96 * 1024;  // one thread's tile buffers st
 
 template <typename acc_t>
 Tiling cpu_tiling(Pass pass, const Dims& d, int rd_gamma, int rd_beta) {
-  const Tiling t = choose_tiling(pass, d, rd_gamma, rd_beta, sizeof(acc_t), kTileBudgetBytes, at::get_num_threads());
-  TORCH_CHECK(t.th > 0, "udm_fast IDA (CPU): no tile shape fits the buffer budget with ", d.cm, " mid channels");
+  Tiling t = choose_tiling(pass, d, rd_gamma, rd_beta, sizeof(acc_t), kTileBudgetBytes, at::get_num_threads());
+  if (t.th == 0) {
+    // nothing fits the cache budget (float64 at C = 512): the buffers are on the heap, so take the
+    // smallest tile shape (an unreachable tile count makes choose_tiling return the last candidate)
+    constexpr int64_t kUnlimited = std::numeric_limits<int64_t>::max();
+    t = choose_tiling(pass, d, rd_gamma, rd_beta, sizeof(acc_t), kUnlimited, kUnlimited);
+  }
+  TORCH_CHECK(t.th > 0, "udm_fast IDA (CPU): no tile shape for ", d.cm, " mid channels");
   return t;
 }
 

@@ -147,7 +147,8 @@ TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(3, 16, 20, 36), (1, 64, 12, 20)])  # odd batch, non-square, ragged tiles
+@pytest.mark.parametrize("shape", [(3, 16, 20, 36), (1, 64, 12, 20), (1, 512, 4, 6)])  # odd batch, non-square,
+# ragged tiles, and the largest supported C (several channel chunks per pass)
 def test_ida_forward_and_backward(shape, channels_last, dtype):
     check_ida_op(shape, channels_last, dtype, "cpu", TOL[dtype])
 
@@ -208,7 +209,8 @@ def test_ida_rejects_bad_inputs(index, value, message):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last,slope,shape", [
-    (False, 0.01, (3, 16, 10, 14)), (True, 0.0, (3, 16, 10, 14)), (True, 0.01, (1, 64, 8, 12))])
+    (False, 0.01, (3, 16, 10, 14)), (True, 0.0, (3, 16, 10, 14)), (True, 0.01, (1, 64, 8, 12)),
+    (False, 0.01, (1, 512, 4, 6))])
 def test_sft_forward_and_backward(shape, slope, channels_last, dtype):
     check_sft_op(shape, channels_last, slope, dtype, "cpu", TOL[dtype])
 
