@@ -198,11 +198,12 @@ def run_sft_case(batch, channels, height, width, dtype, channels_last, activatio
     _check_grads(got, want, tol)
 
 
-# (batch, C, H, W, channels_last): every C of the sweep, both batch sizes, the smallest and the
-# largest (non-square) size; with the interpreter's blocks, C >= 128 runs every channel-chunk loop and
-# C = 256 two mid-channel blocks, 48x80 several pixel tiles per persistent program and split-K.
+# (batch, C, H, W, channels_last): every C of the sweep and the largest supported one, both batch
+# sizes, the smallest and the largest (non-square) size; with the interpreter's blocks, C >= 128 runs every
+# channel-chunk loop, C = 256 two mid-channel blocks (C = 512: five), 48x80 several pixel tiles per persistent
+# program and split-K.
 FAST_CASES = [(1, 16, 8, 8, False), (3, 64, 16, 24, True), (1, 128, 8, 16, False), (1, 256, 8, 8, True),
-              (1, 16, 48, 80, False)]
+              (1, 512, 8, 8, True), (1, 16, 48, 80, False)]
 SWEEP = [(b, c, h, w, (b + c) % 3 == 0) for c in (16, 64, 128, 256) for b in (1, 3)
          for h, w in ((8, 8), (16, 24), (48, 80))]
 # the whole sweep takes ~10 min in the interpreter on 2 cores: on CPU it runs only with UDM_FAST_SLOW_TESTS=1
