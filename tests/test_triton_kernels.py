@@ -200,7 +200,7 @@ def run_sft_case(batch, channels, height, width, dtype, channels_last, activatio
 
 # (batch, C, H, W, channels_last): every C of the sweep and the largest supported one, both batch
 # sizes, the smallest and the largest (non-square) size; with the interpreter's blocks, C >= 128 runs every
-# channel-chunk loop, C = 256 two mid-channel blocks (C = 512: five), 48x80 several pixel tiles per persistent
+# channel-chunk loop, C = 256 two mid-channel blocks (C = 512: three), 48x80 several pixel tiles per persistent
 # program and split-K.
 FAST_CASES = [(1, 16, 8, 8, False), (3, 64, 16, 24, True), (1, 128, 8, 16, False), (1, 256, 8, 8, True),
               (1, 512, 8, 8, True), (1, 16, 48, 80, False)]
