@@ -49,6 +49,23 @@ def _descale(x: torch.Tensor, n: int) -> torch.Tensor:
     return (x + (1 << (n - 1))) >> n
 
 
+def _rotate_even(p: torch.Tensor, q: torch.Tensor) -> tuple:
+    """The even part's rotation of both DCTs: ((p + q) c6 + q (c2 - c6), (p + q) c6 - p (c2 + c6)), unscaled."""
+    z1 = (p + q) * _c(0.541196100)
+    return z1 + q * _c(0.765366865), z1 - p * _c(1.847759065)
+
+
+def _rotate_odd(t0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor) -> tuple:
+    """The odd part of both DCTs (the same butterfly in jfdctint.c and jidctint.c): four sums, unscaled."""
+    z1, z2, z3, z4 = t0 + t3, t1 + t2, t0 + t2, t1 + t3
+    z5 = (z3 + z4) * _c(1.175875602)
+    t0, t1 = t0 * _c(0.298631336), t1 * _c(2.053119869)
+    t2, t3 = t2 * _c(3.072711026), t3 * _c(1.501321110)
+    z1, z2 = z1 * -_c(0.899976223), z2 * -_c(2.562915447)
+    z3, z4 = z3 * -_c(1.961570560) + z5, z4 * -_c(0.390180644) + z5
+    return t0 + z1 + z3, t1 + z2 + z4, t2 + z2 + z3, t3 + z1 + z4
+
+
 def _fdct_1d(v: list, first_pass: bool) -> list:
     """One pass of the accurate integer forward DCT (jfdctint.c) over 8 tensors."""
     tmp0, tmp7 = v[0] + v[7], v[0] - v[7]
@@ -57,41 +74,21 @@ def _fdct_1d(v: list, first_pass: bool) -> list:
     tmp3, tmp4 = v[3] + v[4], v[3] - v[4]
     tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
     shift = _CONST_BITS - _PASS1_BITS if first_pass else _CONST_BITS + _PASS1_BITS
-    out = [None] * 8
     if first_pass:
-        out[0], out[4] = (tmp10 + tmp11) * (1 << _PASS1_BITS), (tmp10 - tmp11) * (1 << _PASS1_BITS)
+        dc, mid = (tmp10 + tmp11) * (1 << _PASS1_BITS), (tmp10 - tmp11) * (1 << _PASS1_BITS)
     else:
-        out[0], out[4] = _descale(tmp10 + tmp11, _PASS1_BITS), _descale(tmp10 - tmp11, _PASS1_BITS)
-    z1 = (tmp12 + tmp13) * _c(0.541196100)
-    out[2] = _descale(z1 + tmp13 * _c(0.765366865), shift)
-    out[6] = _descale(z1 - tmp12 * _c(1.847759065), shift)
-    z1, z2, z3, z4 = tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7
-    z5 = (z3 + z4) * _c(1.175875602)
-    tmp4, tmp5 = tmp4 * _c(0.298631336), tmp5 * _c(2.053119869)
-    tmp6, tmp7 = tmp6 * _c(3.072711026), tmp7 * _c(1.501321110)
-    z1, z2 = z1 * -_c(0.899976223), z2 * -_c(2.562915447)
-    z3, z4 = z3 * -_c(1.961570560) + z5, z4 * -_c(0.390180644) + z5
-    out[7] = _descale(tmp4 + z1 + z3, shift)
-    out[5] = _descale(tmp5 + z2 + z4, shift)
-    out[3] = _descale(tmp6 + z2 + z3, shift)
-    out[1] = _descale(tmp7 + z1 + z4, shift)
-    return out
+        dc, mid = _descale(tmp10 + tmp11, _PASS1_BITS), _descale(tmp10 - tmp11, _PASS1_BITS)
+    out2, out6 = (_descale(a, shift) for a in _rotate_even(tmp12, tmp13))
+    out7, out5, out3, out1 = (_descale(a, shift) for a in _rotate_odd(tmp4, tmp5, tmp6, tmp7))
+    return [dc, out1, out2, out3, mid, out5, out6, out7]
 
 
 def _idct_1d(v: list, shift: int) -> list:
     """One pass of the accurate integer inverse DCT (jidctint.c) over 8 tensors, descaled by ``shift``."""
-    z1 = (v[2] + v[6]) * _c(0.541196100)
-    tmp2, tmp3 = z1 - v[6] * _c(1.847759065), z1 + v[2] * _c(0.765366865)
+    tmp3, tmp2 = _rotate_even(v[6], v[2])
     tmp0, tmp1 = (v[0] + v[4]) * (1 << _CONST_BITS), (v[0] - v[4]) * (1 << _CONST_BITS)
     tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
-    tmp0, tmp1, tmp2, tmp3 = v[7], v[5], v[3], v[1]
-    z1, z2, z3, z4 = tmp0 + tmp3, tmp1 + tmp2, tmp0 + tmp2, tmp1 + tmp3
-    z5 = (z3 + z4) * _c(1.175875602)
-    tmp0, tmp1 = tmp0 * _c(0.298631336), tmp1 * _c(2.053119869)
-    tmp2, tmp3 = tmp2 * _c(3.072711026), tmp3 * _c(1.501321110)
-    z1, z2 = z1 * -_c(0.899976223), z2 * -_c(2.562915447)
-    z3, z4 = z3 * -_c(1.961570560) + z5, z4 * -_c(0.390180644) + z5
-    tmp0, tmp1, tmp2, tmp3 = tmp0 + z1 + z3, tmp1 + z2 + z4, tmp2 + z2 + z3, tmp3 + z1 + z4
+    tmp0, tmp1, tmp2, tmp3 = _rotate_odd(v[7], v[5], v[3], v[1])
     return [_descale(a, shift) for a in (tmp10 + tmp3, tmp11 + tmp2, tmp12 + tmp1, tmp13 + tmp0,
                                          tmp13 - tmp0, tmp12 - tmp1, tmp11 - tmp2, tmp10 - tmp3)]
 
