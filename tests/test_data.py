@@ -10,8 +10,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from udm_fast.degrade import DegradeConfig, degrade
-from udm_fast.train.data import (DataError, FolderTriples, Item, PairedTriples, ResumableSampler, collate, crop,
-                                 decode_image, make_triples)
+from udm_fast.train.config import DataConfig
+from udm_fast.train.data import (DataError, FolderTriples, Item, PairedTriples, ResumableSampler, build_dataset,
+                                 collate, crop, decode_image, make_triples)
 
 CROP, WINDOW = 32, 48
 HOMOGENEOUS = DegradeConfig(p_inhomogeneous=0.0)
@@ -90,6 +91,16 @@ def test_sampler_errors():
 
 
 # ----------------------------------------------------------------------------- folder of clean images
+
+
+def test_degrade_on_auto_synthesises_on_a_gpu_and_in_the_loaders_on_a_cpu(clean_folder):
+    config = DataConfig(kind="folder", root=str(clean_folder), crop_size=CROP, extensions=(".png", ".jpg"))
+    assert config.degrade_on == "auto"
+    assert build_dataset(config).degrade_on == "loader"
+    assert build_dataset(config, device=torch.device("cpu")).degrade_on == "loader"
+    assert build_dataset(config, device=torch.device("cuda")).degrade_on == "device"  # resolution only, no GPU used
+    forced = DataConfig(kind="folder", root=str(clean_folder), crop_size=CROP, degrade_on="loader")
+    assert build_dataset(forced, device=torch.device("cuda")).degrade_on == "loader"
 
 
 def test_folder_triples_are_crops_of_one_degraded_region(clean_folder):

@@ -62,7 +62,7 @@ class DataConfig:
     min_size: int = 0            # csv / lmdb: images with a shorter side are upscaled to it (0 = off)
     batch_size: int = 24         # global batch, split evenly over DDP ranks
     workers: int = 8             # DataLoader worker processes per rank (0 = load in the main process)
-    degrade_on: Literal["loader", "device"] = "loader"  # folder: where the degradations are synthesised
+    degrade_on: Literal["auto", "loader", "device"] = "auto"  # folder: where the degradations are synthesised
     degrade_window: int = 0      # folder: side of the region degraded per item (0 = 2 * crop_size)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     extensions: tuple = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -5,8 +5,9 @@ Sources (REFERENCE §11.1):
 * ``FolderTriples``: a folder of clean images; the degradation is synthesised on the fly with
   ``udm_fast.degrade``. Each item takes a random ``window`` x ``window`` region of a clean image,
   degrades the whole region, and cuts x and y at one random position and y_key at another, so y_key
-  is a second crop of the same degraded image. With ``degrade_on="device"`` the items carry the
-  clean region and the trainer degrades a whole batch on its device (``make_triples``).
+  is a second crop of the same degraded image. With ``degrade_on="device"`` (what ``auto`` picks on a
+  GPU) the items carry the clean region and the trainer degrades a whole batch on its device
+  (``make_triples``).
 * ``PairedTriples``: the reference's paired CSV (distorted / reference columns, paths relative to a
   root) read from files or from an LMDB database keyed by the CSV path strings.
 
@@ -376,13 +377,22 @@ def batch_generator(seeds: torch.Tensor, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed(derive_seed(*seeds.tolist()))
 
 
-def build_dataset(data_config, *, kind: Optional[str] = None) -> Dataset:
-    """The dataset a ``DataConfig`` describes."""
+def resolve_degrade_on(degrade_on: str, device: torch.device) -> str:
+    """``auto`` -> ``device`` when training on a GPU (the whole synthesis, JPEG included, runs there),
+    else ``loader``; ``loader`` and ``device`` stay."""
+    if degrade_on == "auto":
+        return "device" if device.type == "cuda" else "loader"
+    return degrade_on
+
+
+def build_dataset(data_config, *, kind: Optional[str] = None, device: Optional[torch.device] = None) -> Dataset:
+    """The dataset a ``DataConfig`` describes, for training on ``device`` (default: the CPU)."""
     c = data_config
     kind = kind or c.kind
     if kind == "folder":
+        degrade_on = resolve_degrade_on(c.degrade_on, device or torch.device("cpu"))
         return FolderTriples(c.root, crop_size=c.crop_size, window=c.window, degrade_config=c.degrade,
-                             degrade_on=c.degrade_on, extensions=c.extensions, max_retries=c.max_retries)
+                             degrade_on=degrade_on, extensions=c.extensions, max_retries=c.max_retries)
     return PairedTriples(c.csv, root=c.root, crop_size=c.crop_size, distorted_column=c.distorted_column,
                          reference_column=c.reference_column, min_size=c.min_size,
                          lmdb_path=c.lmdb if kind == "lmdb" else None, max_retries=c.max_retries)

@@ -147,7 +147,7 @@ class Trainer:
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[c.run.amp]
         self.scaler = torch.amp.GradScaler(self.device.type) if c.run.amp == "fp16" else None
 
-        self.dataset = build_dataset(c.data)
+        self.dataset = build_dataset(c.data, device=self.device)
         self.sampler = ResumableSampler(len(self.dataset), c.data.batch_size, seed=c.seed, rank=self.dist.rank,
                                         world_size=self.dist.world_size)
         self.total_steps = self._total_steps()
