@@ -101,7 +101,12 @@ def test_bad_arguments_are_named():
         D.DegradeConfig(jpeg_impl="fast")
     with pytest.raises(ValueError, match="uint8"):
         J.round_trip(torch.zeros(1, 3, 8, 8), torch.tensor([50]))
-    with pytest.raises(ValueError, match="quality must be"):
-        J.round_trip(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([50]))
+    pixels = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="quality must be integers"):
+        J.round_trip(pixels, torch.tensor([50]))
+    with pytest.raises(ValueError, match="quality must be integers"):
+        J.round_trip(pixels, torch.tensor([50.0, 60.0]))
+    with pytest.raises(ValueError, match=r"in 1..100, got \[0, 101\]"):
+        J.round_trip(pixels, torch.tensor([0, 101]))
     empty = torch.zeros(0, 3, 8, 8, dtype=torch.uint8)
     assert J.round_trip(empty, torch.zeros(0, dtype=torch.int64)).shape == empty.shape

@@ -186,8 +186,11 @@ def round_trip(pixels: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """uint8 RGB [B, 3, H, W] encoded and decoded as libjpeg does at qualities [B] (1..100) -> uint8."""
     if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:
         raise ValueError(f"jpeg.round_trip: expected uint8 [B, 3, H, W], got {pixels.dtype} {list(pixels.shape)}")
-    if quality.shape != (pixels.shape[0],):
-        raise ValueError(f"jpeg.round_trip: quality must be [B] = [{pixels.shape[0]}], got {list(quality.shape)}")
+    if quality.shape != (pixels.shape[0],) or quality.is_floating_point() or quality.is_complex():
+        raise ValueError(f"jpeg.round_trip: quality must be integers [B] = [{pixels.shape[0]}], got "
+                         f"{quality.dtype} {list(quality.shape)}")
+    if quality.numel() and not bool(((quality >= 1) & (quality <= 100)).all()):
+        raise ValueError(f"jpeg.round_trip: quality must be in 1..100, got {quality.tolist()}")
     b, _, h, w = pixels.shape
     if b == 0 or h == 0 or w == 0:
         return pixels.clone()
