@@ -103,7 +103,7 @@ bench() {  # name, seconds, pytest arguments...
 UDM_FAST_BENCH_LAYERS=quick bench layers 120 bench/test_bench_layers.py
 bench generator 50 bench/test_bench_generator.py
 bench train 70 bench/test_bench_train.py -k cuda
-bench coder 25 bench/test_bench_coder.py -k cuda
+bench coder 35 bench/test_bench_coder.py -k cuda
 bench degrade 15 bench/test_bench_degrade.py -k cuda
 # the wider correctness sweep (every Triton test compiled for the GPU), then tuning data for the next round
 tests kernels 90 tests/test_triton_kernels.py tests/test_layers.py -m "not gpu"
