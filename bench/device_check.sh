@@ -87,7 +87,8 @@ tests() {  # name, seconds, pytest arguments...
   log "tests: $name (limit ${seconds}s)"
   timeout "$seconds" python3 -m pytest "$@" $XDIST -v -p no:cacheprovider --junitxml="$OUT/tests_$name.xml" \
     > "$OUT/tests_$name.log" 2>&1
-  grep -E "passed|failed|error" "$OUT/tests_$name.log" | tail -1; grep -E "^FAILED|^ERROR" "$OUT/tests_$name.log" | head -20
+  grep -E "^=+ .*(passed|failed|skipped|error).* in " "$OUT/tests_$name.log" | tail -1
+  grep -E "^FAILED|^ERROR" "$OUT/tests_$name.log" | head -20
 }
 tests gpu 80 tests -m gpu
 
@@ -112,6 +113,8 @@ if (( seconds > 0 )); then
   log "per-kernel profile (limit ${seconds}s)"
   timeout "$seconds" python3 bench/profile_kernels.py --out "$OUT/profile_kernels.json" > "$OUT/profile_kernels.log" 2>&1
   grep -E "us per iteration|failed" "$OUT/profile_kernels.log"
+else
+  log "skipped the per-kernel profile (budget)"
 fi
 UDM_FAST_TRITON_AUTOTUNE=1 TRITON_PRINT_AUTOTUNING=1 UDM_FAST_BENCH_LAYERS=quick \
   bench layers_autotuned 60 bench/test_bench_layers.py -k "fused and (L1 or L3)"
