@@ -87,6 +87,7 @@ tests() {  # name, seconds, pytest arguments...
   log "tests: $name (limit ${seconds}s)"
   timeout "$seconds" python3 -m pytest "$@" $XDIST -v -p no:cacheprovider --junitxml="$OUT/tests_$name.xml" \
     > "$OUT/tests_$name.log" 2>&1
+  (( $? == 124 )) && log "tests: $name stopped at its time limit (per-test lines are in tests_$name.log)"
   grep -E "^=+ .*(passed|failed|skipped|error).* in " "$OUT/tests_$name.log" | tail -1
   grep -E "^FAILED|^ERROR" "$OUT/tests_$name.log" | head -20
 }
@@ -98,6 +99,7 @@ bench() {  # name, seconds, pytest arguments...
   log "benchmarks: $name (limit ${seconds}s)"
   timeout "$seconds" python3 -m pytest "$@" -q -p no:cacheprovider --benchmark-only \
     --benchmark-json="$OUT/bench_$name.json" --benchmark-max-time=0.5 > "$OUT/bench_$name.log" 2>&1
+  (( $? == 124 )) && log "benchmarks: $name stopped at its time limit (no JSON)"
   tail -2 "$OUT/bench_$name.log"
   [ -s "$OUT/bench_$name.json" ] && python3 bench/summarize.py "$OUT/bench_$name.json" >> "$OUT/bench_summary.md"
 }
