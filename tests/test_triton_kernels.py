@@ -261,14 +261,14 @@ def test_gpu_levels(batch, channels, height, width, channels_last, dtype):
 # ----------------------------------------------------------------------------- noise
 
 @needs_kernels
-@pytest.mark.parametrize("autocast_dtype,tolerance", [
-    pytest.param(None, 1e-3, marks=_sweep_mark),  # ~3 min in the interpreter
-    pytest.param(torch.bfloat16, 5e-2, marks=pytest.mark.skipif(not CUDA, reason="bfloat16 tl.dot needs a GPU"))])
-def test_generator_with_fused_layers_trains_like_reference(autocast_dtype, tolerance):
-    steps, min_drop = (10, 0.25) if CUDA else (4, 0.1)  # the interpreter runs ~20 s per step
+@pytest.mark.parametrize("autocast_dtype,tolerance,compared_steps", [
+    pytest.param(None, 1e-3, None, marks=_sweep_mark),  # ~2 min in the interpreter
+    pytest.param(torch.bfloat16, 2e-2, 4, marks=pytest.mark.skipif(not CUDA, reason="bfloat16 tl.dot needs a GPU"))])
+def test_generator_with_fused_layers_trains_like_reference(autocast_dtype, tolerance, compared_steps):
+    steps, min_drop = (10, 0.2) if CUDA else (4, 0.1)  # the interpreter runs ~20 s per step
     losses, reference = (generator_loss_curve(backend, DEVICE, steps, autocast_dtype=autocast_dtype)
                          for backend in ("triton", "reference"))
-    check_trains_like_reference(losses, reference, tolerance, min_drop)
+    check_trains_like_reference(losses, reference, tolerance, compared_steps=compared_steps, min_drop=min_drop)
 
 
 @needs_kernels
