@@ -7,9 +7,9 @@ library's own integer arithmetic: the fixed-point RGB <-> YCbCr conversions, the
 with its alternating rounding bias, the accurate integer forward and inverse DCTs, rounding
 quantisation with the Annex K tables scaled by the IJG quality formula (baseline, entries <= 255),
 the triangle-filter ("fancy") chroma upsampling (plain 2x2 replication for chroma planes at most 2
-samples wide, as libjpeg-turbo) and the range limiting. Entropy coding is lossless
-and skipped. Edges follow libjpeg too: planes are padded by edge replication to whole blocks, and the
-decoder upsamples the chroma of the visible area only.
+samples wide, as libjpeg-turbo) and the range limiting. Entropy coding is lossless and skipped. Edges
+follow libjpeg too: planes are padded to whole blocks by edge replication (chroma rows after the
+downsampling, columns before it), and the decoder upsamples the chroma of the visible area only.
 """
 from __future__ import annotations
 
