@@ -18,16 +18,21 @@ BATCH, SIZE = 24, 128
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
+def _photo_patches(batch: int) -> torch.Tensor:
+    """Photo-like patches: smooth random shapes (bicubic upsampling of 12x12) plus fine texture."""
+    g = torch.Generator().manual_seed(0)
+    coarse = F.interpolate(torch.rand(batch, 3, 12, 12, generator=g), size=(SIZE, SIZE), mode="bicubic",
+                           align_corners=False)
+    texture = 0.04 * torch.randn(batch, 3, SIZE, SIZE, generator=g)
+    return (coarse + texture).clamp(0, 1)
+
+
 @pytest.fixture(scope="module", params=DEVICES)
 def photos(request):
-    """Photo-like patches on the device: smooth random shapes (bicubic upsampling of 12x12) plus fine texture."""
+    """BATCH photo-like patches on the device."""
     if request.param == "cpu":
         torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(0)
-    coarse = F.interpolate(torch.rand(BATCH, 3, 12, 12, generator=g), size=(SIZE, SIZE), mode="bicubic",
-                           align_corners=False)
-    texture = 0.04 * torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
-    return (coarse + texture).clamp(0, 1).to(request.param)
+    return _photo_patches(BATCH).to(request.param)
 
 
 def _run(benchmark, fn, pairs, device):
@@ -44,6 +49,14 @@ def _run(benchmark, fn, pairs, device):
 def test_degrade_batched(benchmark, photos):
     seeds = iter(range(10 ** 6))
     _run(benchmark, lambda: D.degrade(photos, generator=next(seeds)), BATCH, photos.device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_degrade_batched_256_cuda(benchmark):
+    """A synthesis-sized batch on the GPU (the ops are launch-bound at 24 images): 256 patches per call."""
+    photos = _photo_patches(256).to("cuda")
+    seeds = iter(range(10 ** 6))
+    _run(benchmark, lambda: D.degrade(photos, generator=next(seeds)), 256, photos.device)
 
 
 def test_degrade_one_image_at_a_time_baseline(benchmark, photos):
