@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_bench_generator import generator_step  # noqa: E402
 from test_bench_layers import layer_step  # noqa: E402
+from udm_fast.files import write_bytes_atomic  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -88,10 +89,7 @@ def main(argv=None) -> int:
         print(f"\n{name}: {total:.1f} us per iteration in {count:.0f} {'kernels' if CUDA else 'operator calls'}")
         for r in rows[:args.top]:
             print(f"  {r['us_per_iter']:10.1f} us  {r['calls_per_iter']:5.1f}x  {r['name'][:100]}")
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, args.out)
+    write_bytes_atomic(args.out, json.dumps(result, indent=1).encode("utf-8"))
     return 0
 
 

@@ -21,10 +21,9 @@ import yaml
 
 from udm_fast import UDM
 from udm_fast.files import write_bytes_atomic
-from udm_fast.pretrained import ASSETS, DEFAULT_WEIGHTS
+from udm_fast.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS
 
 MAX_BYTES = 25 * 1024 * 1024
-METADATA = ASSETS / "default_model.json"
 
 
 def log_summary(path: str, batch_size: int) -> dict:
@@ -80,8 +79,8 @@ def main(argv=None) -> int:
     metadata = {"weights": DEFAULT_WEIGHTS.name, "bytes": size, "weights_hash": shipped.weights_hash(),
                 "commit": args.commit or git_commit(), "config": config, "training_photos": args.photos,
                 "training_log": summary, "note": args.note}
-    write_bytes_atomic(METADATA, json.dumps(metadata, indent=2).encode("utf-8"))
-    print(f"wrote {DEFAULT_WEIGHTS} ({size / 1e6:.2f} MB, hash {metadata['weights_hash'][:12]}) and {METADATA}")
+    write_bytes_atomic(DEFAULT_METADATA, json.dumps(metadata, indent=2).encode("utf-8"))
+    print(f"wrote {DEFAULT_WEIGHTS} ({size / 1e6:.2f} MB, hash {metadata['weights_hash'][:12]}) and {DEFAULT_METADATA}")
     return 0
 
 
