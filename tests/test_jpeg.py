@@ -1,22 +1,11 @@
 """udm_fast.jpeg (libjpeg's arithmetic as batched tensor ops) against Pillow's own libjpeg round trip."""
-import io
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from PIL import Image
 
+from pillow_jpeg import pillow_round_trip
 from udm_fast import degrade as D, jpeg as J
-
-
-def pillow_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
-    """HWC uint8 -> Pillow JPEG (its defaults: 4:2:0, islow DCT) -> decoded HWC uint8."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB"))
 
 
 def tensor_round_trip(images: list, qualities: list, device: str = "cpu") -> list:
