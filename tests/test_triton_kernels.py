@@ -258,7 +258,7 @@ def test_gpu_levels(batch, channels, height, width, channels_last, dtype):
     run_sft_case(batch, channels, height, width, dtype, channels_last)
 
 
-# ----------------------------------------------------------------------------- noise
+# ----------------------------------------------------------------------------- training through the layers
 
 @needs_kernels
 @pytest.mark.parametrize("autocast_dtype,tolerance,compared_steps", [
@@ -270,6 +270,8 @@ def test_generator_with_fused_layers_trains_like_reference(autocast_dtype, toler
                          for backend in ("triton", "reference"))
     check_trains_like_reference(losses, reference, tolerance, compared_steps=compared_steps, min_drop=min_drop)
 
+
+# ----------------------------------------------------------------------------- noise
 
 @needs_kernels
 def test_in_kernel_noise_matches_materialised_noise():
