@@ -283,14 +283,47 @@ def test_layers_use_fused_ops_and_match_reference():
         assert rel_err(fused, reference) < 1e-12
 
 
-def test_autocast_runs_in_bfloat16():
-    layer = SFT(8, 16, backend="cuda")
+def test_autocast_computes_in_bfloat16_with_the_reference_dtypes():
+    torch.manual_seed(0)
+    sft_layer, ida_layer = SFT(8, 16, backend="cuda"), IDA(16, 8, backend="cuda")
     x, cond, noise = torch.randn(2, 16, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 1, 8, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(x, cond, noise)
-    assert out.dtype == torch.bfloat16
-    layer.backend = "reference"
-    assert rel_err(out, layer(x, cond, noise)) < 2e-2
+    results = {}
+    for name in ("cuda", "reference"):
+        sft_layer.backend = ida_layer.backend = name
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results[name] = (sft_layer(x, cond, noise), ida_layer(x, cond))
+    # the reference's x * (1 + gamma) promotes to x's float32; its ConvTranspose2d gives bfloat16
+    for fused, reference in zip(results["cuda"], results["reference"]):
+        assert fused.dtype == reference.dtype
+        assert rel_err(fused, reference) < 2e-2
+    assert results["cuda"][0].dtype == torch.float32 and results["cuda"][1].dtype == torch.bfloat16
+
+
+def test_mixed_dtypes_outside_autocast_are_rejected_by_name():
+    torch.manual_seed(0)
+    x, cond = torch.randn(1, 16, 8, 8, dtype=torch.float64), torch.randn(1, 8, 4, 4, dtype=torch.float64)
+    for layer in (IDA(16, 8, backend="cuda"), SFT(8, 16, backend="cuda")):  # float32 weights
+        with pytest.raises(TypeError, match="must have x's dtype torch.float64 outside autocast"):
+            layer(x, cond)
+
+
+@pytest.mark.parametrize("make_layer", [
+    lambda: IDA(16, 8, backend="cuda"), lambda: SFT(8, 16, backend="cuda"),
+    lambda: SFT(8, 16, activation=torch.nn.GELU(), backend="cuda")],  # GELU: the sft_combine epilogue
+    ids=["ida", "sft", "sft_combine"])
+def test_double_backward_fails_by_name(make_layer):
+    torch.manual_seed(0)
+    layer = make_layer()
+    x = torch.randn(1, 16, 8, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x, torch.randn(1, 8, 4, 4)).square().sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward .* backend='reference'"):
+        grad.square().sum().backward()
+
+
+def test_meta_tensors_give_shapes():
+    ida_layer, sft_layer = IDA(16, 8, backend="cuda").to("meta"), SFT(8, 16, backend="cuda").to("meta")
+    x, cond = torch.empty(2, 16, 8, 12, device="meta"), torch.empty(2, 8, 4, 6, device="meta")
+    assert ida_layer(x, cond).shape == sft_layer(x, cond, torch.empty(2, 1, 8, 12, device="meta")).shape == x.shape
 
 
 # --------------------------------------------------------------------------------------------- GPU

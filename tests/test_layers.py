@@ -158,11 +158,16 @@ def test_sft_combine_mixed_layouts_and_opcheck():
     gamma = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_(True)
     beta = torch.randn(2, 5, 4, 3).transpose(1, 3).requires_grad_(True)
     ida = torch.randn(2, 3, 4, 5, requires_grad=True)
-    args = (x, gamma, beta, ida)
-    torch.testing.assert_close(torch.ops.udm_fast.sft_combine(*args), x * (1 + gamma) + beta + ida)
-    torch.library.opcheck(torch.ops.udm_fast.sft_combine.default, args)
-    torch.library.opcheck(torch.ops.udm_fast.sft_combine_backward.default,
-                          (torch.randn(2, 3, 4, 5), x.detach(), gamma.detach()))
+    # the first operand's layout differs from the others' in each order (the output's layout follows
+    # the operands only when all share one; the fake kernels must say the same)
+    for args in ((x, gamma, beta, ida), (gamma, x, beta, ida)):
+        torch.testing.assert_close(torch.ops.udm_fast.sft_combine(*args),
+                                   args[0] * (1 + args[1]) + args[2] + args[3])
+        torch.library.opcheck(torch.ops.udm_fast.sft_combine.default, args)
+    grad = torch.randn(2, 3, 4, 5)
+    for args in ((grad, x.detach(), gamma.detach()), (grad, gamma.detach(), x.detach()),
+                 (grad.contiguous(memory_format=torch.channels_last), gamma.detach(), gamma.detach())):
+        torch.library.opcheck(torch.ops.udm_fast.sft_combine_backward.default, args)
 
 
 @needs_ext

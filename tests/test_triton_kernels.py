@@ -469,6 +469,38 @@ def test_bad_inputs_raise():
         sft_ops.sft_triton(*feats, *weights, slope=0.01, noise=3)
 
 
+@needs_kernels
+@pytest.mark.parametrize("make_layer", [lambda: IDA(16, COND, backend="triton"),
+                                        lambda: SFT(COND, 16, backend="triton")], ids=["ida", "sft"])
+def test_double_backward_fails_by_name(make_layer):
+    torch.manual_seed(0)
+    layer = make_layer().to(DEVICE)
+    x = torch.randn(1, 16, 8, 8, device=DEVICE, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x, torch.rand(1, COND, 4, 4, device=DEVICE)).square().sum(), x,
+                                  create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward .* backend='reference'"):
+        grad.square().sum().backward()
+
+
+@pytest.mark.skipif(CUDA or not INTERPRETED, reason="concerns the CPU interpreter in this process")
+@needs_kernels
+def test_interpreter_bfloat16_is_refused_or_right():
+    """Triton's interpreter gets tl.dot on bfloat16 wrong (3.6-3.8): the kernels must say so instead
+    of returning garbage; an interpreter that gets it right must match the reference."""
+    torch.manual_seed(0)
+    layer = IDA(16, COND, backend="triton").to(torch.bfloat16)
+    x, m = torch.randn(1, 16, 8, 8, dtype=torch.bfloat16), torch.rand(1, COND, 4, 4, dtype=torch.bfloat16)
+    if _common.interpreter_dot_problem(tl.bfloat16) is None:
+        got = layer(x, m)
+        layer.backend = "reference"
+        assert rel_err(got, layer(x, m)) < 2e-2
+        return
+    with pytest.raises(RuntimeError, match="tl.dot on torch.bfloat16 operands wrongly"):
+        layer(x, m)
+    with pytest.raises(RuntimeError, match="tl.dot on torch.bfloat16"), torch.autocast("cpu", dtype=torch.bfloat16):
+        SFT(COND, 16, backend="triton")(x.float(), m.float())
+
+
 @pytest.mark.skipif(CUDA or not INTERPRETED, reason="concerns the CPU interpreter in this process")
 def test_broken_interpreter_is_reported_by_name(monkeypatch):
     monkeypatch.setattr(_common, "interpreter_problem", lambda: "this interpreter cannot loop (numpy too new)")

@@ -167,6 +167,10 @@ def _sft_epilogue_reference(x, gamma, beta, ida):
 
 
 def _sft_epilogue_compiled(x, gamma, beta, ida):
+    if torch.compiler.is_compiling():
+        # Inductor fuses the plain expression into one pass itself; it also lays out gamma / beta
+        # differently from the traced graph, which the op's layout-dependent output would contradict.
+        return _sft_epilogue_reference(x, gamma, beta, ida)
     dtype = torch.promote_types(torch.promote_types(x.dtype, gamma.dtype), torch.promote_types(beta.dtype, ida.dtype))
     return _ops.sft_combine.sft_combine(x.to(dtype), gamma.to(dtype), beta.to(dtype), ida.to(dtype))
 

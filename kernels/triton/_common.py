@@ -61,12 +61,12 @@ def autotune_enabled() -> bool:
     return not INTERPRET and os.environ.get("UDM_FAST_TRITON_AUTOTUNE", "0") == "1"
 
 
-def check_runnable(t: torch.Tensor) -> None:
-    """Raises when the kernels cannot run on ``t``'s device."""
+def check_runnable(t: torch.Tensor, dot=None) -> None:
+    """Raises when the kernels cannot run on ``t``'s device (with tl.dot operands of Triton dtype ``dot``)."""
     if t.device.type == "cuda":
         return
     if INTERPRET:
-        problem = interpreter_problem()
+        problem = interpreter_problem() or (dot is not None and interpreter_dot_problem(dot))
         if problem:
             raise RuntimeError(problem)
         return
@@ -90,6 +90,29 @@ def interpreter_problem() -> Optional[str]:
     if int(out.item()) != 3:
         return f"the Triton interpreter (triton {triton.__version__}) ran a 3-step loop {int(out.item())} times"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_dot_problem(dot) -> Optional[str]:
+    """Why the Triton interpreter's tl.dot on ``dot`` operands is wrong here, or None (probed once per dtype).
+    Triton 3.6-3.8's interpreter returns garbage for bfloat16 operands (float16 and float32 are right)."""
+    torch_dtype = {v: k for k, v in _DOT_DTYPES.items()}[dot]
+    a = torch.ones(16, 16, dtype=torch_dtype)
+    out = torch.zeros(16, 16, dtype=torch.float32)
+    _dot_probe[(1,)](a, out, DOT=dot)
+    if not bool((out == 16).all()):
+        return (f"the Triton interpreter (triton {triton.__version__}) computes tl.dot on {torch_dtype} operands "
+                f"wrongly (ones(16, 16) @ ones(16, 16) gave values up to {out.abs().max().item():.3g}, not 16): "
+                f"run {torch_dtype} on a GPU, or use float16 / float32 (or the 'cuda' / 'reference' backend) on the CPU")
+    return None
+
+
+@triton.jit
+def _dot_probe(a_ptr, out_ptr, DOT: tl.constexpr):
+    """out = a @ a for a 16 x 16 row-major a, operands cast to DOT (the interpreter check above)."""
+    idx = tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :]
+    a = tl.load(a_ptr + idx).to(DOT)
+    tl.store(out_ptr + idx, tl.dot(a, a))
 
 
 @triton.jit

@@ -475,7 +475,7 @@ _TUNED: dict = {}
 def _launch(name: str, kernel, grid, dims: dict, *args, reset=(), **constexprs):
     """Runs ``kernel`` with its default config, or autotuned over ``_autotune_space`` (opt-in).
     ``grid`` maps a config dict to the launch grid; ``reset`` names fp32 atomic accumulators."""
-    check_runnable(args[0])
+    check_runnable(args[0], constexprs.get("DOT"))
     if not autotune_enabled():
         cfg = _config(name, dims)
         kernel[grid(cfg)](*args, **constexprs, **cfg)

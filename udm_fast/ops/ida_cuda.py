@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .operands import check_same_device, compute_dtype_for, refuse_double_backward
+
 
 def _layout_of(t: torch.Tensor) -> torch.memory_format:
     """Memory format of the kernels' outputs for input ``t`` (mirrors ``layout_of`` in ida_registration.cpp)."""
@@ -63,6 +65,7 @@ def _ida_backward(ctx, grad_out):
 
 
 torch.library.register_autograd("udm_fast::ida_forward", _ida_backward, setup_context=_ida_setup_context)
+refuse_double_backward("udm_fast::ida_backward", "IDA / SFT (cuda)")
 
 
 def _sft_setup_context(ctx, inputs, output):
@@ -116,11 +119,13 @@ def _sft_backward(ctx, grad_out):
 torch.library.register_autograd("udm_fast::sft_forward", _sft_backward, setup_context=_sft_setup_context)
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The autocast dtype when autocast is on for x's device, else x's dtype."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _operand_dtype(where: str, tensors: tuple) -> torch.dtype:
+    """The dtype the kernels compute in (see ``operands.compute_dtype_for``); all tensors on one device."""
+    check_same_device(where, tensors)
+    return compute_dtype_for(where, tensors[0], tensors[1:], _COMPUTE_DTYPES)
 
 
 def ida(x: torch.Tensor, m: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tensor, w_x: torch.Tensor,
@@ -128,11 +133,13 @@ def ida(x: torch.Tensor, m: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tenso
     """Fused IDA forward (same arguments and result as ``udm_fast.layers.ida_reference``).
 
     x [B, C, H, W] (H, W even), m [B, Cc, H/2, W/2], w_up [Cc, Cm, 2, 2], w_map [Cm, Cm, 3, 3],
-    w_x [Cm, C, 3, 3], w_out [Cm, Co, 2, 2], b_out [Co] -> [B, Co, H, W]. All operands are cast to
-    x's dtype (or the autocast dtype); the kernels accumulate in float32 (float64 for float64).
+    w_x [Cm, C, 3, 3], w_out [Cm, Co, 2, 2], b_out [Co] -> [B, Co, H, W]. Outside autocast all operands
+    share x's dtype; under autocast they are cast to the autocast dtype, which the result has (as the
+    reference's ConvTranspose2d). The kernels accumulate in float32 (float64 for float64).
     """
-    dtype = _compute_dtype(x)
-    return torch.ops.udm_fast.ida_forward(*(t.to(dtype) for t in (x, m, w_up, w_map, w_x, w_out, b_out)))
+    tensors = (x, m, w_up, w_map, w_x, w_out, b_out)
+    dtype = _operand_dtype("IDA (cuda)", tensors)
+    return torch.ops.udm_fast.ida_forward(*(t.to(dtype) for t in tensors))
 
 
 def sft(x: torch.Tensor, cond: torch.Tensor, cond_half: torch.Tensor, noise: torch.Tensor, w_gamma1: torch.Tensor,
@@ -144,7 +151,11 @@ def sft(x: torch.Tensor, cond: torch.Tensor, cond_half: torch.Tensor, noise: tor
     no bias), act = LeakyReLU(slope) (slope 0: ReLU). x [B, C, H, W], cond [B, Cc, H, W],
     cond_half [B, Cc, H/2, W/2], noise [B, 1, H, W]; w_gamma1 [Rg, Cc, 1, 1], w_gamma2 [C, Rg, 1, 1],
     w_beta1 [Rb, Cc + 1, 1, 1], w_beta2 [C, Rb, 1, 1]; IDA weights as in ``ida``. Returns [B, C, H, W].
+    Dtypes as in ``ida``, except that the result has the promoted dtype of x and the compute dtype, as
+    the reference's x * (1 + gamma) + beta has (under autocast the kernel reads x rounded to the
+    autocast dtype).
     """
-    dtype = _compute_dtype(x)
     tensors = (x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out)
-    return torch.ops.udm_fast.sft_forward(*(t.to(dtype) for t in tensors), float(slope))
+    dtype = _operand_dtype("SFT (cuda)", tensors)
+    out = torch.ops.udm_fast.sft_forward(*(t.to(dtype) for t in tensors), float(slope))
+    return out.to(torch.promote_types(x.dtype, dtype))

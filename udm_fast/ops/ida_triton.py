@@ -16,10 +16,11 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from .operands import check_same_device, compute_dtype_for, refuse_double_backward
 
 _COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KERNEL_PACKAGE = "udm_fast.triton_kernels"
@@ -45,28 +46,6 @@ def kernels(name: str):
     """The Triton kernel module ``udm_fast.triton_kernels.<name>`` (imported on first use)."""
     ensure_kernel_package()
     return importlib.import_module(f"{_KERNEL_PACKAGE}.{name}")
-
-
-def compute_dtype_for(where: str, x: Tensor, others: Sequence[Tensor]) -> torch.dtype:
-    """The dtype the kernels compute in: the autocast dtype when autocast is on for x's device,
-    else x's dtype (then all ``others`` must have it too)."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = x.dtype
-        for t in others:
-            if t.dtype != dtype:
-                raise TypeError(f"{where}: all tensors must have x's dtype {dtype} outside autocast, got {t.dtype}")
-    if dtype not in _COMPUTE_DTYPES:
-        raise TypeError(f"{where}: the Triton backend computes in float32, bfloat16 or float16, not {dtype}")
-    return dtype
-
-
-def check_same_device(where: str, tensors: Sequence[Tensor]) -> None:
-    devices = {t.device for t in tensors}
-    if len(devices) != 1:
-        raise ValueError(f"{where}: all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
 def check_ida_shapes(where: str, x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
@@ -159,6 +138,7 @@ def _ida_backward(ctx, grad_out, _grad_a, _grad_bx):
 
 
 torch.library.register_autograd("udm_fast::ida_triton_fwd", _ida_backward, setup_context=_ida_setup_context)
+refuse_double_backward("udm_fast::ida_triton_bwd", "IDA (triton)")
 
 
 def ida_triton(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
@@ -167,6 +147,6 @@ def ida_triton(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w
     tensors = (x, m, w_up, w_map, w_x, w_out, b_out)
     check_ida_shapes("IDA (triton)", *tensors)
     check_same_device("IDA (triton)", tensors)
-    dtype = compute_dtype_for("IDA (triton)", x, tensors[1:])
+    dtype = compute_dtype_for("IDA (triton)", x, tensors[1:], _COMPUTE_DTYPES)
     save_mid = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return torch.ops.udm_fast.ida_triton_fwd(*tensors, dtype, save_mid)[0]

@@ -16,8 +16,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .ida_triton import (check_ida_shapes, check_same_device, compute_dtype_for, kernels, new_mid, new_output,
-                         weight_grads)
+from .ida_triton import _COMPUTE_DTYPES, check_ida_shapes, kernels, new_mid, new_output, weight_grads
+from .operands import check_same_device, compute_dtype_for, refuse_double_backward
 
 NoiseArg = Union[None, Tensor, torch.Generator]
 _SEED_HIGH = 2 ** 62
@@ -114,6 +114,7 @@ def _sft_backward(ctx, grad_out, _grad_a, _grad_bx):
 
 
 torch.library.register_autograd("udm_fast::sft_triton_fwd", _sft_backward, setup_context=_sft_setup_context)
+refuse_double_backward("udm_fast::sft_triton_bwd", "SFT (triton)")
 
 
 def draw_seed(noise: NoiseArg, device: torch.device) -> Tensor:
@@ -160,7 +161,7 @@ def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w1: Tensor, w2: 
     weights = (w1, w2, w3, w4) + ida_weights
     tensors = (x, cond_full, cond_half) + weights
     check_same_device(where, tensors + explicit)
-    dtype = compute_dtype_for(where, x, tensors[1:])
+    dtype = compute_dtype_for(where, x, tensors[1:], _COMPUTE_DTYPES)
     save_mid = torch.is_grad_enabled() and any(t.requires_grad for t in tensors + explicit)
     return torch.ops.udm_fast.sft_triton_fwd(x, cond_full, cond_half, noise, seed, *weights, float(slope), dtype,
                                              save_mid)[0]

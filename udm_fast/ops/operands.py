@@ -1,0 +1,48 @@
+"""Shared by the fused backends (``cuda`` and ``triton``): operand checks (one device, one compute
+dtype) and the guard that makes double backward through a fused backward op fail by name."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype when autocast is on for ``device_type``, else None (also for device types
+    autocast does not know, such as ``meta``)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def compute_dtype_for(where: str, x: Tensor, others: Sequence[Tensor], allowed: Sequence[torch.dtype]) -> torch.dtype:
+    """The dtype the kernels compute in: the autocast dtype when autocast is on for x's device, else
+    x's dtype (then every tensor of ``others`` must have it too, as the reference's convolutions demand)."""
+    dtype = autocast_dtype(x.device.type)
+    if dtype is None:
+        dtype = x.dtype
+        for t in others:
+            if t.dtype != dtype:
+                raise TypeError(f"{where}: all tensors must have x's dtype {dtype} outside autocast, got {t.dtype}")
+    if dtype not in allowed:
+        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(f"{where}: computes in {names}, not {dtype}")
+    return dtype
+
+
+def check_same_device(where: str, tensors: Sequence[Tensor]) -> None:
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"{where}: all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
+def refuse_double_backward(op: str, where: str) -> None:
+    """Registers autograd for the backward op ``op`` that raises a clear error when its result is
+    differentiated again (otherwise torch would warn and return wrong gradients)."""
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"{where}: double backward (a gradient of a gradient, such as a gradient penalty through this "
+            "layer) is not implemented by the fused kernels; use backend='reference' for such layers")
+
+    torch.library.register_autograd(op, backward)
