@@ -193,6 +193,13 @@ def test_schedules_drive_their_own_optimisers(tmp_path):
     assert [float(r["lr_critic"]) for r in rows] == pytest.approx([1e-3 * 0.55, 1e-3 * 0.1])
     assert trainer.optimizer_g.param_groups[3]["lr"] == pytest.approx(1e-3 * 0.25)  # every group decays
 
+    # resumed with a longer run, the cosine spans the new length at once (not the checkpoint's)
+    resumed = Trainer(tiny(tmp_path, **{**overrides, "run.max_steps": 4}), resume=True)
+    assert resumed.optimizer_d.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.55)
+    resumed.run()
+    cosine = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * n / 4)) for n in (3, 4)]
+    assert [float(r["lr_critic"]) for r in read_log(tmp_path)[2:]] == pytest.approx([1e-3 * f for f in cosine])
+
 
 def test_schedule_factor():
     step = ScheduleFactor(ScheduleConfig(kind="step", step_size=3, gamma=0.1), length=0)
@@ -215,6 +222,23 @@ def test_output_folder_and_resume_errors(tmp_path):
         Trainer(tiny(tmp_path, **{"run.ema_decay": 0.9}), resume=True)
     resumed = Trainer(tiny(tmp_path, **{"run.max_steps": 2}), resume=True)  # a longer run continues
     assert resumed.run()["step"] == 2
+    # a damaged newest checkpoint is reported and skipped: latest.pt next, then the older step files
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest.pt", "step_00000001.pt", "step_00000002.pt"]
+    newest = checkpoints / "step_00000002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    assert Trainer(tiny(tmp_path, **{"run.max_steps": 2}), resume=True).step == 2
+    (checkpoints / "latest.pt").write_bytes(b"not a checkpoint")
+    assert Trainer(tiny(tmp_path, **{"run.max_steps": 2}), resume=True).step == 1
+    (checkpoints / "step_00000001.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="step_00000001.pt .*not a complete file"):
+        Trainer(tiny(tmp_path, **{"run.max_steps": 2}), resume=True)
+    # output folder and device mistakes
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="a_file .*is a file"):
+        Trainer(tiny(tmp_path / "a_file"))
+    with pytest.raises(ConfigError, match="run.device 'tpu' is not a device"):
+        Trainer(tiny(tmp_path / "d", **{"run.device": "tpu"}))
 
 
 def test_missing_perceptual_weights_give_the_losses_error(tmp_path, monkeypatch, weight_packages):

@@ -95,6 +95,20 @@ def test_yaml_exponent_without_dot_is_a_number():
     assert TrainingConfig.from_dict({"optim": {"lr_generator": "1e-4"}}).optim.lr_generator == 1e-4
 
 
+def test_yaml_on_off_are_accepted_for_on_off_choices(tmp_path):
+    config = tmp_path / "c.yaml"
+    for text, expected in (("on", "on"), ("off", "off"), ("'on'", "on"), ("auto", "auto")):
+        config.write_text(f"log:\n  tensorboard: {text}\n")  # bare on / off are YAML 1.1 booleans
+        assert load_config(config).log.tensorboard == expected
+    with pytest.raises(ConfigError, match="log.tensorboard' must be one of"):
+        TrainingConfig.from_dict({"log": {"tensorboard": 1}})
+
+
+def test_errors_from_overrides_name_them():
+    with pytest.raises(ConfigError, match=r"tiny.yaml with overrides run.max_steps=-5: 'run': .*>= 0"):
+        load_config(TINY, {"run.max_steps": -5})
+
+
 def test_partial_sections_keep_the_other_defaults():
     c = TrainingConfig.from_dict({"model": {"filters": 16}, "loss": {"weights": {"l1": 1.0}}})
     assert c.model.filters == 16 and c.model.discriminator  # the training default, not UDMConfig's

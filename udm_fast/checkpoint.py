@@ -33,7 +33,8 @@ def load_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path} (not a complete file written by torch.save: "
+                              f"{type(exc).__name__}: {exc})") from exc
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:

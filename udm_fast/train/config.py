@@ -230,7 +230,8 @@ def load_config(path: str | os.PathLike, overrides: Optional[Mapping[str, Any]] 
     try:
         return TrainingConfig.from_dict(values)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        given = ", ".join(f"{key}={value!r}" for key, value in (overrides or {}).items())
+        raise ConfigError(f"{path}{f' with overrides {given}' if given else ''}: {exc}") from exc
 
 
 def _set_dotted(values: dict, dotted: str, value: Any) -> None:
@@ -297,6 +298,8 @@ def _coerce(hint: Any, value: Any, where: str, default: Any = None) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, where)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):  # YAML 1.1 reads bare on / off as booleans
+            value = "on" if value else "off"
         if value not in args:
             raise ConfigError(f"'{where}' must be one of {list(args)}, got {value!r}")
         return value

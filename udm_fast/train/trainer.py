@@ -51,7 +51,8 @@ _STEP_FILE = re.compile(r"step_\d{8}\.pt")
 
 
 class ScheduleFactor:
-    """LR multiplier after n intervals (picklable, so LambdaLR can save it)."""
+    """LR multiplier after n intervals. Built from the config and the run's length each time, never
+    restored from a checkpoint (see ``_load_scheduler``)."""
 
     def __init__(self, schedule: ScheduleConfig, length: int):
         self.kind, self.step_size, self.gamma = schedule.kind, schedule.step_size, schedule.gamma
@@ -66,10 +67,25 @@ class ScheduleFactor:
         return 1.0
 
 
+def _load_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
+    """Restores the scheduler's position but keeps its ``ScheduleFactor`` as the current config and run
+    length define it (LambdaLR would restore the saved one: a cosine over the old max_steps)."""
+    scheduler.load_state_dict(dict(state, lr_lambdas=[None] * len(scheduler.lr_lambdas)))
+    lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"run.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"run.device {name!r} is not supported for training; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"run.device is {name!r} but CUDA is not available (use cpu or auto)")
@@ -126,6 +142,8 @@ class Trainer:
             raise ConfigError(f"data.batch_size ({c.data.batch_size}) must be divisible by the number of "
                               f"processes ({self.dist.world_size})")
         self.out_dir = c.log.out_dir
+        if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+            raise ConfigError(f"the output folder {self.out_dir} (log.out_dir / --out) is a file")
         self.checkpoint_dir = os.path.join(self.out_dir, "checkpoints")
 
         seed_everything(c.seed)  # identical initial weights on every rank
@@ -160,7 +178,7 @@ class Trainer:
         self._stop_requested = False
         seed_everything(c.seed * 1000003 + self.dist.rank)  # per-rank noise streams from here on
         if resume:
-            self.load_checkpoint(self._resume_path(resume))
+            self._resume(resume)
         else:
             self._check_fresh_out_dir()
 
@@ -213,17 +231,31 @@ class Trainer:
             return []
         return sorted(f for f in os.listdir(self.checkpoint_dir) if _STEP_FILE.fullmatch(f))
 
-    def _resume_path(self, resume: bool | str) -> str:
-        """The given checkpoint, or the run's newest one: the last step_<n>.pt (written before latest.pt,
-        so a run killed between the two writes resumes from the newer state), else latest.pt."""
+    def _resume(self, resume: bool | str) -> None:
+        """Loads the given checkpoint, or the run's newest readable one: the last step_<n>.pt (written
+        before latest.pt, so a run killed between the two writes resumes from the newer state), then
+        latest.pt, then the older step files (a damaged file is reported and skipped)."""
         if resume is not True:
             path = os.fspath(resume)
-        else:
-            steps = self._step_checkpoints()
-            path = os.path.join(self.checkpoint_dir, steps[-1] if steps else "latest.pt")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
-        return path
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
+            self.load_checkpoint(path)
+            return
+        steps = [os.path.join(self.checkpoint_dir, name) for name in reversed(self._step_checkpoints())]
+        latest = os.path.join(self.checkpoint_dir, "latest.pt")
+        candidates = steps[:1] + ([latest] if os.path.isfile(latest) else []) + steps[1:]
+        if not candidates:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.checkpoint_dir}")
+        for i, path in enumerate(candidates):
+            try:
+                state = ckpt.load_file(path)
+            except ckpt.CheckpointError as exc:
+                if i + 1 == len(candidates):
+                    raise
+                log.warning("%s; resuming from %s instead", exc, candidates[i + 1])
+                continue
+            self.load_checkpoint(path, state)
+            return
 
     def _check_fresh_out_dir(self) -> None:
         if self._step_checkpoints() or os.path.isfile(os.path.join(self.checkpoint_dir, "latest.pt")):
@@ -464,8 +496,9 @@ class Trainer:
                 os.remove(os.path.join(self.checkpoint_dir, old))
         return path
 
-    def load_checkpoint(self, path: str) -> None:
-        state = ckpt.load_file(path)
+    def load_checkpoint(self, path: str, state: Optional[dict] = None) -> None:
+        """Restores everything from the training checkpoint at ``path`` (``state``: its already loaded contents)."""
+        state = ckpt.load_file(path) if state is None else state
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ckpt.CheckpointError(f"{path} is not a udm_fast training checkpoint")
         if state.get("version") != CHECKPOINT_VERSION:
@@ -487,9 +520,9 @@ class Trainer:
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         if self.optimizer_d is not None:
             self.optimizer_d.load_state_dict(state["optimizer_d"])
-        self.scheduler_g.load_state_dict(state["scheduler_g"])
+        _load_scheduler(self.scheduler_g, state["scheduler_g"])
         if self.scheduler_d is not None:
-            self.scheduler_d.load_state_dict(state["scheduler_d"])
+            _load_scheduler(self.scheduler_d, state["scheduler_d"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
