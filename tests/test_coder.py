@@ -194,9 +194,11 @@ def test_entropy_bottleneck_parallel_round_trip_and_cache():
     y_hat, _ = ours(x, training=False)
     assert torch.equal(ours.decompress_parallel(data), y_hat)
     tables = ours.coder_tables()
-    assert ours.coder_tables() is tables
-    ours.update(force=True)  # new buffers -> new prepared tables
-    assert ours.coder_tables() is not tables
+    assert ours.coder_tables() is tables  # prepared once
+    ours._offset.data -= 1  # edits through .data (or numpy) leave no version trace: contents are compared
+    assert ours.coder_tables() is not tables and ours.compress_parallel(x) != data
+    ours._offset.data += 1
+    assert ours.compress_parallel(x) == data
 
 
 def test_entropy_bottleneck_rejects_nan_and_missing_tables():
@@ -413,6 +415,39 @@ def test_parallel_decode_errors(coded):
         coder.decode_parallel(data, other)
     with pytest.raises(ValueError, match="implicit rows"):
         coder.decode_parallel(data, tables, indexes=torch.zeros(symbols.shape, dtype=torch.int32))
+
+
+def test_parallel_headers_whose_shape_contradicts_the_rows_are_refused():
+    rng = np.random.default_rng(3)
+    cdf, cdf_length, offset = random_tables(rng, 4)
+    tables = coder.CoderTables(cdf, cdf_length, offset)
+    cases = [((2**63, 0), 4, 1),        # a zero dim hides a dim beyond int64
+             ((2**64 - 1, 0, 4), 4, 4),
+             ((2, 4, 3), 2, 3)]          # rows claim 2 channels of 3, the shape says 4 channels
+    for shape, channels, per_channel in cases:
+        n = int(np.prod(shape, dtype=object))
+        rows = torch.tensor([(i // per_channel) % channels for i in range(n)], dtype=torch.int32)
+        symbols = offset[rows.long()]  # each row's first symbol: always in range
+        data = reference_encode_parallel(symbols, rows, cdf, cdf_length, offset, 32, 64, channels, per_channel,
+                                         shape)
+        with pytest.raises(ValueError, match="header is invalid"):
+            coder.parallel_info(data)
+        with pytest.raises(ValueError, match="header is invalid"):
+            coder.decode_parallel(data, tables)
+
+
+def test_int64_inputs_beyond_int32_are_refused_not_wrapped(coded):
+    tables, symbols, _, data = coded
+    too_big = torch.full(symbols.shape, 2**32 + 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="indexes must fit int32"):
+        coder.encode_compat(symbols, tables, indexes=too_big)
+    with pytest.raises(ValueError, match="indexes must fit int32"):
+        coder.encode_parallel(symbols, tables, indexes=too_big)
+    rng = np.random.default_rng(0)
+    cdf, cdf_length, offset = random_tables(rng, 2)
+    with pytest.raises(ValueError, match="quantized_cdf must fit int32"):
+        coder.CoderTables(cdf.long() + 2**32, cdf_length, offset)
+    assert coder.parallel_info(torch.frombuffer(bytearray(data), dtype=torch.uint8)) == coder.parallel_info(data)
 
 
 def test_invalid_tables_and_symbols_raise():

@@ -30,6 +30,21 @@ def test_round_trip_equals_eval_encode(model, size):
     torch.testing.assert_close(e_l, ref_l, rtol=0, atol=0)
 
 
+def test_a_model_in_training_mode_codes_like_eval_and_keeps_its_state(model):
+    y = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(2))
+    expected = model.compress_degradation(y)
+    model.train()
+    model.local_compressor.eval()  # a submodule's own mode is restored as it was
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        assert model.compress_degradation(y) == expected  # BatchNorm uses its running statistics
+        model.decompress_degradation(expected)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # nothing updated
+        assert model.training and model.global_compressor.training and not model.local_compressor.training
+    finally:
+        model.eval()
+
+
 def test_info_reports_sizes(model, code):
     info = dc.info(code)
     assert info["height"] == 37 and info["width"] == 50 and info["bytes"] == len(code)

@@ -103,6 +103,54 @@ def test_likelihoods_float32_under_autocast():
     assert y_half.dtype == torch.bfloat16 and l_half.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_compress_other_dtypes_matches_compressai(dtype):
+    """compressai subtracts the medians in place, so the difference is rounded to x's dtype before
+    torch.round: 3.6 - 0.1 in float16 / bfloat16 is 3.5, which rounds to 4 (float32 gives 3)."""
+    reference, ours = _perturbed_pair(4)
+    with torch.no_grad():
+        reference.quantiles[:, 0, 1] = 0.1
+    ours.load_state_dict(reference.state_dict())
+    reference.update(force=True)
+    ours.update(force=True)
+    x = torch.cat([torch.full((1, 4, 4, 4), 3.6), _inputs((2, 4, 4, 4))]).to(dtype)
+    strings = reference.compress(x)
+    assert ours.compress(x) == strings
+    assert torch.equal(ours.decompress(strings, (4, 4)), reference.decompress(strings, (4, 4)))
+
+
+def test_float64_module_matches_compressai():
+    reference, ours = _perturbed_pair(6)
+    reference, ours = reference.double(), ours.double()
+    x = _inputs((3, 6, 5, 4)).double()
+    for training in (False, True):
+        torch.manual_seed(0)
+        expected = reference(x, training=training)
+        torch.manual_seed(0)
+        got = ours(x, training=training)
+        for a, b in zip(got, expected):
+            assert a.dtype == b.dtype == torch.float64
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-300)
+    reference.update(force=True)
+    ours.update(force=True)
+    assert ours.compress(x) == reference.compress(x)
+    bad = x.clone()
+    bad[0, 1, 2, 2] = float("inf")
+    with pytest.raises(ValueError, match="not finite or outside int32"):
+        ours.compress(bad)
+
+
+def test_compress_empty_batch_and_empty_maps():
+    reference, ours = _perturbed_pair(3)
+    reference.update(force=True)
+    ours.update(force=True)
+    assert ours.compress(torch.zeros(0, 3, 4, 4)) == reference.compress(torch.zeros(0, 3, 4, 4)) == []
+    for shape in ((0, 3, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0)):
+        x = torch.zeros(shape)
+        assert ours.decompress(ours.compress(x), shape[2:]).shape == shape
+        assert ours.decompress_parallel(ours.compress_parallel(x)).shape == shape
+
+
 def test_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="expected input"):
         EntropyBottleneck(4)(torch.zeros(2, 3, 5, 5))

@@ -21,6 +21,8 @@ copied to the CPU. Malformed tables, symbols or streams raise ``ValueError``.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -45,9 +47,9 @@ class CoderTables:
         if quantized_cdf.numel() == 0:
             raise ValueError("empty CDF tables: run update() on the entropy model first")
         self.native = _rans().Tables(
-            _cpu_int32(quantized_cdf, "quantized_cdf"),
-            _cpu_int32(cdf_length, "cdf_length").reshape(-1),
-            _cpu_int32(offset, "offset").reshape(-1),
+            _as_int32(quantized_cdf, "quantized_cdf"),
+            _as_int32(cdf_length, "cdf_length").reshape(-1),
+            _as_int32(offset, "offset").reshape(-1),
         )
 
         self._device_tables = {}
@@ -68,12 +70,17 @@ class CoderTables:
         return self.native.fingerprint
 
 
-def _cpu_int32(t: Tensor, name: str) -> Tensor:
+def _as_int32(t: Tensor, name: str, device="cpu") -> Tensor:
+    """Integer tensor ``t`` as a contiguous int32 tensor on ``device``; values outside int32 are an error
+    (a cast would wrap them silently)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if t.is_floating_point() or t.is_complex():
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
-    return t.detach().to(device="cpu", dtype=torch.int32).contiguous()
+    if t.dtype == torch.int64 and t.numel() and (
+            t.min() < -2**31 or t.max() >= 2**31):
+        raise ValueError(f"{name} must fit int32, got values in [{t.min().item()}, {t.max().item()}]")
+    return t.detach().to(device=device, dtype=torch.int32).contiguous()
 
 
 def _row_layout(shape: Sequence[int], indexes: Tensor | None):
@@ -81,25 +88,10 @@ def _row_layout(shape: Sequence[int], indexes: Tensor | None):
     if indexes is not None:
         if tuple(indexes.shape) != tuple(shape):
             raise ValueError(f"indexes shape {tuple(indexes.shape)} differs from symbols shape {tuple(shape)}")
-        return _cpu_int32(indexes, "indexes"), 1, 1
+        return _as_int32(indexes, "indexes"), 1, 1
     if len(shape) < 2:
         raise ValueError(f"symbols must be [N, C, *spatial] for channel rows (or pass indexes), got {tuple(shape)}")
-    per_channel = 1
-    for d in shape[2:]:
-        per_channel *= int(d)
-    return None, int(shape[1]), max(per_channel, 1)
-
-
-def _check_symbols(symbols: Tensor, device="cpu") -> Tensor:
-    """Integer symbols as a contiguous int32 tensor on ``device`` (range-checked)."""
-    if not isinstance(symbols, Tensor):
-        raise TypeError(f"symbols must be a tensor, got {type(symbols).__name__}")
-    if symbols.is_floating_point() or symbols.is_complex() or symbols.dtype == torch.bool:
-        raise ValueError(f"symbols must be an integer tensor, got {symbols.dtype}")
-    if symbols.dtype == torch.int64 and symbols.numel() and (
-            symbols.min() < -2**31 or symbols.max() >= 2**31):
-        raise ValueError("symbols must fit int32")
-    return symbols.detach().to(device=device, dtype=torch.int32).contiguous()
+    return None, int(shape[1]), max(math.prod(int(d) for d in shape[2:]), 1)
 
 
 def encode_compat(symbols: Tensor, tables: CoderTables, indexes: Tensor | None = None) -> list[bytes]:
@@ -110,11 +102,13 @@ def encode_compat(symbols: Tensor, tables: CoderTables, indexes: Tensor | None =
     ``_build_indexes``). Values outside a row's range are escape-coded; compressai's own coder
     only handles escapes of magnitude below about 2**27, larger ones round-trip here only.
     """
-    symbols = _check_symbols(symbols)
+    symbols = _as_int32(symbols, "symbols")
     if symbols.dim() < 1:
         raise ValueError("symbols need a batch dimension")
     index_tensor, channels, per_channel = _row_layout(symbols.shape, indexes)
     n = symbols.shape[0]
+    if n == 0:
+        return []
     flat = symbols.reshape(n, -1)
     if index_tensor is not None:
         index_tensor = index_tensor.reshape(n, -1)
@@ -141,10 +135,8 @@ def decode_compat(strings: Sequence[bytes], tables: CoderTables, shape: Sequence
             raise ValueError("shape (C, *spatial) of one item is required without indexes")
         full_shape = (len(strings), *(int(d) for d in shape))
     index_tensor, channels, per_channel = _row_layout(full_shape, indexes)
-    length = 1
-    for d in full_shape[1:]:
-        length *= int(d)
-    out = _rans().compat_decode(tables.native, strings, length, None, index_tensor, channels, per_channel)
+    out = _rans().compat_decode(tables.native, strings, math.prod(full_shape[1:]), None, index_tensor, channels,
+                                per_channel)
     return out.reshape(full_shape)
 
 
@@ -160,8 +152,8 @@ def encode_compat_segments(segments: Sequence[tuple[Tensor, Tensor, CoderTables]
     equal several ``encode_with_indexes`` calls followed by one ``flush()``."""
     native = []
     for symbols, indexes, tables in segments:
-        symbols = _check_symbols(symbols).reshape(-1)
-        indexes = _cpu_int32(indexes, "indexes").reshape(-1)
+        symbols = _as_int32(symbols, "symbols").reshape(-1)
+        indexes = _as_int32(indexes, "indexes").reshape(-1)
         if symbols.numel() != indexes.numel():
             raise ValueError("segment symbols and indexes must have the same number of elements")
         native.append((tables.native, symbols, indexes))
@@ -175,7 +167,7 @@ def decode_compat_segments(data: bytes, segments: Sequence[tuple[Tensor, CoderTa
     native, shapes = [], []
     for indexes, tables in segments:
         shapes.append(tuple(indexes.shape))
-        native.append((tables.native, _cpu_int32(indexes, "indexes").reshape(-1)))
+        native.append((tables.native, _as_int32(indexes, "indexes").reshape(-1)))
     decoded = _rans().compat_decode_segments(bytes(data), native)
     return [symbols.reshape(shape) for symbols, shape in zip(decoded, shapes)]
 
@@ -195,7 +187,7 @@ def _encode_parallel(inputs: Tensor, medians: Tensor | None, tables: CoderTables
         if indexes is not None:
             if tuple(indexes.shape) != tuple(shape):
                 raise ValueError(f"indexes shape {tuple(indexes.shape)} differs from symbols shape {tuple(shape)}")
-            index_tensor, channels, per_channel = indexes.to(device=device, dtype=torch.int32).contiguous(), 1, 1
+            index_tensor, channels, per_channel = _as_int32(indexes, "indexes", device), 1, 1
         else:
             index_tensor, channels, per_channel = _row_layout(shape, None)
         if medians is not None:
@@ -220,7 +212,7 @@ def encode_parallel(symbols: Tensor, tables: CoderTables, indexes: Tensor | None
     stored; decoding needs the same tables (checked by fingerprint) and the same ``indexes``.
     CUDA symbols are coded on their GPU (same bytes as the CPU coder).
     """
-    symbols = _check_symbols(symbols, symbols.device if _cuda_coder_for(symbols) else "cpu")
+    symbols = _as_int32(symbols, "symbols", symbols.device if _cuda_coder_for(symbols) else "cpu")
     return _encode_parallel(symbols, None, tables, indexes, lane_overhead, lanes, as_tensor)
 
 
@@ -234,13 +226,11 @@ def _decode_parallel(data, medians: Tensor | None, tables: CoderTables, indexes:
             data = torch.frombuffer(bytearray(_as_bytes(data)), dtype=torch.uint8)
         data = data.to(target).reshape(-1)
         if indexes is not None:
-            indexes = indexes.to(device=target, dtype=torch.int32).contiguous()
+            indexes = _as_int32(indexes, "indexes", target)
         if medians is not None:
             medians = medians.detach().to(device=target, dtype=torch.float32).reshape(-1).contiguous()
         return _rans().lanes_decode_cuda(tables.native, tables.device_tables(target), data, medians, indexes)
-    if isinstance(data, Tensor):
-        data = data.cpu().numpy().tobytes()
-    index_tensor = None if indexes is None else _cpu_int32(indexes, "indexes")
+    index_tensor = None if indexes is None else _as_int32(indexes, "indexes")
     if medians is not None:
         medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
     return _rans().lanes_decode(tables.native, _as_bytes(data), medians, index_tensor).to(target)
@@ -256,16 +246,21 @@ def decode_parallel(data, tables: CoderTables, indexes: Tensor | None = None, *,
     return _decode_parallel(data, None, tables, indexes, device)
 
 
-def parallel_info(data: bytes) -> dict:
+def parallel_info(data) -> dict:
     """Validated header of a parallel-format container: version, shape, lanes, groups, ..."""
     return _rans().lanes_info(_as_bytes(data))
 
 
 def _as_bytes(data) -> bytes:
+    """A container given as bytes, bytearray, memoryview or a uint8 tensor, as bytes."""
+    if isinstance(data, Tensor):
+        if data.dtype != torch.uint8:
+            raise ValueError(f"data must be a uint8 tensor, got {data.dtype}")
+        return data.detach().cpu().contiguous().numpy().tobytes()
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     if not isinstance(data, bytes):
-        raise ValueError(f"data must be bytes, got {type(data).__name__}")
+        raise ValueError(f"data must be bytes or a uint8 tensor, got {type(data).__name__}")
     return data
 
 
@@ -287,6 +282,8 @@ def encode_compat_values(values: Tensor, medians: Tensor, tables: CoderTables) -
     values, medians = _values_and_medians(values, medians, tables)
     _, channels, per_channel = _row_layout(values.shape, None)
     n = values.shape[0]
+    if n == 0:
+        return []
     return _rans().compat_encode(tables.native, values.reshape(n, -1), medians, None, channels, per_channel)
 
 
@@ -297,8 +294,8 @@ def decode_compat_values(strings: Sequence[bytes], medians: Tensor, tables: Code
     full_shape = (len(strings), *(int(d) for d in shape))
     medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
     _, channels, per_channel = _row_layout(full_shape, None)
-    length = channels * per_channel
-    out = _rans().compat_decode(tables.native, strings, length, medians, None, channels, per_channel)
+    out = _rans().compat_decode(tables.native, strings, math.prod(full_shape[1:]), medians, None, channels,
+                                per_channel)
     return out.reshape(full_shape)
 
 

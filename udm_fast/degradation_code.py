@@ -14,6 +14,7 @@ the model that wrote it: another model's file is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 
@@ -35,13 +36,28 @@ def _tables(compressor) -> coder.CoderTables:
     """The compressor's coder tables, built from its weights first when it has none."""
     eb = compressor.model
     eb.update()
-    return coder.CoderTables(eb._quantized_cdf, eb._cdf_length, eb._offset)
+    return eb.coder_tables()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Every submodule in eval mode for the block (BatchNorm uses and keeps its running statistics:
+    coding must neither depend on the batch nor change the weights hash), then each flag restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 @torch.no_grad()
 def compress(model, y: torch.Tensor) -> bytes:
-    """Bytes of the degradation codes of y [B, 3, H, W] in [0, 1] (see the module docstring)."""
-    e_g, e_l = model.encode(y, quantize=False)
+    """Bytes of the degradation codes of y [B, 3, H, W] in [0, 1] (see the module docstring); the
+    codes are the eval-mode ones whatever mode the model is in."""
+    with _eval_mode(model):
+        e_g, e_l = model.encode(y, quantize=False)
     gc, lc = model.global_compressor, model.local_compressor
     g_values = gc.head(e_g) if gc.head is not None else e_g
     g_stream = coder.encode_parallel_values(g_values, gc.model._get_medians(), _tables(gc))
@@ -94,7 +110,8 @@ def decompress(model, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
             or e_l.shape[0] != g_latent.shape[0]:
         raise DegradationCodeError(f"degradation code shapes {list(g_latent.shape)} / {list(e_l.shape)} do not fit "
                                    f"the model ({gc.channels} global, {lc.channels} local channels)")
-    return gc.forward_finish(g_latent), e_l
+    with _eval_mode(model):
+        return gc.forward_finish(g_latent), e_l
 
 
 def info(data: bytes) -> dict:

@@ -143,7 +143,7 @@ class EntropyBottleneck(nn.Module):
         self.register_buffer("_offset", torch.IntTensor())
         self.register_buffer("_quantized_cdf", torch.IntTensor())
         self.register_buffer("_cdf_length", torch.IntTensor())
-        self._coder_cache = None  # (table buffers, their versions, CoderTables)
+        self._coder_cache = None  # (copies of the table buffers, CoderTables)
 
         widths = (1,) + self.filters + (1,)
         scale = self.init_scale ** (1 / (len(self.filters) + 1))
@@ -185,16 +185,18 @@ class EntropyBottleneck(nn.Module):
         return state
 
     def coder_tables(self) -> coder.CoderTables:
-        """The coder tables of the current buffers, prepared once and cached until they change."""
+        """The coder tables of the current buffers, prepared once and cached until their contents
+        change (compared in full: edits through ``.data`` or numpy leave no version trace)."""
         buffers = (self._quantized_cdf, self._cdf_length, self._offset)
-        versions = tuple(b._version for b in buffers)
         cache = self._coder_cache
-        if cache is None or any(a is not b for a, b in zip(cache[0], buffers)) or cache[1] != versions:
+        if cache is None or not all(a.device == b.device and a.shape == b.shape and torch.equal(a, b)
+                                    for a, b in zip(cache[0], buffers)):
             if self._offset.numel() == 0:
                 raise ValueError("Uninitialized CDFs. Run update() first")
-            cache = (buffers, versions, coder.CoderTables(*buffers))
+            snapshot = tuple(b.detach().clone() for b in buffers)
+            cache = (snapshot, coder.CoderTables(*snapshot))
             self._coder_cache = cache
-        return cache[2]
+        return cache[1]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The table buffers have a data-dependent size: take the stored one.
@@ -248,7 +250,7 @@ class EntropyBottleneck(nn.Module):
         """Bounded likelihood of ``outputs`` [C, 1, N]: fused Triton kernels when the backend
         resolves to ``triton`` (CUDA by default), else the torch composition."""
         bound = self.likelihood_lower_bound.bound if self.use_likelihood_bound else None
-        if _backend.resolve(None, outputs.device) == "triton":
+        if outputs.dtype == torch.float32 and _backend.resolve(None, outputs.device) == "triton":
             likelihood = _FusedLikelihood.apply(outputs.reshape(self.channels, -1).contiguous(),
                                                 *self._packed_density(), bound)
             return likelihood.reshape(outputs.shape)
@@ -282,20 +284,21 @@ class EntropyBottleneck(nn.Module):
         return inputs.type(dtype)
 
     def forward(self, x: Tensor, training: bool | None = None) -> Tuple[Tensor, Tensor]:
-        """x [B, C, *spatial] -> (y_hat in x's dtype, float32 likelihoods), both x's shape.
+        """x [B, C, *spatial] -> (y_hat in x's dtype, likelihoods), both x's shape.
 
         Training: y_hat = x + U(-1/2, 1/2); eval: y_hat = round(x - median) + median.
-        The likelihood math runs in float32 even under autocast.
+        The likelihood math runs in float32 even under autocast (float64 for a float64 module).
         """
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected input [B, {self.channels}, ...], got {tuple(x.shape)}")
         if training is None:
             training = self.training
         perm = (1, 0) + tuple(range(2, x.dim()))  # B x C x ... <-> C x B x ... (its own inverse)
+        work = torch.promote_types(torch.float32, self.quantiles.dtype)  # float64 for a .double() module
         with torch.autocast(device_type=x.device.type, enabled=False):
-            channels_first = x.permute(*perm).contiguous().float()
+            channels_first = x.permute(*perm).contiguous().to(work)
             values = channels_first.reshape(self.channels, 1, -1)
-            medians = self._get_medians().float()
+            medians = self._get_medians().to(work)
             outputs = self.quantize(values, "noise" if training else "dequantize", medians)
             likelihood = self._bounded_likelihood(outputs)
         outputs = outputs.reshape(channels_first.shape).permute(*perm).contiguous().to(x.dtype)
@@ -363,11 +366,18 @@ class EntropyBottleneck(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected input [N, {self.channels}, ...], got {tuple(x.shape)}")
         tables = self.coder_tables()
-        if x.dtype == torch.float64 or self.quantiles.dtype != torch.float32:
-            # compressai rounds in the promoted dtype: do the same, then code the symbols.
-            medians = self._coding_medians().reshape(1, -1, *([1] * (x.dim() - 2)))
-            return coder.encode_compat(self.quantize(x.detach(), "symbols", medians), tables)
-        return coder.encode_compat_values(x, self._coding_medians(), tables)
+        medians = self._coding_medians()
+        if not x.is_floating_point():
+            x = x.float()
+        if x.dtype == medians.dtype == torch.float32:
+            return coder.encode_compat_values(x, medians, tables)
+        # compressai subtracts the medians in place: the difference is computed in the promoted dtype
+        # and stored in x's (rounded to float16 / bfloat16 for such inputs) before torch.round
+        difference = (x.detach() - medians.reshape(1, -1, *([1] * (x.dim() - 2)))).to(x.dtype)
+        symbols = torch.round(difference)
+        if not bool((torch.isfinite(symbols) & (symbols.abs() < 2**31)).all()):
+            raise ValueError("compress: some values are not finite or outside int32 after quantization")
+        return coder.encode_compat(symbols.int(), tables)
 
     def decompress(self, strings: list[bytes], size) -> Tensor:
         """N byte strings and the spatial size -> dequantized [N, C, *size] (compressai's layout)."""

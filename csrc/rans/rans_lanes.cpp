@@ -430,14 +430,34 @@ LaneHeaderInfo lanes_parse_header(const uint8_t *p, int64_t total_size) {
              (n_symbols / per_channel) % channels != 0) {
     fail("parallel rANS stream header is invalid (implicit rows)");
   }
-  uint64_t elements = 1;
+  // Products of the dims (all, and from dim 2 on), saturated above the size limit; any zero dim
+  // makes a product 0 whatever the other dims are, so each dim is bounded on its own as well.
+  constexpr uint64_t kMaxSize = 1ull << 62;
+  const auto times = [](uint64_t product, uint64_t dim) {
+    return dim != 0 && product > kMaxSize / dim ? kMaxSize + 1 : product * dim;
+  };
+  uint64_t elements = 1, item_tail = 1;
+  bool zero = false, zero_tail = false;
   for (int d = 0; d < ndim; ++d) {
     const uint64_t dim = get_le<uint64_t>(p, fmt::kFixedHeaderBytes + 8 * d);
-    if (dim != 0 && elements > n_symbols / dim + 1) fail("parallel rANS stream header is invalid (shape)");
-    elements *= dim;
+    if (dim > kMaxSize) fail("parallel rANS stream header is invalid (shape)");
+    if (dim == 0) {
+      zero = true;
+      zero_tail = zero_tail || d >= 2;
+    } else {
+      elements = times(elements, dim);
+      if (d >= 2) item_tail = times(item_tail, dim);
+    }
     info.shape.push_back(static_cast<int64_t>(dim));
   }
-  if (elements != n_symbols) fail("parallel rANS stream header is invalid (shape does not match the symbol count)");
+  if ((zero ? 0 : elements) != n_symbols) {
+    fail("parallel rANS stream header is invalid (shape does not match the symbol count)");
+  }
+  // implicit rows: [N, C, *spatial] with row c for channel c (per_channel is 1 for empty spatial dims)
+  if (!info.explicit_indexes && (ndim < 2 || info.shape[1] != channels ||
+                                 (zero_tail ? 1 : item_tail) != per_channel)) {
+    fail("parallel rANS stream header is invalid (shape does not match the channel rows)");
+  }
   info.word_start.assign(groups + 1, 0);
   for (uint32_t g = 0; g < groups; ++g) {
     info.word_start[g + 1] = info.word_start[g] + get_le<uint32_t>(p, fmt::kFixedHeaderBytes + 8 * ndim + 4 * static_cast<int64_t>(g));
