@@ -1,7 +1,9 @@
 """``udm-fast synth``, ``train`` and ``eval`` as a user runs them, including a real kill and resume."""
+import argparse
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from PIL import Image
 from udm_fast import cli
 from udm_fast.degrade import degrade
 from udm_fast.model import UDM
+from udm_fast.train import commands
 from udm_fast.train.config import load_config
 from udm_fast.train.data import derive_seed
 
@@ -72,7 +75,7 @@ def test_synth_writes_the_reference_csv_format(paired, photos, capsys, tmp_path)
     assert cli.main(["synth", "--clean", str(photos), "--out", str(again), "--per-image", "2", "--seed", "3"]) == 0
     assert (again / "degraded" / "p1-1.png").read_bytes() == (paired / "degraded" / "p1-1.png").read_bytes()
     err = capsys.readouterr().err
-    assert f"skipped {photos / 'zz_broken.png'}: cannot decode image" in err
+    assert f"skipped {photos / 'zz_broken.png'}: not an image file Pillow can read" in err
 
 
 def test_synth_errors(tmp_path, capsys):
@@ -80,6 +83,115 @@ def test_synth_errors(tmp_path, capsys):
     assert "image folder not found" in capsys.readouterr().err
     assert cli.main(["synth", "--clean", str(tmp_path), "--out", str(tmp_path / "o"), "--per-image", "0"]) == 1
     assert "--per-image must be >= 1" in capsys.readouterr().err
+
+
+def _smooth_image(seed, h=64, w=64):
+    coarse = np.random.default_rng(seed).integers(0, 256, size=(5, 5, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+
+
+def test_synth_gives_images_sharing_a_stem_distinct_names(tmp_path):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for seed, name in enumerate(["x.jpg", "x.png", "x_jpg.png", "y.png"]):
+        _smooth_image(seed).save(clean / name)
+    out = tmp_path / "out"
+    assert cli.main(["synth", "--clean", str(clean), "--out", str(out)]) == 0
+    rows = _rows(out / "pairs.csv")
+    # sorted sources x.jpg, x.png, x_jpg.png, y.png; only the clashing stems keep their extension
+    assert [r["ref_name"] for r in rows] == ["ref/x_jpg_2.png", "ref/x_png.png", "ref/x_jpg.png", "ref/y.png"]
+    assert [r["name"] for r in rows] == ["degraded/x_jpg_2-0.png", "degraded/x_png-0.png", "degraded/x_jpg-0.png",
+                                         "degraded/y-0.png"]
+    assert sorted(os.listdir(out / "ref")) == sorted(os.path.basename(r["ref_name"]) for r in rows)
+    for source, row in zip(["x.png", "x_jpg.png", "y.png"], rows[1:]):
+        assert np.array_equal(np.asarray(Image.open(out / row["ref_name"])), np.asarray(Image.open(clean / source)))
+
+
+def test_synth_does_not_read_its_own_output_back(tmp_path, capsys):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for seed in range(2):
+        _smooth_image(seed).save(clean / f"c{seed}.png")
+    out = clean / "synth"
+    for _ in range(2):  # the rerun finds the first run's PNGs under clean/synth and leaves them out
+        assert cli.main(["synth", "--clean", str(clean), "--out", str(out)]) == 0
+        assert [r["ref_name"] for r in _rows(out / "pairs.csv")] == ["ref/c0.png", "ref/c1.png"]
+    assert "wrote 2 pairs from 2 images" in capsys.readouterr().out
+    assert cli.main(["synth", "--clean", str(clean), "--out", str(clean)]) == 1
+    assert "is the --clean folder itself" in capsys.readouterr().err
+
+
+def test_synth_notes_each_converted_image(tmp_path, capsys):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    rgb = _smooth_image(0)
+    rgb.save(clean / "a_rgb.png")
+    rgb.convert("L").save(clean / "b_gray.png")
+    rgb.convert("RGBA").save(clean / "c_rgba.png")
+    rgb.convert("P", palette=Image.ADAPTIVE).save(clean / "d_palette.png")
+    assert cli.main(["synth", "--clean", str(clean), "--out", str(tmp_path / "out"), "--per-image", "2"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("udm-fast: note: ")]
+    assert notes == [f"udm-fast: note: {clean / 'b_gray.png'}: grayscale image, replicated to RGB",
+                     f"udm-fast: note: {clean / 'c_rgba.png'}: has an alpha channel, composited onto white",
+                     f"udm-fast: note: {clean / 'd_palette.png'}: palette image, converted to RGB"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["synth", "--max-side", "-3"], "--max-side must be a positive number of pixels, or 0 to keep sizes, got -3"),
+    (["synth", "--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1, got -1"),
+    (["eval", "--crop", "8"], "--crop must be 0 (whole images) or at least 11 (the MS-SSIM window), got 8"),
+    (["eval", "--crop", "-1"], "--crop must be 0 (whole images) or at least 11"),
+    (["eval", "--limit", "-2"], "--limit must be >= 0 (0: no limit), got -2"),
+    (["eval", "--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1, got -1"),
+    (["eval", "--clean", "--crop", "16"], "--clean needs --crop 0 (the default 128) or at least 32, got 16"),
+    (["eval", "--clean", "--first-seed", "-1"], "must lie in 0 .. 2**64 - 1; got -1 .. 4"),
+    (["eval", "--clean", "--first-seed", str(2 ** 64 - 2)], f"got {2 ** 64 - 2} .. {2 ** 64 + 3}"),
+])
+def test_synth_and_eval_reject_out_of_range_numbers(tmp_path, capsys, photos, args, message):
+    command, *flags = args
+    if command == "synth":
+        source = ["--clean", str(photos), "--out", str(tmp_path / "out")]
+    elif flags[0] == "--clean":
+        source, flags = ["--clean", str(photos)], flags[1:]
+    else:
+        source = ["--data", str(tmp_path)]
+    assert cli.main([command, *source, *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("udm-fast: error: ") and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_names_the_missing_or_corrupt_reference(paired, tmp_path, capsys):
+    data = tmp_path / "pairs"
+    shutil.copytree(paired, data)
+    (data / "ref" / "p0.png").unlink()
+    (data / "ref" / "p1.png").write_bytes(b"not a png")
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", "--data", str(data), "--crop", "48", "--no-download", "--device", "cpu",
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    for variant in range(2):
+        assert (f"skipped {data / 'degraded' / f'p0-{variant}.png'}: its reference {data / 'ref' / 'p0.png'}: "
+                f"file not found") in err
+        assert (f"skipped {data / 'degraded' / f'p1-{variant}.png'}: its reference {data / 'ref' / 'p1.png'}: "
+                f"cannot decode image") in err
+    assert json.loads(out.read_text())["count"] == 2
+
+
+def test_eval_tries_the_vgg16_download_once(weight_packages, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    downloads = []
+
+    def offline(url, **kwargs):
+        downloads.append(url)
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    modules, unavailable = commands._perceptual_metrics(
+        argparse.Namespace(vgg_weights=None, no_download=False), torch.device("cpu"))
+    assert len(downloads) == 1 and modules == {}
+    assert set(unavailable) == {"dists", "lpips"}
+    assert all("download" in reason and "no network" in reason for reason in unavailable.values())
 
 
 def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, capsys):
@@ -104,6 +216,13 @@ def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, caps
         assert set(results["mean"]) == {"psnr", "ms_ssim", "bits_global_per_image", "bits_local_per_pixel"}
     assert json.loads((tmp_path / "model.json").read_text())["mean"] == \
         json.loads((tmp_path / "latest.json").read_text())["mean"]  # same weights either way
+    # the coding commands take a training checkpoint too: its code decodes with the exported model.pt
+    code_file = tmp_path / "code.udm"
+    degraded = sorted((paired / "degraded").rglob("*.png"))[0]
+    assert cli.main(["encode", "--weights", str(run / "checkpoints" / "latest.pt"), "--degraded", str(degraded),
+                     "--out", str(code_file), "--device", "cpu"]) == 0
+    assert cli.main(["decode", str(code_file), "--weights", str(run / "model.pt"), "--device", "cpu"]) == 0
+    capsys.readouterr()
 
     # transfer mode: clean photos, seeded degradations, the model next to the two baselines
     out = tmp_path / "transfer.json"
@@ -129,7 +248,9 @@ def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, caps
     (["--set", "run.max_step=3"], "unknown key 'run.max_step' (did you mean 'max_steps'?)"),
     (["--set", "oops"], "--set expects KEY=VALUE"),
     (["--data", "/no/such/folder"], "not a folder of images nor a .csv index"),
-    (["--set", "loss.weights.dists=10", "--set", "loss.download=false"], "vgg16-397923af.pth"),
+    (["--set", "loss.weights.dists=10", "--set", "loss.download=false"],
+     "download=False; set loss.vgg_weights (torchvision's vgg16-397923af.pth)"),
+    (["--set", "loss.weights.dists=10", "--set", "loss.download=false"], "set loss.pretrained: false"),
 ])
 def test_train_errors_are_one_line(tmp_path, capsys, monkeypatch, request, args, message):
     if "vgg16" in message:  # the VGG16 file is looked for once the DISTS weights are found

@@ -29,6 +29,10 @@ class MissingWeightsError(FileNotFoundError):
     """A pretrained weight file is not available; the message says how to provide it."""
 
 
+class MissingVGG16Error(MissingWeightsError):
+    """The VGG16 file, which DISTS and LPIPS both need, is not available."""
+
+
 def _load(path, what: str) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -73,7 +77,7 @@ def vgg16_features_state_dict(path: PathArg = None, *, download: bool = True) ->
     what = "VGG16 weights"
     if path is not None:
         if not os.path.isfile(os.fspath(path)):
-            raise MissingWeightsError(f"{what}: no file at {os.fspath(path)!r}; " + _how_to_get_vgg16())
+            raise MissingVGG16Error(f"{what}: no file at {os.fspath(path)!r}; " + _how_to_get_vgg16())
         state = _load(path, what)
     elif os.path.isfile(vgg16_cache_path()):
         state = _load(vgg16_cache_path(), what)
@@ -81,10 +85,10 @@ def vgg16_features_state_dict(path: PathArg = None, *, download: bool = True) ->
         try:
             state = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", check_hash=True)
         except Exception as exc:
-            raise MissingWeightsError(f"{what}: the download from {VGG16_URL} failed ({exc}); "
+            raise MissingVGG16Error(f"{what}: the download from {VGG16_URL} failed ({exc}); "
                                       + _how_to_get_vgg16()) from exc
     else:
-        raise MissingWeightsError(f"{what}: not found in the torch hub cache and download=False; "
+        raise MissingVGG16Error(f"{what}: not found in the torch hub cache and download=False; "
                                   + _how_to_get_vgg16())
     return _features_only(state, what)
 

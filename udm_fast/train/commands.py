@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import time
-from typing import Iterator, Optional, Sequence
+from collections import Counter
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,13 +22,17 @@ from PIL import Image
 
 from ..degrade import DegradeConfig, degrade
 from ..files import write_bytes_atomic
+from ..io import ImageError, load_image
 from .config import ConfigError, load_config
 from .data import DataError, ItemError, decode_image, derive_seed, list_images, read_pairs
+from .metrics import SSIM_WINDOW
 
 SYNTH_INDEX = "pairs.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TRANSFER_CROP = 128
+TRANSFER_MIN_CROP = 32
 TRANSFER_FIRST_SEED = 1_000_000
+SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes seeds in 0 .. 2**64 - 1
 
 
 def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -50,16 +55,20 @@ def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argpars
 
     synth = commands.add_parser(
         "synth", parents=list(parents), help="make a paired training set from clean images",
-        description=f"Degrades every image of --clean --per-image times and writes OUT/ref/..., OUT/degraded/... "
-                    f"(PNG) and OUT/{SYNTH_INDEX} (columns name, ref_name, params) in the reference's format.")
-    synth.add_argument("--clean", required=True, metavar="DIR", help="folder of clean images (searched recursively)")
-    synth.add_argument("--out", required=True, metavar="DIR", help="output folder")
+        description=f"Degrades every image of --clean --per-image times and writes OUT/ref/STEM.png, "
+                    f"OUT/degraded/STEM-K.png (K = 0 .. N-1) and OUT/{SYNTH_INDEX} (columns name, ref_name, params) "
+                    f"in the reference's format. STEM is the image's path under --clean without its extension; "
+                    f"images that would share a STEM (x.jpg and x.png) keep their extension in it (x_jpg, x_png). "
+                    f"Grayscale, palette, transparent and other non-RGB images are converted to RGB with a note.")
+    synth.add_argument("--clean", required=True, metavar="DIR",
+                       help="folder of clean images (searched recursively, except --out when it lies inside)")
+    synth.add_argument("--out", required=True, metavar="DIR", help="output folder (not --clean itself)")
     synth.add_argument("--per-image", type=int, default=1, metavar="N", help="degraded versions per image (default 1)")
-    synth.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    synth.add_argument("--seed", type=int, default=0, metavar="S", help="seed, >= 0 (default 0)")
     synth.add_argument("--config", metavar="CONFIG", help="take the degradation settings from this training "
                        "config's data.degrade (default: DegradeConfig defaults)")
     synth.add_argument("--max-side", type=int, default=0, metavar="N",
-                       help="downscale images whose longer side exceeds N pixels first (default: keep sizes)")
+                       help="downscale images whose longer side exceeds N pixels first (default 0: keep sizes)")
     synth.set_defaults(run=run_synth)
 
     evaluate = commands.add_parser(
@@ -86,7 +95,8 @@ def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argpars
     evaluate.add_argument("--out", default="eval.json", metavar="JSON", help="results file (default eval.json)")
     evaluate.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--crop", type=int, default=0, metavar="N",
-                          help=f"evaluate the central N x N crops (--clean: default {TRANSFER_CROP})")
+                          help=f"evaluate the central N x N crops, N >= {SSIM_WINDOW} (default: whole images; "
+                               f"--clean: N >= {TRANSFER_MIN_CROP}, default {TRANSFER_CROP})")
     evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N pairs (--data) or "
                           "photos (--clean)")
     evaluate.add_argument("--degradations", type=int, default=6, metavar="M",
@@ -140,11 +150,18 @@ def run_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .trainer import Trainer
 
+    from ..losses import MissingWeightsError
+
     _configure_logging()
     config = load_config(args.config, train_overrides(args))
     try:
         trainer = Trainer(config, resume=args.resume)
         summary = trainer.run()
+    except MissingWeightsError as exc:  # its how-to speaks Python: say it in config keys
+        raise MissingWeightsError(
+            f"{str(exc).split(';')[0]}; set loss.vgg_weights (torchvision's vgg16-397923af.pth), "
+            "loss.dists_weights or loss.lpips_weights to the file (--set KEY=PATH), allow loss.download on a "
+            "machine that is online, or for a smoke test without weights set loss.pretrained: false") from exc
     finally:
         distributed.shutdown()
     if trainer.dist.is_main:
@@ -159,8 +176,56 @@ def run_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- synth
 
 
+def _check_seed(flag: str, seed: int) -> None:
+    """Raises ValueError unless ``seed`` is one that torch generators (and ``derive_seed``) take."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{flag} must be an integer from 0 to 2**64 - 1, got {seed}")
+
+
 def _relative_stem(relative: str) -> str:
     return os.path.splitext(relative)[0].replace(os.sep, "/")
+
+
+def _output_stems(files: Sequence[str]) -> list:
+    """The output stem of each file (``_relative_stem``), unique even on a case-insensitive file system:
+    files whose stems clash keep their extension in it (x.jpg, x.png -> x_jpg, x_png), numbered
+    (x_jpg_2, ...) in the rare case that this still clashes."""
+    stems = [_relative_stem(relative) for relative in files]
+    clashes = Counter(stem.casefold() for stem in stems)
+    taken = {stem.casefold() for stem in stems if clashes[stem.casefold()] == 1}
+    unique = []
+    for relative, stem in zip(files, stems):
+        if clashes[stem.casefold()] > 1:
+            base = f"{stem}_{os.path.splitext(relative)[1][1:].lower()}"
+            stem, number = base, 1
+            while stem.casefold() in taken:
+                number += 1
+                stem = f"{base}_{number}"
+            taken.add(stem.casefold())
+        unique.append(stem)
+    return unique
+
+
+def _clean_files(clean: str, out: str) -> list:
+    """The images under ``clean`` (``list_images``) minus those inside ``out``, so that a rerun does not
+    read its own earlier output back as clean images."""
+    out_under_clean = os.path.relpath(os.path.realpath(out), os.path.realpath(clean))
+    if out_under_clean == os.curdir:
+        raise ValueError(f"--out {out} is the --clean folder itself; write to another folder, e.g. "
+                         f"{os.path.join(clean, 'synth')}")
+    files = list_images(clean, IMAGE_EXTENSIONS)
+    if out_under_clean == os.pardir or out_under_clean.startswith(os.pardir + os.sep):
+        return files
+    files = [relative for relative in files if not relative.startswith(out_under_clean + os.sep)]
+    if not files:
+        raise DataError(f"no images under {clean} outside --out {out}")
+    return files
+
+
+def _load_rgb8(path: str) -> np.ndarray:
+    """uint8 [H, W, 3] of an image file, read by ``udm_fast.io.load_image``, which notes each conversion
+    to RGB (grayscale, palette, alpha) as ``transfer`` does."""
+    return (load_image(path)[0] * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _save_png(array: np.ndarray, path: str) -> None:
@@ -173,29 +238,32 @@ def _limit_side(array: np.ndarray, max_side: int) -> np.ndarray:
         return array
     scale = max_side / max(array.shape[:2])
     size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
-    return np.asarray(Image.fromarray(array).resize(size, Image.LANCZOS))
+    return np.array(Image.fromarray(array).resize(size, Image.LANCZOS))
 
 
 def run_synth(args: argparse.Namespace) -> int:
     if args.per_image < 1:
         raise ValueError(f"--per-image must be >= 1, got {args.per_image}")
+    if args.max_side < 0:
+        raise ValueError(f"--max-side must be a positive number of pixels, or 0 to keep sizes, got {args.max_side}")
+    _check_seed("--seed", args.seed)
     config = load_config(args.config).data.degrade if args.config else DegradeConfig()
-    files = list_images(args.clean, IMAGE_EXTENSIONS)
+    files = _clean_files(args.clean, args.out)
     rows, skipped = [], []
     start = time.perf_counter()
-    for index, relative in enumerate(files):
+    for index, (relative, stem) in enumerate(zip(files, _output_stems(files))):
+        path = os.path.join(args.clean, relative)
         try:
-            clean = _limit_side(decode_image(os.path.join(args.clean, relative)), args.max_side)
+            clean = _limit_side(_load_rgb8(path), args.max_side)
             x = torch.from_numpy(np.ascontiguousarray(clean.transpose(2, 0, 1)))[None].float() / 255.0
-            stem = _relative_stem(relative)
             ref_name = f"ref/{stem}.png"
             outputs = []
             for variant in range(args.per_image):
                 y, params = degrade(x, config=config, generator=derive_seed(args.seed, index, variant))
                 pixels = (y[0] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
                 outputs.append((f"degraded/{stem}-{variant}.png", pixels, params[0]))
-        except (ItemError, ValueError) as exc:
-            skipped.append(f"{os.path.join(args.clean, relative)}: {exc}")
+        except ValueError as exc:  # unreadable (an ImageError, which names the file) or too small to degrade
+            skipped.append(str(exc) if isinstance(exc, ImageError) else f"{path}: {exc}")
             print(f"udm-fast: warning: skipped {skipped[-1]}", file=sys.stderr)
             continue
         _save_png(clean, os.path.join(args.out, ref_name))
@@ -216,24 +284,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- eval
-
-
-def load_eval_model(path: Optional[str], official: bool, device: torch.device):
-    """A UDM in eval mode from a model file, a training checkpoint (its raw weights), with ``official``
-    the authors' checkpoint, or for ``path`` None the bundled model."""
-    from .. import checkpoint as ckpt
-    from ..cli import load_model
-    from ..model import UDM, UDMConfig
-    from .trainer import CHECKPOINT_FORMAT
-
-    if path is None or official:
-        return load_model(path, official, device).eval()
-    payload = ckpt.load_file(path)
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        model = UDM(UDMConfig.from_dict(payload["config"]["model"]))
-        ckpt.check_and_load(model, payload["model"], path)
-        return model.to(device).eval()
-    return UDM.load(path, map_location=device)
 
 
 def _index_path(data: str) -> str:
@@ -266,7 +316,10 @@ def _eval_pairs(index: str, args: argparse.Namespace, device: torch.device,
     for distorted, reference in pairs:
         try:
             y = decode_image(os.path.join(root, distorted))
-            x = decode_image(os.path.join(root, reference))
+            try:
+                x = decode_image(os.path.join(root, reference))
+            except ItemError as exc:
+                raise ItemError(f"its reference {os.path.join(root, reference)}: {exc}") from exc
             if x.shape != y.shape:
                 x = np.asarray(Image.fromarray(x).resize((y.shape[1], y.shape[0]), Image.BICUBIC))
             x, y = _center_crop(x, args.crop), _center_crop(y, args.crop)
@@ -280,15 +333,28 @@ def _eval_pairs(index: str, args: argparse.Namespace, device: torch.device,
 
 
 def _perceptual_metrics(args: argparse.Namespace, device: torch.device) -> tuple[dict, dict]:
-    """({name: module} of the perceptual metrics whose weights load, {name: why not} for the others)."""
+    """({name: module} of the perceptual metrics whose weights load, {name: why not} for the others).
+
+    Both metrics need the VGG16 file: when it cannot be had for the first (not found, download failed),
+    the second is reported unavailable for the same reason instead of trying again."""
     from ..losses import DISTS, LPIPS, MissingWeightsError
+    from ..losses.pretrained import MissingVGG16Error
 
     modules, unavailable = {}, {}
+    vgg16_problem = None
     for name, cls in (("dists", DISTS), ("lpips", LPIPS)):
+        if vgg16_problem is not None:
+            unavailable[name] = vgg16_problem
+            continue
         try:
             modules[name] = cls(vgg_weights=args.vgg_weights, download=not args.no_download).to(device).eval()
         except MissingWeightsError as exc:
-            unavailable[name] = str(exc)
+            reason = str(exc).split(";")[0]  # the rest says how to provide the file, in Python terms
+            if isinstance(exc, MissingVGG16Error):
+                reason += ("; give --vgg-weights PATH (torchvision's vgg16-397923af.pth) or put that file in the "
+                           "torch hub cache")
+                vgg16_problem = reason
+            unavailable[name] = reason
     return modules, unavailable
 
 
@@ -318,18 +384,15 @@ def _clean_crops(folder: str, crop: int, limit: int, skipped: list) -> tuple[lis
 def run_eval(args: argparse.Namespace) -> int:
     from ..cli import parse_device
 
-    if args.crop < 0 or args.limit < 0:
-        raise ValueError("--crop and --limit must be >= 0")
-    if args.clean is not None and (args.degradations < 2 or (args.crop and args.crop < 32)):
-        raise ValueError("--clean needs --degradations >= 2 and --crop >= 32")
+    _check_eval_flags(args)
     device = parse_device(args.device)
     index = _index_path(args.data) if args.clean is None else None
-    model = load_eval_model(args.weights, args.official, device)
+    from ..cli import load_model
+
+    model = load_model(args.weights, args.official, device)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
-        hint = ("; give --vgg-weights PATH (torchvision's vgg16-397923af.pth) or put that file in the torch hub "
-                "cache" if reason.startswith("VGG16") else "")
-        print(f"udm-fast: note: {name} not computed ({reason.split(';')[0]}){hint}", file=sys.stderr)
+        print(f"udm-fast: note: {name} not computed ({reason})", file=sys.stderr)
     if args.clean is None:
         results, table = _eval_paired(model, index, args, device, perceptual)
     else:
@@ -340,6 +403,27 @@ def run_eval(args: argparse.Namespace) -> int:
     write_bytes_atomic(args.out, json.dumps(results, indent=2).encode("utf-8"))
     print(f"wrote {args.out}")
     return 0
+
+
+def _check_eval_flags(args: argparse.Namespace) -> None:
+    """Raises ValueError naming the first numeric flag out of range for the chosen mode."""
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0 (0: no limit), got {args.limit}")
+    _check_seed("--seed", args.seed)
+    if args.clean is None:
+        if args.crop < 0 or 0 < args.crop < SSIM_WINDOW:
+            raise ValueError(f"--crop must be 0 (whole images) or at least {SSIM_WINDOW} (the MS-SSIM window), "
+                             f"got {args.crop}")
+        return
+    if args.crop < 0 or 0 < args.crop < TRANSFER_MIN_CROP:
+        raise ValueError(f"--clean needs --crop 0 (the default {TRANSFER_CROP}) or at least {TRANSFER_MIN_CROP}, "
+                         f"got {args.crop}")
+    if args.degradations < 2:
+        raise ValueError(f"--clean needs --degradations >= 2, got {args.degradations}")
+    last_seed = args.first_seed + args.degradations - 1
+    if args.first_seed < 0 or last_seed >= SEED_LIMIT:
+        raise ValueError(f"--clean draws the degradation seeds --first-seed .. --first-seed + --degradations - 1, "
+                         f"which must lie in 0 .. 2**64 - 1; got {args.first_seed} .. {last_seed}")
 
 
 def _eval_paired(model, index: str, args: argparse.Namespace, device: torch.device, perceptual: dict):
