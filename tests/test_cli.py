@@ -121,6 +121,8 @@ def _error_cases(files, tmp):
     payload["config"]["filters"] = 8  # the config no longer fits the tensors
     mismatched = tmp / "mismatched.pt"
     torch.save(payload, mismatched)
+    foreign = tmp / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
     tiny = tmp / "tiny.png"
     Image.new("RGB", (3, 3), (9, 9, 9)).save(tiny)
     ok = {"--clean": files["small"], "--degraded": files["small"], "--out": tmp / "out.png",
@@ -134,6 +136,7 @@ def _error_cases(files, tmp):
         "missing weights": ({"--weights": tmp / "none.pt"}, "checkpoint not found"),
         "corrupt weights": ({"--weights": bad_weights}, "cannot read checkpoint"),
         "mismatched weights": ({"--weights": mismatched}, "does not match the model"),
+        "foreign weights": ({"--weights": foreign}, "nor a training checkpoint; for the authors' checkpoint add --official"),
         "not an official checkpoint": ({"--official": None}, "official checkpoint lacks the sub-networks"),
         "official without weights": ({"--weights": None, "--official": None}, "--official needs --weights"),
         "unknown device": ({"--device": "gpu7"}, "unknown device 'gpu7'"),
@@ -154,7 +157,8 @@ def _argv(ok, changes):
 
 
 ERROR_NAMES = ["missing clean", "directory", "corrupt image", "non-image", "truncated jpeg", "missing weights",
-               "corrupt weights", "mismatched weights", "not an official checkpoint", "official without weights",
+               "corrupt weights", "mismatched weights", "foreign weights", "not an official checkpoint",
+               "official without weights",
                "unknown device", "bad tile size", "image too small", "bad output extension"]
 
 

@@ -22,10 +22,11 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from . import __version__, backend, degradation_code, degrade, pretrained
+from . import checkpoint as ckpt
 from .checkpoint import save_atomic
 from .files import write_bytes_atomic
 from .io import ImageNote, format_for_path, load_image, save_image
-from .model import UDM
+from .model import UDM, UDMConfig
 from .train import commands as train_commands
 
 PROG = "udm-fast"
@@ -72,14 +73,25 @@ def parse_device(name: str) -> torch.device:
 
 
 def load_model(weights: Optional[str], official: bool, device: torch.device) -> UDM:
-    """``weights`` (a UDM.save file, or with ``official`` the authors' checkpoint) or the default model."""
+    """The model in eval mode from ``weights``: a UDM.save file, a training checkpoint (its raw weights)
+    or with ``official`` the authors' checkpoint; without ``weights`` the bundled model."""
     if weights is None:
         if official:
             raise ValueError("--official needs --weights (the path of the authors' checkpoint)")
-        return pretrained.default_model(device)
+        return pretrained.default_model(device).eval()
     if official:
-        return UDM.from_official(weights).to(device)
-    return UDM.load(weights, map_location=device)
+        return UDM.from_official(weights).to(device).eval()
+    from .train.trainer import CHECKPOINT_FORMAT
+
+    payload = ckpt.load_file(weights)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        model = UDM(UDMConfig.from_dict(payload["config"]["model"]))
+        ckpt.check_and_load(model, payload["model"], weights)
+        return model.to(device).eval()
+    if not UDM.is_saved(payload):
+        raise ckpt.CheckpointError(f"{weights} is neither a udm_fast model file (model.pt) nor a training "
+                                   "checkpoint; for the authors' checkpoint add --official")
+    return UDM.from_saved(payload, weights).to(device)
 
 
 def describe_model(weights: Optional[str], official: bool) -> str:

@@ -302,16 +302,25 @@ class UDM(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: Any = "cpu") -> "UDM":
         """Loads a file written by ``save`` (eval mode). Official checkpoints: use ``from_official``."""
-        payload = ckpt.load_file(path)
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
-            raise ckpt.CheckpointError(f"{os.fspath(path)} is not a udm_fast model file "
+        return cls.from_saved(ckpt.load_file(path), os.fspath(path)).to(map_location)
+
+    @staticmethod
+    def is_saved(payload: Any) -> bool:
+        """Whether ``payload`` (a loaded file) was written by ``save``."""
+        return isinstance(payload, dict) and payload.get("format") == FORMAT_NAME
+
+    @classmethod
+    def from_saved(cls, payload: Any, where: str) -> "UDM":
+        """The model (eval mode, CPU) from the loaded contents of a ``save`` file; ``where`` names it in errors."""
+        if not cls.is_saved(payload):
+            raise ckpt.CheckpointError(f"{where} is not a udm_fast model file "
                                        "(for the authors' checkpoints use UDM.from_official)")
         if payload.get("version") != FORMAT_VERSION:
-            raise ckpt.CheckpointError(f"{os.fspath(path)} has format version {payload.get('version')}, "
+            raise ckpt.CheckpointError(f"{where} has format version {payload.get('version')}, "
                                        f"this udm_fast reads version {FORMAT_VERSION}")
         model = cls(UDMConfig.from_dict(payload["config"]))
-        ckpt.check_and_load(model, payload["state_dict"], os.fspath(path))
-        return model.to(map_location).eval()
+        ckpt.check_and_load(model, payload["state_dict"], where)
+        return model.eval()
 
 
 def infer_official_config(parts: dict) -> UDMConfig:
