@@ -1,9 +1,11 @@
 """The trainer on a tiny model (CPU): learning, exact resume, DDP on gloo, precision modes and errors."""
 import csv
+import logging
 import math
 import os
 import signal
 import socket
+import types
 
 import pytest
 import torch
@@ -246,6 +248,17 @@ def test_missing_perceptual_weights_give_the_losses_error(tmp_path, monkeypatch,
     config = tiny(tmp_path, **{"loss.weights.dists": 10.0, "loss.download": False})
     with pytest.raises(MissingWeightsError, match="vgg16-397923af.pth.*pretrained=False"):
         Trainer(config)
+
+
+def test_each_unusable_file_is_reported_once_and_every_skip_counted(caplog):
+    trainer = types.SimpleNamespace(skipped=0, _reported_skips=set())
+    with caplog.at_level(logging.WARNING, logger="udm_fast.train"):
+        for _ in range(3):  # three epochs over the same two broken files
+            Trainer._report_skipped(trainer, ["a.jpg: cannot decode image", "b.jpg: smaller than the crop"])
+    assert trainer.skipped == 6
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipped unusable training file a.jpg: cannot decode image (not reported again)",
+        "skipped unusable training file b.jpg: smaller than the crop (not reported again)"]
 
 
 def test_bad_data_is_reported(tmp_path):

@@ -194,6 +194,17 @@ def test_eval_tries_the_vgg16_download_once(weight_packages, tmp_path, monkeypat
     assert all("download" in reason and "no network" in reason for reason in unavailable.values())
 
 
+def test_data_flag_picks_pairs_or_photos_with_absolute_paths(photos, paired, monkeypatch, capsys):
+    def overrides(data):
+        return commands.train_overrides(argparse.Namespace(set=[], out=None, max_steps=None, device=None, data=data))
+
+    # a synth output folder means its pairs (as for eval), not its PNGs as clean photos
+    assert overrides(str(paired)) == {"data.kind": "csv", "data.csv": str(paired / "pairs.csv"), "data.root": None}
+    assert "holds pairs.csv: training on its pairs" in capsys.readouterr().err
+    monkeypatch.chdir(photos.parent)  # relative paths are stored absolute in the run's config.yaml
+    assert overrides(photos.name) == {"data.kind": "folder", "data.root": str(photos)}
+
+
 def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, capsys):
     run = tmp_path / "run"
     code = cli.main(["train", TINY, "--data", str(paired / "pairs.csv"), "--out", str(run), "--max-steps", "2",

@@ -137,10 +137,16 @@ def train_overrides(args: argparse.Namespace) -> dict:
     if args.device is not None:
         overrides["run.device"] = args.device
     if args.data is not None:
-        if os.path.isfile(args.data) and args.data.lower().endswith(".csv"):
-            overrides.update({"data.kind": "csv", "data.csv": args.data, "data.root": None})
-        elif os.path.isdir(args.data):
-            overrides.update({"data.kind": "folder", "data.root": args.data})
+        data = os.path.abspath(args.data)  # the run's config.yaml must still find it from elsewhere
+        index = os.path.join(data, SYNTH_INDEX)
+        if os.path.isdir(data) and os.path.isfile(index):
+            print(f"udm-fast: note: --data {args.data} holds {SYNTH_INDEX}: training on its pairs "
+                  f"(give a folder without it to train on plain photos)", file=sys.stderr)
+            data = index
+        if os.path.isfile(data) and data.lower().endswith(".csv"):
+            overrides.update({"data.kind": "csv", "data.csv": data, "data.root": None})
+        elif os.path.isdir(data):
+            overrides.update({"data.kind": "folder", "data.root": data})
         else:
             raise DataError(f"--data {args.data}: not a folder of images nor a .csv index")
     return overrides
@@ -168,7 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
         state = "finished" if summary["finished"] else "stopped (resume with --resume)"
         losses = ", ".join(f"{k} {v:.4g}" for k, v in summary["losses"].items())
         print(f"{state} at step {summary['step']} (epoch {summary['epoch']:.2f}); {losses}; "
-              f"outputs in {summary['out_dir']}" + (f"; {summary['skipped']} unusable files skipped"
+              f"outputs in {summary['out_dir']}" + (f"; unusable files skipped {summary['skipped']} times"
                                                     if summary["skipped"] else ""))
     return 0
 

@@ -175,6 +175,7 @@ class Trainer:
 
         self.step = 0
         self.skipped = 0
+        self._reported_skips = set()
         self._stop_requested = False
         seed_everything(c.seed * 1000003 + self.dist.rank)  # per-rank noise streams from here on
         if resume:
@@ -460,8 +461,11 @@ class Trainer:
         return out
 
     def _report_skipped(self, skipped: list) -> None:
+        """Counts every skip (``skipped`` in log.csv and the summary); warns once per entry."""
         for entry in skipped:
-            log.warning("skipped unusable training file %s", entry)
+            if entry not in self._reported_skips:
+                self._reported_skips.add(entry)
+                log.warning("skipped unusable training file %s (not reported again)", entry)
         self.skipped += len(skipped)
 
     # ------------------------------------------------------------------ checkpoints
