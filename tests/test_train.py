@@ -218,7 +218,7 @@ def test_output_folder_and_resume_errors(tmp_path):
         Trainer(tiny(tmp_path, **{"run.max_steps": 1}))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(tiny(tmp_path / "other"), resume=True)
-    with pytest.raises(ckpt.CheckpointError, match="was trained with model"):
+    with pytest.raises(ckpt.CheckpointError, match=r"another model \(checkpoint -> config now: model.filters: 8 -> 16\)"):
         Trainer(tiny(tmp_path, **{"model.filters": 16}), resume=True)
     with pytest.raises(ckpt.CheckpointError, match="run.ema_decay was off"):
         Trainer(tiny(tmp_path, **{"run.ema_decay": 0.9}), resume=True)

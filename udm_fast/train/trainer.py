@@ -509,10 +509,11 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path} has training-checkpoint version {state.get('version')}, "
                                        f"this udm_fast reads {CHECKPOINT_VERSION}")
         saved = TrainingConfig.from_dict(state["config"])
-        if saved.model != self.config.model:
-            raise ckpt.CheckpointError(f"{path} was trained with model {saved.model}, the config now says "
-                                       f"{self.config.model}")
         changed = _changed_keys(saved.to_dict(), self.config.to_dict())
+        model_changes = [c for c in changed if c.startswith("model.")]
+        if model_changes:
+            raise ckpt.CheckpointError(f"{path} was trained with another model (checkpoint -> config now: "
+                                       f"{', '.join(model_changes)}); the model settings cannot change on resume")
         if changed:
             log.warning("resuming with changed settings: %s", ", ".join(changed))
         ckpt.check_and_load(self.model, state["model"], path)
