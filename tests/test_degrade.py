@@ -1,6 +1,7 @@
 """udm_fast.degrade against independent float64 references (numpy/scipy/Pillow)."""
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -322,6 +323,7 @@ def test_bad_images_raise(bad, match):
     ({"jpeg_quality": (30.5, 90)}, "integers"),
     ({"motion_length": (3.0,)}, "pair"),
     ({"contrast": (float("nan"), 1.0)}, "finite"),
+    ({"p_noise": True}, "probability"),
 ])
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -351,6 +353,33 @@ def test_other_bad_arguments_raise():
         D.jpeg(x, 101)
     with pytest.raises(ValueError, match="unknown mask kind"):
         D.render_masks([{"kind": "star"}], 8, 8)
+    with pytest.raises(TypeError, match="got a bool"):
+        D.jpeg(x, True)
+    with pytest.raises(ValueError, match=r"seed must lie in \[-2\*\*63, 2\*\*64\)"):
+        D.degrade(x, generator=2 ** 70)
+    for impl in ("tensor", "pillow"):
+        with pytest.raises(ValueError, match="8x0 have no pixels"):
+            D.jpeg(torch.rand(1, 3, 8, 0), 50, impl=impl)
+
+
+def test_degrade_refuses_images_too_small_for_the_config_whatever_the_seed():
+    radius = D.largest_radius(D.DegradeConfig())
+    assert radius == D.motion_radius(D.DegradeConfig().motion_length[1])
+    small, enough = _images(2, radius, radius + 5), _images(2, radius + 1, radius + 1)
+    for seed in range(6):  # a seed that draws no (or a short) blur would otherwise pass
+        with pytest.raises(ValueError, match=f"too small for this config, whose blur kernels reach radius {radius}"):
+            D.degrade(small, generator=seed)
+        assert D.degrade(enough, generator=seed)[0].shape == enough.shape
+    no_blur = D.DegradeConfig(p_gaussian_blur=0.0, p_motion_blur=0.0)
+    assert D.largest_radius(no_blur) == 0
+    assert D.degrade(_images(1, 4, 4), config=no_blur, generator=0)[0].shape == (1, 3, 4, 4)
+
+
+def test_inputs_that_require_grad_raise_no_warning():
+    x = _images(1, 16, 16, dtype=torch.float32).requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D.gaussian_blur(x, 1.0)
 
 
 def test_all_combinations_of_ops_run_on_tiny_batches():

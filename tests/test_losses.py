@@ -111,6 +111,8 @@ def test_pixel_loss_errors(fn, kwargs, match):
         fn(a, a, **kwargs)
     with pytest.raises(ValueError, match="same shape"):
         fn(a, a[..., :-1])
+    with pytest.raises(ValueError, match="the batch is empty"):  # a mean over nothing would be NaN
+        fn(torch.rand(0, 3, 32, 32), torch.rand(0, 3, 32, 32))
 
 
 # ----------------------------------------------------------------------------- spectral losses
@@ -436,6 +438,20 @@ def test_perceptual_input_errors():
         model(torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="at least 16x16"):
         model(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="the batch is empty"):
+        model(torch.rand(0, 3, 32, 32), torch.rand(0, 3, 32, 32))
+
+
+@pytest.mark.parametrize("cls", [L.DISTS, L.LPIPS])
+def test_perceptual_losses_take_inputs_of_any_float_dtype(cls):
+    torch.manual_seed(0)
+    model = cls(pretrained=False)  # float32 module
+    x, y = torch.rand(2, 3, 32, 32, dtype=torch.float64), torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    expected = model(x.float(), y.float())
+    for dtype in (torch.float64, torch.bfloat16):
+        got = model(x.to(dtype), y.to(dtype))
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0 if dtype == torch.float64 else 5e-2, atol=1e-6)
 
 
 _REFERENCE_PACKAGES = all(importlib.util.find_spec(m) is not None for m in ("DISTS_pytorch", "lpips", "torchvision"))

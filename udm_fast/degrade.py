@@ -94,7 +94,7 @@ class DegradeConfig:
     def __post_init__(self):
         for name in ("p_noise", "p_gaussian_blur", "p_motion_blur", "p_contrast", "p_jpeg", "p_inhomogeneous"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"DegradeConfig.{name} must be a probability in [0, 1], got {value!r}")
         _check_range("noise_sigma", self.noise_sigma, minimum=0.0, positive=True)
         _check_range("blur_sigma", self.blur_sigma, minimum=0.0)
@@ -133,8 +133,10 @@ def _check_range(name, value, minimum=None, maximum=None, positive=False, intege
 
 def _check_images(x, where: str) -> None:
     check_image_batch(x, f"{where}: x")
+    if x.shape[0] and 0 in x.shape[2:]:
+        raise ValueError(f"{where}: images of {x.shape[-2]}x{x.shape[-1]} have no pixels")
     if x.numel():
-        low, high = (float(v) for v in torch.aminmax(x))
+        low, high = (float(v) for v in torch.aminmax(x.detach()))
         if not (low >= 0.0 and high <= 1.0):  # also false for NaN
             raise ValueError(f"{where}: image values must lie in [0, 1] (NaN is not allowed); "
                              f"got min {low:.4g}, max {high:.4g}")
@@ -146,6 +148,8 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _per_image(value: Scalar, batch: int, name: str, minimum: Optional[float] = None) -> torch.Tensor:
     """A scalar or a length-B sequence/tensor -> float64 CPU tensor [B] (validated)."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be a number, got a bool")
     t = torch.as_tensor(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=torch.float64)
     if t.dim() == 0:
         t = t.expand(batch)
@@ -583,11 +587,24 @@ def _as_generator(generator: GeneratorArg) -> torch.Generator:
     if generator is None:
         seed = int(torch.randint(0, 2 ** 62, (1,)))  # from the global RNG, so torch.manual_seed applies
     elif isinstance(generator, int) and not isinstance(generator, bool):
+        if not -2 ** 63 <= generator < 2 ** 64:
+            raise ValueError(f"degrade: an int seed must lie in [-2**63, 2**64), got {generator}")
         seed = generator
     else:
         raise TypeError(f"degrade: generator must be None, an int seed or a torch.Generator, "
                         f"got {type(generator).__name__}")
     return torch.Generator().manual_seed(seed)
+
+
+def largest_radius(config: DegradeConfig) -> int:
+    """The largest blur kernel radius plans from ``config`` can use (0 without blurs): images must be
+    larger than it in both dimensions (reflect padding)."""
+    radii = [0]
+    if config.p_gaussian_blur > 0:
+        radii.append(gaussian_radius(config.blur_sigma[1]))
+    if config.p_motion_blur > 0:
+        radii.append(motion_radius(config.motion_length[1]))
+    return max(radii)
 
 
 def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
@@ -608,12 +625,18 @@ def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
 
     generator: an int seed, a torch.Generator (any device) or None (seeded from torch's global RNG).
     The same seed and batch give the same y on the same device; image b's params depend only on
-    the seed and b. H and W must exceed the largest kernel radius (12 for motion length 21).
+    the seed and b. H and W must exceed ``largest_radius(config)`` (12 for the default motion length
+    up to 21), whatever kernels a seed happens to draw.
     """
     config = DegradeConfig() if config is None else config
     if not isinstance(config, DegradeConfig):
         raise TypeError(f"degrade: config must be a DegradeConfig, got {type(config).__name__}")
     _check_images(x, "degrade")
+    radius = largest_radius(config)
+    if x.shape[0] and min(x.shape[-2:]) <= radius:
+        raise ValueError(f"degrade: images of {x.shape[-2]}x{x.shape[-1]} are too small for this config, whose blur "
+                         f"kernels reach radius {radius}: H and W must exceed it (or lower blur_sigma / "
+                         f"motion_length, or the blur probabilities to 0)")
     generator = _as_generator(generator)
     plan = _sample_plan(x.shape[0], config, generator)
     noise_generator = torch.Generator(device=x.device)

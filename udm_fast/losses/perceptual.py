@@ -37,6 +37,8 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, where: str) -> None:
         raise ValueError(f"{where}: x and y must have the same shape, got {list(x.shape)} and {list(y.shape)}")
     if min(x.shape[2:]) < 16:
         raise ValueError(f"{where}: images must be at least 16x16 (four 2x poolings), got {list(x.shape[2:])}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: the batch is empty")
 
 
 def _reduce(per_image: torch.Tensor, reduction: str, where: str) -> torch.Tensor:
@@ -142,7 +144,7 @@ class DISTS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         _check_pair(x, y, "DISTS")
         b = x.shape[0]
-        both = torch.cat([x, y])
+        both = torch.cat([x, y]).to(self.mean.dtype)  # the module's dtype (autocast still applies)
         features = [both] + self.vgg.stages((both - self.mean.to(both.dtype)) / self.std.to(both.dtype), l2_pool)
         with _no_autocast(x.device.type):
             total = self.alpha.sum() + self.beta.sum()
@@ -192,7 +194,7 @@ class LPIPS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         _check_pair(x, y, "LPIPS")
         b = x.shape[0]
-        both = torch.cat([x, y]) * 2.0 - 1.0
+        both = torch.cat([x, y]).to(self.shift.dtype) * 2.0 - 1.0  # the module's dtype (autocast still applies)
         features = self.vgg.stages((both - self.shift.to(both.dtype)) / self.scale.to(both.dtype))
         distance = 0.0
         with _no_autocast(x.device.type):

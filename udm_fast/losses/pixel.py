@@ -31,8 +31,9 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, where: str, min_size: int = 1)
     if a.shape != b.shape:
         raise ValueError(f"{where}: the inputs must have the same shape, got {list(a.shape)} and {list(b.shape)}")
     if min(a.shape[2:]) < min_size:
-        raise ValueError(f"{where}: images must be at least {min_size}x{min_size} (reflect padding), "
-                         f"got {list(a.shape[2:])}")
+        raise ValueError(f"{where}: images must be at least {min_size}x{min_size}, got {list(a.shape[2:])}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{where}: the batch is empty")
 
 
 def _check_domain(domain: str, where: str) -> None:
