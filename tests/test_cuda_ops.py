@@ -350,6 +350,32 @@ def test_gpu_sft_forward_and_backward(shape, channels_last, dtype):
 
 
 @pytest.mark.gpu
+def test_gpu_backward_follows_deterministic_algorithms():
+    layer = IDA(16, 8, backend="cuda").cuda()
+    x = torch.randn(1, 16, 8, 8, device="cuda", requires_grad=True)
+    out = layer(x, torch.randn(1, 8, 4, 4, device="cuda")).sum()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="no deterministic implementation"):
+            out.backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.gpu
+def test_gpu_parallel_decode_of_a_misaligned_view():
+    from udm_fast import EntropyBottleneck
+
+    torch.manual_seed(0)
+    eb = EntropyBottleneck(4).eval()
+    eb.update(force=True)
+    x = 3 * torch.randn(2, 4, 8, 8)
+    data = torch.frombuffer(bytearray(eb.compress_parallel(x)), dtype=torch.uint8)
+    shifted = torch.cat([torch.zeros(1, dtype=torch.uint8), data]).cuda()[1:]  # payload off 4-byte alignment
+    assert torch.equal(eb.cuda().decompress_parallel(shifted).cpu(), eb.cpu().decompress_parallel(data))
+
+
+@pytest.mark.gpu
 def test_gpu_rejects_float64():
     operands = ida_operands(1, 16, 8, 8, dtype=torch.float64, device="cuda")
     with pytest.raises(RuntimeError, match="float64 is not supported on CUDA"):

@@ -215,6 +215,25 @@ def test_pmf_quantization_matches_compressai(data):
     assert got[-1] == 65536 and np.all(np.diff(got) > 0)
 
 
+def test_deterministic_algorithms_use_the_torch_composition(monkeypatch):
+    """The fused likelihood's backward sums parameter gradients with atomics (order-dependent)."""
+    from udm_fast import entropy_bottleneck as module
+
+    _, ours = _perturbed_pair(4)
+    x = _inputs((2, 4, 3, 3))
+    _, expected = ours(x, training=False)  # the CPU takes the torch composition
+    monkeypatch.setattr(module._backend, "resolve", lambda name, device: "triton")
+    monkeypatch.setattr(module._FusedLikelihood, "apply", lambda *args: pytest.fail("fused path taken"))
+    torch.use_deterministic_algorithms(True)
+    try:
+        _, likelihood = ours(x, training=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(likelihood, expected)
+    with pytest.raises(pytest.fail.Exception, match="fused path taken"):  # the patch is live
+        ours(x, training=False)
+
+
 def test_pmf_quantization_rejects_bad_pmfs():
     with pytest.raises(ValueError, match="negative"):
         pmf_to_quantized_cdf(np.array([0.5, -0.1, 0.6], dtype=np.float32))

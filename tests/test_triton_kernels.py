@@ -501,6 +501,19 @@ def test_interpreter_bfloat16_is_refused_or_right():
         SFT(COND, 16, backend="triton")(x.float(), m.float())
 
 
+def test_int32_guard_counts_strides_and_the_output():
+    ida = ida_ops.kernels("ida")
+    x, m = torch.empty(1, 16, 8, 8, device="meta"), torch.empty(1, COND, 4, 4, device="meta")
+    w_x, w_out = torch.empty(12, 16, 3, 3, device="meta"), torch.empty(12, 16, 2, 2, device="meta")
+    assert ida._dims(x, m, w_x, w_out, None, torch.float32)["N_lo"] == 16
+    sparse_view = x.as_strided(x.shape, (1024, 2 ** 28, 8, 1))  # few elements, offsets beyond 2**31
+    wide_out = torch.empty(12, 2 ** 26, 2, 2, device="meta")  # C_out * H * W beyond 2**31
+    for args, maps in (((sparse_view, m, w_x, w_out), ()), ((x, m, w_x, wide_out), ()),
+                       ((x, m, w_x, w_out), (sparse_view,))):
+        with pytest.raises(ValueError, match="int32"):
+            ida._dims(*args, None, torch.float32, maps=maps)
+
+
 @pytest.mark.skipif(CUDA or not INTERPRETED, reason="concerns the CPU interpreter in this process")
 def test_broken_interpreter_is_reported_by_name(monkeypatch):
     monkeypatch.setattr(_common, "interpreter_problem", lambda: "this interpreter cannot loop (numpy too new)")

@@ -225,6 +225,8 @@ def _decode_parallel(data, medians: Tensor | None, tables: CoderTables, indexes:
         if not isinstance(data, Tensor):
             data = torch.frombuffer(bytearray(_as_bytes(data)), dtype=torch.uint8)
         data = data.to(target).reshape(-1)
+        if data.data_ptr() % 4 or not data.is_contiguous():  # the kernels read the payload as 32-bit words
+            data = data.clone(memory_format=torch.contiguous_format)
         if indexes is not None:
             indexes = _as_int32(indexes, "indexes", target)
         if medians is not None:

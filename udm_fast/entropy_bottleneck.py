@@ -248,9 +248,12 @@ class EntropyBottleneck(nn.Module):
 
     def _bounded_likelihood(self, outputs: Tensor) -> Tensor:
         """Bounded likelihood of ``outputs`` [C, 1, N]: fused Triton kernels when the backend
-        resolves to ``triton`` (CUDA by default), else the torch composition."""
+        resolves to ``triton`` (CUDA by default) and deterministic algorithms are off, else the torch
+        composition."""
         bound = self.likelihood_lower_bound.bound if self.use_likelihood_bound else None
-        if outputs.dtype == torch.float32 and _backend.resolve(None, outputs.device) == "triton":
+        # the fused backward sums parameter gradients with atomics: not under deterministic algorithms
+        if (outputs.dtype == torch.float32 and _backend.resolve(None, outputs.device) == "triton"
+                and not torch.are_deterministic_algorithms_enabled()):
             likelihood = _FusedLikelihood.apply(outputs.reshape(self.channels, -1).contiguous(),
                                                 *self._packed_density(), bound)
             return likelihood.reshape(outputs.shape)

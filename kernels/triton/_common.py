@@ -11,6 +11,7 @@ Every tl.dot takes operands cast to the compute dtype ``DOT`` and accumulates in
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Optional
@@ -54,6 +55,12 @@ def multiprocessor_count(device: torch.device) -> int:
     if device.type == "cuda" and not INTERPRET:
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2
+
+
+def on_device(t: torch.Tensor):
+    """Context for launching on ``t``'s device: Triton launches on the current CUDA device and its
+    current stream, whatever device the pointers belong to (cuda:1 tensors, current device 0)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def autotune_enabled() -> bool:

@@ -1,4 +1,5 @@
-"""Compiles every IDA / SFT Triton kernel for a GPU architecture without a GPU, and reports its resources.
+"""Compiles every Triton kernel (IDA / SFT, noise, entropy likelihood) for a GPU architecture without a GPU,
+and reports its resources.
 
     python -m udm_fast.triton_kernels.compile_check --arch 90 --dtype bfloat16 --channels 64 256
 
@@ -23,25 +24,42 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from . import _common, ida, sft
+from . import _common, entropy_likelihood, ida, sft
 
 _POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.int64: "*i64"}
 
 
+class _DirectLaunchRecorder:
+    """Stands in for a kernel launched directly as ``kernel[grid](*args, **constexprs)``."""
+
+    def __init__(self, kernel, recorded: list):
+        self.kernel, self.recorded = kernel, recorded
+
+    def __getitem__(self, grid):
+        return lambda *args, **constexprs: self.recorded.append((self.kernel, args, constexprs))
+
+
 @contextlib.contextmanager
 def _recorded_launches():
-    """Replaces ida._launch by a recorder; yields the list of (kernel, args, constexprs incl. config)."""
+    """Replaces ida._launch and the directly launched kernels (SFT noise, entropy likelihood) by
+    recorders; yields the list of (kernel, args, constexprs incl. config)."""
     recorded = []
 
     def record(name, kernel, grid, dims, *args, reset=(), **constexprs):
         recorded.append((kernel, args, dict(constexprs, **ida._config(name, dims))))
 
-    saved = ida._launch
-    ida._launch = record
+    replacements = [(ida, "_launch", record), (sft, "check_runnable", lambda *args: None)]
+    replacements += [(module, name, _DirectLaunchRecorder(getattr(module, name), recorded))
+                     for module, name in ((sft, "_noise_kernel"), (entropy_likelihood, "_forward_kernel"),
+                                          (entropy_likelihood, "_backward_kernel"))]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in replacements]
+    for module, name, value in replacements:
+        setattr(module, name, value)
     try:
         yield recorded
     finally:
-        ida._launch = saved
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def _specialise(kernel, args, constexprs):
@@ -71,7 +89,8 @@ def _specialise(kernel, args, constexprs):
 
 
 def _record_all(channels: int, dtype: torch.dtype) -> list:
-    """Runs the IDA and SFT forward (both save modes) and backward launchers at a small size."""
+    """Runs the IDA and SFT forward (both save modes) and backward launchers, the noise and the entropy
+    likelihood launchers at a small size."""
     gen = torch.Generator().manual_seed(0)
     b, cc, h, w = 2, 8, 32, 32
     cm, rd = (channels + cc) // 2, (channels + cc) // 4
@@ -98,7 +117,20 @@ def _record_all(channels: int, dtype: torch.dtype) -> list:
         a, bx = ida.forward(x, cond_half, *ida_w, compute_dtype=dtype, out=out, save_mid=True)
         ida.backward(x, x, cond_half, *ida_w[:4], a, bx, compute_dtype=dtype,
                      grads={"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half)})
+        sft.noise(seed, b, h, w)
+        # the entropy bottleneck's likelihood (float32 whatever the layers' dtype; compressai's filters)
+        values, packed = torch.randn(channels, 1000, generator=gen), _packed_density(channels, (3, 3, 3, 3))
+        for bound in (None, torch.tensor([1e-9])):
+            entropy_likelihood.likelihood_forward(values, *packed, bound)
+            entropy_likelihood.likelihood_backward(values, values, *packed, bound)
     return recorded
+
+
+def _packed_density(channels: int, filters: tuple) -> tuple:
+    """Packed density parameters shaped as EntropyBottleneck._packed_density gives them."""
+    layers, width = len(filters) + 1, 1 << max(1, max(filters) - 1).bit_length()
+    return (torch.rand(channels, layers, width, width), torch.rand(channels, layers, width),
+            torch.rand(channels, layers, width))
 
 
 def _resources(cubin: bytes) -> str:

@@ -9,7 +9,8 @@ Padding stays zero through every layer, so any ``filters`` work. The caller diff
 packing (softplus, tanh, pad) with torch; these kernels give d/dv, d/dW, d/dB, d/dT. The lower
 bound's gradient follows compressai's LowerBound: it passes where likelihood >= bound or where the
 incoming gradient is negative. One program handles BLOCK values of one channel; parameter
-gradients are reduced per program and added atomically (float32, order not deterministic).
+gradients are reduced per program and added atomically (float32, order not deterministic: the
+entropy bottleneck uses the torch composition when deterministic algorithms are requested).
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import on_device
+
 BLOCK = 128
+MAX_GRID_Y = 65535
 
 
 @triton.jit
@@ -57,16 +61,17 @@ def _logits(v, c, w_ptr, b_ptr, t_ptr, L: tl.constexpr, F: tl.constexpr):
 @triton.jit
 def _forward_kernel(v_ptr, out_ptr, w_ptr, b_ptr, t_ptr, bound_ptr, n, USE_BOUND: tl.constexpr, L: tl.constexpr,
                     F: tl.constexpr, BLOCK_N: tl.constexpr):
-    c = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < n
-    v = tl.load(v_ptr + c * n + offs, mask=mask, other=0.0)
+    row = c.to(tl.int64) * n  # C * N may pass 2**31
+    v = tl.load(v_ptr + row + offs, mask=mask, other=0.0)
     upper = _logits(v + 0.5, c, w_ptr, b_ptr, t_ptr, L, F)
     lower = _logits(v - 0.5, c, w_ptr, b_ptr, t_ptr, L, F)
     likelihood = tl.sigmoid(upper) - tl.sigmoid(lower)
     if USE_BOUND:
         likelihood = tl.maximum(likelihood, tl.load(bound_ptr))
-    tl.store(out_ptr + c * n + offs, likelihood, mask=mask)
+    tl.store(out_ptr + row + offs, likelihood, mask=mask)
 
 
 @triton.jit
@@ -75,8 +80,7 @@ def _backward_path(v, g, c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr, L: tl.c
     and returns d/dv [BLOCK]."""
     o = tl.arange(0, F)
     ga = tl.where(o[None, :] == 0, g[:, None], 0.0)  # gradient of the current layer's output
-    for k in tl.static_range(L):
-        l: tl.constexpr = L - 1 - k
+    for l in tl.static_range(L - 1, -1, -1):  # last layer first
         base = c * L + l
         a = _activation_in(v, c, w_ptr, b_ptr, t_ptr, l, L, F)
         h = _layer(a, w_ptr, b_ptr, base, F)
@@ -97,11 +101,12 @@ def _backward_path(v, g, c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr, L: tl.c
 @triton.jit
 def _backward_kernel(grad_ptr, v_ptr, dv_ptr, w_ptr, b_ptr, t_ptr, bound_ptr, dw_ptr, db_ptr, dt_ptr, n,
                      USE_BOUND: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK_N: tl.constexpr):
-    c = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < n
-    v = tl.load(v_ptr + c * n + offs, mask=mask, other=0.0)
-    g = tl.load(grad_ptr + c * n + offs, mask=mask, other=0.0)
+    row = c.to(tl.int64) * n  # C * N may pass 2**31
+    v = tl.load(v_ptr + row + offs, mask=mask, other=0.0)
+    g = tl.load(grad_ptr + row + offs, mask=mask, other=0.0)
     s_upper = tl.sigmoid(_logits(v + 0.5, c, w_ptr, b_ptr, t_ptr, L, F))
     s_lower = tl.sigmoid(_logits(v - 0.5, c, w_ptr, b_ptr, t_ptr, L, F))
     if USE_BOUND:
@@ -110,7 +115,7 @@ def _backward_kernel(grad_ptr, v_ptr, dv_ptr, w_ptr, b_ptr, t_ptr, bound_ptr, dw
     dv = _backward_path(v + 0.5, g * s_upper * (1.0 - s_upper), c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr, L, F)
     dv += _backward_path(v - 0.5, -g * s_lower * (1.0 - s_lower), c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr,
                          L, F)
-    tl.store(dv_ptr + c * n + offs, dv, mask=mask)
+    tl.store(dv_ptr + row + offs, dv, mask=mask)
 
 
 def _check(values: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor, tanh_factors: torch.Tensor):
@@ -122,7 +127,14 @@ def _check(values: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor, ta
     for t in (values, weights, biases, tanh_factors):
         if t.dtype != torch.float32 or not t.is_contiguous() or t.device != values.device:
             raise ValueError("the likelihood kernels take contiguous float32 tensors on one device")
+    if channels > MAX_GRID_Y:
+        raise ValueError(f"the likelihood kernels take at most {MAX_GRID_Y} channels, got {channels}")
     return channels, layers, width
+
+
+def _grid(channels: int, n: int) -> tuple:
+    """Value blocks on grid axis 0 (up to 2**31 - 1 programs), channels on axis 1 (up to 65535)."""
+    return triton.cdiv(n, BLOCK), channels
 
 
 def likelihood_forward(values, weights, biases, tanh_factors, bound):
@@ -131,9 +143,9 @@ def likelihood_forward(values, weights, biases, tanh_factors, bound):
     n = values.shape[1]
     out = torch.empty_like(values)
     if n:
-        grid = (channels, triton.cdiv(n, BLOCK))
-        _forward_kernel[grid](values, out, weights, biases, tanh_factors, values if bound is None else bound, n,
-                              USE_BOUND=bound is not None, L=layers, F=width, BLOCK_N=BLOCK)
+        with on_device(values):
+            _forward_kernel[_grid(channels, n)](values, out, weights, biases, tanh_factors, values if bound is None else bound, n,
+                                                USE_BOUND=bound is not None, L=layers, F=width, BLOCK_N=BLOCK)
     return out
 
 
@@ -145,8 +157,8 @@ def likelihood_backward(grad, values, weights, biases, tanh_factors, bound):
     d_values = torch.empty_like(values)
     d_weights, d_biases, d_tanh = (torch.zeros_like(t) for t in (weights, biases, tanh_factors))
     if n:
-        grid = (channels, triton.cdiv(n, BLOCK))
-        _backward_kernel[grid](grad, values, d_values, weights, biases, tanh_factors,
-                               values if bound is None else bound, d_weights, d_biases, d_tanh, n,
-                               USE_BOUND=bound is not None, L=layers, F=width, BLOCK_N=BLOCK)
+        with on_device(values):
+            _backward_kernel[_grid(channels, n)](grad, values, d_values, weights, biases, tanh_factors,
+                                                 values if bound is None else bound, d_weights, d_biases, d_tanh, n,
+                                                 USE_BOUND=bound is not None, L=layers, F=width, BLOCK_N=BLOCK)
     return d_values, d_weights, d_biases, d_tanh

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, autotune_enabled, check_runnable, dot_dtype, dot_precision, leaky,
-                      leaky_grad, load_cond_noise, lowres_block, lowres_coords, multiprocessor_count, pow2)
+from ._common import (INTERPRET, autotune_enabled, check_runnable, dot_dtype, dot_precision, leaky, leaky_grad,
+                      load_cond_noise, lowres_block, lowres_coords, multiprocessor_count, on_device, pow2)
 
 
 # ============================================================================ kernels
@@ -476,17 +476,18 @@ def _launch(name: str, kernel, grid, dims: dict, *args, reset=(), **constexprs):
     """Runs ``kernel`` with its default config, or autotuned over ``_autotune_space`` (opt-in).
     ``grid`` maps a config dict to the launch grid; ``reset`` names fp32 atomic accumulators."""
     check_runnable(args[0], constexprs.get("DOT"))
-    if not autotune_enabled():
-        cfg = _config(name, dims)
-        kernel[grid(cfg)](*args, **constexprs, **cfg)
-        return
-    key = (name, tuple(sorted(dims.items())))
-    if key not in _TUNED:
-        configs = [triton.Config({k: v for k, v in c.items() if k.startswith("BLOCK")},
-                                 num_warps=c["num_warps"], num_stages=c["num_stages"])
-                   for c in _autotune_space(name, dims)]
-        _TUNED[key] = triton.autotune(configs=configs, key=["N_lo"], reset_to_zero=list(reset))(kernel)
-    _TUNED[key][lambda meta: grid(meta)](*args, **constexprs)
+    with on_device(args[0]):
+        if not autotune_enabled():
+            cfg = _config(name, dims)
+            kernel[grid(cfg)](*args, **constexprs, **cfg)
+            return
+        key = (name, tuple(sorted(dims.items())))
+        if key not in _TUNED:
+            configs = [triton.Config({k: v for k, v in c.items() if k.startswith("BLOCK")},
+                                     num_warps=c["num_warps"], num_stages=c["num_stages"])
+                       for c in _autotune_space(name, dims)]
+            _TUNED[key] = triton.autotune(configs=configs, key=["N_lo"], reset_to_zero=list(reset))(kernel)
+        _TUNED[key][lambda meta: grid(meta)](*args, **constexprs)
 
 
 def _pack(w: torch.Tensor, perm, shape, dtype) -> torch.Tensor:
@@ -494,14 +495,22 @@ def _pack(w: torch.Tensor, perm, shape, dtype) -> torch.Tensor:
     return torch.empty(shape, device=w.device, dtype=dtype).copy_(w.permute(*perm).reshape(shape))
 
 
-def _dims(x, m, w_x, w_out, sft: Optional[SftArgs], compute_dtype: torch.dtype) -> dict:
-    """Problem sizes (launch arguments and config keys); raises when int32 offsets could overflow."""
-    tensors = [x, m] + ([sft.cond] + ([sft.noise] if sft.noise is not None else []) if sft is not None else [])
+def _reach(t: torch.Tensor) -> int:
+    """1 + the largest element offset the strides of ``t`` address (0 when empty)."""
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) if t.numel() else 0
+
+
+def _dims(x, m, w_x, w_out, sft: Optional[SftArgs], compute_dtype: torch.dtype, maps=()) -> dict:
+    """Problem sizes (launch arguments and config keys); raises when int32 offsets could overflow in
+    x, m, the SFT maps, the other feature ``maps`` (out, grad_out, dx, ...) or the [N_lo, Cm] mids."""
+    tensors = [x, m, *maps] + ([sft.cond] + ([sft.noise] if sft.noise is not None else []) if sft is not None
+                               else [])
     b, c, h, w = x.shape
     n_lo = b * (h // 2) * (w // 2)
-    if max([t.numel() for t in tensors] + [n_lo * w_x.shape[0]]) >= 2 ** 31:
-        raise ValueError("Triton IDA/SFT kernels index with int32: every tensor must have fewer than 2**31 "
-                         f"elements (x is {list(x.shape)}); split the batch")
+    if max([_reach(t) for t in tensors] + [b * w_out.shape[1] * h * w, n_lo * w_x.shape[0]]) >= 2 ** 31:
+        raise ValueError("Triton IDA/SFT kernels index with int32: every tensor must span fewer than 2**31 "
+                         f"elements (x is {list(x.shape)}, the output has {w_out.shape[1]} channels); split the "
+                         "batch")
     return dict(B=b, C=c, H=h, W=w, Hl=h // 2, Wl=w // 2, N_lo=n_lo, Cc=m.shape[1], Cm=w_x.shape[0],
                 C_out=w_out.shape[1], RD=sft.w1.shape[0] if sft is not None else 16, SFT=sft is not None,
                 ELEM=compute_dtype.itemsize)
@@ -526,7 +535,7 @@ def forward(x, m, w_up, w_map, w_x, w_out, b_out, *, compute_dtype: torch.dtype,
 
     Returns (a, bx): the [N_lo, Cm] mid tensors in compute dtype for the backward, or None when
     ``save_mid`` is False (the kernels then pass A (.) Bx through one scratch buffer)."""
-    d = _dims(x, m, w_x, w_out, sft, compute_dtype)
+    d = _dims(x, m, w_x, w_out, sft, compute_dtype, maps=(out,))
     if d["N_lo"] == 0:
         return tuple(x.new_empty((0, d["Cm"]), dtype=compute_dtype) for _ in range(2)) if save_mid else None
     DOT, PREC = dot_dtype(compute_dtype), dot_precision(compute_dtype)
@@ -585,7 +594,7 @@ def backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, *, compute_dtype: t
     (like m) and, with SFT, dcond (like cond) and dnoise (like noise, when explicit). Returns the
     weight gradients as float32 tensors in the weights' shapes: w_up, w_map, w_x, w_out, b_out
     (+ w1..w4 for SFT, as 2-D [out, in])."""
-    d = _dims(x, m, w_x, w_out, sft, compute_dtype)
+    d = _dims(x, m, w_x, w_out, sft, compute_dtype, maps=(grad_out, *grads.values()))
     cm, c, c_out, cc, rd = d["Cm"], d["C"], d["C_out"], d["Cc"], d["RD"]
     if d["N_lo"] == 0:
         for t in grads.values():

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import ida
-from ._common import check_runnable, philox_noise
+from ._common import check_runnable, on_device, philox_noise
 
 
 @triton.jit
@@ -34,7 +34,8 @@ def noise(seed: torch.Tensor, batch: int, height: int, width: int) -> torch.Tens
     total = out.numel()
     if total:
         check_runnable(seed)
-        _noise_kernel[(triton.cdiv(total, 1024),)](seed, out, total, height, width, BLOCK=1024)
+        with on_device(seed):
+            _noise_kernel[(triton.cdiv(total, 1024),)](seed, out, total, height, width, BLOCK=1024)
     return out
 
 

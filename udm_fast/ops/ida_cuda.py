@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .operands import check_same_device, compute_dtype_for, refuse_double_backward
+from .operands import alert_not_deterministic, check_same_device, compute_dtype_for, refuse_double_backward
 
 
 def _layout_of(t: torch.Tensor) -> torch.memory_format:
@@ -61,6 +61,8 @@ def _ida_setup_context(ctx, inputs, output):
 
 
 def _ida_backward(ctx, grad_out):
+    if grad_out.is_cuda:
+        alert_not_deterministic("the cuda backend's IDA backward")
     return torch.ops.udm_fast.ida_backward(grad_out, *ctx.saved_tensors)
 
 
@@ -92,6 +94,8 @@ def _conv1x1_weight_grad(grad: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
 def _sft_backward(ctx, grad_out):
     x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out = ctx.saved_tensors
     slope = ctx.slope
+    if grad_out.is_cuda:
+        alert_not_deterministic("the cuda backend's SFT backward")
     dx_ida, d_cond_half, dw_up, dw_map, dw_x, dw_out, db_out = torch.ops.udm_fast.ida_backward(
         grad_out, x, cond_half, w_up, w_map, w_x, w_out)
     cond_noise = torch.cat((cond, noise), dim=1)

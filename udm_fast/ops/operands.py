@@ -2,6 +2,8 @@
 dtype) and the guard that makes double backward through a fused backward op fail by name."""
 from __future__ import annotations
 
+import warnings
+
 from typing import Optional, Sequence
 
 import torch
@@ -46,3 +48,17 @@ def refuse_double_backward(op: str, where: str) -> None:
             "layer) is not implemented by the fused kernels; use backend='reference' for such layers")
 
     torch.library.register_autograd(op, backward)
+
+
+def alert_not_deterministic(where: str) -> None:
+    """Under ``torch.use_deterministic_algorithms(True)``, does what torch does for its own
+    nondeterministic CUDA kernels: raises (or warns, with ``warn_only=True``)."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (f"{where} has no deterministic implementation (its weight gradients are summed with float32 "
+               "atomic adds), but torch.use_deterministic_algorithms(True) is set; use backend='triton' or "
+               "'reference' for such layers")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+    else:
+        raise RuntimeError(message)
