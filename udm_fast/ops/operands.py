@@ -10,10 +10,16 @@ import torch
 from torch import Tensor
 
 
+# Device types autocast knows (``meta`` is not one), found once here: torch.compile in torch 2.11
+# cannot trace torch.amp.is_autocast_available itself.
+_AUTOCAST_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "maia", "xla")
+                                   if torch.amp.is_autocast_available(d))
+
+
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The autocast dtype when autocast is on for ``device_type``, else None (also for device types
     autocast does not know, such as ``meta``)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
