@@ -103,9 +103,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
         killed.run()
     assert ckpt.load_file(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 2
 
+    interrupted_save = tmp_path / "b" / "checkpoints" / ".tmp-k1ll3d.pt"  # what a kill during a save leaves
+    interrupted_save.write_bytes(b"half a checkpoint")
     resumed = Trainer(tiny(tmp_path / "b", **settings), resume=True)
     assert resumed.step == 2
     resumed.run()
+    assert not interrupted_save.exists()
     for name in ("model", "ema", "optimizer_g", "optimizer_d", "scheduler_g", "sampler"):
         assert _state_equal(reference.state_dict()[name], resumed.state_dict()[name]), name
     a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
@@ -169,15 +172,17 @@ def test_two_process_gloo_training_keeps_the_ranks_identical(tmp_path):
 @pytest.mark.parametrize("overrides, columns", [
     ({"run.amp": "bf16", "run.channels_last": True, "model.disc_channels": 6, "data.degrade_on": "device",
       "loss.weights.dists": 1.0, "loss.weights.lpips": 1.0, "loss.pretrained": False,
-      "loss.weights.spectrum": 1.0, "loss.weights.spectrum_pool": 4, "loss.weights.lowpass_l1": 1.0},
-     {"dists", "lpips", "spectrum", "lowpass_l1"}),
+      "loss.weights.spectrum": 1.0, "loss.weights.spectrum_pool": 4, "loss.weights.lowpass_l1": 1.0,
+      "optim.grad_clip": 1.0, "optim.critic_grad_clip": 1.0},
+     {"dists", "lpips", "spectrum", "lowpass_l1", "grad_norm", "critic_grad_norm"}),
     ({"run.amp": "fp16", "optim.grad_clip": 1.0, "optim.critic_grad_clip": 1.0, "loss.weights.diversity": 0.0},
-     {"critic_loss"}),
+     {"critic_loss", "grad_norm", "critic_grad_norm"}),
 ])
 def test_precision_and_option_modes_train(tmp_path, overrides, columns):
     summary = Trainer(tiny(tmp_path, **{"run.max_steps": 1}, **overrides)).run()
     assert summary["finished"] and columns <= set(summary["losses"])
-    assert all(math.isfinite(v) for v in summary["losses"].values())
+    # fp16: the loss scaler's first steps overflow (gradient norm inf or NaN) and are skipped
+    assert all(math.isfinite(v) for k, v in summary["losses"].items() if k != "grad_norm")
     saved = ckpt.load_file(tmp_path / "checkpoints" / "latest.pt")
     assert (saved["scaler"] is not None) == (overrides["run.amp"] == "fp16")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import glob
 import logging
 import math
 import os
@@ -138,6 +139,9 @@ class Trainer:
         if c.run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
+        if c.run.amp == "fp16" and self.device.type == "cpu":
+            log.warning("run.amp is fp16 on the CPU: slow, and the loss scaler skips the steps whose scaled "
+                        "gradients overflow (the schedules still advance); bf16 needs no scaler")
         if c.data.batch_size % self.dist.world_size:
             raise ConfigError(f"data.batch_size ({c.data.batch_size}) must be divisible by the number of "
                               f"processes ({self.dist.world_size})")
@@ -258,6 +262,14 @@ class Trainer:
             self.load_checkpoint(path, state)
             return
 
+    def _remove_interrupted_writes(self) -> None:
+        """Deletes temporary files that a run killed while saving left behind (files.write_atomic's
+        ``.tmp-*``; the files they were to replace are intact)."""
+        for folder in (self.out_dir, self.checkpoint_dir):
+            for path in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
+                log.info("removing %s, left by an interrupted save", path)
+                os.remove(path)
+
     def _check_fresh_out_dir(self) -> None:
         if self._step_checkpoints() or os.path.isfile(os.path.join(self.checkpoint_dir, "latest.pt")):
             raise FileExistsError(f"{self.out_dir} already holds a run (checkpoints/): resume it with --resume "
@@ -323,19 +335,23 @@ class Trainer:
         return terms, {"keys": keys, "x": x, "y": y, "y_hat": y_hat.detach().float()}
 
     def _optimizer_step(self, optimizer, params: list, loss: torch.Tensor, clip: float,
-                        scaler: Optional[torch.amp.GradScaler]) -> None:
+                        scaler: Optional[torch.amp.GradScaler]) -> Optional[torch.Tensor]:
+        """Backward, gradient averaging over ranks, clipping at ``clip`` (0: off), step. Returns the
+        gradient norm before clipping when clipping is on (logged), else None."""
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         dist_utils.average_gradients(params)
+        norm = None
         if clip:
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, clip).detach()
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
+        return norm
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -352,12 +368,15 @@ class Trainer:
             self.critic.requires_grad_(False)
         terms, extra = self.generator_terms(x01, y01, yk01)
         loss = self.weights.weighted_sum(terms)
-        self._optimizer_step(self.optimizer_g, self.generator_side_parameters(), loss, o.grad_clip, self.scaler)
+        grad_norm = self._optimizer_step(self.optimizer_g, self.generator_side_parameters(), loss, o.grad_clip,
+                                         self.scaler)
         if self.ema is not None:
             self._update_ema()
         self.model.global_encoder.enqueue(dist_utils.gather_rows(extra["keys"]))
         dist_utils.average_batchnorm_stats(self.model)
         logged = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        if grad_norm is not None:
+            logged["grad_norm"] = grad_norm  # before clipping
         if self.critic is not None:
             self.critic.requires_grad_(True)
             real = self._critic_input(extra["x"], extra["y"])
@@ -366,9 +385,11 @@ class Trainer:
             with self._autocast(enabled=self.amp_dtype == torch.bfloat16):
                 critic = wgan_critic_loss(self.critic, real, fake, alpha=self.weights.critic_alpha,
                                           gp_weight=self.weights.gradient_penalty)
-            self._optimizer_step(self.optimizer_d, list(self.critic.parameters()), critic.total,
-                                 o.critic_grad_clip, None)
+            critic_norm = self._optimizer_step(self.optimizer_d, list(self.critic.parameters()), critic.total,
+                                               o.critic_grad_clip, None)
             logged.update(critic_loss=critic.total.detach(), wasserstein=critic.wasserstein, gp=critic.gp)
+            if critic_norm is not None:
+                logged["critic_grad_norm"] = critic_norm
         return logged, extra
 
     # ------------------------------------------------------------------ the loop
@@ -398,6 +419,7 @@ class Trainer:
         main = self.dist.is_main
         if main:
             os.makedirs(self.out_dir, exist_ok=True)
+            self._remove_interrupted_writes()
             with open(os.path.join(self.out_dir, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(c.to_dict(), f, sort_keys=False)
         logger = _RunLogger(self.out_dir, c.log, self.step) if main else None
