@@ -272,6 +272,13 @@ def test_train_errors_are_one_line(tmp_path, capsys, monkeypatch, request, args,
     assert err[-1].startswith("udm-fast: error: ") and message in err[-1]
 
 
+def test_train_without_a_config_says_why(capsys):
+    assert cli.main(["train", "--resume", TINY]) == 1  # --resume swallowed the config
+    assert f"--resume took {TINY} as its checkpoint; put the config first" in capsys.readouterr().err
+    assert cli.main(["train"]) == 1
+    assert "train needs a CONFIG" in capsys.readouterr().err
+
+
 def test_eval_errors(tmp_path, capsys, photos):
     assert cli.main(["eval", "--weights", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 1
     assert f"{tmp_path} holds no pairs.csv" in capsys.readouterr().err

@@ -41,9 +41,9 @@ def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argpars
         "train", parents=list(parents), help="train a model from a YAML config",
         description="Trains a model as CONFIG says (see configs/default.yaml for every key). Flags override the "
                     "config. Multi-GPU: torchrun --nproc_per_node N --no-python udm-fast train CONFIG.")
-    train.add_argument("config", metavar="CONFIG", help="YAML training config")
+    train.add_argument("config", metavar="CONFIG", nargs="?", help="YAML training config (required)")
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                       help="continue the run in the output folder (its checkpoints/latest.pt), or from CHECKPOINT")
+                       help="continue the run in the output folder from its newest checkpoint, or from CHECKPOINT")
     train.add_argument("--out", metavar="DIR", help="output folder (log.out_dir)")
     train.add_argument("--max-steps", type=int, metavar="N", help="stop after N iterations (run.max_steps)")
     train.add_argument("--data", metavar="DIR|CSV",
@@ -158,6 +158,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     from ..losses import MissingWeightsError
 
+    if args.config is None:  # optional for argparse only, to explain the --resume mix-up below
+        if isinstance(args.resume, str) and args.resume.lower().endswith((".yaml", ".yml")):
+            raise ConfigError(f"--resume took {args.resume} as its checkpoint; put the config first: "
+                              f"udm-fast train {args.resume} --resume")
+        raise ConfigError("train needs a CONFIG (a YAML file such as configs/tiny.yaml)")
     _configure_logging()
     config = load_config(args.config, train_overrides(args))
     try:
