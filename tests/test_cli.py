@@ -137,7 +137,7 @@ def _error_cases(files, tmp):
         "corrupt weights": ({"--weights": bad_weights}, "cannot read checkpoint"),
         "mismatched weights": ({"--weights": mismatched}, "does not match the model"),
         "foreign weights": ({"--weights": foreign}, "nor a training checkpoint; for the authors' checkpoint add --official"),
-        "not an official checkpoint": ({"--official": None}, "official checkpoint lacks the sub-networks"),
+        "not an official checkpoint": ({"--official": None}, "is a udm_fast file (udm_fast), not the authors' checkpoint"),
         "official without weights": ({"--weights": None, "--official": None}, "--official needs --weights"),
         "unknown device": ({"--device": "gpu7"}, "unknown device 'gpu7'"),
         "bad tile size": ({"--tile-size": 100}, "--tile-size must be"),

@@ -92,12 +92,13 @@ def test_tiled_encoding_is_exact(model):
     torch.testing.assert_close(tiled[1], whole[1], rtol=1e-5, atol=1e-6)
 
 
-def test_tiled_synthesis_plumbing_matches_whole_image(model):
+@pytest.mark.parametrize("size", [(48, 72), (45, 67)])  # the second is padded to 48 x 72 inside
+def test_tiled_synthesis_plumbing_matches_whole_image(model, size):
     """With a halo covering the image, every tile sees the whole image: tiling must then be exact."""
-    x = torch.rand(1, 3, 48, 72)
+    x = torch.rand(1, 3, *size)
     with torch.no_grad():
         e_g, e_l = model.encode(torch.rand(1, 3, 30, 22))
-        noise = [torch.randn(s) for s in model.noise_shapes(1, 48, 72)]
+        noise = [torch.randn(s) for s in model.noise_shapes(1, *size)]
         whole = model.synthesize(x, e_g, e_l, noise)
         model.tile_size, model.generator_halo = 16, 80
         try:
@@ -105,6 +106,21 @@ def test_tiled_synthesis_plumbing_matches_whole_image(model):
         finally:
             model.tile_size, model.generator_halo = 512, 64
     torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_condition_follows_the_image_not_its_padding():
+    """For an image padded to a multiple of 8, the condition map is stretched over the image's own
+    extent at every level (bilinear, align_corners) and its border repeats over the padding."""
+    from udm_fast.model import _resize_window
+
+    m = torch.rand(1, 3, 5, 7, dtype=torch.float64)
+    got = _resize_window(m, 16, 24, slice(0, 16), slice(0, 24), extent=(13, 20))
+    real = torch.nn.functional.interpolate(m, size=(13, 20), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(got[..., :13, :20], real)
+    assert torch.equal(got[..., 13:, :], got[..., 12:13, :].expand(-1, -1, 3, -1))  # the border repeats
+    assert torch.equal(got[..., :, 20:], got[..., :, 19:20].expand(-1, -1, -1, 4))
+    whole = torch.nn.functional.interpolate(m, size=(16, 24), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(_resize_window(m, 16, 24, slice(0, 16), slice(0, 24)), whole)
 
 
 def test_save_load_round_trip(model, tmp_path):
@@ -132,12 +148,34 @@ def test_load_rejects_foreign_files(model, tmp_path):
     payload["version"] = 1
     payload["config"]["filters"] = 16
     torch.save(payload, tmp_path / "mismatch.pt")
-    with pytest.raises(CheckpointError, match="shape mismatches"):
+    with pytest.raises(CheckpointError, match="shape mismatches") as error:
         UDM.load(tmp_path / "mismatch.pt")
+    assert "more" in str(error.value) and len(str(error.value)) < 3000  # one wrong size shifts hundreds of keys
     payload["config"]["bogus"] = 1
     torch.save(payload, tmp_path / "typo.pt")
     with pytest.raises(ValueError, match="unknown key"):
         UDM.load(tmp_path / "typo.pt")
+
+
+def test_other_dtypes_save_load_and_code(model, tmp_path):
+    y = torch.rand(1, 3, 24, 32)
+    double = UDM(model.config).eval()
+    double.load_state_dict(model.state_dict())
+    double = double.double()
+    double.save(tmp_path / "double.pt")
+    loaded = UDM.load(tmp_path / "double.pt")  # comes back float64, so its hash (and its codes) stay valid
+    assert loaded.dtype == torch.float64 and loaded.weights_hash() == double.weights_hash()
+    e_g, e_l = loaded.decompress_degradation(double.compress_degradation(y.double()))
+    expected = double.encode(y.double())
+    assert e_g.dtype == e_l.dtype == torch.float64
+    assert torch.equal(e_g, expected[0]) and torch.equal(e_l, expected[1])
+    half = UDM(model.config).eval()
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16)  # the entropy models compute in float32 inside
+    e_g, _ = half.encode(y.to(torch.bfloat16))
+    assert e_g.dtype == torch.bfloat16 and torch.isfinite(e_g.float()).all()
+    with pytest.raises(CheckpointError, match="udm_fast file .*UDM.load"):
+        UDM.from_official(tmp_path / "double.pt")
 
 
 def _saved(model, tmp_path):
@@ -163,6 +201,20 @@ def test_input_checks(model):
         model.encode(torch.rand(1, 3, 3, 16))
     with pytest.raises(ValueError, match="batch"):
         model.transfer(torch.rand(2, 3, 16, 16), ok)
+    nan = ok.clone()
+    nan[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="finite values"):
+        model.encode(nan)
+    with pytest.raises(TypeError, match="float64 but the model's weights are torch.float32"):
+        model.transfer(ok.double(), ok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast handles the casts itself
+        assert model.transfer(ok.to(torch.bfloat16), ok).shape == ok.shape
+    model.tile_size = 0
+    try:
+        with pytest.raises(ValueError, match="tile_size must be None"):
+            model.encode(ok)
+    finally:
+        model.tile_size = 512
 
 
 def test_moco_queue_and_momentum():

@@ -21,6 +21,9 @@ _OLD_EB_NAME = re.compile(r"(^|\.)_(matrix|bias|factor)(\d+)$")
 _OLD_EB_PLURAL = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
 
 
+LISTED_KEYS = 12  # per kind of key problem in a CheckpointError (one wrong size can shift hundreds)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model: lists every missing, unexpected and mis-shaped key."""
 
@@ -59,6 +62,9 @@ def official_parts(checkpoint: Any) -> dict:
         checkpoint = load_file(checkpoint)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"official checkpoint must be a dict, got {type(checkpoint).__name__}")
+    if isinstance(checkpoint.get("format"), str) and checkpoint["format"].startswith("udm_fast"):
+        raise CheckpointError(f"this is a udm_fast file ({checkpoint['format']}), not the authors' checkpoint: "
+                              "load it with UDM.load (on the command line: without --official)")
     parts = checkpoint.get("model", checkpoint)
     if not isinstance(parts, Mapping):
         raise CheckpointError("official checkpoint: 'model' must be a dict of sub-network state dicts")
@@ -81,6 +87,7 @@ def check_and_load(module: torch.nn.Module, state: Mapping[str, torch.Tensor], w
         lines = [f"{where}: checkpoint does not match the model"]
         for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", shapes)):
             if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+                more = f", ... and {len(items) - LISTED_KEYS} more" if len(items) > LISTED_KEYS else ""
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:LISTED_KEYS]) + more)
         raise CheckpointError("\n".join(lines))
     module.load_state_dict(state, strict=True)

@@ -104,8 +104,8 @@ def decompress(model, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
         e_l = coder.decode_parallel_values(fields["local_stream"], lc.model._get_medians(), _tables(lc))
     except ValueError as exc:
         raise DegradationCodeError(f"degradation code streams cannot be decoded: {exc}") from exc
-    device = next(model.parameters()).device
-    g_latent, e_l = g_latent.to(device), e_l.to(device)
+    weights = next(model.parameters())  # codes in the model's device and dtype, as encode gives them
+    g_latent, e_l = g_latent.to(weights.device, weights.dtype), e_l.to(weights.device, weights.dtype)
     if g_latent.dim() != 2 or g_latent.shape[1] != gc.channels or e_l.dim() != 4 or e_l.shape[1] != lc.channels \
             or e_l.shape[0] != g_latent.shape[0]:
         raise DegradationCodeError(f"degradation code shapes {list(g_latent.shape)} / {list(e_l.shape)} do not fit "

@@ -214,13 +214,14 @@ class EntropyBottleneck(nn.Module):
     def _logits_cumulative(self, inputs: Tensor, stop_gradient: bool) -> Tensor:
         """Logit of the cumulative density at ``inputs`` [C, 1, N] -> [C, 1, N]."""
         logits = inputs
-        for i in range(len(self.filters) + 1):
-            matrix, bias = self.matrices[i], self.biases[i]
+        for i in range(len(self.filters) + 1):  # in the inputs' dtype (float32 for a half-precision module)
+            matrix, bias = self.matrices[i].to(inputs.dtype), self.biases[i].to(inputs.dtype)
             if stop_gradient:
                 matrix, bias = matrix.detach(), bias.detach()
             logits = torch.matmul(F.softplus(matrix), logits) + bias
             if i < len(self.filters):
-                factor = self.factors[i].detach() if stop_gradient else self.factors[i]
+                factor = self.factors[i].to(inputs.dtype)
+                factor = factor.detach() if stop_gradient else factor
                 logits = logits + torch.tanh(factor) * torch.tanh(logits)
         return logits
 

@@ -23,6 +23,7 @@ from .discriminator import Discriminator
 from .encoders import LPE, LPEL, MoCo
 from .generator import Generator, Noise, NoiseStream
 from .layers import set_layer_backend
+from .ops.operands import autocast_dtype
 
 FORMAT_NAME = "udm_fast"
 FORMAT_VERSION = 1
@@ -54,12 +55,17 @@ class UDMConfig:
         return cls(**checked_fields(cls, values))
 
 
-def _check_images(name: str, t: torch.Tensor) -> None:
+def _check_images(name: str, t: torch.Tensor, model_dtype: torch.dtype) -> None:
+    """Image batch checks: [B, 3, H, W], the model's dtype (autocast aside), finite values in [0, 1]
+    (up to 0.5 beyond is let through, e.g. for overshooting synthesised images)."""
     check_image_batch(t, name)
+    if t.dtype != model_dtype and autocast_dtype(t.device.type) is None:
+        raise TypeError(f"{name} has dtype {t.dtype} but the model's weights are {model_dtype}: convert one "
+                        f"(e.g. {name}.to({model_dtype})) or run under torch.autocast")
     if not torch.compiler.is_compiling() and t.numel():
         lo, hi = torch.aminmax(t.detach())
-        if lo < -0.5 or hi > 1.5:
-            raise ValueError(f"{name} must hold values in [0, 1], found [{lo.item():.3g}, {hi.item():.3g}]")
+        if not (lo >= -0.5 and hi <= 1.5):  # also catches NaN
+            raise ValueError(f"{name} must hold finite values in [0, 1], found [{lo.item():.3g}, {hi.item():.3g}]")
 
 
 def _pad_to_multiple(t: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -72,18 +78,24 @@ def _pad_to_multiple(t: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(t, (0, pw, 0, ph), mode=mode)
 
 
-def _resize_window(m: torch.Tensor, out_h: int, out_w: int, rows: slice, cols: slice) -> torch.Tensor:
-    """Window [rows, cols] of bilinear(align_corners=True) resize of m to out_h x out_w, computed directly."""
+def _resize_window(m: torch.Tensor, out_h: int, out_w: int, rows: slice, cols: slice,
+                   extent: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """Window [rows, cols] of bilinear(align_corners=True) resize of m to out_h x out_w, computed directly.
 
-    def axis(n_in: int, n_out: int, sl: slice):
+    ``extent`` (h, w): the part of the output that m spans, when it is smaller than out_h x out_w
+    (an image padded to a multiple of 8: the condition must follow the image, not the padding);
+    beyond it m's border repeats. Default: the whole output."""
+    extent = (out_h, out_w) if extent is None else extent
+
+    def axis(n_in: int, span: float, sl: slice):
         idx = torch.arange(sl.start, sl.stop, device=m.device, dtype=torch.float64)
-        src = idx * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros_like(idx)
+        src = idx.clamp(max=span - 1) * ((n_in - 1) / (span - 1)) if span > 1 else torch.zeros_like(idx)
         i0 = src.floor().long().clamp_(0, n_in - 1)
         i1 = (i0 + 1).clamp_(max=n_in - 1)
         return i0, i1, (src - i0).to(m.dtype)
 
-    r0, r1, wr = axis(m.shape[-2], out_h, rows)
-    c0, c1, wc = axis(m.shape[-1], out_w, cols)
+    r0, r1, wr = axis(m.shape[-2], extent[0], rows)
+    c0, c1, wc = axis(m.shape[-1], extent[1], cols)
     top = m[..., r0, :] * (1 - wr)[:, None] + m[..., r1, :] * wr[:, None]
     return top[..., c0] * (1 - wc) + top[..., c1] * wc
 
@@ -118,13 +130,20 @@ class UDM(nn.Module):
 
     # ------------------------------------------------------------------ public API (images in [0, 1])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (inputs must have it, outside autocast)."""
+        return next(self.generator.parameters()).dtype
+
     def encode(self, y: torch.Tensor, quantize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Degradation codes of y [B, 3, H, W] in [0, 1]: (e_g [B, global_dim], e_l [B, c_l, ceil(H/2), ceil(W/2)]).
 
         quantize=True passes the codes through the compressors (rounding in eval mode, uniform noise in
-        training mode, as compressai does); quantize=False returns the raw encoder outputs.
+        training mode, as compressai does); quantize=False returns the raw encoder outputs. In training
+        mode the encoders' BatchNorm layers also use and update batch statistics: call ``eval()`` first
+        to code images (``UDM(...)`` starts in training mode; ``load`` and ``from_official`` return eval).
         """
-        _check_images("y", y)
+        _check_images("y", y, self.dtype)
         if min(y.shape[-2:]) < 4:
             raise ValueError(f"y must be at least 4x4 pixels, got {y.shape[-2]}x{y.shape[-1]}")
         y_int = _pad_to_multiple(y * 2 - 1, 2)
@@ -142,11 +161,23 @@ class UDM(nn.Module):
         ŷ is not clamped (clamp when writing images). ``noise``: None, a torch.Generator, or the list of
         32 per-SFT-layer maps with the shapes ``noise_shapes(B, H, W)`` gives.
         """
-        _check_images("x", x)
+        _check_images("x", x, self.dtype)
         h, w = x.shape[-2:]
         x_int = _pad_to_multiple(x * 2 - 1, 8)
         if self._tiled(x_int):
-            out = self._synthesize_tiled(x_int, e_g, e_l, noise)
+            out = self._synthesize_tiled(x_int, e_g, e_l, noise, (h, w))
+        elif x_int.shape[-2:] != x.shape[-2:]:  # padded: the condition spans the image, not the padding
+            mapped = self._mapped_condition(e_g, e_l, x.shape[0])
+            hp, wp = x_int.shape[-2:]
+            cache: dict = {}
+
+            def cond_at(hh: int, ww: int) -> torch.Tensor:
+                if (hh, ww) not in cache:
+                    cache[(hh, ww)] = _resize_window(mapped, hh, ww, slice(0, hh), slice(0, ww),
+                                                     (h * hh / hp, w * ww / wp))
+                return cache[(hh, ww)]
+
+            out = self.generator.net(x_int, None, noise, cond_at=cond_at)
         else:
             out = self.generator(x_int, e_g, e_l, noise)
         return (out[..., :h, :w] + 1) / 2
@@ -200,6 +231,8 @@ class UDM(nn.Module):
     # ------------------------------------------------------------------ tiling
 
     def _tiled(self, t: torch.Tensor) -> bool:
+        if self.tile_size is not None and (not isinstance(self.tile_size, int) or self.tile_size <= 0):
+            raise ValueError(f"tile_size must be None (no tiling) or a positive multiple of 8, got {self.tile_size!r}")
         return (self.tile_size is not None and not self.training
                 and max(t.shape[-2:]) > self.tile_size + 2 * self.generator_halo)
 
@@ -236,14 +269,22 @@ class UDM(nn.Module):
         pooled = torch.cat((sum_p / ((h - 2) * (w - 2)), sum_l / ((h // 2) * (w // 2))), dim=1)
         return lpe.head(pooled), e_l
 
-    def _synthesize_tiled(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise) -> torch.Tensor:
-        """Generator over tiles with halo (overlap-discard); the condition is resampled for the full image."""
+    def _mapped_condition(self, e_g: torch.Tensor, e_l: torch.Tensor, batch: int) -> torch.Tensor:
+        """The generator's condition map at e_l's resolution, before its resampling to each level."""
+        gen = self.generator
+        mapped = gen.net.map_head(gen.condition(e_g, e_l))
+        if mapped.shape[0] != batch:
+            raise ValueError(f"x has batch {batch} but the codes have batch {mapped.shape[0]}")
+        return mapped
+
+    def _synthesize_tiled(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise,
+                          image_size: tuple[int, int]) -> torch.Tensor:
+        """Generator over tiles with halo (overlap-discard) on x padded from ``image_size``; the condition
+        is resampled for the whole image."""
         if self.tile_size % 8 or self.generator_halo % 8:
             raise ValueError("tiled synthesis needs tile_size and generator_halo to be multiples of 8")
         gen = self.generator
-        mapped = gen.net.map_head(gen.condition(e_g, e_l))
-        if mapped.shape[0] != x.shape[0]:
-            raise ValueError(f"x has batch {x.shape[0]} but the codes have batch {mapped.shape[0]}")
+        mapped = self._mapped_condition(e_g, e_l, x.shape[0])
         h, w = x.shape[-2:]
         out = x.new_empty(x.shape)
         for rows, cols, cr, cc in self._windows(h, w, self.generator_halo):
@@ -252,7 +293,7 @@ class UDM(nn.Module):
             def cond_at(hh: int, ww: int, cr=cr, cc=cc, crop=crop) -> torch.Tensor:
                 s = crop.shape[-2] // hh
                 return _resize_window(mapped, h // s, w // s, slice(cr.start // s, cr.start // s + hh),
-                                      slice(cc.start // s, cc.start // s + ww))
+                                      slice(cc.start // s, cc.start // s + ww), (image_size[0] / s, image_size[1] / s))
 
             stream = NoiseStream(noise, window=(cr.start, cc.start))
             tile_out = gen.net(crop, None, stream, cond_at=cond_at)
@@ -318,8 +359,12 @@ class UDM(nn.Module):
         if payload.get("version") != FORMAT_VERSION:
             raise ckpt.CheckpointError(f"{where} has format version {payload.get('version')}, "
                                        f"this udm_fast reads version {FORMAT_VERSION}")
+        state = payload["state_dict"]
+        dtypes = {t.dtype for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()}
         model = cls(UDMConfig.from_dict(payload["config"]))
-        ckpt.check_and_load(model, payload["state_dict"], where)
+        if len(dtypes) == 1:  # a model saved in float64 / half comes back so (and keeps its weights hash)
+            model = model.to(dtypes.pop())
+        ckpt.check_and_load(model, state, where)
         return model.eval()
 
 
