@@ -24,6 +24,7 @@ import torch
 compressai_eb = pytest.importorskip("compressai.entropy_models")
 from compressai import ans  # noqa: E402
 
+from bench_timing import rate  # noqa: E402
 from udm_fast import EntropyBottleneck, coder  # noqa: E402
 
 SHAPES = {
@@ -107,7 +108,7 @@ def _ideal_bytes(module, x):
 def _run(benchmark, fn, info, rounds):
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
     benchmark.extra_info.update(info)
-    benchmark.extra_info["msym_per_s"] = round(info["symbols"] / benchmark.stats.stats.mean / 1e6, 2)
+    benchmark.extra_info["msym_per_s"] = rate(benchmark, info["symbols"] / 1e6, 2)
     benchmark.extra_info["torch_threads"] = torch.get_num_threads()
 
 
@@ -213,7 +214,7 @@ def _run_cuda(benchmark, fn, info, rounds=20):
 
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=2)
     benchmark.extra_info.update(info)
-    benchmark.extra_info["gsym_per_s"] = round(info["symbols"] / benchmark.stats.stats.mean / 1e9, 3)
+    benchmark.extra_info["gsym_per_s"] = rate(benchmark, info["symbols"] / 1e9, 3)
     benchmark.extra_info["device"] = torch.cuda.get_device_name()
 
 

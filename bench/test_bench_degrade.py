@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench_timing import rate
 from udm_fast import degrade as D
 
 BATCH, SIZE = 24, 128
@@ -42,7 +43,7 @@ def _run(benchmark, fn, pairs, device):
             torch.cuda.synchronize()
 
     benchmark.pedantic(call, rounds=8, warmup_rounds=1)
-    benchmark.extra_info["pairs_per_s"] = round(pairs / benchmark.stats.stats.mean, 1)
+    benchmark.extra_info["pairs_per_s"] = rate(benchmark, pairs, 1)
     benchmark.extra_info["torch_threads"] = torch.get_num_threads()
 
 

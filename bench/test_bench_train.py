@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench_timing import rate
 from udm_fast.train.config import load_config
 from udm_fast.train.trainer import Trainer
 
@@ -85,6 +86,6 @@ def test_training_iteration(benchmark, image_folder, tmp_path, device, variant, 
             torch.cuda.synchronize()
 
     benchmark.pedantic(iteration, rounds=5 if device == "cuda" else 8, warmup_rounds=3 if config.run.compile else 1)
-    benchmark.extra_info.update(images_per_s=round(size["batch"] / benchmark.stats.stats.median, 2),
+    benchmark.extra_info.update(images_per_s=rate(benchmark, size["batch"], 2, "median"),
                                 batch=size["batch"], crop=size["crop"], variant=variant,
                                 torch_threads=torch.get_num_threads())
