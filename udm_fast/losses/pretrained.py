@@ -122,7 +122,7 @@ def dists_alpha_beta(path: PathArg = None) -> tuple:
     if path is None:
         path = _package_file("DISTS_pytorch", "weights.pt")
         if path is None:
-            raise MissingWeightsError("DISTS alpha/beta weights not found: " + how)
+            raise MissingWeightsError("DISTS alpha/beta weights not found; " + how)
     elif not os.path.isfile(os.fspath(path)):
         raise MissingWeightsError(f"DISTS alpha/beta weights: no file at {os.fspath(path)!r}; " + how)
     state = _load(path, "DISTS alpha/beta weights")
@@ -148,7 +148,7 @@ def lpips_linear_weights(path: PathArg = None) -> list:
     if path is None:
         path = _package_file("lpips", "weights", "v0.1", "vgg.pth")
         if path is None:
-            raise MissingWeightsError("LPIPS linear-layer weights not found: " + how)
+            raise MissingWeightsError("LPIPS linear-layer weights not found; " + how)
     elif not os.path.isfile(os.fspath(path)):
         raise MissingWeightsError(f"LPIPS linear-layer weights: no file at {os.fspath(path)!r}; " + how)
     state = _load(path, "LPIPS linear-layer weights")
