@@ -100,6 +100,14 @@ def pmf_to_quantized_cdf(pmf: np.ndarray, precision: int = CDF_PRECISION) -> np.
     return np.concatenate(([0], np.cumsum(freqs))).astype(np.int32)
 
 
+def _same_buffer(entry: tuple, buffer: Tensor) -> bool:
+    """Whether ``buffer`` is unchanged since ``entry`` = (tensor, version, CPU contents or None) was taken."""
+    tensor, version, contents = entry
+    if tensor is not buffer or buffer._version != version:
+        return False
+    return contents is None or torch.equal(contents, buffer)
+
+
 class EntropyBottleneck(nn.Module):
     """Entropy bottleneck (Balle et al. 2018) with compressai's parameters, defaults and tables.
 
@@ -143,7 +151,7 @@ class EntropyBottleneck(nn.Module):
         self.register_buffer("_offset", torch.IntTensor())
         self.register_buffer("_quantized_cdf", torch.IntTensor())
         self.register_buffer("_cdf_length", torch.IntTensor())
-        self._coder_cache = None  # (copies of the table buffers, CoderTables)
+        self._coder_cache = None  # ((buffer, version, CPU copy) per table buffer, CoderTables)
 
         widths = (1,) + self.filters + (1,)
         scale = self.init_scale ** (1 / (len(self.filters) + 1))
@@ -185,16 +193,17 @@ class EntropyBottleneck(nn.Module):
         return state
 
     def coder_tables(self) -> coder.CoderTables:
-        """The coder tables of the current buffers, prepared once and cached until their contents
-        change (compared in full: edits through ``.data`` or numpy leave no version trace)."""
+        """The coder tables of the current buffers, prepared once and cached until they change: same
+        tensors at the same versions, and on the CPU the same contents too (edits through ``.data``
+        or numpy leave no version trace; on a GPU comparing contents would synchronise every call,
+        so there call ``update(force=True)`` or reassign the buffers after such edits)."""
         buffers = (self._quantized_cdf, self._cdf_length, self._offset)
         cache = self._coder_cache
-        if cache is None or not all(a.device == b.device and a.shape == b.shape and torch.equal(a, b)
-                                    for a, b in zip(cache[0], buffers)):
+        if cache is None or not all(_same_buffer(entry, b) for entry, b in zip(cache[0], buffers)):
             if self._offset.numel() == 0:
                 raise ValueError("Uninitialized CDFs. Run update() first")
-            snapshot = tuple(b.detach().clone() for b in buffers)
-            cache = (snapshot, coder.CoderTables(*snapshot))
+            entries = tuple((b, b._version, b.detach().clone() if not b.is_cuda else None) for b in buffers)
+            cache = (entries, coder.CoderTables(*buffers))
             self._coder_cache = cache
         return cache[1]
 
