@@ -248,6 +248,20 @@ def test_output_folder_and_resume_errors(tmp_path):
         Trainer(tiny(tmp_path / "d", **{"run.device": "tpu"}))
 
 
+def test_a_second_run_into_a_busy_output_folder_is_refused(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    lean = {"run.max_steps": 1, "model.discriminator": False, "loss.weights.gan_generator": 0.0,
+            "loss.weights.diversity": 0.0}
+    with open(tmp_path / ".run.lock", "w") as held:  # another run (its lock is tied to this open file)
+        held.write("pid 12345 on elsewhere")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match=r"being written by another run \(pid 12345 on elsewhere\)"):
+            Trainer(tiny(tmp_path, **lean)).run()
+        assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.yaml").exists()
+    assert Trainer(tiny(tmp_path, **lean)).run()["finished"]  # released with the holder
+
+
 def test_missing_perceptual_weights_give_the_losses_error(tmp_path, monkeypatch, weight_packages):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     config = tiny(tmp_path, **{"loss.weights.dists": 10.0, "loss.download": False})

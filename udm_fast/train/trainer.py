@@ -17,6 +17,7 @@ Images are uint8 from the loader, [0, 1] for the losses and metrics, [-1, 1] ins
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import glob
@@ -26,6 +27,7 @@ import os
 import random
 import re
 import signal
+import socket
 import threading
 import time
 from typing import Optional
@@ -76,6 +78,33 @@ def _load_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -
     for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
     scheduler._last_lr = lrs
+
+
+@contextlib.contextmanager
+def _exclusive_output(out_dir: str):
+    """Holds an advisory lock on ``out_dir/.run.lock`` (released when the process ends, however it ends),
+    so a second run into the same folder fails at once instead of interleaving its checkpoints."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(os.path.join(out_dir, ".run.lock"), "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise RuntimeError(f"{out_dir} is being written by another run ({owner}): let it finish, stop it, "
+                               "or choose another output folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -414,11 +443,18 @@ class Trainer:
         return dist_utils.sum_scalar(float(self._stop_requested), self.device) > 0
 
     def run(self) -> dict:
-        """Trains from the current step to the limit; returns a summary {step, epoch, losses, out_dir}."""
+        """Trains from the current step to the limit; returns a summary {step, epoch, losses, out_dir}.
+        The main rank holds the output folder's lock meanwhile: a second run into it is refused."""
+        if not self.dist.is_main:
+            return self._run()
+        os.makedirs(self.out_dir, exist_ok=True)
+        with _exclusive_output(self.out_dir):
+            return self._run()
+
+    def _run(self) -> dict:
         c = self.config
         main = self.dist.is_main
         if main:
-            os.makedirs(self.out_dir, exist_ok=True)
             self._remove_interrupted_writes()
             with open(os.path.join(self.out_dir, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(c.to_dict(), f, sort_keys=False)
