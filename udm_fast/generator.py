@@ -108,19 +108,24 @@ class VUNet(nn.Module):
 
     def forward(self, clean: torch.Tensor, cond: torch.Tensor, noise: Noise = None,
                 cond_at: Optional[CondAt] = None, noise_window: Optional[tuple[int, int]] = None) -> torch.Tensor:
-        """``cond_at(h, w)`` overrides how the mapped condition is resampled to a level (tiling)."""
+        """``cond_at(h, w)`` overrides how the mapped condition is resampled to a level (tiling, padded
+        images); each level size is resampled once per call either way."""
         h, w = clean.shape[-2:]
         if h % 8 or w % 8:
             raise ValueError(f"VUNet: input height and width must be multiples of 8, got {h}x{w}")
         stream = noise if isinstance(noise, NoiseStream) else NoiseStream(noise, noise_window)
         if cond_at is None:
             mapped = self.map_head(cond)
-            cache: dict = {}
 
             def cond_at(hh: int, ww: int) -> torch.Tensor:
-                if (hh, ww) not in cache:
-                    cache[(hh, ww)] = resize_cond(mapped, (hh, ww))
-                return cache[(hh, ww)]
+                return resize_cond(mapped, (hh, ww))
+
+        resample, cache = cond_at, {}
+
+        def cond_at(hh: int, ww: int) -> torch.Tensor:
+            if (hh, ww) not in cache:
+                cache[(hh, ww)] = resample(hh, ww)
+            return cache[(hh, ww)]
 
         def run(group: nn.ModuleList, y: torch.Tensor) -> torch.Tensor:
             hh, ww = y.shape[-2:]

@@ -169,13 +169,9 @@ class UDM(nn.Module):
         elif x_int.shape[-2:] != x.shape[-2:]:  # padded: the condition spans the image, not the padding
             mapped = self._mapped_condition(e_g, e_l, x.shape[0])
             hp, wp = x_int.shape[-2:]
-            cache: dict = {}
 
             def cond_at(hh: int, ww: int) -> torch.Tensor:
-                if (hh, ww) not in cache:
-                    cache[(hh, ww)] = _resize_window(mapped, hh, ww, slice(0, hh), slice(0, ww),
-                                                     (h * hh / hp, w * ww / wp))
-                return cache[(hh, ww)]
+                return _resize_window(mapped, hh, ww, slice(0, hh), slice(0, ww), (h * hh / hp, w * ww / wp))
 
             out = self.generator.net(x_int, None, noise, cond_at=cond_at)
         else:
