@@ -120,19 +120,15 @@ def _record_all(channels: int, dtype: torch.dtype) -> list:
         ida.backward(x, x, cond_half, *ida_w[:4], a, bx, compute_dtype=dtype,
                      grads={"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half)})
         sft.noise(seed, b, h, w)
-        # the entropy bottleneck's likelihood (float32 whatever the layers' dtype; compressai's filters)
-        values, packed = torch.randn(channels, 1000, generator=gen), _packed_density(channels, (3, 3, 3, 3))
+        # the entropy bottleneck's likelihood (float32 whatever the layers' dtype), packed by the module itself
+        from udm_fast.entropy_bottleneck import EntropyBottleneck
+
+        values = torch.randn(channels, 1000, generator=gen)
+        packed = [t.detach() for t in EntropyBottleneck(channels)._packed_density()]
         for bound in (None, torch.tensor([1e-9])):
             entropy_likelihood.likelihood_forward(values, *packed, bound)
             entropy_likelihood.likelihood_backward(values, values, *packed, bound)
     return recorded
-
-
-def _packed_density(channels: int, filters: tuple) -> tuple:
-    """Packed density parameters shaped as EntropyBottleneck._packed_density gives them."""
-    layers, width = len(filters) + 1, 1 << max(1, max(filters) - 1).bit_length()
-    return (torch.rand(channels, layers, width, width), torch.rand(channels, layers, width),
-            torch.rand(channels, layers, width))
 
 
 def _resources(cubin: bytes) -> str:

@@ -144,7 +144,8 @@ def likelihood_forward(values, weights, biases, tanh_factors, bound):
     out = torch.empty_like(values)
     if n:
         with on_device(values):
-            _forward_kernel[_grid(channels, n)](values, out, weights, biases, tanh_factors, values if bound is None else bound, n,
+            _forward_kernel[_grid(channels, n)](values, out, weights, biases, tanh_factors,
+                                                values if bound is None else bound, n,
                                                 USE_BOUND=bound is not None, L=layers, F=width, BLOCK_N=BLOCK)
     return out
 
