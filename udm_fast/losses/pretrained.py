@@ -26,7 +26,12 @@ PathArg = Optional[os.PathLike | str]
 
 
 class MissingWeightsError(FileNotFoundError):
-    """A pretrained weight file is not available; the message says how to provide it."""
+    """A pretrained weight file is not available: ``problem`` says which and why, ``how`` (in Python
+    terms) how to provide it; the message is both."""
+
+    def __init__(self, problem: str, how: str = ""):
+        super().__init__(f"{problem}; {how}" if how else problem)
+        self.problem, self.how = problem, how
 
 
 class MissingVGG16Error(MissingWeightsError):
@@ -77,7 +82,7 @@ def vgg16_features_state_dict(path: PathArg = None, *, download: bool = True) ->
     what = "VGG16 weights"
     if path is not None:
         if not os.path.isfile(os.fspath(path)):
-            raise MissingVGG16Error(f"{what}: no file at {os.fspath(path)!r}; " + _how_to_get_vgg16())
+            raise MissingVGG16Error(f"{what}: no file at {os.fspath(path)!r}", _how_to_get_vgg16())
         state = _load(path, what)
     elif os.path.isfile(vgg16_cache_path()):
         state = _load(vgg16_cache_path(), what)
@@ -85,11 +90,11 @@ def vgg16_features_state_dict(path: PathArg = None, *, download: bool = True) ->
         try:
             state = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", check_hash=True)
         except Exception as exc:
-            raise MissingVGG16Error(f"{what}: the download from {VGG16_URL} failed ({exc}); "
-                                      + _how_to_get_vgg16()) from exc
+            raise MissingVGG16Error(f"{what}: the download from {VGG16_URL} failed ({exc})",
+                                    _how_to_get_vgg16()) from exc
     else:
-        raise MissingVGG16Error(f"{what}: not found in the torch hub cache and download=False; "
-                                  + _how_to_get_vgg16())
+        raise MissingVGG16Error(f"{what}: not found in the torch hub cache and download=False",
+                                _how_to_get_vgg16())
     return _features_only(state, what)
 
 
@@ -122,9 +127,9 @@ def dists_alpha_beta(path: PathArg = None) -> tuple:
     if path is None:
         path = _package_file("DISTS_pytorch", "weights.pt")
         if path is None:
-            raise MissingWeightsError("DISTS alpha/beta weights not found; " + how)
+            raise MissingWeightsError("DISTS alpha/beta weights not found", how)
     elif not os.path.isfile(os.fspath(path)):
-        raise MissingWeightsError(f"DISTS alpha/beta weights: no file at {os.fspath(path)!r}; " + how)
+        raise MissingWeightsError(f"DISTS alpha/beta weights: no file at {os.fspath(path)!r}", how)
     state = _load(path, "DISTS alpha/beta weights")
     total = 3 + sum(STAGE_CHANNELS)
     try:
@@ -148,9 +153,9 @@ def lpips_linear_weights(path: PathArg = None) -> list:
     if path is None:
         path = _package_file("lpips", "weights", "v0.1", "vgg.pth")
         if path is None:
-            raise MissingWeightsError("LPIPS linear-layer weights not found; " + how)
+            raise MissingWeightsError("LPIPS linear-layer weights not found", how)
     elif not os.path.isfile(os.fspath(path)):
-        raise MissingWeightsError(f"LPIPS linear-layer weights: no file at {os.fspath(path)!r}; " + how)
+        raise MissingWeightsError(f"LPIPS linear-layer weights: no file at {os.fspath(path)!r}", how)
     state = _load(path, "LPIPS linear-layer weights")
     weights = []
     for k, channels in enumerate(STAGE_CHANNELS):

@@ -153,10 +153,9 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..losses import MissingWeightsError
     from . import distributed
     from .trainer import Trainer
-
-    from ..losses import MissingWeightsError
 
     if args.config is None:  # optional for argparse only, to explain the --resume mix-up below
         if isinstance(args.resume, str) and args.resume.lower().endswith((".yaml", ".yml")):
@@ -170,9 +169,9 @@ def run_train(args: argparse.Namespace) -> int:
         summary = trainer.run()
     except MissingWeightsError as exc:  # its how-to speaks Python: say it in config keys
         raise MissingWeightsError(
-            f"{str(exc).split(';')[0]}; set loss.vgg_weights (torchvision's vgg16-397923af.pth), "
-            "loss.dists_weights or loss.lpips_weights to the file (--set KEY=PATH), allow loss.download on a "
-            "machine that is online, or for a smoke test without weights set loss.pretrained: false") from exc
+            exc.problem, "set loss.vgg_weights (torchvision's vgg16-397923af.pth), loss.dists_weights or "
+            "loss.lpips_weights to the file (--set KEY=PATH), allow loss.download on a machine that is online, "
+            "or for a smoke test without weights set loss.pretrained: false") from exc
     finally:
         distributed.shutdown()
     if trainer.dist.is_main:
@@ -360,7 +359,7 @@ def _perceptual_metrics(args: argparse.Namespace, device: torch.device) -> tuple
         try:
             modules[name] = cls(vgg_weights=args.vgg_weights, download=not args.no_download).to(device).eval()
         except MissingWeightsError as exc:
-            reason = str(exc).split(";")[0]  # the rest says how to provide the file, in Python terms
+            reason = exc.problem  # its how-to speaks Python; the VGG16 file's gets a command-line one
             if isinstance(exc, MissingVGG16Error):
                 reason += ("; give --vgg-weights PATH (torchvision's vgg16-397923af.pth) or put that file in the "
                            "torch hub cache")
@@ -393,13 +392,11 @@ def _clean_crops(folder: str, crop: int, limit: int, skipped: list) -> tuple[lis
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..cli import parse_device
+    from ..cli import load_model, parse_device
 
     _check_eval_flags(args)
     device = parse_device(args.device)
     index = _index_path(args.data) if args.clean is None else None
-    from ..cli import load_model
-
     model = load_model(args.weights, args.official, device)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
