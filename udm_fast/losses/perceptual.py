@@ -145,7 +145,7 @@ class DISTS(nn.Module):
         _check_pair(x, y, "DISTS")
         b = x.shape[0]
         both = torch.cat([x, y]).to(self.mean.dtype)  # the module's dtype (autocast still applies)
-        features = [both] + self.vgg.stages((both - self.mean.to(both.dtype)) / self.std.to(both.dtype), l2_pool)
+        features = [both] + self.vgg.stages((both - self.mean) / self.std, l2_pool)
         with _no_autocast(x.device.type):
             total = self.alpha.sum() + self.beta.sum()
             alphas = torch.split(self.alpha / total, (3,) + STAGE_CHANNELS)
@@ -195,7 +195,7 @@ class LPIPS(nn.Module):
         _check_pair(x, y, "LPIPS")
         b = x.shape[0]
         both = torch.cat([x, y]).to(self.shift.dtype) * 2.0 - 1.0  # the module's dtype (autocast still applies)
-        features = self.vgg.stages((both - self.shift.to(both.dtype)) / self.scale.to(both.dtype))
+        features = self.vgg.stages((both - self.shift) / self.scale)
         distance = 0.0
         with _no_autocast(x.device.type):
             for k, f in enumerate(features):
