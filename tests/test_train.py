@@ -13,11 +13,12 @@ import torch.multiprocessing as mp
 
 from udm_fast import checkpoint as ckpt
 from udm_fast.losses import MissingWeightsError
-from udm_fast.model import UDM
+from udm_fast.models.udm import UDM
 from udm_fast.train import distributed
 from udm_fast.train.config import ConfigError, ScheduleConfig, load_config
 from udm_fast.train.data import DataError
-from udm_fast.train.trainer import ScheduleFactor, Trainer
+from udm_fast.train.schedules import ScheduleFactor
+from udm_fast.train.trainer import Trainer
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
 
@@ -116,6 +117,49 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k != "images_per_s"} == \
                {k: v for k, v in rb.items() if k != "images_per_s"}
+
+
+def _without_group_names(optimizer_state: dict) -> dict:
+    """An optimiser state as the trainer wrote it before its parameter groups had names."""
+    groups = [{k: v for k, v in group.items() if k != "name"} for group in optimizer_state["param_groups"]]
+    return {**optimizer_state, "param_groups": groups}
+
+
+def test_named_parameter_groups_and_resume_from_a_checkpoint_without_names(tmp_path):
+    settings = {"run.max_steps": 4, "log.save_every": 2, "optim.lr_generator": 2e-3, "optim.lr_critic": 5e-4}
+    reference = Trainer(tiny(tmp_path / "a", **settings))
+    groups = {group["name"]: group for group in reference.optimizer_g.param_groups}
+    assert list(groups) == ["global_encoder", "local_encoder", "generator", "global_compressor", "local_compressor"]
+    model = reference.model
+    for name, module in (("global_encoder", model.global_encoder.encoder_q), ("generator", model.generator),
+                         ("local_compressor", model.local_compressor)):
+        assert [id(p) for p in groups[name]["params"]] == [id(p) for p in module.parameters()], name
+    assert [group["name"] for group in reference.optimizer_d.param_groups] == ["critic"]
+    assert reference.lr() == {"lr_generator": 2e-3, "lr_critic": 5e-4}  # by name: the other groups have 1e-3
+    reference.run()
+
+    state = ckpt.load_file(tmp_path / "a" / "checkpoints" / "step_00000002.pt")
+    old = dict(state, optimizer_g=_without_group_names(state["optimizer_g"]),
+               optimizer_d=_without_group_names(state["optimizer_d"]))
+    torch.save(old, tmp_path / "unnamed.pt")
+    resumed = Trainer(tiny(tmp_path / "b", **settings), resume=str(tmp_path / "unnamed.pt"))
+    assert [g["name"] for g in resumed.optimizer_g.param_groups] == list(groups)  # matched by position, kept
+    assert resumed.lr() == {"lr_generator": 2e-3, "lr_critic": 5e-4}
+    resumed.run()
+    for name in ("model", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d", "sampler"):
+        assert _state_equal(reference.state_dict()[name], resumed.state_dict()[name]), name
+    assert [float(r["lr_generator"]) for r in read_log(tmp_path / "b")] == [2e-3, 2e-3]
+
+    renamed = dict(state["optimizer_g"], param_groups=[dict(g, name=f"part{i}") for i, g in
+                                                       enumerate(state["optimizer_g"]["param_groups"])])
+    torch.save(dict(state, optimizer_g=renamed), tmp_path / "renamed.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"renamed.pt: the optimiser's parameter groups are "
+                                                    r"\['part0', .*\] in the checkpoint and \['global_encoder'"):
+        Trainer(tiny(tmp_path / "c", **settings), resume=str(tmp_path / "renamed.pt"))
+    fewer = dict(old["optimizer_g"], param_groups=old["optimizer_g"]["param_groups"][:4])
+    torch.save(dict(state, optimizer_g=fewer), tmp_path / "fewer.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"groups are \['group 0', 'group 1', 'group 2', 'group 3'\]"):
+        Trainer(tiny(tmp_path / "c", **settings), resume=str(tmp_path / "fewer.pt"))
 
 
 def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):

@@ -17,136 +17,44 @@ Images are uint8 from the loader, [0, 1] for the losses and metrics, [-1, 1] ins
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
-import glob
 import logging
-import math
 import os
-import random
-import re
 import signal
-import socket
 import threading
 import time
 from typing import Optional
 
-import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .. import checkpoint as ckpt
+from ..models import checkpoint as ckpt
 from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss, info_nce_loss, l1_loss,
                       lowpass_l1_loss, spectrum_loss, wgan_critic_loss, wgan_generator_loss)
-from ..model import UDM
+from ..models.udm import UDM
+from ..utils.device import parse_device
 from . import distributed as dist_utils
-from .config import ConfigError, ScheduleConfig, TrainingConfig
+from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RunFolder, changed_keys,
+                            check_training_checkpoint, exclusive_output, load_optimizer, param_group)
+from .config import ConfigError, TrainingConfig
 from .data import ResumableSampler, batch_generator, build_dataset, collate, make_triples
+from .rng import rng_state, seed_everything, set_rng_state
+from .run_log import RunLogger
+from .schedules import build_scheduler, load_scheduler
 
 log = logging.getLogger("udm_fast.train")
 
-CHECKPOINT_FORMAT = "udm_fast-training"
-CHECKPOINT_VERSION = 1
-_STEP_FILE = re.compile(r"step_\d{8}\.pt")
-
-
-class ScheduleFactor:
-    """LR multiplier after n intervals. Built from the config and the run's length each time, never
-    restored from a checkpoint (see ``_load_scheduler``)."""
-
-    def __init__(self, schedule: ScheduleConfig, length: int):
-        self.kind, self.step_size, self.gamma = schedule.kind, schedule.step_size, schedule.gamma
-        self.length, self.min_lr_ratio = max(1, length), schedule.min_lr_ratio
-
-    def __call__(self, n: int) -> float:
-        if self.kind == "step":
-            return self.gamma ** (n // self.step_size)
-        if self.kind == "cosine":
-            progress = min(n, self.length) / self.length
-            return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-
-def _load_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
-    """Restores the scheduler's position but keeps its ``ScheduleFactor`` as the current config and run
-    length define it (LambdaLR would restore the saved one: a cosine over the old max_steps)."""
-    scheduler.load_state_dict(dict(state, lr_lambdas=[None] * len(scheduler.lr_lambdas)))
-    lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
-        group["lr"] = lr
-    scheduler._last_lr = lrs
-
-
-@contextlib.contextmanager
-def _exclusive_output(out_dir: str):
-    """Holds an advisory lock on ``out_dir/.run.lock`` (released when the process ends, however it ends),
-    so a second run into the same folder fails at once instead of interleaving its checkpoints."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(os.path.join(out_dir, ".run.lock"), "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            owner = f.read().strip() or "another process"
-            raise RuntimeError(f"{out_dir} is being written by another run ({owner}): let it finish, stop it, "
-                               "or choose another output folder") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"run.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"run.device {name!r} is not supported for training; use auto, cpu, cuda or cuda:N")
+    """run.device as a device (cpu or cuda; a bare ``cuda`` is this process's ``local_rank``), made current."""
+    device = parse_device(name, what="run.device", types=("cpu", "cuda"), error=ConfigError)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"run.device is {name!r} but CUDA is not available (use cpu or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
-
-
-def rng_state() -> dict:
-    """The global RNG states (python, numpy, torch CPU, every CUDA device) as checkpointable values."""
-    np_state = np.random.get_state()
-    return {"python": random.getstate(),
-            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -177,7 +85,7 @@ class Trainer:
         self.out_dir = c.log.out_dir
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise ConfigError(f"the output folder {self.out_dir} (log.out_dir / --out) is a file")
-        self.checkpoint_dir = os.path.join(self.out_dir, "checkpoints")
+        self.run_folder = RunFolder(self.out_dir)
 
         seed_everything(c.seed)  # identical initial weights on every rank
         self.model = UDM(c.model).to(self.device)
@@ -202,8 +110,9 @@ class Trainer:
         self.sampler = ResumableSampler(len(self.dataset), c.data.batch_size, seed=c.seed, rank=self.dist.rank,
                                         world_size=self.dist.world_size)
         self.total_steps = self._total_steps()
-        self.scheduler_g = self._build_scheduler(self.optimizer_g, c.optim.generator_schedule)
-        self.scheduler_d = (self._build_scheduler(self.optimizer_d, c.optim.critic_schedule)
+        per_epoch = self.sampler.batches_per_epoch
+        self.scheduler_g = build_scheduler(self.optimizer_g, c.optim.generator_schedule, self.total_steps, per_epoch)
+        self.scheduler_d = (build_scheduler(self.optimizer_d, c.optim.critic_schedule, self.total_steps, per_epoch)
                             if self.optimizer_d is not None else None)
 
         self.step = 0
@@ -211,10 +120,15 @@ class Trainer:
         self._reported_skips = set()
         self._stop_requested = False
         seed_everything(c.seed * 1000003 + self.dist.rank)  # per-rank noise streams from here on
-        if resume:
-            self._resume(resume)
+        if resume is True:
+            self.load_checkpoint(*self.run_folder.load_newest())
+        elif resume:
+            path = os.fspath(resume)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
+            self.load_checkpoint(path)
         else:
-            self._check_fresh_out_dir()
+            self.run_folder.check_fresh()
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -237,14 +151,17 @@ class Trainer:
 
     def _build_optimizers(self):
         o, m = self.config.optim, self.model
-        groups = [(m.global_encoder.encoder_q, o.lr_global_encoder), (m.local_encoder, o.lr_local_encoder),
-                  (m.generator, o.lr_generator), (m.global_compressor, o.lr_global_compressor),
-                  (m.local_compressor, o.lr_local_compressor)]
-        optimizer_g = torch.optim.Adam([{"params": list(module.parameters()), "lr": lr} for module, lr in groups],
-                                       betas=tuple(o.betas), eps=o.eps)
+        groups = [("global_encoder", m.global_encoder.encoder_q, o.lr_global_encoder),
+                  ("local_encoder", m.local_encoder, o.lr_local_encoder),
+                  ("generator", m.generator, o.lr_generator),
+                  ("global_compressor", m.global_compressor, o.lr_global_compressor),
+                  ("local_compressor", m.local_compressor, o.lr_local_compressor)]
+        optimizer_g = torch.optim.Adam([{"params": list(module.parameters()), "lr": lr, "name": name}
+                                        for name, module, lr in groups], betas=tuple(o.betas), eps=o.eps)
         optimizer_d = None
         if self.critic is not None:
-            optimizer_d = torch.optim.Adam(self.critic.parameters(), lr=o.lr_critic, betas=tuple(o.betas), eps=o.eps)
+            optimizer_d = torch.optim.Adam([{"params": list(self.critic.parameters()), "name": "critic"}],
+                                           lr=o.lr_critic, betas=tuple(o.betas), eps=o.eps)
         return optimizer_g, optimizer_d
 
     def _total_steps(self) -> int:
@@ -253,56 +170,6 @@ class Trainer:
         if r.epochs:
             limits.append(r.epochs * self.sampler.batches_per_epoch)
         return min(limits)
-
-    def _build_scheduler(self, optimizer, schedule: ScheduleConfig):
-        per_epoch = self.sampler.batches_per_epoch
-        length = schedule.length or (self.total_steps if schedule.interval == "step"
-                                     else math.ceil(self.total_steps / per_epoch))
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule, length))
-
-    def _step_checkpoints(self) -> list:
-        if not os.path.isdir(self.checkpoint_dir):
-            return []
-        return sorted(f for f in os.listdir(self.checkpoint_dir) if _STEP_FILE.fullmatch(f))
-
-    def _resume(self, resume: bool | str) -> None:
-        """Loads the given checkpoint, or the run's newest readable one: the last step_<n>.pt (written
-        before latest.pt, so a run killed between the two writes resumes from the newer state), then
-        latest.pt, then the older step files (a damaged file is reported and skipped)."""
-        if resume is not True:
-            path = os.fspath(resume)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
-            self.load_checkpoint(path)
-            return
-        steps = [os.path.join(self.checkpoint_dir, name) for name in reversed(self._step_checkpoints())]
-        latest = os.path.join(self.checkpoint_dir, "latest.pt")
-        candidates = steps[:1] + ([latest] if os.path.isfile(latest) else []) + steps[1:]
-        if not candidates:
-            raise FileNotFoundError(f"nothing to resume: no checkpoint in {self.checkpoint_dir}")
-        for i, path in enumerate(candidates):
-            try:
-                state = ckpt.load_file(path)
-            except ckpt.CheckpointError as exc:
-                if i + 1 == len(candidates):
-                    raise
-                log.warning("%s; resuming from %s instead", exc, candidates[i + 1])
-                continue
-            self.load_checkpoint(path, state)
-            return
-
-    def _remove_interrupted_writes(self) -> None:
-        """Deletes temporary files that a run killed while saving left behind (files.write_atomic's
-        ``.tmp-*``; the files they were to replace are intact)."""
-        for folder in (self.out_dir, self.checkpoint_dir):
-            for path in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
-                log.info("removing %s, left by an interrupted save", path)
-                os.remove(path)
-
-    def _check_fresh_out_dir(self) -> None:
-        if self._step_checkpoints() or os.path.isfile(os.path.join(self.checkpoint_dir, "latest.pt")):
-            raise FileExistsError(f"{self.out_dir} already holds a run (checkpoints/): resume it with --resume "
-                                  f"or choose another output folder")
 
     # ------------------------------------------------------------------ one iteration
 
@@ -448,17 +315,17 @@ class Trainer:
         if not self.dist.is_main:
             return self._run()
         os.makedirs(self.out_dir, exist_ok=True)
-        with _exclusive_output(self.out_dir):
+        with exclusive_output(self.out_dir):
             return self._run()
 
     def _run(self) -> dict:
         c = self.config
         main = self.dist.is_main
         if main:
-            self._remove_interrupted_writes()
+            self.run_folder.remove_interrupted_writes()
             with open(os.path.join(self.out_dir, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(c.to_dict(), f, sort_keys=False)
-        logger = _RunLogger(self.out_dir, c.log, self.step) if main else None
+        logger = RunLogger(self.out_dir, c.log, self.step) if main else None
         previous = {}
         if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
             previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -513,9 +380,10 @@ class Trainer:
                 scheduler.step()
 
     def lr(self) -> dict:
-        out = {"lr_generator": self.optimizer_g.param_groups[2]["lr"]}
+        """The current learning rates of the generator and the critic (logged)."""
+        out = {"lr_generator": param_group(self.optimizer_g, "generator")["lr"]}
         if self.optimizer_d is not None:
-            out["lr_critic"] = self.optimizer_d.param_groups[0]["lr"]
+            out["lr_critic"] = param_group(self.optimizer_d, "critic")["lr"]
         return out
 
     def _report_skipped(self, skipped: list) -> None:
@@ -549,25 +417,14 @@ class Trainer:
             return None
         state = self.state_dict()
         state["rng"] = rng
-        path = os.path.join(self.checkpoint_dir, f"step_{self.step:08d}.pt")
-        ckpt.save_atomic(state, path)
-        ckpt.save_atomic(state, os.path.join(self.checkpoint_dir, "latest.pt"))
-        keep = self.config.log.keep_checkpoints
-        if keep:
-            for old in self._step_checkpoints()[:-keep]:
-                os.remove(os.path.join(self.checkpoint_dir, old))
-        return path
+        return self.run_folder.save(state, self.step, self.config.log.keep_checkpoints)
 
     def load_checkpoint(self, path: str, state: Optional[dict] = None) -> None:
         """Restores everything from the training checkpoint at ``path`` (``state``: its already loaded contents)."""
         state = ckpt.load_file(path) if state is None else state
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ckpt.CheckpointError(f"{path} is not a udm_fast training checkpoint")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ckpt.CheckpointError(f"{path} has training-checkpoint version {state.get('version')}, "
-                                       f"this udm_fast reads {CHECKPOINT_VERSION}")
+        check_training_checkpoint(state, path)
         saved = TrainingConfig.from_dict(state["config"])
-        changed = _changed_keys(saved.to_dict(), self.config.to_dict())
+        changed = changed_keys(saved.to_dict(), self.config.to_dict())
         model_changes = [c for c in changed if c.startswith("model.")]
         if model_changes:
             raise ckpt.CheckpointError(f"{path} was trained with another model (checkpoint -> config now: "
@@ -580,12 +437,12 @@ class Trainer:
                                        f"in the checkpoint and is {'off' if self.ema is None else 'on'} now")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        load_optimizer(self.optimizer_g, state["optimizer_g"], path)
         if self.optimizer_d is not None:
-            self.optimizer_d.load_state_dict(state["optimizer_d"])
-        _load_scheduler(self.scheduler_g, state["scheduler_g"])
+            load_optimizer(self.optimizer_d, state["optimizer_d"], path)
+        load_scheduler(self.scheduler_g, state["scheduler_g"])
         if self.scheduler_d is not None:
-            _load_scheduler(self.scheduler_d, state["scheduler_d"])
+            load_scheduler(self.scheduler_d, state["scheduler_d"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -608,73 +465,3 @@ class Trainer:
             ema_model.generator.load_state_dict(self.ema.state_dict())
             ema_model.save(os.path.join(self.out_dir, "model_ema.pt"), extra=extra)
 
-
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
-class _RunLogger:
-    """CSV log (truncated to ``start_step`` on resume), optional TensorBoard, PNG image grids."""
-
-    def __init__(self, out_dir: str, log_config, start_step: int):
-        self.out_dir = out_dir
-        self.csv_path = os.path.join(out_dir, "log.csv")
-        self.fields: Optional[list] = None
-        if os.path.isfile(self.csv_path):
-            with open(self.csv_path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                self.fields = reader.fieldnames
-                kept = [r for r in reader if int(r["step"]) <= start_step]
-            with open(self.csv_path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, self.fields)
-                writer.writeheader()
-                writer.writerows(kept)
-        self.tensorboard = None
-        if log_config.tensorboard != "off":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(os.path.join(out_dir, "tensorboard"))
-            except ImportError:
-                if log_config.tensorboard == "on":
-                    raise ConfigError("log.tensorboard is 'on' but the tensorboard package is not installed "
-                                      "(pip install tensorboard, or set it to auto)") from None
-
-    def row(self, step: int, epoch: float, losses: dict, lrs: dict, images_per_s: float, skipped: int) -> None:
-        values = {"step": step, "epoch": f"{epoch:.4f}", **{k: f"{v:.6g}" for k, v in losses.items()},
-                  **{k: f"{v:.6g}" for k, v in lrs.items()}, "images_per_s": f"{images_per_s:.2f}",
-                  "skipped": skipped}
-        new = self.fields is None
-        if new:
-            self.fields = list(values)
-        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(values)
-        if self.tensorboard is not None:
-            for k, v in {**losses, **lrs, "images_per_s": images_per_s}.items():
-                self.tensorboard.add_scalar(k, v, step)
-
-    def image_grid(self, step: int, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, count: int) -> None:
-        """images/step_<n>.png: one row per sample, x | y | y_hat."""
-        from PIL import Image
-
-        rows = torch.cat([t[:count].detach().float().cpu().clamp(0, 1) for t in (x, y, y_hat)], dim=3)
-        grid = torch.cat(list(rows), dim=1)  # [3, count * H, 3 * W]
-        pixels = (grid.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-        folder = os.path.join(self.out_dir, "images")
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(pixels).save(os.path.join(folder, f"step_{step:08d}.png"))
-        if self.tensorboard is not None:
-            self.tensorboard.add_image("x|y|y_hat", grid, step)
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
