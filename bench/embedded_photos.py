@@ -1,5 +1,5 @@
 """Writes the photographs shipped inside scikit-image's wheel as PNG files, split into a training folder
-and a held-out folder, for training and evaluating the embedded model offline (issue 6):
+and a held-out folder, for training and evaluating the embedded model offline:
 
     python bench/embedded_photos.py --out photos      # -> photos/train/*.png, photos/heldout/*.png
 

@@ -1,4 +1,4 @@
-"""Packages a trained run as the bundled default model (issue 6):
+"""Packages a trained run as the bundled default model:
 
     python bench/ship_embedded.py --run runs/embedded
     udm-fast eval --clean photos/heldout --out udm_fast/assets/default_model_eval.json

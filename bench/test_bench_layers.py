@@ -35,7 +35,7 @@ BATCH = 24 if CUDA else 2
 # level: (channels, height = width); CPU sizes keep the channel counts at 1/4 of the spatial size
 LEVELS = {"L1": (64, 128), "L2": (128, 64), "L3": (256, 32)} if CUDA else \
     {"L1": (64, 32), "L2": (128, 16), "L3": (256, 8)}
-# roofline floors in microseconds (H100, batch 24, bf16; shared/notes/ida_anchors.md section 4)
+# roofline floors in microseconds (H100, batch 24, bf16; docs/kernels.md §2)
 FLOORS_BF16_US = {("SFT", "L1"): (36.5, 55.9), ("SFT", "L2"): (17.6, 31.8), ("SFT", "L3"): (11.4, 30.1),
                   ("IDA", "L1"): (34.1, 51.4), ("IDA", "L2"): (17.0, 26.9), ("IDA", "L3"): (9.2, 25.6)}
 

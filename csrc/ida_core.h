@@ -4,13 +4,13 @@
 // = __syncthreads()). Everything a phase of a tile needs lives in `buf` (shared
 // memory on the GPU), so both devices run exactly the same indexing and math.
 //
-// Notation (shared notes "ida_anchors.md", section 5): x [B, C, H, W],
+// Notation (docs/kernels.md §1.1): x [B, C, H, W],
 // m [B, Cc, H/2, W/2], Wu [Cc, Cm, 2, 2], Wa [Cm, Cm, 3, 3], Wx [Cm, C, 3, 3],
 // Wo [Cm, Co, 2, 2], bo [Co]. For every low-res pixel n = (b, i, j):
 //   t  = LReLU_0.1(ConvT2x2s2(m))                (high-res, Cm channels, recomputed)
 //   a  = Conv3x3s2(t)[n],  bx = Conv3x3s2(x)[n],  p = a * bx          (Cm values)
 //   out[b, :, 2i+p, 2j+q] = bo + sum_k Wo[k, :, p, q] p[k]   (GEMM -> Hadamard -> GEMM)
-// The per-pixel kernel K of the notes is never formed.
+// The per-pixel kernel K of docs/kernels.md §1.2 is never formed.
 //
 // A tile is th x tw low-res pixels of one image; their 3x3 stride-2 windows
 // cover the high-res "halo" rows 2*i0-1 .. 2*(i0+th)-1 (2*th+1 rows) and likewise

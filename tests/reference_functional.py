@@ -1,7 +1,7 @@
-"""An independent, functional restatement of the reference network (REFERENCE §3-§7) for parity tests.
+"""An independent, functional restatement of the reference network (docs/architecture.md §3-§7) for parity tests.
 
 Written from the specification, not from udm_fast's modules: each function takes an
-official-layout state dict (keys of REFERENCE §13.1) and computes the forward pass with
+official-layout state dict (keys of docs/architecture.md §13) and computes the forward pass with
 torch.nn.functional only. SFT layers resize the condition inside every layer, as the
 reference does (udm_fast hoists that per level).
 """
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 def official_key_layout(filters=64, c_l=4, cond=8, dim=256, gdim=256, head=2, tail=2, ndf=None, disc_c=3):
-    """{sub-network: {key: shape}} of the authors' checkpoint, enumerated from REFERENCE §13.1 / §4-§9."""
+    """{sub-network: {key: shape}} of the authors' checkpoint, enumerated from docs/architecture.md §13 and §4-§9."""
     def block(prefix, cin, cout, k):
         return {f"{prefix}.conv.weight": (cout, cin, k, k), f"{prefix}.conv.bias": (cout,),
                 f"{prefix}.norm.weight": (cout,), f"{prefix}.norm.bias": (cout,),

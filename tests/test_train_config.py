@@ -26,7 +26,7 @@ def test_default_yaml_documents_every_key_with_the_code_defaults():
     defaults = TrainingConfig().to_dict()
     assert _dotted_keys(raw) == _dotted_keys(defaults)
     assert load_config(DEFAULT).to_dict() == defaults
-    # the film-grain weights of REFERENCE §11.4 (L1 doubled for [0, 1] images)
+    # the film-grain weights of docs/architecture.md §10.2 (L1 doubled for [0, 1] images)
     w = load_config(DEFAULT).loss.weights
     assert (w.dists, w.l1, w.color, w.bits_global, w.bits_local, w.contrastive, w.gan_generator) == \
         (10.0, 20.0, 10.0, 2e-3, 0.05, 1e-4, 10.0)

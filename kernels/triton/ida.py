@@ -1,7 +1,7 @@
 """Triton kernels of the IDA layer, forward and backward, with the SFT prologue/epilogue as an option.
 
 IDA(x, m) = ConvT2x2( Conv3x3s2(lrelu_0.1(ConvT2x2(m))) (.) Conv3x3s2(x) ) + b, evaluated per low-res
-pixel n as GEMM -> Hadamard -> GEMM (see shared/notes/ida_anchors.md, section 5):
+pixel n as GEMM -> Hadamard -> GEMM (docs/kernels.md §1):
 
     A  = sum_taps lrelu(m_tap Wu_pq) Wa_tap      [N_lo, Cm]   (t recomputed from m, never stored)
     Bx = sum_taps x_tap Wx_tap                   [N_lo, Cm]

@@ -1,4 +1,4 @@
-"""Training losses of the degradation model (REFERENCE §11.2-§11.4, technical report §1).
+"""Training losses of the degradation model (docs/architecture.md §10.2).
 
 Images are [B, 3, H, W] in [0, 1] unless a function says otherwise (``domain=``).
 

@@ -6,7 +6,7 @@
 training losses. Their VGG convolutions follow autocast; the statistics that suffer from low
 precision (DISTS means/variances, LPIPS normalisation) are computed in float32.
 
-Domain note: the reference trainer fed DISTS its [-1, 1] tensors (REFERENCE §11.3, §14.2), a bug;
+Domain note: the reference trainer fed DISTS its [-1, 1] tensors (docs/architecture.md §14), a bug;
 these modules take [0, 1] images, as DISTS and LPIPS were defined.
 """
 from __future__ import annotations

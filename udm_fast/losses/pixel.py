@@ -1,4 +1,4 @@
-"""Pixel-domain losses: L1, the colour loss ``rgbn`` and the diversity loss (REFERENCE §11.3).
+"""Pixel-domain losses: L1, the colour loss ``rgbn`` and the diversity loss (docs/architecture.md §10.2).
 
 Domains: the reference computed these on its [-1, 1] tensors. Our images are in [0, 1]; the colour
 and diversity losses take ``domain="unit"`` ([0, 1], the default) or ``domain="signed"`` ([-1, 1])

@@ -1,4 +1,4 @@
-"""Training terms that are not image distances (REFERENCE §4.2, §6.3, §6.5, §11.2).
+"""Training terms that are not image distances (docs/architecture.md §4, §6, §10.2).
 
 * ``info_nce_loss``: MoCo's cross-entropy over the logits with the positive at index 0;
 * ``rate_loss``: lambda_g * mean(bits_g) + lambda_l * mean(bits_l);
@@ -101,7 +101,7 @@ class CriticLoss(NamedTuple):
 def wgan_critic_loss(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, *,
                      alpha: float = 1.0, gp_weight: float = 10.0,
                      generator: Optional[torch.Generator] = None) -> CriticLoss:
-    """The critic step of REFERENCE §11.2 on critic inputs real/fake [B, ...] (both detached here).
+    """The critic step (docs/architecture.md §10.2) on critic inputs real/fake [B, ...] (both detached here).
 
     Scores may have any shape per sample (e.g. [B] or [B, n] patch scores); means run over all of them.
     """

@@ -1,4 +1,4 @@
-"""Loss weights of the generator objective and the critic settings (REFERENCE §11.4, film-grain column)."""
+"""Loss weights of the generator objective and the critic settings (docs/architecture.md §10.2)."""
 from __future__ import annotations
 
 import math
@@ -19,9 +19,9 @@ TERMS = ("dists", "lpips", "l1", "lowpass_l1", "spectrum", "color", "contrastive
 class LossWeights:
     """Weights of the generator loss terms, plus the WGAN-GP critic settings.
 
-    Defaults reproduce the reference film-grain configuration (REFERENCE §11.4), with its bugs fixed:
+    Defaults reproduce the reference film-grain configuration (docs/architecture.md §10.2), with its bugs fixed:
 
-    * ``dists`` 10 on DISTS of [0, 1] images (the reference fed [-1, 1], a bug; §14.2);
+    * ``dists`` 10 on DISTS of [0, 1] images (the reference fed [-1, 1], a bug; docs/architecture.md §14);
     * ``l1`` 20 on mean |y - y_hat| of [0, 1] images = the reference's 10 on its [-1, 1] tensors
       (the same underlying term: the [-1, 1] difference is twice the [0, 1] one);
     * ``color`` 10 (rgbn, domain-independent); ``diversity`` 1 (``diversity_loss`` works in the
@@ -37,7 +37,7 @@ class LossWeights:
       ``spectrum_pool`` 0 compares ring-averaged spectra, N >= 1 2-D spectra pooled in N x N bins.
 
     Not carried over: the silent replacement of a failing loss by mean(y - y_hat), and the disabled
-    latent loss (REFERENCE §14.7, §14.15).
+    latent loss (docs/architecture.md §14).
     """
 
     dists: float = 10.0

@@ -50,7 +50,7 @@ class ScheduleConfig:
 
 @dataclass
 class DataConfig:
-    """Where the training images come from and how they are cut (REFERENCE §11.1)."""
+    """Where the training images come from and how they are cut (docs/architecture.md §10.1)."""
 
     kind: Literal["folder", "csv", "lmdb"] = "folder"
     root: Optional[str] = None   # folder: clean images (None = the bundled samples); csv: base of relative paths
@@ -103,7 +103,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam optimisers: one over the five generator-side groups, one over the critic (REFERENCE §11.5)."""
+    """Adam optimisers: one over the five generator-side groups, one over the critic (docs/architecture.md §10.3)."""
 
     lr_global_encoder: float = 1e-4
     lr_local_encoder: float = 1e-4

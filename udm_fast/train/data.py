@@ -1,6 +1,6 @@
 """Training data: triples (x, y, y_key) of clean crop, aligned degraded crop and a second degraded crop.
 
-Sources (REFERENCE §11.1):
+Sources (docs/architecture.md §10.1):
 
 * ``FolderTriples``: a folder of clean images; the degradation is synthesised on the fly with
   ``udm_fast.degrade``. Each item takes a random ``window`` x ``window`` region of a clean image,
@@ -313,7 +313,7 @@ class LmdbImages:
 
 
 class PairedTriples(_SkippingDataset):
-    """The reference's paired data -> (x, y, y_key) uint8 crops [3, crop, crop] (REFERENCE §11.1).
+    """The reference's paired data -> (x, y, y_key) uint8 crops [3, crop, crop] (docs/architecture.md §10.1).
 
     For each CSV row: the distorted image A (upscaled to ``min_size`` if its shorter side is
     smaller); the reference B, resized to A's size if they differ; y = A and x = B at one random

@@ -1,4 +1,4 @@
-"""The training loop of REFERENCE §11.2 with its bugs fixed, mixed precision, DDP and exact resume.
+"""The training loop (docs/architecture.md §10.2) with its bugs fixed, mixed precision, DDP and exact resume.
 
 One iteration = one generator step then one critic step:
 
