@@ -1,4 +1,5 @@
 """udm_fast.degrade against independent float64 references (numpy/scipy/Pillow)."""
+import dataclasses
 import itertools
 import math
 import warnings
@@ -379,7 +380,16 @@ def test_inputs_that_require_grad_raise_no_warning():
     x = _images(1, 16, 16, dtype=torch.float32).requires_grad_(True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        D.gaussian_blur(x, 1.0)
+        blurred = D.gaussian_blur(x, 1.0)
+        y, params = D.degrade(x, generator=3)
+    # the same result as without requires_grad: scipy's float64 blur, and degrade of the detached input
+    expected = np.stack([ndimage.gaussian_filter(c, 1.0, mode="mirror", truncate=3.0)
+                         for c in x[0].detach().double().numpy()])
+    np.testing.assert_allclose(blurred[0].detach().double().numpy(), expected, atol=1e-6)
+    y_plain, params_plain = D.degrade(x.detach(), generator=3)
+    assert torch.equal(y.detach(), y_plain) and params == params_plain
+    # and the blur is differentiable: autograd against finite differences in float64
+    assert torch.autograd.gradcheck(lambda t: D.gaussian_blur(t, 1.2), (_images(1, 9, 8).requires_grad_(True),))
 
 
 def test_all_combinations_of_ops_run_on_tiny_batches():
@@ -389,3 +399,12 @@ def test_all_combinations_of_ops_run_on_tiny_batches():
                                  p_contrast=flags[3], motion_length=(3.0, 5.0), p_inhomogeneous=1.0)
         y, params = D.degrade(x, generator=0, config=config)
         assert len(params[0]["ops"]) == int(sum(flags)) and y.shape == x.shape
+        assert {op["op"] for op in params[0]["ops"]} == {name for name, on in zip(D.OPS, flags) if on}
+        assert torch.equal(y, (y * 255).round() / 255)  # JPEG (on by default) leaves 8-bit values
+        # without JPEG the output is exactly its params replayed by the per-op functions (noise aside)
+        y_raw, params_raw = D.degrade(x, generator=0, config=dataclasses.replace(config, p_jpeg=0.0))
+        if flags[0]:
+            (noise,) = [op for op in params_raw[0]["ops"] if op["op"] == "noise"]
+            assert 1 / 255 <= noise["sigma"] <= 25 / 255
+        else:
+            torch.testing.assert_close(y_raw, _replay(x, params_raw), atol=1e-5, rtol=0)
