@@ -38,6 +38,19 @@ def test_any_sizes(model, x_size, y_size):
     assert e_g.shape == (2, 16)
     assert e_l.shape == (2, 4, (y_size[0] + 1) // 2, (y_size[1] + 1) // 2)
     assert out.shape == x.shape and torch.isfinite(out).all()
+    # eval mode codes and synthesises every image on its own: each image alone (with its slice of the
+    # same explicit noise) gives the batch's row, and transfer is encode followed by synthesize
+    noise = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in
+             enumerate(model.noise_shapes(2, *x_size))]
+    with torch.no_grad():
+        batch = model.transfer(x, y, noise)
+        torch.testing.assert_close(batch, model.synthesize(x, e_g, e_l, noise), rtol=0, atol=0)
+        for b in range(2):
+            e_g_b, e_l_b = model.encode(y[b:b + 1])
+            torch.testing.assert_close(e_g_b, e_g[b:b + 1], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(e_l_b, e_l[b:b + 1], rtol=1e-5, atol=1e-6)
+            alone = model.synthesize(x[b:b + 1], e_g_b, e_l_b, [n[b:b + 1] for n in noise])
+            torch.testing.assert_close(alone, batch[b:b + 1], rtol=1e-4, atol=1e-5)
 
 
 def test_quantized_codes_are_rounded_around_medians(model):
@@ -77,6 +90,31 @@ def test_generator_is_differentiable_in_the_noise(model):
     model.synthesize(x, e_g, e_l, noise).square().sum().backward()
     assert all(n.grad is not None for n in noise)
     assert sum(n.grad.abs().sum() for n in noise) > 0
+    # the gradient itself, in float64: autograd's directional derivative against central differences
+    double = UDM(model.config).eval()
+    double.load_state_dict(model.state_dict())
+    double = double.double()
+    g = torch.Generator().manual_seed(1)
+    x64, y64 = torch.rand(2, 1, 3, 16, 16, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        e_g64, e_l64 = double.encode(y64)
+    base = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in model.noise_shapes(1, 16, 16)]
+    direction = [torch.randn(s, generator=g, dtype=torch.float64) for s in model.noise_shapes(1, 16, 16)]
+    loss = lambda maps: double.synthesize(x64, e_g64, e_l64, maps).square().sum()  # noqa: E731
+    grads = torch.autograd.grad(loss(base), base)
+    analytic = sum((gr * d).sum() for gr, d in zip(grads, direction)).item()
+    eps = 1e-6
+    with torch.no_grad():
+        plus = loss([n + eps * d for n, d in zip(base, direction)])
+        minus = loss([n - eps * d for n, d in zip(base, direction)])
+    assert (plus - minus).item() / (2 * eps) == pytest.approx(analytic, rel=1e-5, abs=1e-9)
+    # a layer's noise enters only through beta's first 1x1 conv: zero its noise column and that
+    # layer's noise gradient is exactly zero, while the other layers' are not
+    first = double.generator.net.sft_layers()[0]
+    with torch.no_grad():
+        first.convs_beta[0].conv2d.weight[:, -1] = 0
+    grads = torch.autograd.grad(loss(base), base)
+    assert torch.count_nonzero(grads[0]) == 0 and all(torch.count_nonzero(gr) > 0 for gr in grads[1:])
 
 
 def test_tiled_encoding_is_exact(model):
