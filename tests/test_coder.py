@@ -520,6 +520,19 @@ def test_cuda_parallel_bytes_match_cpu(explicit, lanes, escape_rate):
 
 
 @pytest.mark.gpu
+def test_gpu_parallel_decode_of_a_misaligned_view():
+    from udm_fast import EntropyBottleneck
+
+    torch.manual_seed(0)
+    eb = EntropyBottleneck(4).eval()
+    eb.update(force=True)
+    x = 3 * torch.randn(2, 4, 8, 8)
+    data = torch.frombuffer(bytearray(eb.compress_parallel(x)), dtype=torch.uint8)
+    shifted = torch.cat([torch.zeros(1, dtype=torch.uint8), data]).cuda()[1:]  # payload off 4-byte alignment
+    assert torch.equal(eb.cuda().decompress_parallel(shifted).cpu(), eb.cpu().decompress_parallel(data))
+
+
+@pytest.mark.gpu
 def test_cuda_parallel_values_and_errors():
     _cuda_coder_or_skip()
     from test_coder_fuzz import mutate, repair_checksums
