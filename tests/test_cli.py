@@ -11,8 +11,11 @@ import torch
 from PIL import Image
 
 import udm_fast
-from udm_fast import UDM, cli, pretrained
-from udm_fast.io import load_image
+from udm_fast import UDM, cli
+from udm_fast.cli import demo
+from udm_fast.eval import figures
+from udm_fast.models import pretrained
+from udm_fast.utils.io import load_image
 
 # A tiny model keeps the CLI runs fast; the command does not care about the sizes.
 TINY = dict(filters=4, encoder_dim=16)
@@ -187,7 +190,7 @@ def test_debug_reraises(files, tmp_path, before_command):
     argv = ["transfer", "--clean", str(tmp_path / "x.png"), "--degraded", str(files["small"]),
             "--out", str(tmp_path / "o.png")]
     argv.insert(0 if before_command else 1, "--debug")
-    with pytest.raises(udm_fast.io.ImageError, match="no such file"):
+    with pytest.raises(udm_fast.utils.io.ImageError, match="no such file"):
         cli.main(argv)
 
 
@@ -224,14 +227,14 @@ def test_demo_writes_the_grid(tmp_path, capsys, monkeypatch, files):
     monkeypatch.setattr(pretrained, "DEFAULT_WEIGHTS", files["weights"])  # a shipped weights file is used as is
     code, out, err = run(["demo", "--out", tmp_path / "demo", "--device", "cpu"], capsys)
     assert code == 0, err
-    grid_path = tmp_path / "demo" / cli.DEMO_GRID_NAME
+    grid_path = tmp_path / "demo" / demo.DEMO_GRID_NAME
     assert str(grid_path) in out and "placeholder" not in out + err
     samples = [load_image(p) for p in pretrained.sample_paths()]
     cell_h = max(s.shape[-2] for s in samples)
     cell_w = max(s.shape[-1] for s in samples)
-    n_rows, n_cols = len(samples) + 1, len(cli.DEMO_DEGRADATIONS) + 1
+    n_rows, n_cols = len(samples) + 1, len(demo.DEMO_DEGRADATIONS) + 1
     grid = load_image(grid_path)
-    gap, label = cli.GRID_GAP, cli.LABEL_HEIGHT
+    gap, label = figures.GRID_GAP, figures.LABEL_HEIGHT
     assert grid.shape[-2:] == (n_rows * (cell_h + gap) + gap + label, n_cols * (cell_w + gap) + gap)
     assert bool((grid[..., gap:gap + cell_h, gap:gap + cell_w] == 1).all())  # top-left cell is empty
     for r, sample in enumerate(samples, start=1):  # first column: the clean inputs, centred in their cells
@@ -240,17 +243,17 @@ def test_demo_writes_the_grid(tmp_path, capsys, monkeypatch, files):
         left = gap + (cell_w - w) // 2
         torch.testing.assert_close(grid[..., top:top + h, left:left + w], sample, rtol=0, atol=1e-6)
     # traversals: one row per e_g dimension, one column per offset, cells of the table crop's size
-    traversals = load_image(tmp_path / "demo" / cli.DEMO_TRAVERSAL_NAME)
-    side = min(cli.DEMO_TABLE_CROP, *(s.shape[-1] for s in samples), *(s.shape[-2] for s in samples))
-    assert traversals.shape[-2:] == (cli.TRAVERSAL_DIMENSIONS * (side + gap) + gap + label,
-                                     len(cli.TRAVERSAL_OFFSETS) * (side + gap) + gap)
+    traversals = load_image(tmp_path / "demo" / demo.DEMO_TRAVERSAL_NAME)
+    side = min(demo.DEMO_TABLE_CROP, *(s.shape[-1] for s in samples), *(s.shape[-2] for s in samples))
+    assert traversals.shape[-2:] == (figures.TRAVERSAL_DIMENSIONS * (side + gap) + gap + label,
+                                     len(figures.TRAVERSAL_OFFSETS) * (side + gap) + gap)
     dims = [int(d) for d in out.split("with e_g dimensions [", 1)[1].split("]", 1)[0].split(",")]
-    assert len(set(dims)) == cli.TRAVERSAL_DIMENSIONS and all(0 <= d < UDM.load(files["weights"]).config.global_dim
+    assert len(set(dims)) == figures.TRAVERSAL_DIMENSIONS and all(0 <= d < UDM.load(files["weights"]).config.global_dim
                                                               for d in dims)
     rows = [line.split() for line in out.splitlines()]
     header = next(r for r in rows if r[:1] == ["measure"])
     assert header[-3:] == ["model", "identity", "mismatched"]
-    assert f"({len(samples) * cli.DEMO_TABLE_DEGRADATIONS} pairs)" in " ".join(header)
+    assert f"({len(samples) * demo.DEMO_TABLE_DEGRADATIONS} pairs)" in " ".join(header)
     assert any(r[:2] == ["spectrum", "distance"] for r in rows) and "active e_g dimensions" in out
 
 
@@ -262,13 +265,13 @@ def test_demo_traversal_rows_move_only_their_dimension(files):
     calls = []
     original = model.synthesize
     model.synthesize = lambda x, e_g, e_l, noise=None: calls.append(e_g.clone()) or original(x, e_g, e_l, noise=noise)
-    grid, dims = cli._traversals(model, torch.rand(1, 3, 16, 16), codes, seed=0)
-    assert dims[0] == 2 and len(dims) == cli.TRAVERSAL_DIMENSIONS
+    grid, dims = figures.traversal_grid(model, torch.rand(1, 3, 16, 16), codes, seed=0)
+    assert dims[0] == 2 and len(dims) == figures.TRAVERSAL_DIMENSIONS
     variance = torch.cat([g for g, _ in codes]).var(dim=0, unbiased=False)
     assert [float(variance[d]) for d in dims] == sorted((float(v) for v in variance), reverse=True)[:len(dims)]
-    assert len(calls) == len(dims) * len(cli.TRAVERSAL_OFFSETS)
+    assert len(calls) == len(dims) * len(figures.TRAVERSAL_OFFSETS)
     for k, e_g in enumerate(calls):
-        d, offset = dims[k // len(cli.TRAVERSAL_OFFSETS)], cli.TRAVERSAL_OFFSETS[k % len(cli.TRAVERSAL_OFFSETS)]
+        d, offset = dims[k // len(figures.TRAVERSAL_OFFSETS)], figures.TRAVERSAL_OFFSETS[k % len(figures.TRAVERSAL_OFFSETS)]
         expected = codes[0][0].clone()
         expected[0, d] += offset
         assert torch.equal(e_g, expected)

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from udm_fast import cli
-from udm_fast.degrade import degrade
-from udm_fast.model import UDM
-from udm_fast.train import commands
+from udm_fast.cli import evaluate, train
+from udm_fast.synthesis.degrade import degrade
+from udm_fast.models.udm import UDM
 from udm_fast.train.config import load_config
 from udm_fast.train.data import derive_seed
 
@@ -187,7 +187,7 @@ def test_eval_tries_the_vgg16_download_once(weight_packages, tmp_path, monkeypat
         raise OSError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    modules, unavailable = commands._perceptual_metrics(
+    modules, unavailable = evaluate._perceptual_metrics(
         argparse.Namespace(vgg_weights=None, no_download=False), torch.device("cpu"))
     assert len(downloads) == 1 and modules == {}
     assert set(unavailable) == {"dists", "lpips"}
@@ -196,7 +196,7 @@ def test_eval_tries_the_vgg16_download_once(weight_packages, tmp_path, monkeypat
 
 def test_data_flag_picks_pairs_or_photos_with_absolute_paths(photos, paired, monkeypatch, capsys):
     def overrides(data):
-        return commands.train_overrides(argparse.Namespace(set=[], out=None, max_steps=None, device=None, data=data))
+        return train.train_overrides(argparse.Namespace(set=[], out=None, max_steps=None, device=None, data=data))
 
     # a synth output folder means its pairs (as for eval), not its PNGs as clean photos
     assert overrides(str(paired)) == {"data.kind": "csv", "data.csv": str(paired / "pairs.csv"), "data.root": None}

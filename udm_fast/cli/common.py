@@ -1,0 +1,97 @@
+"""What the ``udm-fast`` commands share: the program name, the one-line error and warning display,
+the parent parsers of the common flags, and the helpers that more than one command calls."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from ..models import pretrained
+from ..models.udm import UDM
+from ..utils.io import ImageNote
+
+PROG = "udm-fast"
+MAX_ERROR_CHARS = 400
+SYNTH_INDEX = "pairs.csv"  # the paired set's index that synth writes and train / eval read
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+TRANSFER_FIRST_SEED = 1_000_000  # the first seed of the transfer evaluation's degradations (eval, demo)
+SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes seeds in 0 .. 2**64 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ParentParsers:
+    """The argparse parents of the flags several commands take: ``debug`` (--debug, every command),
+    ``model`` (--weights, --official) and ``run`` (--device, --tile-size)."""
+
+    debug: argparse.ArgumentParser
+    model: argparse.ArgumentParser
+    run: argparse.ArgumentParser
+
+
+def parent_parsers() -> ParentParsers:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--weights", metavar="W", help="model weights: a UDM.save file "
+                       "(default: the bundled model)")
+    model.add_argument("--official", action="store_true",
+                       help="W is the authors' checkpoint (loaded with UDM.from_official)")
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    run.add_argument("--tile-size", type=int, metavar="N",
+                     help="tile large images in N x N tiles (multiple of 8; 0 = no tiling; default 512)")
+    return ParentParsers(debug, model, run)
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception message on one line, shortened to MAX_ERROR_CHARS."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines) or type(exc).__name__
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS].rstrip() + " ... (run with --debug for the full message)"
+    return text
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of the command: ``udm-fast: note: ...`` for an ImageNote, else ``warning``."""
+    kind = "note" if issubclass(category, ImageNote) else "warning"
+    print(f"{PROG}: {kind}: {one_line(message)}", file=sys.stderr)
+
+
+def describe_model(weights: Optional[str], official: bool) -> str:
+    if weights is None:
+        return pretrained.default_model_source()
+    return f"{weights} ({'authors checkpoint' if official else 'udm_fast weights'})"
+
+
+def set_tile_size(model: UDM, tile_size: Optional[int]) -> None:
+    """--tile-size: None keeps the model's default, 0 disables tiling, else a positive multiple of 8."""
+    if tile_size is None:
+        return
+    if tile_size < 0 or tile_size % 8:
+        raise ValueError(f"--tile-size must be 0 (no tiling) or a positive multiple of 8, got {tile_size}")
+    model.tile_size = tile_size or None
+
+
+def image_size(image: torch.Tensor) -> str:
+    """``WxH`` of an image tensor [..., H, W]."""
+    return f"{image.shape[-1]}x{image.shape[-2]}"
+
+
+def read_code(path: str) -> bytes:
+    """The bytes of a degradation code file written by ``udm-fast encode``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"degradation code not found: {path}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def check_seed(flag: str, seed: int) -> None:
+    """Raises ValueError unless ``seed`` is one that torch generators (and ``derive_seed``) take."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{flag} must be an integer from 0 to 2**64 - 1, got {seed}")
