@@ -212,6 +212,9 @@ def test_other_dtypes_save_load_and_code(model, tmp_path):
     half = half.to(torch.bfloat16)  # the entropy models compute in float32 inside
     e_g, _ = half.encode(y.to(torch.bfloat16))
     assert e_g.dtype == torch.bfloat16 and torch.isfinite(e_g.float()).all()
+    with torch.no_grad():  # the raw codes agree with float32 to bfloat16 accuracy (rounding may move a bin)
+        for got, want in zip(half.encode(y.to(torch.bfloat16), quantize=False), model.encode(y, quantize=False)):
+            assert ((got.float() - want).norm() / want.norm()).item() < 0.02
     with pytest.raises(CheckpointError, match="udm_fast file .*UDM.load"):
         UDM.from_official(tmp_path / "double.pt")
 
@@ -245,8 +248,13 @@ def test_input_checks(model):
         model.encode(nan)
     with pytest.raises(TypeError, match="float64 but the model's weights are torch.float32"):
         model.transfer(ok.double(), ok)
+    noise = [torch.randn(s) for s in model.noise_shapes(1, 16, 16)]
+    with torch.no_grad():
+        full = model.transfer(ok, ok, noise)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast handles the casts itself
-        assert model.transfer(ok.to(torch.bfloat16), ok).shape == ok.shape
+        mixed = model.transfer(ok.to(torch.bfloat16), ok, noise)
+    assert mixed.shape == ok.shape
+    assert ((mixed.detach().float() - full).norm() / full.norm()).item() < 0.02  # float32's result, to bf16 accuracy
     model.tile_size = 0
     try:
         with pytest.raises(ValueError, match="tile_size must be None"):
