@@ -21,6 +21,12 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _version():
+    """``__version__`` of udm_fast/version.py, read as text (importing the package needs the extension)."""
+    with open(os.path.join(ROOT, "udm_fast", "version.py"), encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
 def _toolkit_from_nvcc():
     """Folder of the CUDA toolkit behind the ``nvcc`` on PATH.
 
@@ -118,7 +124,7 @@ else:
 
 setup(
     name="udm_fast",
-    version="0.1.0",
+    version=_version(),
     description="Fast universal image degradation model (content-degradation disentanglement)",
     packages=find_packages(include=["udm_fast", "udm_fast.*"]) + ["udm_fast.triton_kernels"],
     package_dir={"udm_fast.triton_kernels": "kernels/triton"},

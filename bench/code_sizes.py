@@ -2,8 +2,9 @@
 degraded by six seeded draws of udm_fast.degrade (seeds 1000-1005). Run: python bench/code_sizes.py"""
 import torch
 import udm_fast
-from udm_fast import degrade, pretrained
-from udm_fast.io import load_image
+from udm_fast.models import pretrained
+from udm_fast.synthesis import degrade
+from udm_fast.utils.io import load_image
 
 torch.set_num_threads(1)
 model = udm_fast.default_model()

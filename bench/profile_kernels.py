@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_bench_generator import generator_step  # noqa: E402
 from test_bench_layers import layer_step  # noqa: E402
-from udm_fast.files import write_bytes_atomic  # noqa: E402
+from udm_fast.utils.files import write_bytes_atomic  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 

@@ -20,8 +20,8 @@ import sys
 import yaml
 
 from udm_fast import UDM
-from udm_fast.files import write_bytes_atomic
-from udm_fast.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS
+from udm_fast.utils.files import write_bytes_atomic
+from udm_fast.models.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS
 
 MAX_BYTES = 25 * 1024 * 1024
 

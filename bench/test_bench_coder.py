@@ -25,7 +25,8 @@ compressai_eb = pytest.importorskip("compressai.entropy_models")
 from compressai import ans  # noqa: E402
 
 from bench_timing import rate  # noqa: E402
-from udm_fast import EntropyBottleneck, coder  # noqa: E402
+from udm_fast import EntropyBottleneck  # noqa: E402
+from udm_fast.entropy import coder  # noqa: E402
 
 SHAPES = {
     "a64": (24, 64, 64, 64),
@@ -187,7 +188,7 @@ def test_udm_parallel_decode(benchmark, case):
 def _cuda_coder_available():
     if not torch.cuda.is_available():
         return False
-    from udm_fast import _ext
+    from udm_fast.ops import extension as _ext
     module = _ext.load()
     return module is not None and hasattr(module.rans, "lanes_encode_cuda")
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_timing import rate
-from udm_fast import degrade as D
+from udm_fast.synthesis import degrade as D
 
 BATCH, SIZE = 24, 128
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from udm_fast import set_layer_backend
-from udm_fast.generator import Generator
+from udm_fast.models.generator import Generator
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

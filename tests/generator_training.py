@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from udm_fast import set_layer_backend
-from udm_fast.generator import Generator
+from udm_fast.models.generator import Generator
 
 
 def generator_loss_curve(backend: str, device: torch.device, steps: int = 10, filters: int = 16,

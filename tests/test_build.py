@@ -5,14 +5,15 @@ import pytest
 import torch
 
 import udm_fast
-from udm_fast import _ext
+from udm_fast.ops import extension as _ext
 
 
 def test_extension_loads_and_registers_ops():
     module = _ext.require()
     info = module.compiled_info()
     assert info["built_with_torch"] == torch.__version__
-    assert hasattr(torch.ops.udm_fast, "sft_combine")
+    for op in ("ida_forward", "ida_backward", "sft_forward"):
+        assert hasattr(torch.ops.udm_fast, op), op
 
 
 def test_cuda_kernels_compiled_when_toolkit_present():

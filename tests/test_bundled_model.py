@@ -7,9 +7,10 @@ import re
 import pytest
 import torch
 
-from udm_fast import degrade, pretrained
-from udm_fast.evaluation import transfer_table
-from udm_fast.io import load_image
+from udm_fast.models import pretrained
+from udm_fast.synthesis import degrade
+from udm_fast.eval.transfer import transfer_table
+from udm_fast.utils.io import load_image
 from udm_fast.train.config import TrainingConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

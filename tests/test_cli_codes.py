@@ -4,7 +4,7 @@ import torch
 
 from udm_fast import UDM
 from udm_fast.cli import main
-from udm_fast.io import load_image, save_image
+from udm_fast.utils.io import load_image, save_image
 
 
 @pytest.fixture(scope="module")

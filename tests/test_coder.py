@@ -11,8 +11,8 @@ ans = pytest.importorskip("compressai.ans")
 from compressai._CXX import pmf_to_quantized_cdf as reference_pmf_to_cdf  # noqa: E402
 from compressai.entropy_models import EntropyBottleneck as ReferenceEB  # noqa: E402
 
-from udm_fast import coder  # noqa: E402
-from udm_fast.entropy_bottleneck import EntropyBottleneck  # noqa: E402
+from udm_fast.entropy import coder  # noqa: E402
+from udm_fast.entropy.bottleneck import EntropyBottleneck  # noqa: E402
 
 COMPRESSAI_MAX_ESCAPE = 2**26  # compressai's coder overflows for escapes of magnitude >= ~2**27
 
@@ -491,7 +491,7 @@ def test_float_quantization_matches_torch_round():
 
 # -- CUDA coder of the parallel format: same bytes as the CPU coder ---------------------------
 def _cuda_coder_or_skip():
-    from udm_fast import _ext
+    from udm_fast.ops import extension as _ext
     if not hasattr(_ext.require().rans, "lanes_encode_cuda"):
         pytest.skip("extension built without the CUDA coder")
 

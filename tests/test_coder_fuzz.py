@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("compressai")
 from test_coder import _checksum, random_tables, sample_symbols  # noqa: E402
 
-from udm_fast import coder  # noqa: E402
+from udm_fast.entropy import coder  # noqa: E402
 
 ROUNDS = 120
 MUTATIONS = 25

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from udm_fast.degrade import DegradeConfig, degrade
+from udm_fast.synthesis.degrade import DegradeConfig, degrade
 from udm_fast.train.config import DataConfig
 from udm_fast.train.data import (DataError, FolderTriples, Item, PairedTriples, ResumableSampler, build_dataset,
                                  collate, crop, decode_image, make_triples)

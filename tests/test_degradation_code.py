@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from udm_fast import UDM
-from udm_fast import degradation_code as dc
+from udm_fast.entropy import degradation_code as dc
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from pillow_jpeg import pillow_round_trip
-from udm_fast import degrade as D
+from udm_fast.synthesis import degrade as D
 
 
 def _images(b=2, h=24, w=20, seed=0, dtype=torch.float64):

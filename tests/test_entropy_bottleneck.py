@@ -12,7 +12,7 @@ from compressai._CXX import pmf_to_quantized_cdf as reference_pmf_to_cdf  # noqa
 from compressai.models.utils import update_registered_buffers  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from udm_fast.entropy_bottleneck import EntropyBottleneck, pmf_to_quantized_cdf  # noqa: E402
+from udm_fast.entropy.bottleneck import EntropyBottleneck, pmf_to_quantized_cdf  # noqa: E402
 
 TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
 
@@ -217,7 +217,7 @@ def test_pmf_quantization_matches_compressai(data):
 
 def test_deterministic_algorithms_use_the_torch_composition(monkeypatch):
     """The fused likelihood's backward sums parameter gradients with atomics (order-dependent)."""
-    from udm_fast import entropy_bottleneck as module
+    from udm_fast.entropy import bottleneck as module
 
     _, ours = _perturbed_pair(4)
     x = _inputs((2, 4, 3, 3))
@@ -245,7 +245,7 @@ def test_pmf_quantization_rejects_bad_pmfs():
 
 # -- fused Triton likelihood (GPU by default; here under the Triton interpreter) -----------------
 def _fused_against_torch(device):
-    from udm_fast import backend
+    from udm_fast.ops import backend
     _, ours = _perturbed_pair(3, seed=8, filters=(3, 2, 5))
     ours = ours.to(device)
     x = _inputs((2, 3, 5, 7)).to(device)

@@ -1,13 +1,13 @@
-"""Transfer-quality measures (udm_fast.evaluation) against numpy/scipy float64 references and sanity behaviour."""
+"""Transfer-quality measures (udm_fast.eval.transfer) against numpy/scipy float64 references and sanity behaviour."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from udm_fast import evaluation as ev
-from udm_fast.degrade import gaussian_blur, gaussian_noise
-from udm_fast.model import UDM
+from udm_fast.eval import transfer as ev
+from udm_fast.synthesis.degrade import gaussian_blur, gaussian_noise
+from udm_fast.models.udm import UDM
 from numpy_spectra import numpy_radial_spectrum as _numpy_radial_spectrum
 
 scipy_ndimage = pytest.importorskip("scipy.ndimage")

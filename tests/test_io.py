@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from udm_fast.io import ImageError, ImageNote, format_for_path, load_image, save_image
+from udm_fast.utils.io import ImageError, ImageNote, format_for_path, load_image, save_image
 
 
 def smooth_rgb(height, width, seed=0):
@@ -273,7 +273,7 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from udm_fast.files import write_bytes_atomic
+    from udm_fast.utils.files import write_bytes_atomic
 
     umask = os.umask(0o022)
     try:

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from pillow_jpeg import pillow_round_trip
-from udm_fast import degrade as D, jpeg as J
+from udm_fast.synthesis import degrade as D, jpeg as J
 
 
 def tensor_round_trip(images: list, qualities: list, device: str = "cpu") -> list:

@@ -1,4 +1,6 @@
-"""IDA / SFT drop-in layers and the sft_combine op: gradients, state-dict names, backends, errors."""
+"""IDA / SFT drop-in layers: gradients, state-dict names, backends, dispatch and its fallback rule, errors."""
+import warnings
+
 import pytest
 import torch
 
@@ -131,60 +133,60 @@ def test_build_info_reports_every_backend():
         assert not info["cuda"]["available"]
 
 
-# ----------------------------------------------------------------------------- the compiled op
+# ----------------------------------------------------------------------------- the cuda backend's ops
 
 needs_ext = pytest.mark.skipif(not udm_fast.build_info()["cpu"]["available"], reason="compiled extension missing")
 
 
 @needs_ext
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_sft_combine_against_float64(dtype, channels_last):
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(2, 5, 6, 7, generator=g) for _ in range(4)]
-    if channels_last:
-        xs = [t.to(memory_format=torch.channels_last) for t in xs]
-    out = torch.ops.udm_fast.sft_combine(*(t.to(dtype) for t in xs))
-    x, gamma, beta, ida = (t.to(dtype).double() for t in xs)
-    expected = x * (1 + gamma) + beta + ida
-    tol = 1e-6 if dtype in (torch.float32, torch.float64) else 2e-2
-    assert out.dtype == dtype and out.shape == x.shape
-    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
-
-
-@needs_ext
-def test_sft_combine_mixed_layouts_and_opcheck():
-    x = torch.randn(2, 3, 4, 5, requires_grad=True)
-    gamma = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_(True)
-    beta = torch.randn(2, 5, 4, 3).transpose(1, 3).requires_grad_(True)
-    ida = torch.randn(2, 3, 4, 5, requires_grad=True)
-    # the first operand's layout differs from the others' in each order (the output's layout follows
-    # the operands only when all share one; the fake kernels must say the same)
-    for args in ((x, gamma, beta, ida), (gamma, x, beta, ida)):
-        torch.testing.assert_close(torch.ops.udm_fast.sft_combine(*args),
-                                   args[0] * (1 + args[1]) + args[2] + args[3])
-        torch.library.opcheck(torch.ops.udm_fast.sft_combine.default, args)
-    grad = torch.randn(2, 3, 4, 5)
-    for args in ((grad, x.detach(), gamma.detach()), (grad, gamma.detach(), x.detach()),
-                 (grad.contiguous(memory_format=torch.channels_last), gamma.detach(), gamma.detach())):
-        torch.library.opcheck(torch.ops.udm_fast.sft_combine_backward.default, args)
-
-
-@needs_ext
-def test_sft_combine_rejects_bad_operands():
-    a = torch.randn(2, 3, 4, 5)
-    with pytest.raises(RuntimeError, match="same shape"):
-        torch.ops.udm_fast.sft_combine(a, a, a, torch.randn(2, 3, 4, 4))
-    with pytest.raises(RuntimeError, match="same dtype"):
-        torch.ops.udm_fast.sft_combine(a, a, a, a.double())
-    with pytest.raises(RuntimeError, match="floating"):
-        i = torch.ones(2, dtype=torch.int32)
-        torch.ops.udm_fast.sft_combine(i, i, i, i)
-
-
-@needs_ext
-def test_sft_compiles_fullgraph_with_compiled_epilogue():
+def test_sft_compiles_fullgraph_on_the_cuda_backend():
     layer = SFT(8, 16, backend="cuda")
     x, cond, z = torch.randn(1, 16, 8, 8), torch.randn(1, 8, 4, 4), torch.randn(1, 1, 8, 8)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, cond, z), layer(x, cond, z))
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def test_dispatch_tables_cover_every_backend_with_one_signature():
+    from udm_fast.ops.backend import BACKENDS
+    from udm_fast.ops.dispatch import IDA_BACKENDS, SFT_BACKENDS, select
+    assert set(IDA_BACKENDS) == set(SFT_BACKENDS) == set(BACKENDS)
+    with pytest.raises(ValueError, match="IDA: backend 'tpu' has no IDA kernel; available: reference, cuda, triton"):
+        select(IDA_BACKENDS, "IDA", "tpu")
+
+
+def test_cuda_backend_without_the_extension_says_why(monkeypatch):
+    from udm_fast.ops import extension
+    monkeypatch.setattr(extension, "load", lambda: None)
+    monkeypatch.setattr(extension, "error", lambda: "udm_fast._C could not be imported (test)")
+    x, cond = torch.randn(1, 16, 8, 8), torch.randn(1, 8, 4, 4)
+    for layer in (IDA(16, 8, backend="cuda"), SFT(8, 16, backend="cuda")):
+        with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run: udm_fast._C could not be imported \(test\)"):
+            layer(x, cond)
+
+
+@needs_ext
+def test_activation_the_fused_kernel_lacks_falls_back_by_the_rule_with_a_warning():
+    """GELU MLPs on the cuda backend: torch MLPs and epilogue around the cuda IDA, said by a warning;
+    the result matches the layer in float64 on the reference backend."""
+    from udm_fast.ops.dispatch import BackendFallbackWarning
+    torch.manual_seed(0)
+    layer = SFT(8, 16, activation=torch.nn.GELU(), backend="cuda")
+    x, cond, z = torch.randn(2, 16, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 1, 8, 8)
+    with pytest.warns(BackendFallbackWarning, match="not GELU / GELU; running torch MLPs around the cuda IDA"):
+        out = layer(x, cond, z)
+    expected = SFT(8, 16, activation=torch.nn.GELU(), backend="reference").double()
+    expected.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(out.double(), expected(x.double(), cond.double(), z.double()), rtol=1e-5, atol=1e-5)
+    layer.backend = "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BackendFallbackWarning)
+        layer(x, cond, z)  # the reference backend serves every activation: no warning
+
+
+def test_ida_shape_errors_come_from_the_shared_check():
+    layer = IDA(16, 8)
+    with pytest.raises(ValueError, match=r"IDA: w_x must have shape \[12, 15, 3, 3\].*\(15 feature and 8 map channels\)"):
+        layer(torch.randn(1, 15, 8, 8), torch.randn(1, 8, 4, 4))

@@ -10,7 +10,7 @@ from scipy import signal
 from torch import nn
 
 from udm_fast import losses as L
-from udm_fast.entropy_bottleneck import EntropyBottleneck
+from udm_fast.entropy.bottleneck import EntropyBottleneck
 from udm_fast.losses import pretrained as P
 from numpy_spectra import numpy_radial_spectrum
 

@@ -149,7 +149,7 @@ def test_tiled_synthesis_plumbing_matches_whole_image(model, size):
 def test_condition_follows_the_image_not_its_padding():
     """For an image padded to a multiple of 8, the condition map is stretched over the image's own
     extent at every level (bilinear, align_corners) and its border repeats over the padding."""
-    from udm_fast.model import _resize_window
+    from udm_fast.models.udm import _resize_window
 
     m = torch.rand(1, 3, 5, 7, dtype=torch.float64)
     got = _resize_window(m, 16, 24, slice(0, 16), slice(0, 24), extent=(13, 20))

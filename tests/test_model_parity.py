@@ -6,7 +6,7 @@ import torch
 
 import reference_functional as ref
 from udm_fast import UDM
-from udm_fast.checkpoint import CheckpointError
+from udm_fast.models.checkpoint import CheckpointError
 
 compressai = pytest.importorskip("compressai")
 

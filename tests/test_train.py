@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from udm_fast import checkpoint as ckpt
+from udm_fast.models import checkpoint as ckpt
 from udm_fast.losses import MissingWeightsError
 from udm_fast.models.udm import UDM
 from udm_fast.train import distributed

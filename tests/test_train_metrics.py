@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from udm_fast.model import UDM
-from udm_fast.train.metrics import evaluate_pairs, ms_ssim, ms_ssim_levels, psnr
+from udm_fast.models.udm import UDM
+from udm_fast.eval.metrics import evaluate_pairs, ms_ssim, ms_ssim_levels, psnr
 
 
 def _pair(size, seed=0, noise=0.1):

@@ -523,7 +523,7 @@ def test_broken_interpreter_is_reported_by_name(monkeypatch):
 
 
 def test_auto_backend_prefers_triton_on_cuda_only():
-    from udm_fast import backend
+    from udm_fast.ops import backend
     assert backend.resolve("auto", torch.device("cpu")) == "reference"
     assert backend.resolve("auto", torch.device("cuda")) == "triton"
 
@@ -534,7 +534,7 @@ def _compile_check(*args):
     """Runs compile_check (every kernel variant -> cubin via ptxas) in a process without the interpreter
     (loaded through ``kernels``, so a source checkout on PYTHONPATH works as well as an install)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "import sys; from udm_fast.ops.ida_triton import kernels; sys.exit(kernels('compile_check').main(sys.argv[1:]))"
+    code = "import sys; from udm_fast.ops.triton_loader import kernels; sys.exit(kernels('compile_check').main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("ok ") >= 14  # every kernel of the SFT and IDA paths, both noise modes

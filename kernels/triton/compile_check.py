@@ -121,7 +121,7 @@ def _record_all(channels: int, dtype: torch.dtype) -> list:
                      grads={"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half)})
         sft.noise(seed, b, h, w)
         # the entropy bottleneck's likelihood (float32 whatever the layers' dtype), packed by the module itself
-        from udm_fast.entropy_bottleneck import EntropyBottleneck
+        from udm_fast.entropy.bottleneck import EntropyBottleneck
 
         values = torch.randn(channels, 1000, generator=gen)
         packed = [t.detach() for t in EntropyBottleneck(channels)._packed_density()]

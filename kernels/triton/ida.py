@@ -99,7 +99,7 @@ def _mid_fwd_kernel(x_ptr, m_ptr, wu_ptr, wa_ptr, wx_ptr, a_ptr, bx_ptr,
 
 @triton.jit
 def _out_fwd_kernel(a_ptr, bx_ptr, wo_ptr, bias_ptr, out_ptr,
-                    x_ptr, cond_ptr, noise_ptr, seed_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr,
+                    x_ptr, cond_ptr, noise_ptr, seed_ptr, w_gamma1_ptr, w_gamma2_ptr, w_beta1_ptr, w_beta2_ptr,
                     N_lo, Hl, Wl, Cm, C_out, Cc, RD, slope,
                     s_ob, s_oc, s_oh, s_ow, s_xb, s_xc, s_xh, s_xw,
                     s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw,
@@ -108,7 +108,7 @@ def _out_fwd_kernel(a_ptr, bx_ptr, wo_ptr, bias_ptr, out_ptr,
                     BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_CZ: tl.constexpr):
     """Y_pq = P Wo_pq + b for the 4 output parities of BLOCK_P low-res pixels x BLOCK_O channels;
-    with SFT, out = x (1 + gamma) + beta + Y, gamma = W2 act(W1 cond), beta = W4 act(W3 [cond; z])."""
+    with SFT, out = x (1 + gamma) + beta + Y, gamma = w_gamma2 act(w_gamma1 cond), beta = w_beta2 act(w_beta1 [cond; z])."""
     n, pmask, b, i, j = lowres_block(N_lo, Hl, Wl, BLOCK_P)
     oo = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     omask = oo < C_out
@@ -137,23 +137,23 @@ def _out_fwd_kernel(a_ptr, bx_ptr, wo_ptr, bias_ptr, out_ptr,
             gamma = tl.zeros((BLOCK_P, BLOCK_O), tl.float32)
             for r0 in range(0, RD, BLOCK_R):
                 rr = r0 + tl.arange(0, BLOCK_R)
-                w1t = tl.load(w1_ptr + rr[None, :] * Cc + czr[:, None], mask=(czr[:, None] < Cc) & (rr[None, :] < RD),
+                w_gamma1_tile = tl.load(w_gamma1_ptr + rr[None, :] * Cc + czr[:, None], mask=(czr[:, None] < Cc) & (rr[None, :] < RD),
                               other=0.0).to(DOT)
-                h1 = leaky(tl.dot(cz, w1t, input_precision=PREC), slope)
-                w2t = tl.load(w2_ptr + oo[None, :] * RD + rr[:, None], mask=(rr[:, None] < RD) & omask[None, :],
+                h1 = leaky(tl.dot(cz, w_gamma1_tile, input_precision=PREC), slope)
+                w_gamma2_tile = tl.load(w_gamma2_ptr + oo[None, :] * RD + rr[:, None], mask=(rr[:, None] < RD) & omask[None, :],
                               other=0.0).to(DOT)
-                gamma = tl.dot(h1.to(DOT), w2t, gamma, input_precision=PREC)
+                gamma = tl.dot(h1.to(DOT), w_gamma2_tile, gamma, input_precision=PREC)
             xv = tl.load(x_ptr + (b * s_xb + hy * s_xh + hx * s_xw)[:, None] + oo[None, :] * s_xc, mask=smask,
                          other=0.0).to(tl.float32)
             y += xv * (1.0 + gamma)
             for r0 in range(0, RD, BLOCK_R):  # beta accumulates straight into the output tile
                 rr = r0 + tl.arange(0, BLOCK_R)
-                w3t = tl.load(w3_ptr + rr[None, :] * (Cc + 1) + czr[:, None],
+                w_beta1_tile = tl.load(w_beta1_ptr + rr[None, :] * (Cc + 1) + czr[:, None],
                               mask=(czr[:, None] <= Cc) & (rr[None, :] < RD), other=0.0).to(DOT)
-                h3 = leaky(tl.dot(cz, w3t, input_precision=PREC), slope)
-                w4t = tl.load(w4_ptr + oo[None, :] * RD + rr[:, None], mask=(rr[:, None] < RD) & omask[None, :],
+                h3 = leaky(tl.dot(cz, w_beta1_tile, input_precision=PREC), slope)
+                w_beta2_tile = tl.load(w_beta2_ptr + oo[None, :] * RD + rr[:, None], mask=(rr[:, None] < RD) & omask[None, :],
                               other=0.0).to(DOT)
-                y = tl.dot(h3.to(DOT), w4t, y, input_precision=PREC)
+                y = tl.dot(h3.to(DOT), w_beta2_tile, y, input_precision=PREC)
         tl.store(out_ptr + (b * s_ob + hy * s_oh + hx * s_ow)[:, None] + oo[None, :] * s_oc,
                  y.to(out_ptr.dtype.element_ty), mask=smask)
 
@@ -214,8 +214,8 @@ def _parity_dgrad(acc, src_ptr, w_ptr, b, i, j, pmask, p, q, Hl, Wl, Cm, N_w, nc
 
 @triton.jit
 def _dx_bwd_kernel(dbx_ptr, wx_ptr, dx_ptr,
-                   g_ptr, x_ptr, cond_ptr, noise_ptr, seed_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr,
-                   dcond_ptr, dnoise_ptr, dw1_ptr, dw2_ptr, dw3_ptr, dw4_ptr,
+                   g_ptr, x_ptr, cond_ptr, noise_ptr, seed_ptr, w_gamma1_ptr, w_gamma2_ptr, w_beta1_ptr, w_beta2_ptr,
+                   dcond_ptr, dnoise_ptr, dw_gamma1_ptr, dw_gamma2_ptr, dw_beta1_ptr, dw_beta2_ptr,
                    N_lo, Hl, Wl, C, Cm, Cc, RD, slope, slot_stride,
                    s_db, s_dc, s_dh, s_dw, s_gb, s_gc, s_gh, s_gw, s_xb, s_xc, s_xh, s_xw,
                    s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw, s_qb, s_qc, s_qh, s_qw, s_zb, s_zh, s_zw,
@@ -232,8 +232,8 @@ def _dx_bwd_kernel(dbx_ptr, wx_ptr, dx_ptr,
     rr = tl.arange(0, BLOCK_RD)
     czr = tl.arange(0, BLOCK_CZ)
     rmask = rr < RD
-    w1_mask = (czr[:, None] < Cc) & rmask[None, :]
-    w3_mask = (czr[:, None] <= Cc) & rmask[None, :]
+    w_gamma1_mask = (czr[:, None] < Cc) & rmask[None, :]
+    w_beta1_mask = (czr[:, None] <= Cc) & rmask[None, :]
     for tile in range(pid, tl.cdiv(N_lo, BLOCK_P), tl.num_programs(0)):
         n = tile * BLOCK_P + tl.arange(0, BLOCK_P)
         pmask = n < N_lo
@@ -246,10 +246,10 @@ def _dx_bwd_kernel(dbx_ptr, wx_ptr, dx_ptr,
             if SFT:
                 cz = load_cond_noise(cond_ptr, noise_ptr, seed_ptr, b, hy, hx, pmask, Cc, 2 * Hl, 2 * Wl,
                                      s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw, HAS_NOISE, BLOCK_CZ).to(DOT)
-                w1t = tl.load(w1_ptr + rr[None, :] * Cc + czr[:, None], mask=w1_mask, other=0.0).to(DOT)
-                w3t = tl.load(w3_ptr + rr[None, :] * (Cc + 1) + czr[:, None], mask=w3_mask, other=0.0).to(DOT)
-                act1 = leaky(tl.dot(cz, w1t, input_precision=PREC), slope).to(DOT)
-                act3 = leaky(tl.dot(cz, w3t, input_precision=PREC), slope).to(DOT)
+                w_gamma1_tile = tl.load(w_gamma1_ptr + rr[None, :] * Cc + czr[:, None], mask=w_gamma1_mask, other=0.0).to(DOT)
+                w_beta1_tile = tl.load(w_beta1_ptr + rr[None, :] * (Cc + 1) + czr[:, None], mask=w_beta1_mask, other=0.0).to(DOT)
+                act1 = leaky(tl.dot(cz, w_gamma1_tile, input_precision=PREC), slope).to(DOT)
+                act3 = leaky(tl.dot(cz, w_beta1_tile, input_precision=PREC), slope).to(DOT)
                 dact1 = tl.zeros((BLOCK_P, BLOCK_RD), tl.float32)
                 dact3 = tl.zeros((BLOCK_P, BLOCK_RD), tl.float32)
             for c0 in range(0, C, BLOCK_C):
@@ -261,39 +261,39 @@ def _dx_bwd_kernel(dbx_ptr, wx_ptr, dx_ptr,
                     g = tl.load(g_ptr + (b * s_gb + hy * s_gh + hx * s_gw)[:, None] + cin[None, :] * s_gc,
                                 mask=smask, other=0.0).to(tl.float32)
                     wmask = rmask[:, None] & cmask[None, :]
-                    w2t = tl.load(w2_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
-                    acc = g * (1.0 + tl.dot(act1, w2t, input_precision=PREC))
+                    w_gamma2_tile = tl.load(w_gamma2_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
+                    acc = g * (1.0 + tl.dot(act1, w_gamma2_tile, input_precision=PREC))
                     xv = tl.load(x_ptr + (b * s_xb + hy * s_xh + hx * s_xw)[:, None] + cin[None, :] * s_xc,
                                  mask=smask, other=0.0).to(tl.float32)
                     dgam = (g * xv).to(DOT)
-                    dact1 = tl.dot(dgam, tl.trans(w2t), dact1, input_precision=PREC)
+                    dact1 = tl.dot(dgam, tl.trans(w_gamma2_tile), dact1, input_precision=PREC)
                     slot = pid * slot_stride + cin[:, None] * RD + rr[None, :]
-                    tl.atomic_add(dw2_ptr + slot, tl.dot(tl.trans(dgam), act1, input_precision=PREC),
+                    tl.atomic_add(dw_gamma2_ptr + slot, tl.dot(tl.trans(dgam), act1, input_precision=PREC),
                                   mask=cmask[:, None] & rmask[None, :])
                     gd = g.to(DOT)
-                    w4t = tl.load(w4_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
-                    dact3 = tl.dot(gd, tl.trans(w4t), dact3, input_precision=PREC)
-                    tl.atomic_add(dw4_ptr + slot, tl.dot(tl.trans(gd), act3, input_precision=PREC),
+                    w_beta2_tile = tl.load(w_beta2_ptr + cin[None, :] * RD + rr[:, None], mask=wmask, other=0.0).to(DOT)
+                    dact3 = tl.dot(gd, tl.trans(w_beta2_tile), dact3, input_precision=PREC)
+                    tl.atomic_add(dw_beta2_ptr + slot, tl.dot(tl.trans(gd), act3, input_precision=PREC),
                                   mask=cmask[:, None] & rmask[None, :])
                 acc = _parity_dgrad(acc, dbx_ptr, wx_ptr, b, i, j, pmask, p, q, Hl, Wl, Cm, C, cin, kk,
                                     DOT, PREC, BLOCK_K)
                 tl.store(dx_ptr + (b * s_db + hy * s_dh + hx * s_dw)[:, None] + cin[None, :] * s_dc,
                          acc.to(dx_ptr.dtype.element_ty), mask=smask)
             if SFT:  # hidden-layer gradients (pre-activations recomputed) -> dcond, dz, dW1, dW3
-                dh1 = leaky_grad(dact1, tl.dot(cz, w1t, input_precision=PREC), slope).to(DOT)
-                dh3 = leaky_grad(dact3, tl.dot(cz, w3t, input_precision=PREC), slope).to(DOT)
-                dcz = tl.dot(dh1, tl.trans(w1t), input_precision=PREC)
-                dcz = tl.dot(dh3, tl.trans(w3t), dcz, input_precision=PREC)
+                dh1 = leaky_grad(dact1, tl.dot(cz, w_gamma1_tile, input_precision=PREC), slope).to(DOT)
+                dh3 = leaky_grad(dact3, tl.dot(cz, w_beta1_tile, input_precision=PREC), slope).to(DOT)
+                dcz = tl.dot(dh1, tl.trans(w_gamma1_tile), input_precision=PREC)
+                dcz = tl.dot(dh3, tl.trans(w_beta1_tile), dcz, input_precision=PREC)
                 tl.store(dcond_ptr + (b * s_qb + hy * s_qh + hx * s_qw)[:, None] + czr[None, :] * s_qc,
                          dcz.to(dcond_ptr.dtype.element_ty), mask=pmask[:, None] & (czr[None, :] < Cc))
                 if HAS_NOISE:
                     dz = tl.sum(tl.where(czr[None, :] == Cc, dcz, 0.0), axis=1)
                     tl.store(dnoise_ptr + b * s_zb + hy * s_zh + hx * s_zw, dz.to(dnoise_ptr.dtype.element_ty),
                              mask=pmask)
-                tl.atomic_add(dw1_ptr + pid * slot_stride + rr[:, None] * Cc + czr[None, :],
+                tl.atomic_add(dw_gamma1_ptr + pid * slot_stride + rr[:, None] * Cc + czr[None, :],
                               tl.dot(tl.trans(dh1), cz, input_precision=PREC),
                               mask=rmask[:, None] & (czr[None, :] < Cc))
-                tl.atomic_add(dw3_ptr + pid * slot_stride + rr[:, None] * (Cc + 1) + czr[None, :],
+                tl.atomic_add(dw_beta1_ptr + pid * slot_stride + rr[:, None] * (Cc + 1) + czr[None, :],
                               tl.dot(tl.trans(dh3), cz, input_precision=PREC),
                               mask=rmask[:, None] & (czr[None, :] <= Cc))
 
@@ -409,10 +409,10 @@ class SftArgs:
     cond: torch.Tensor
     noise: Optional[torch.Tensor]
     seed: Optional[torch.Tensor]
-    w1: torch.Tensor
-    w2: torch.Tensor
-    w3: torch.Tensor
-    w4: torch.Tensor
+    w_gamma1: torch.Tensor
+    w_gamma2: torch.Tensor
+    w_beta1: torch.Tensor
+    w_beta2: torch.Tensor
     slope: float
 
 
@@ -512,7 +512,7 @@ def _dims(x, m, w_x, w_out, sft: Optional[SftArgs], compute_dtype: torch.dtype, 
                          f"elements (x is {list(x.shape)}, the output has {w_out.shape[1]} channels); split the "
                          "batch")
     return dict(B=b, C=c, H=h, W=w, Hl=h // 2, Wl=w // 2, N_lo=n_lo, Cc=m.shape[1], Cm=w_x.shape[0],
-                C_out=w_out.shape[1], RD=sft.w1.shape[0] if sft is not None else 16, SFT=sft is not None,
+                C_out=w_out.shape[1], RD=sft.w_gamma1.shape[0] if sft is not None else 16, SFT=sft is not None,
                 ELEM=compute_dtype.itemsize)
 
 
@@ -523,7 +523,7 @@ def _sft_operands(sft: Optional[SftArgs], placeholder: torch.Tensor):
     noise = sft.noise if sft.noise is not None else placeholder
     seed = sft.seed if sft.seed is not None else placeholder
     noise_strides = (noise.stride(0), noise.stride(2), noise.stride(3)) if sft.noise is not None else (0, 0, 0)
-    return ((sft.cond, noise, seed, sft.w1, sft.w2, sft.w3, sft.w4), tuple(sft.cond.stride()) + noise_strides,
+    return ((sft.cond, noise, seed, sft.w_gamma1, sft.w_gamma2, sft.w_beta1, sft.w_beta2), tuple(sft.cond.stride()) + noise_strides,
             float(sft.slope), sft.noise is not None)
 
 
@@ -593,7 +593,7 @@ def backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, *, compute_dtype: t
     """Gradients of IDA / the SFT layer. ``grads`` holds preallocated outputs: dx (like x), dm
     (like m) and, with SFT, dcond (like cond) and dnoise (like noise, when explicit). Returns the
     weight gradients as float32 tensors in the weights' shapes: w_up, w_map, w_x, w_out, b_out
-    (+ w1..w4 for SFT, as 2-D [out, in])."""
+    (+ w_gamma1, w_gamma2, w_beta1, w_beta2 for SFT, as 2-D [out, in])."""
     d = _dims(x, m, w_x, w_out, sft, compute_dtype, maps=(grad_out, *grads.values()))
     cm, c, c_out, cc, rd = d["Cm"], d["C"], d["C_out"], d["Cc"], d["RD"]
     if d["N_lo"] == 0:
@@ -605,7 +605,7 @@ def backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, *, compute_dtype: t
         out["b_out"] = w_out.new_zeros((c_out,), dtype=torch.float32)
         if sft is not None:
             out.update({k: getattr(sft, k).new_zeros(getattr(sft, k).shape, dtype=torch.float32)
-                        for k in ("w1", "w2", "w3", "w4")})
+                        for k in ("w_gamma1", "w_gamma2", "w_beta1", "w_beta2")})
         return out
     DOT, PREC = dot_dtype(compute_dtype), dot_precision(compute_dtype)
     wx_p = _pack(w_x, (2, 3, 1, 0), (9, c, cm), compute_dtype)
@@ -642,7 +642,7 @@ def backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, *, compute_dtype: t
     _launch("dx", _dx_bwd_kernel, lambda cfg: (nprog,), d,
             dbx, wx_p, dx, *extra, d["N_lo"], d["Hl"], d["Wl"], c, cm, cc, rd, slope, slots.stride(0),
             *dx.stride(), *extra_strides,
-            reset=("dw1_ptr", "dw2_ptr", "dw3_ptr", "dw4_ptr") if sft is not None else (),
+            reset=("dw_gamma1_ptr", "dw_gamma2_ptr", "dw_beta1_ptr", "dw_beta2_ptr") if sft is not None else (),
             DOT=DOT, PREC=PREC, SFT=sft is not None, HAS_NOISE=has_noise)
 
     nprog_map = _persistent_programs(x.device, d["N_lo"], 4 * cc * cm * 4)
@@ -658,6 +658,6 @@ def backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, *, compute_dtype: t
     out = {"w_up": dwu_slots.sum(0).view(cc, cm, 2, 2), "w_map": dwa.view(cm, cm, 3, 3),
            "w_x": dwx.view(cm, c, 3, 3), "w_out": dwo.view(cm, c_out, 2, 2), "b_out": dbias}
     if sft is not None:
-        w1, w2, w3, w4 = (part.sum(0) for part in slots.split(sizes, dim=1))  # separate tensors, no aliasing
-        out.update(w1=w1.view(rd, cc), w2=w2.view(c, rd), w3=w3.view(rd, cc + 1), w4=w4.view(c, rd))
+        w_gamma1, w_gamma2, w_beta1, w_beta2 = (part.sum(0) for part in slots.split(sizes, dim=1))  # separate tensors, no aliasing
+        out.update(w_gamma1=w_gamma1.view(rd, cc), w_gamma2=w_gamma2.view(c, rd), w_beta1=w_beta1.view(rd, cc + 1), w_beta2=w_beta2.view(c, rd))
     return out

@@ -1,6 +1,6 @@
 """The whole SFT layer in Triton: out = x (1 + gamma) + beta + IDA(x, cond_half).
 
-gamma = W2 act(W1 cond), beta = W4 act(W3 [cond; z]) are per-high-res-pixel 1x1 MLPs; they run
+gamma = w_gamma2 act(w_gamma1 cond), beta = w_beta2 act(w_beta1 [cond; z]) are per-high-res-pixel 1x1 MLPs; they run
 inside the IDA output kernel (forward) and the IDA dgrad kernel (backward) of ``ida.py``, so
 gamma, beta and the hidden layers never reach memory. The noise z is either an explicit
 [B, 1, H, W] tensor or Philox N(0, 1) draws keyed by (seed, high-res pixel index), regenerated in
@@ -39,28 +39,28 @@ def noise(seed: torch.Tensor, batch: int, height: int, width: int) -> torch.Tens
     return out
 
 
-def _sft_args(cond_full, noise_map, seed, w1, w2, w3, w4, slope) -> ida.SftArgs:
+def _sft_args(cond_full, noise_map, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, slope) -> ida.SftArgs:
     return ida.SftArgs(cond=cond_full, noise=noise_map, seed=seed,
-                       w1=w1.reshape(w1.shape[0], -1).contiguous(), w2=w2.reshape(w2.shape[0], -1).contiguous(),
-                       w3=w3.reshape(w3.shape[0], -1).contiguous(), w4=w4.reshape(w4.shape[0], -1).contiguous(),
+                       w_gamma1=w_gamma1.reshape(w_gamma1.shape[0], -1).contiguous(), w_gamma2=w_gamma2.reshape(w_gamma2.shape[0], -1).contiguous(),
+                       w_beta1=w_beta1.reshape(w_beta1.shape[0], -1).contiguous(), w_beta2=w_beta2.reshape(w_beta2.shape[0], -1).contiguous(),
                        slope=slope)
 
 
 def forward(x, cond_full, cond_half, noise_map: Optional[torch.Tensor], seed: Optional[torch.Tensor],
-            w1, w2, w3, w4, w_up, w_map, w_x, w_out, b_out, *, slope: float, compute_dtype: torch.dtype,
+            w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out, *, slope: float, compute_dtype: torch.dtype,
             out: torch.Tensor, save_mid: bool):
     """Writes the SFT layer output into ``out``; returns (a, bx) for the backward, or None."""
-    sft = _sft_args(cond_full, noise_map, seed, w1, w2, w3, w4, slope)
+    sft = _sft_args(cond_full, noise_map, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, slope)
     return ida.forward(x, cond_half, w_up, w_map, w_x, w_out, b_out, compute_dtype=compute_dtype, out=out,
                        save_mid=save_mid, sft=sft)
 
 
 def backward(grad_out, x, cond_full, cond_half, noise_map: Optional[torch.Tensor], seed: Optional[torch.Tensor],
-             w1, w2, w3, w4, w_up, w_map, w_x, w_out, a, bx, *, slope: float, compute_dtype: torch.dtype,
+             w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, a, bx, *, slope: float, compute_dtype: torch.dtype,
              grads: dict) -> dict:
     """Fills grads["dx"], grads["dm"] (cond_half), grads["dcond"] (cond_full) and grads["dnoise"] (when
-    the noise is explicit); returns the float32 weight gradients keyed w1..w4, w_up, w_map, w_x, w_out, b_out
-    (w1..w4 as 2-D [out, in])."""
-    sft = _sft_args(cond_full, noise_map, seed, w1, w2, w3, w4, slope)
+    the noise is explicit); returns the float32 weight gradients keyed w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out
+    (w_gamma1, w_gamma2, w_beta1, w_beta2 as 2-D [out, in])."""
+    sft = _sft_args(cond_full, noise_map, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, slope)
     return ida.backward(grad_out, x, cond_half, w_up, w_map, w_x, w_out, a, bx, compute_dtype=compute_dtype,
                         grads=grads, sft=sft)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_image_batch
+from ..utils.checks import check_image_batch
 from .pretrained import (STAGE_CHANNELS, VGG16_CONV_CHANNELS, VGG16_CONV_INDICES, PathArg,
                          dists_alpha_beta, lpips_linear_weights, vgg16_features_state_dict)
 

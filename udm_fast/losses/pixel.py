@@ -7,10 +7,9 @@ computed in float32 (float64 for float64 inputs), outside autocast.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
-import torch.nn.functional as F
+
+from .image_ops import check_pair, no_autocast, reduce, separable_filter, stat_dtype
 
 COLOR_KERNEL_SIZE = 45
 COLOR_SIGMA = 50.0
@@ -20,43 +19,9 @@ DIVERSITY_C2 = 0.12  # 0.03 * 2^2: SSIM's (0.03 L)^2 with L = 2, the dynamic ran
 DOMAINS = ("unit", "signed")
 
 
-def _check_pair(a: torch.Tensor, b: torch.Tensor, where: str, min_size: int = 1) -> None:
-    for name, t in (("first", a), ("second", b)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{where}: the {name} input must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{where}: expected images [B, C, H, W], got shape {list(t.shape)} for the {name} input")
-        if not t.is_floating_point():
-            raise TypeError(f"{where}: expected floating-point images, got {t.dtype}")
-    if a.shape != b.shape:
-        raise ValueError(f"{where}: the inputs must have the same shape, got {list(a.shape)} and {list(b.shape)}")
-    if min(a.shape[2:]) < min_size:
-        raise ValueError(f"{where}: images must be at least {min_size}x{min_size}, got {list(a.shape[2:])}")
-    if a.shape[0] == 0:
-        raise ValueError(f"{where}: the batch is empty")
-
-
 def _check_domain(domain: str, where: str) -> None:
     if domain not in DOMAINS:
         raise ValueError(f"{where}: domain must be 'unit' ([0, 1] images) or 'signed' ([-1, 1]), got {domain!r}")
-
-
-def _reduce(per_element: torch.Tensor, reduction: str, where: str) -> torch.Tensor:
-    """'mean' over everything, or 'none': the mean per sample [B]."""
-    if reduction == "mean":
-        return per_element.mean()
-    if reduction == "none":
-        return per_element.flatten(1).mean(dim=1)
-    raise ValueError(f"{where}: reduction must be 'mean' or 'none', got {reduction!r}")
-
-
-def _stat_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _no_autocast(device_type: str):
-    return torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu") \
-        else contextlib.nullcontext()
 
 
 def _gaussian_taps(positions: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -78,24 +43,14 @@ def diversity_kernel1d(dtype: torch.dtype = torch.float64, device=None) -> torch
                           DIVERSITY_SIGMA).to(device=device, dtype=dtype)
 
 
-def _separable_filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Depthwise correlation with taps (x) taps, reflect padding len(taps) // 2: [B, C, H, W] -> same."""
-    c = x.shape[1]
-    pad = taps.numel() // 2
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    w = taps.to(device=x.device, dtype=x.dtype)
-    x = F.conv2d(x, w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def l1_loss(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """mean |a - b| in the inputs' own units ([B] per sample for reduction='none').
 
     The reference computed it on [-1, 1] tensors, i.e. twice the value for [0, 1] images; see
     ``LossWeights.l1`` for the matching weight.
     """
-    _check_pair(a, b, "l1_loss")
-    return _reduce((a - b).abs(), reduction, "l1_loss")
+    check_pair(a, b, "l1_loss")
+    return reduce((a - b).abs(), reduction, "l1_loss")
 
 
 def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, domain: str = "unit", eps: float = 1e-8,
@@ -109,10 +64,10 @@ def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, domain: str = "unit", ep
     no epsilon (NaN for a flat image); here max - min is clamped at ``eps``, which changes nothing
     for any image whose range exceeds eps (every non-flat 8-bit image).
     """
-    _check_pair(y, y_hat, "color_loss", min_size=COLOR_KERNEL_SIZE // 2 + 1)
+    check_pair(y, y_hat, "color_loss", min_size=COLOR_KERNEL_SIZE // 2 + 1)
     _check_domain(domain, "color_loss")
-    with _no_autocast(y.device.type):
-        taps = color_kernel1d(_stat_dtype(y), y.device)
+    with no_autocast(y.device.type):
+        taps = color_kernel1d(stat_dtype(y), y.device)
         blurred = []
         for t in (y, y_hat):
             t = t.to(taps.dtype)
@@ -120,8 +75,8 @@ def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, domain: str = "unit", ep
                 t = (t + 1.0) / 2.0
             low = t.amin(dim=(1, 2, 3), keepdim=True)
             high = t.amax(dim=(1, 2, 3), keepdim=True)
-            blurred.append(_separable_filter((t - low) / (high - low).clamp_min(eps), taps))
-        return _reduce((blurred[0] - blurred[1]).abs(), reduction, "color_loss")
+            blurred.append(separable_filter((t - low) / (high - low).clamp_min(eps), taps))
+        return reduce((blurred[0] - blurred[1]).abs(), reduction, "color_loss")
 
 
 def diversity_loss(y0: torch.Tensor, y1: torch.Tensor, *, domain: str = "unit", c2: float = DIVERSITY_C2,
@@ -133,16 +88,16 @@ def diversity_loss(y0: torch.Tensor, y1: torch.Tensor, *, domain: str = "unit", 
     c2 is in [-1, 1] units (the reference's 0.12); for domain='unit' the images are mapped by
     2t - 1 first, so the value equals the reference's for the same underlying images.
     """
-    _check_pair(y0, y1, "diversity_loss", min_size=DIVERSITY_KERNEL_SIZE // 2 + 1)
+    check_pair(y0, y1, "diversity_loss", min_size=DIVERSITY_KERNEL_SIZE // 2 + 1)
     _check_domain(domain, "diversity_loss")
-    with _no_autocast(y0.device.type):
-        taps = diversity_kernel1d(_stat_dtype(y0), y0.device)
+    with no_autocast(y0.device.type):
+        taps = diversity_kernel1d(stat_dtype(y0), y0.device)
         a, b = y0.to(taps.dtype), y1.to(taps.dtype)
         if domain == "unit":
             a, b = 2.0 * a - 1.0, 2.0 * b - 1.0
-        mu_a, mu_b = _separable_filter(a, taps), _separable_filter(b, taps)
-        var_a = _separable_filter(a * a, taps) - mu_a ** 2
-        var_b = _separable_filter(b * b, taps) - mu_b ** 2
-        cov = _separable_filter(a * b, taps) - mu_a * mu_b
+        mu_a, mu_b = separable_filter(a, taps), separable_filter(b, taps)
+        var_a = separable_filter(a * a, taps) - mu_a ** 2
+        var_b = separable_filter(b * b, taps) - mu_b ** 2
+        cov = separable_filter(a * b, taps) - mu_a * mu_b
         cs = (2.0 * cov.abs() + c2) / (var_a + var_b + c2)
-        return _reduce(cs, reduction, "diversity_loss")
+        return reduce(cs, reduction, "diversity_loss")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..degrade import gaussian_kernel1d, gaussian_radius
-from .pixel import _check_pair, _no_autocast, _reduce, _separable_filter, _stat_dtype
+from ..synthesis.degrade import gaussian_kernel1d, gaussian_radius
+from .image_ops import check_pair, no_autocast, reduce, separable_filter, stat_dtype
 
 SPECTRUM_FLOOR = 1.0 / (12 * 255 ** 2)  # power of 8-bit rounding noise: weaker detail is not visible
 LOWPASS_SIGMA = 1.5                     # pixels, default of ``lowpass_l1_loss``
@@ -83,18 +83,18 @@ def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTR
     The floor keeps frequencies weaker than 8-bit rounding noise from dominating. [B] per sample for
     reduction='none'. Images at least 8x8.
     """
-    _check_pair(y_hat, y, "spectrum_loss", min_size=8)
+    check_pair(y_hat, y, "spectrum_loss", min_size=8)
     if not floor > 0:
         raise ValueError(f"spectrum_loss: floor must be > 0, got {floor!r}")
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
         raise ValueError(f"spectrum_loss: pool must be an int >= 0, got {pool!r}")
-    with _no_autocast(y.device.type):
-        dtype = _stat_dtype(y)
+    with no_autocast(y.device.type):
+        dtype = stat_dtype(y)
         if pool:
             p_hat, p = planar_power_spectrum(y_hat.to(dtype), pool), planar_power_spectrum(y.to(dtype), pool)
         else:
             p_hat, p = radial_power_spectrum(y_hat.to(dtype))[1], radial_power_spectrum(y.to(dtype))[1]
-        return _reduce((torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
+        return reduce((torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
 
 
 def lowpass_l1_loss(y_hat: torch.Tensor, y: torch.Tensor, *, sigma: float = LOWPASS_SIGMA,
@@ -103,9 +103,9 @@ def lowpass_l1_loss(y_hat: torch.Tensor, y: torch.Tensor, *, sigma: float = LOWP
     (radius ceil(3 sigma)), reflect padding (H, W > radius). [B] per sample for reduction='none'."""
     if not sigma > 0:
         raise ValueError(f"lowpass_l1_loss: sigma must be > 0, got {sigma!r}")
-    _check_pair(y_hat, y, "lowpass_l1_loss", min_size=gaussian_radius(sigma) + 1)
-    with _no_autocast(y.device.type):
-        dtype = _stat_dtype(y)
+    check_pair(y_hat, y, "lowpass_l1_loss", min_size=gaussian_radius(sigma) + 1)
+    with no_autocast(y.device.type):
+        dtype = stat_dtype(y)
         taps = gaussian_kernel1d(sigma, dtype=dtype, device=y.device)[0]
-        diff = _separable_filter(y_hat.to(dtype) - y.to(dtype), taps)  # the filter is linear
-        return _reduce(diff.abs(), reduction, "lowpass_l1_loss")
+        diff = separable_filter(y_hat.to(dtype) - y.to(dtype), taps)  # the filter is linear
+        return reduce(diff.abs(), reduction, "lowpass_l1_loss")

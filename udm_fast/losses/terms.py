@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compressors import bits_from_likelihoods
-from ..entropy_bottleneck import EntropyBottleneck
+from ..models.compressors import bits_from_likelihoods
+from ..entropy.bottleneck import EntropyBottleneck
 
 __all__ = ["bits_from_likelihoods", "info_nce_loss", "rate_loss", "entropy_aux_loss", "gradient_penalty",
            "CriticLoss", "wgan_critic_loss", "wgan_generator_loss"]

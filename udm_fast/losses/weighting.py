@@ -7,7 +7,7 @@ from typing import Mapping
 
 import torch
 
-from ..dataclass_dict import checked_fields
+from ..utils.dataclass_dict import checked_fields
 from .spectral import LOWPASS_SIGMA
 
 # names of the generator-loss terms that ``LossWeights.weighted_sum`` accepts (the other fields are critic settings)

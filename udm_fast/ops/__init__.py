@@ -1,18 +1,15 @@
-"""Python side of the ``torch.ops.udm_fast`` ops: fake (meta) kernels and autograd.
+"""The accelerated ops behind IDA and SFT: backend choice (``backend``), one dispatch table per op
+(``dispatch``), the backends (``reference``, ``ida_cuda``, ``ida_triton`` / ``sft_triton``), their
+shared operand checks (``operands``) and the loaders of the compiled extension (``extension``) and of
+the Triton kernels (``triton_loader``).
 
-Importing this package loads ``udm_fast._C`` (which defines the ops); when the
-extension is missing, the ops are simply unavailable and the reference backend
-is used.
+Importing this package loads ``udm_fast._C`` (which defines the ``torch.ops.udm_fast`` ops) and, when
+it loaded, registers their fake kernels and autograd (``ida_cuda``); without it the ``cuda`` backend
+raises saying why.
 """
-import torch
+from . import extension
 
-from .. import _ext
-
-AVAILABLE = _ext.load() is not None
-# an extension built before the fused IDA / SFT ops existed still loads (those ops are then missing)
-FUSED_IDA = AVAILABLE and hasattr(torch.ops.udm_fast, "ida_forward")
+AVAILABLE = extension.load() is not None
 
 if AVAILABLE:
-    from . import sft_combine  # noqa: F401  (registers fake + autograd)
-if FUSED_IDA:
     from . import ida_cuda  # noqa: F401  (registers fake + autograd)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .operands import alert_not_deterministic, check_same_device, compute_dtype_for, refuse_double_backward
+from .operands import (alert_not_deterministic, check_ida_shapes, check_same_device, compute_dtype_for,
+                       refuse_double_backward)
 
 
 def _layout_of(t: torch.Tensor) -> torch.memory_format:
@@ -25,7 +26,9 @@ def _empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=_layout_of(like))
 
 
-def _check_ida_shapes(op: str, x, m, w_up, w_out):
+def _fake_ida_shapes(op: str, x, m, w_up, w_out):
+    """The shape facts the fake kernels need, as symbolic torch._check (the user-facing checks with
+    messages are ``operands.check_ida_shapes``)."""
     torch._check(x.dim() == 4 and m.dim() == 4 and w_up.dim() == 4 and w_out.dim() == 4,
                  lambda: f"{op}: x, m, w_up and w_out must be 4-D")
     torch._check(x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0, lambda: f"{op}: x height and width must be even")
@@ -35,13 +38,13 @@ def _check_ida_shapes(op: str, x, m, w_up, w_out):
 
 @torch.library.register_fake("udm_fast::ida_forward")
 def _ida_forward_fake(x, m, w_up, w_map, w_x, w_out, b_out):
-    _check_ida_shapes("ida_forward", x, m, w_up, w_out)
+    _fake_ida_shapes("ida_forward", x, m, w_up, w_out)
     return _empty_like_layout((x.shape[0], w_out.shape[1], x.shape[2], x.shape[3]), x)
 
 
 @torch.library.register_fake("udm_fast::ida_backward")
 def _ida_backward_fake(grad_out, x, m, w_up, w_map, w_x, w_out):
-    _check_ida_shapes("ida_backward", x, m, w_up, w_out)
+    _fake_ida_shapes("ida_backward", x, m, w_up, w_out)
     weights = tuple(torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in (w_up, w_map, w_x, w_out))
     bias = torch.empty((w_out.shape[1],), dtype=x.dtype, device=x.device)
     return (_empty_like_layout(x.shape, x), _empty_like_layout(m.shape, m)) + weights + (bias,)
@@ -50,7 +53,7 @@ def _ida_backward_fake(grad_out, x, m, w_up, w_map, w_x, w_out):
 @torch.library.register_fake("udm_fast::sft_forward")
 def _sft_forward_fake(x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out,
                       b_out, slope):
-    _check_ida_shapes("sft_forward", x, cond_half, w_up, w_out)
+    _fake_ida_shapes("sft_forward", x, cond_half, w_up, w_out)
     torch._check(w_out.shape[1] == x.shape[1], lambda: "sft_forward: the IDA must keep the channel count")
     return _empty_like_layout(x.shape, x)
 
@@ -134,7 +137,7 @@ def _operand_dtype(where: str, tensors: tuple) -> torch.dtype:
 
 def ida(x: torch.Tensor, m: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tensor, w_x: torch.Tensor,
         w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
-    """Fused IDA forward (same arguments and result as ``udm_fast.layers.ida_reference``).
+    """Fused IDA forward (same arguments and result as ``udm_fast.ops.reference.ida_reference``).
 
     x [B, C, H, W] (H, W even), m [B, Cc, H/2, W/2], w_up [Cc, Cm, 2, 2], w_map [Cm, Cm, 3, 3],
     w_x [Cm, C, 3, 3], w_out [Cm, Co, 2, 2], b_out [Co] -> [B, Co, H, W]. Outside autocast all operands
@@ -142,6 +145,7 @@ def ida(x: torch.Tensor, m: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tenso
     reference's ConvTranspose2d). The kernels accumulate in float32 (float64 for float64).
     """
     tensors = (x, m, w_up, w_map, w_x, w_out, b_out)
+    check_ida_shapes("IDA (cuda)", *tensors)
     dtype = _operand_dtype("IDA (cuda)", tensors)
     return torch.ops.udm_fast.ida_forward(*(t.to(dtype) for t in tensors))
 
@@ -160,6 +164,7 @@ def sft(x: torch.Tensor, cond: torch.Tensor, cond_half: torch.Tensor, noise: tor
     autocast dtype).
     """
     tensors = (x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out)
+    check_ida_shapes("SFT (cuda)", x, cond_half, w_up, w_map, w_x, w_out, b_out)
     dtype = _operand_dtype("SFT (cuda)", tensors)
     out = torch.ops.udm_fast.sft_forward(*(t.to(dtype) for t in tensors), float(slope))
     return out.to(torch.promote_types(x.dtype, dtype))

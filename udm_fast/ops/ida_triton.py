@@ -4,7 +4,7 @@ Both ops have fake (meta) kernels, and autograd is registered on the forward, so
 ``torch.compile(fullgraph=True)`` traces them without graph breaks. The kernels themselves
 (``udm_fast.triton_kernels``) are imported on first execution, so importing this module needs
 neither triton nor a GPU. ``ida_triton`` is the user-facing function (the ``triton`` entry of
-``udm_fast.layers._IDA_IMPLS``).
+``udm_fast.ops.dispatch.IDA_BACKENDS``).
 
 Dtypes: float32, bfloat16, float16. Under ``torch.autocast`` the GEMM operands are cast to the
 autocast dtype inside the kernels (float32 accumulation) and the output has the autocast dtype,
@@ -12,62 +12,13 @@ as the reference's ConvTranspose2d would; outside autocast every tensor must sha
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
-from .operands import check_same_device, compute_dtype_for, refuse_double_backward
+from .operands import check_ida_shapes, check_same_device, compute_dtype_for, refuse_double_backward
+from .triton_loader import kernels
 
-_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KERNEL_PACKAGE = "udm_fast.triton_kernels"
-
-
-def ensure_kernel_package() -> None:
-    """Makes ``udm_fast.triton_kernels`` importable. setup.py maps it to kernels/triton when the
-    package is installed; a source checkout used in place (PYTHONPATH=<repo>, build_ext --inplace)
-    has no such folder, so load it from kernels/triton directly."""
-    if _KERNEL_PACKAGE in sys.modules or importlib.util.find_spec(_KERNEL_PACKAGE) is not None:
-        return
-    folder = Path(__file__).resolve().parents[2] / "kernels" / "triton"
-    if not (folder / "__init__.py").is_file():
-        raise ImportError(f"{_KERNEL_PACKAGE} is not installed and {folder} does not exist")
-    spec = importlib.util.spec_from_file_location(_KERNEL_PACKAGE, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_KERNEL_PACKAGE] = module
-    spec.loader.exec_module(module)
-
-
-def kernels(name: str):
-    """The Triton kernel module ``udm_fast.triton_kernels.<name>`` (imported on first use)."""
-    ensure_kernel_package()
-    return importlib.import_module(f"{_KERNEL_PACKAGE}.{name}")
-
-
-def check_ida_shapes(where: str, x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
-                     b_out: Tensor) -> None:
-    """Raises ValueError unless x [B, C, H, W] (H, W even), m [B, Cc, H/2, W/2] and the weights
-    w_up [Cc, Cm, 2, 2], w_map [Cm, Cm, 3, 3], w_x [Cm, C, 3, 3], w_out [Cm, C_out, 2, 2], b_out [C_out] fit."""
-    if x.dim() != 4 or m.dim() != 4:
-        raise ValueError(f"{where}: x and m must be 4-D, got {tuple(x.shape)} and {tuple(m.shape)}")
-    b, c, h, w = x.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"{where}: feature height and width must be even, got {h}x{w}")
-    cc = m.shape[1]
-    if m.shape[0] != b or tuple(m.shape[2:]) != (h // 2, w // 2):
-        raise ValueError(f"{where}: map must be [B, Cc, H/2, W/2] = [{b}, {cc}, {h // 2}, {w // 2}], got {list(m.shape)}")
-    cm = w_x.shape[0] if w_x.dim() == 4 else -1
-    c_out = w_out.shape[1] if w_out.dim() == 4 else -1
-    expected = {"w_up": (w_up, (cc, cm, 2, 2)), "w_map": (w_map, (cm, cm, 3, 3)), "w_x": (w_x, (cm, c, 3, 3)),
-                "w_out": (w_out, (cm, c_out, 2, 2)), "b_out": (b_out, (c_out,))}
-    for name, (t, shape) in expected.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{where}: {name} must have shape {list(shape)} for x {list(x.shape)} and m "
-                             f"{list(m.shape)}, got {list(t.shape)}")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def new_output(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -147,6 +98,6 @@ def ida_triton(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w
     tensors = (x, m, w_up, w_map, w_x, w_out, b_out)
     check_ida_shapes("IDA (triton)", *tensors)
     check_same_device("IDA (triton)", tensors)
-    dtype = compute_dtype_for("IDA (triton)", x, tensors[1:], _COMPUTE_DTYPES)
+    dtype = compute_dtype_for("IDA (triton)", x, tensors[1:], TRITON_DTYPES)
     save_mid = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return torch.ops.udm_fast.ida_triton_fwd(*tensors, dtype, save_mid)[0]

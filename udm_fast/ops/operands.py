@@ -1,13 +1,16 @@
-"""Shared by the fused backends (``cuda`` and ``triton``): operand checks (one device, one compute
-dtype) and the guard that makes double backward through a fused backward op fail by name."""
+"""Shared by the backends: the IDA operand shapes, one device, one compute dtype, the noise argument of
+SFT, and the guard that makes double backward through a fused backward op fail by name."""
 from __future__ import annotations
 
 import warnings
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+# the SFT noise: None (a fresh draw), a torch.Generator to draw from, or the map [B, 1, H, W] itself
+NoiseArg = Union[None, Tensor, torch.Generator]
 
 
 # Device types autocast knows (``meta`` is not one), found once here: torch.compile in torch 2.11
@@ -68,3 +71,25 @@ def alert_not_deterministic(where: str) -> None:
         warnings.warn(message, stacklevel=3)
     else:
         raise RuntimeError(message)
+
+
+def check_ida_shapes(where: str, x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
+                     b_out: Tensor) -> None:
+    """Raises ValueError unless x [B, C, H, W] (H, W even), m [B, Cc, H/2, W/2] and the weights
+    w_up [Cc, Cm, 2, 2], w_map [Cm, Cm, 3, 3], w_x [Cm, C, 3, 3], w_out [Cm, C_out, 2, 2], b_out [C_out] fit."""
+    if x.dim() != 4 or m.dim() != 4:
+        raise ValueError(f"{where}: x and m must be 4-D, got {tuple(x.shape)} and {tuple(m.shape)}")
+    b, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{where}: feature height and width must be even, got {h}x{w}")
+    cc = m.shape[1]
+    if m.shape[0] != b or tuple(m.shape[2:]) != (h // 2, w // 2):
+        raise ValueError(f"{where}: map must be [B, Cc, H/2, W/2] = [{b}, {cc}, {h // 2}, {w // 2}], got {list(m.shape)}")
+    cm = w_x.shape[0] if w_x.dim() == 4 else -1
+    c_out = w_out.shape[1] if w_out.dim() == 4 else -1
+    expected = {"w_up": (w_up, (cc, cm, 2, 2)), "w_map": (w_map, (cm, cm, 3, 3)), "w_x": (w_x, (cm, c, 3, 3)),
+                "w_out": (w_out, (cm, c_out, 2, 2)), "b_out": (b_out, (c_out,))}
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{where}: {name} must have shape {list(shape)} for x {list(x.shape)} and m "
+                             f"{list(m.shape)} ({c} feature and {cc} map channels), got {list(t.shape)}")

@@ -1,6 +1,6 @@
 """``udm_fast::sft_triton_fwd`` / ``sft_triton_bwd`` / ``sft_triton_noise``: the fused SFT layer as torch ops.
 
-out = x (1 + W2 act(W1 cond_full)) + W4 act(W3 [cond_full; z]) + IDA(x, cond_half) in one forward
+out = x (1 + w_gamma2 act(w_gamma1 cond_full)) + w_beta2 act(w_beta1 [cond_full; z]) + IDA(x, cond_half) in one forward
 and one backward pass of Triton kernels (``udm_fast.triton_kernels.sft``). Fake kernels and
 autograd are registered, as for the IDA ops (see ``ida_triton``).
 
@@ -11,15 +11,15 @@ backward; ``sft_triton_noise`` materialises those draws.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .ida_triton import _COMPUTE_DTYPES, check_ida_shapes, kernels, new_mid, new_output, weight_grads
-from .operands import check_same_device, compute_dtype_for, refuse_double_backward
+from .ida_triton import TRITON_DTYPES, new_mid, new_output, weight_grads
+from .operands import NoiseArg, check_ida_shapes, check_same_device, compute_dtype_for, refuse_double_backward
+from .triton_loader import kernels
 
-NoiseArg = Union[None, Tensor, torch.Generator]
 _SEED_HIGH = 2 ** 62
 
 
@@ -45,50 +45,50 @@ def _sft_triton_noise_fake(seed, batch, height, width):
 
 @torch.library.custom_op("udm_fast::sft_triton_fwd", mutates_args=())
 def sft_triton_fwd(x: Tensor, cond_full: Tensor, cond_half: Tensor, noise: Optional[Tensor], seed: Optional[Tensor],
-                   w1: Tensor, w2: Tensor, w3: Tensor, w4: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor,
+                   w_gamma1: Tensor, w_gamma2: Tensor, w_beta1: Tensor, w_beta2: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor,
                    w_out: Tensor, b_out: Tensor, slope: float, compute_dtype: torch.dtype,
                    save_mid: bool) -> tuple[Tensor, Tensor, Tensor]:
     """SFT forward. Exactly one of ``noise`` / ``seed`` is given. Returns (out like x, A, Bx), A / Bx
     being the IDA mid tensors the backward needs (empty when ``save_mid`` is False)."""
     out = new_output(x, _out_dtype(x, compute_dtype))
-    mids = kernels("sft").forward(x, cond_full, cond_half, noise, seed, w1, w2, w3, w4, w_up, w_map, w_x, w_out,
+    mids = kernels("sft").forward(x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out,
                                   b_out, slope=slope, compute_dtype=compute_dtype, out=out, save_mid=save_mid)
     a, bx = mids if save_mid else new_mid(x, w_x, compute_dtype, False)
     return out, a, bx
 
 
 @sft_triton_fwd.register_fake
-def _sft_triton_fwd_fake(x, cond_full, cond_half, noise, seed, w1, w2, w3, w4, w_up, w_map, w_x, w_out, b_out,
+def _sft_triton_fwd_fake(x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out,
                          slope, compute_dtype, save_mid):
     return (new_output(x, _out_dtype(x, compute_dtype)),) + new_mid(x, w_x, compute_dtype, save_mid)
 
 
-_SFT_WEIGHTS = ("w1", "w2", "w3", "w4", "w_up", "w_map", "w_x", "w_out", "b_out")
+_SFT_WEIGHTS = ("w_gamma1", "w_gamma2", "w_beta1", "w_beta2", "w_up", "w_map", "w_x", "w_out", "b_out")
 
 
 @torch.library.custom_op("udm_fast::sft_triton_bwd", mutates_args=())
 def sft_triton_bwd(grad_out: Tensor, x: Tensor, cond_full: Tensor, cond_half: Tensor, noise: Optional[Tensor],
-                   seed: Optional[Tensor], w1: Tensor, w2: Tensor, w3: Tensor, w4: Tensor, w_up: Tensor,
+                   seed: Optional[Tensor], w_gamma1: Tensor, w_gamma2: Tensor, w_beta1: Tensor, w_beta2: Tensor, w_up: Tensor,
                    w_map: Tensor, w_x: Tensor, w_out: Tensor, b_out: Tensor, a: Tensor, bx: Tensor, slope: float,
                    compute_dtype: torch.dtype) -> list[Tensor]:
-    """SFT backward: [dx, dcond_full, dcond_half, dnoise (empty without explicit noise), dw1, dw2, dw3,
-    dw4, dw_up, dw_map, dw_x, dw_out, db_out], each like its input."""
+    """SFT backward: [dx, dcond_full, dcond_half, dnoise (empty without explicit noise), dw_gamma1, dw_gamma2, dw_beta1,
+    dw_beta2, dw_up, dw_map, dw_x, dw_out, db_out], each like its input."""
     grads = {"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half), "dcond": torch.empty_like(cond_full)}
     if noise is not None:
         grads["dnoise"] = torch.empty_like(noise)
-    raw = kernels("sft").backward(grad_out, x, cond_full, cond_half, noise, seed, w1, w2, w3, w4, w_up, w_map, w_x,
+    raw = kernels("sft").backward(grad_out, x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x,
                                   w_out, a, bx, slope=slope, compute_dtype=compute_dtype, grads=grads)
-    weights = dict(zip(_SFT_WEIGHTS, (w1, w2, w3, w4, w_up, w_map, w_x, w_out, b_out)))
+    weights = dict(zip(_SFT_WEIGHTS, (w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out)))
     dnoise = grads["dnoise"] if noise is not None else x.new_empty((0,))
     return [grads["dx"], grads["dcond"], grads["dm"], dnoise, *weight_grads(raw, weights)]
 
 
 @sft_triton_bwd.register_fake
-def _sft_triton_bwd_fake(grad_out, x, cond_full, cond_half, noise, seed, w1, w2, w3, w4, w_up, w_map, w_x, w_out,
+def _sft_triton_bwd_fake(grad_out, x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out,
                          b_out, a, bx, slope, compute_dtype):
     dnoise = torch.empty_like(noise) if noise is not None else x.new_empty((0,))
     return [torch.empty_like(x), torch.empty_like(cond_full), torch.empty_like(cond_half), dnoise,
-            *(w.new_empty(w.shape) for w in (w1, w2, w3, w4, w_up, w_map, w_x, w_out, b_out))]
+            *(w.new_empty(w.shape) for w in (w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out))]
 
 
 def _sft_setup_context(ctx, inputs, output):
@@ -125,13 +125,13 @@ def draw_seed(noise: NoiseArg, device: torch.device) -> Tensor:
     return torch.randint(0, _SEED_HIGH, (1,), device=device, dtype=torch.int64)
 
 
-def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w1: Tensor, w2: Tensor, w3: Tensor, w4: Tensor,
+def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w_gamma1: Tensor, w_gamma2: Tensor, w_beta1: Tensor, w_beta2: Tensor,
                w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor, b_out: Tensor, *, slope: float,
                noise: NoiseArg = None) -> Tensor:
     """The SFT layer with the Triton kernels.
 
     x [B, C, H, W] (H, W even); cond_full [B, Cc, H, W]; cond_half [B, Cc, H/2, W/2]; 1x1 weights
-    w1 [rd, Cc, 1, 1], w2 [C, rd, 1, 1], w3 [rd, Cc + 1, 1, 1], w4 [C, rd, 1, 1]; IDA weights as in
+    w_gamma1 [rd, Cc, 1, 1], w_gamma2 [C, rd, 1, 1], w_beta1 [rd, Cc + 1, 1, 1], w_beta2 [C, rd, 1, 1]; IDA weights as in
     ``ida_triton``; ``slope`` of the MLP activation (0.0 for ReLU). ``noise``: an explicit [B, 1, H, W]
     map, or None / a torch.Generator to draw the Philox seed from."""
     where = "SFT (triton)"
@@ -141,9 +141,9 @@ def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w1: Tensor, w2: 
     cc = cond_half.shape[1]
     if tuple(cond_full.shape) != (b, cc, h, w):
         raise ValueError(f"{where}: cond_full must be [{b}, {cc}, {h}, {w}], got {list(cond_full.shape)}")
-    rd = w1.shape[0]
-    for name, t, shape in (("w1", w1, (rd, cc, 1, 1)), ("w2", w2, (c, rd, 1, 1)), ("w3", w3, (rd, cc + 1, 1, 1)),
-                           ("w4", w4, (c, rd, 1, 1))):
+    rd = w_gamma1.shape[0]
+    for name, t, shape in (("w_gamma1", w_gamma1, (rd, cc, 1, 1)), ("w_gamma2", w_gamma2, (c, rd, 1, 1)), ("w_beta1", w_beta1, (rd, cc + 1, 1, 1)),
+                           ("w_beta2", w_beta2, (c, rd, 1, 1))):
         if tuple(t.shape) != shape:
             raise ValueError(f"{where}: {name} must have shape {list(shape)}, got {list(t.shape)}")
     if w_out.shape[1] != c:
@@ -158,34 +158,10 @@ def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w1: Tensor, w2: 
         noise, explicit = None, ()
     else:
         raise TypeError(f"{where}: noise must be None, a tensor or a torch.Generator, got {type(noise).__name__}")
-    weights = (w1, w2, w3, w4) + ida_weights
+    weights = (w_gamma1, w_gamma2, w_beta1, w_beta2) + ida_weights
     tensors = (x, cond_full, cond_half) + weights
     check_same_device(where, tensors + explicit)
-    dtype = compute_dtype_for(where, x, tensors[1:], _COMPUTE_DTYPES)
+    dtype = compute_dtype_for(where, x, tensors[1:], TRITON_DTYPES)
     save_mid = torch.is_grad_enabled() and any(t.requires_grad for t in tensors + explicit)
     return torch.ops.udm_fast.sft_triton_fwd(x, cond_full, cond_half, noise, seed, *weights, float(slope), dtype,
                                              save_mid)[0]
-
-
-def activation_slope(layer) -> Optional[float]:
-    """Negative slope of an ``SFT`` layer's MLP activation (0.0 for ReLU), or None when the fused
-    kernels cannot express the layer (another activation, or gamma and beta MLPs that differ)."""
-    acts = [layer.convs_gamma[1].activation, layer.convs_beta[1].activation]
-    if layer.convs_gamma[0].activation is not None or layer.convs_beta[0].activation is not None:
-        return None
-    slopes = set()
-    for act in acts:
-        if type(act) is nn.LeakyReLU:
-            slopes.add(float(act.negative_slope))
-        elif type(act) is nn.ReLU:
-            slopes.add(0.0)
-        else:
-            return None
-    return slopes.pop() if len(slopes) == 1 else None
-
-
-def sft_layer_forward(layer, x: Tensor, cond_full: Tensor, cond_half: Tensor, noise: NoiseArg = None) -> Tensor:
-    """``SFT.forward_resized`` on the Triton kernels (the caller checks ``activation_slope`` first)."""
-    return sft_triton(x, cond_full, cond_half, layer.convs_gamma[0].conv2d.weight, layer.convs_gamma[1].conv2d.weight,
-                      layer.convs_beta[0].conv2d.weight, layer.convs_beta[1].conv2d.weight,
-                      *layer.spatial_gamma.weights(), slope=activation_slope(layer), noise=noise)

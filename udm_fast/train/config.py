@@ -17,9 +17,9 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
-from ..degrade import DegradeConfig
+from ..synthesis.degrade import DegradeConfig
 from ..losses import LossWeights
-from ..model import UDMConfig
+from ..models.udm import UDMConfig
 
 
 class ConfigError(ValueError):

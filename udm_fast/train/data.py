@@ -34,7 +34,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from ..degrade import DegradeConfig, degrade
+from ..synthesis.degrade import DegradeConfig, degrade
 
 SAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "samples")
 

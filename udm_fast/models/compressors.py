@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .entropy_bottleneck import EntropyBottleneck
+from ..entropy.bottleneck import EntropyBottleneck
 
 
 class ResidualMLPBlock(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backend as _backend
+from ..ops import backend as _backend
 from . import coder
 
 CDF_PRECISION = 16  # bits of the quantized CDFs; the rANS coders are built for this value
@@ -63,7 +63,7 @@ class _FusedLikelihood(torch.autograd.Function):
 
 
 def _likelihood_kernels():
-    from .ops.ida_triton import kernels  # imports triton on first use only
+    from ..ops.triton_loader import kernels  # imports triton on first use only
     return kernels("entropy_likelihood")
 
 

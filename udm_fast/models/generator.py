@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .layers import NoiseArg, PreActConv2d, PreActConvTranspose2d, SFTResBlock, resize_cond
+from ..layers import NoiseArg, PreActConv2d, PreActConvTranspose2d, SFTResBlock, resize_cond
 
 Noise = Union[None, torch.Generator, Sequence[torch.Tensor]]
 CondAt = Callable[[int, int], torch.Tensor]

@@ -24,11 +24,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .degradation_code import parse
-from .degrade import gaussian_blur
-from .losses.spectral import SPECTRUM_FLOOR
-from .losses.spectral import radial_power_spectrum as _radial_power_spectrum
-from .train.metrics import ms_ssim, psnr
+from ..entropy.degradation_code import parse
+from ..synthesis.degrade import gaussian_blur
+from ..losses.spectral import SPECTRUM_FLOOR
+from ..losses.spectral import radial_power_spectrum as _radial_power_spectrum
+from .metrics import ms_ssim, psnr
 
 LAPLACIAN = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))  # Immerkaer's noise kernel, norm 6
 MAD_TO_SIGMA = 1.0 / 0.6744897501960817  # median |N(0, 1)| = Phi^-1(3/4)
@@ -259,7 +259,7 @@ def degradation_grid(contents: torch.Tensor, seeds: Sequence[int], config=None) 
     """(degraded [n, m, 3, H, W], params [m]): content i under the degradation drawn by
     ``udm_fast.degrade`` with seed ``seeds[j]``, whose parameters ``params[j]`` are the same for every
     content (image b's parameters depend only on the seed and b, and each content is degraded alone)."""
-    from .degrade import degrade
+    from ..synthesis.degrade import degrade
 
     if len(seeds) < 2:
         raise ValueError("degradation_grid: give at least two seeds")

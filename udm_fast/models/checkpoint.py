@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .files import write_atomic
+from ..utils.files import write_atomic
 
 OFFICIAL_PARTS = ("netE", "netE_loc", "netG", "netCprs", "netCprs_loc")
 # entropy-bottleneck buffers whose size depends on the learned tables: resized on load
@@ -21,6 +21,7 @@ _OLD_EB_NAME = re.compile(r"(^|\.)_(matrix|bias|factor)(\d+)$")
 _OLD_EB_PLURAL = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
 
 
+TRAINING_FORMAT = "udm_fast-training"  # the "format" entry of a training checkpoint (train/trainer.py)
 LISTED_KEYS = 12  # per kind of key problem in a CheckpointError (one wrong size can shift hundreds)
 
 

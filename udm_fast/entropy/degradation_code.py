@@ -6,7 +6,7 @@ Layout (little endian)::
     y height u32 | y width u32 | global stream length u32 | local stream length u32 |
     global stream | local stream | CRC-32 of everything before (u32)
 
-Both streams are the coder's parallel containers (``udm_fast.coder``): the global one holds
+Both streams are the coder's parallel containers (``udm_fast.entropy.coder``): the global one holds
 round(head(e_g) - medians), the local one round(e_l - medians), under the compressors' own
 quantized CDF tables (built from the weights when missing). Decoding adds the medians back (and applies the tail MLP), which gives
 exactly the eval-mode quantized codes ``UDM.encode(y)`` returns. The weights hash ties a file to

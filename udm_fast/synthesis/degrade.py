@@ -12,7 +12,7 @@ inhomogeneous (report §7) through a smooth random mask ``m`` in [0, 1]:
   ``m * k_in + (1 - m) * k_out`` (computed exactly as ``m * (k_in * x) + (1 - m) * (k_out * x)``).
 
 Images are float tensors [B, 3, H, W] in [0, 1] on any device. All ops but JPEG are batched torch
-ops on the input's device; JPEG runs libjpeg's arithmetic batched on a GPU (``udm_fast.jpeg``) and
+ops on the input's device; JPEG runs libjpeg's arithmetic batched on a GPU (``udm_fast.synthesis.jpeg``) and
 Pillow's libjpeg on the CPU, one image at a time (the same pixels either way).
 Results are deterministic for a seed. The parameter ranges are ours (the paper publishes none);
 ``DegradeConfig`` documents and justifies them.
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import jpeg as jpeg_codec
-from .checks import check_image_batch
-from .dataclass_dict import checked_fields
+from ..utils.checks import check_image_batch
+from ..utils.dataclass_dict import checked_fields
 
 OPS = ("noise", "gaussian_blur", "motion_blur", "contrast")
 MASK_KINDS = ("ramp", "ellipse", "field")
@@ -409,7 +409,7 @@ def jpeg(x: torch.Tensor, quality: Union[int, Sequence[int], torch.Tensor], impl
     x [B, 3, H, W] in [0, 1] is rounded to 8 bits, each image encoded at its quality (1..100, number
     or [B]) and decoded; the result is returned as x.dtype on x.device (values k/255). Not
     differentiable. ``impl``: ``pillow`` encodes and decodes with Pillow's libjpeg on the CPU, one image
-    after the other; ``tensor`` computes the same integer arithmetic (``udm_fast.jpeg``, bit-identical
+    after the other; ``tensor`` computes the same integer arithmetic (``udm_fast.synthesis.jpeg``, bit-identical
     to Pillow's libjpeg-turbo in the tests) batched on x's device; ``auto`` is ``tensor`` on a GPU and
     ``pillow`` on the CPU, where it is the faster one.
     """

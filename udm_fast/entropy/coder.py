@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import _ext
+from ..ops import extension as _ext
 
 DEFAULT_LANE_OVERHEAD = 0.003
 

@@ -15,9 +15,9 @@ from typing import Optional
 
 import torch
 
-from .model import UDM
+from .udm import UDM
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_WEIGHTS = ASSETS / "default_model.pt"
 DEFAULT_METADATA = ASSETS / "default_model.json"
 SAMPLES = ASSETS / "samples"

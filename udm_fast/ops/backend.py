@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from . import _ext
+from . import extension as _ext
 
 BACKENDS = ("reference", "cuda", "triton")
 _CHOICES = BACKENDS + ("auto",)
@@ -25,7 +25,7 @@ _global_backend: str | None = None
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
-def _check_name(name: str, where: str) -> str:
+def check_name(name: str, where: str) -> str:
     name = str(name).strip().lower()
     if name not in _CHOICES:
         raise ValueError(f"{where}: unknown backend {name!r}; choose one of {', '.join(_CHOICES)}")
@@ -35,7 +35,7 @@ def _check_name(name: str, where: str) -> str:
 def set_backend(name: str | None) -> None:
     """Sets the process-wide backend (``None`` or ``"auto"`` restores automatic choice)."""
     global _global_backend
-    _global_backend = None if name is None else _check_name(name, "set_backend")
+    _global_backend = None if name is None else check_name(name, "set_backend")
 
 
 def get_backend() -> str:
@@ -44,7 +44,7 @@ def get_backend() -> str:
         return _global_backend
     env = os.environ.get("UDM_FAST_BACKEND")
     if env:
-        return _check_name(env, "UDM_FAST_BACKEND")
+        return check_name(env, "UDM_FAST_BACKEND")
     return "auto"
 
 
@@ -85,7 +85,7 @@ def build_info() -> dict:
 
 def resolve(requested: str | None, device: torch.device) -> str:
     """The backend to run on ``device``: ``requested`` (a module's own choice) or the global one."""
-    name = _check_name(requested, "backend") if requested is not None else get_backend()
+    name = check_name(requested, "backend") if requested is not None else get_backend()
     if name == "auto":
         # fastest available: the Triton kernels on CUDA devices (imported on first launch)
         if device.type == "cuda" and _TRITON_INSTALLED:

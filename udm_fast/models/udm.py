@@ -15,15 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import degradation_code
-from .checks import check_image_batch
+from ..entropy import degradation_code
+from ..utils.checks import check_image_batch
 from .compressors import Compressor
-from .dataclass_dict import checked_fields
+from ..utils.dataclass_dict import checked_fields
 from .discriminator import Discriminator
 from .encoders import LPE, LPEL, MoCo
 from .generator import Generator, Noise, NoiseStream
-from .layers import set_layer_backend
-from .ops.operands import autocast_dtype
+from ..layers import set_layer_backend
+from ..ops.operands import autocast_dtype
 
 FORMAT_NAME = "udm_fast"
 FORMAT_VERSION = 1

@@ -1,0 +1,1 @@
+"""Evaluation: image-quality metrics (metrics.py) and the transfer table with its degradation measures (transfer.py)."""

@@ -1,0 +1,34 @@
+"""Device names given on the command line or in a config: one parsing rule for every caller."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def parse_device(name: str, *, what: str = "device", types: Sequence[str] = DEVICE_TYPES,
+                 error: type[Exception] = ValueError) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked to exist.
+
+    ``what`` names the setting in messages (``--device``, ``run.device``); ``types`` are the device
+    types the caller can use; ``error`` is the exception class raised for a bad name.
+    """
+    choices = ", ".join(["auto"] + [t if t != "cuda" else "cuda, cuda:N" for t in types])
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and "cuda" in types else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise error(f"{what} {name!r} is not a device (unknown device {name!r}); use {choices}") from None
+    if device.type not in types:
+        raise error(f"{what} {name!r} is not supported here (unsupported device {name!r}); use {choices}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise error(f"{what} is {name!r} but CUDA is not available (no CUDA device; use cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise error(f"{what} is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise error(f"{what} is {name!r} but MPS is not available")
+    return device
