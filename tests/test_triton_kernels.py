@@ -44,12 +44,41 @@ else:  # an interpreter that cannot run the kernels here (Triton 3.6 with numpy 
 needs_kernels = pytest.mark.skipif(_SKIP_KERNELS is not None, reason=_SKIP_KERNELS or "")
 
 
+# tests of this module whose passing shows the kernels ran (forward, backward, noise, opcheck, compile)
+_CORE_KERNEL_TESTS = ("test_ida_fp32", "test_sft_fp32", "test_in_kernel_noise_matches_materialised_noise",
+                      "test_opcheck_ida", "test_opcheck_sft", "test_compile_fullgraph_matches_eager")
+
+
+def _junit_outcomes(report) -> dict:
+    """{test name: (passed | skipped | failed, skip message)} from a pytest --junitxml report."""
+    import xml.etree.ElementTree as ET
+
+    outcomes = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        failed = case.find("failure") is not None or case.find("error") is not None
+        status = "failed" if failed else "skipped" if skipped is not None else "passed"
+        outcomes[case.get("name")] = (status, "" if skipped is None else skipped.get("message", ""))
+    return outcomes
+
+
 @pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
-def test_interpreter_suite_in_subprocess():
+def test_interpreter_suite_in_subprocess(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True)
+    report = tmp_path / "report.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                           __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    outcomes = _junit_outcomes(report)
+    assert not [name for name, (status, _) in outcomes.items() if status == "failed"]
+    # the child ran the kernels itself (it did not recurse, nor skip them as run outside the interpreter)
+    assert outcomes["test_interpreter_suite_in_subprocess"][0] == "skipped"
+    assert not [name for name, (_, why) in outcomes.items() if "imported without the interpreter" in why]
+    for core in _CORE_KERNEL_TESTS:
+        runs = [(status, why) for name, (status, why) in outcomes.items() if name.split("[")[0] == core]
+        assert runs, f"{core} was not collected in the subprocess"
+        # each passed, or the child's interpreter cannot run the kernels and says so by name
+        assert all(status == "passed" or why.startswith("the Triton interpreter") for status, why in runs), (core, runs)
 
 
 # ----------------------------------------------------------------------------- helpers
