@@ -1,7 +1,7 @@
-"""Transfer-quality measures that do not depend on the noise realisation (issue 6).
+"""Transfer-quality measures that do not depend on the noise realisation.
 
 Pixel-wise scores such as PSNR or SSIM of ŷ against y prefer a clean image to one carrying the right
-noise (technical report §1.2), so the degradation itself is measured through statistics that two
+noise (the generator draws its own, docs/architecture.md §7.4), so the degradation itself is measured through statistics that two
 images with the same degradation share even when their noise samples differ:
 
 * ``spectrum_distance``: RMS difference in dB of the radially averaged power spectra;

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: the authors' checkpoint layout (REFERENCE §13.1) and our own format.
+"""Checkpoint I/O: the authors' checkpoint layout (docs/architecture.md §13) and our own format.
 
 Official layout: ``{"model": {"netE", "netE_loc", "netG", "netCprs", "netCprs_loc"[, "netP"]}, ...}``
 with compressai >= 1.2 EntropyBottleneck names; older ``_matrix0`` / ``_bias0`` / ``_factor0``

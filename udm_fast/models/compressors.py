@@ -46,7 +46,7 @@ class Compressor(nn.Module):
     """head -> EntropyBottleneck(channels) -> tail. forward(e) -> (e_hat, likelihoods, bits).
 
     ``head_layers`` / ``tail_layers`` = 0 disables the MLPs; they act on the last axis, so they are
-    only allowed for 2-D codes [B, C] (REFERENCE §6.2).
+    only allowed for 2-D codes [B, C] (docs/architecture.md §6).
     """
 
     def __init__(self, channels: int, head_layers: int = 0, tail_layers: int = 0):

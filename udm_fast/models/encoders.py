@@ -106,7 +106,7 @@ class LPEL(nn.Module):
 
 
 class MoCo(nn.Module):
-    """Momentum-contrast wrapper of the global encoder (reference ``moco/builder.py``), fixed per REFERENCE §14.10-11.
+    """Momentum-contrast wrapper of the global encoder (reference ``moco/builder.py``), fixed as docs/architecture.md §14 says.
 
     Only ``encoder_q`` is trained by gradient. ``encoder_k`` follows it by momentum and the queue holds the
     L2-normalised keys of past batches. Unlike the reference, the key encoder and the queue are persistent

@@ -1,7 +1,7 @@
 """The degradation synthesiser: ``Generator`` (reference ``BasicWrapper``) around ``VUNet``.
 
 Both work in the model's internal [-1, 1] image domain and keep the reference's
-quirk of mapping the input through 2x - 1 again (REFERENCE §7.2), for checkpoint
+quirk of mapping the input through 2x - 1 again (docs/architecture.md §7.2), for checkpoint
 parity.  Every SFT layer draws a noise map; ``noise`` controls it:
 
 * ``None``: fresh N(0, 1) draws (the reference's behaviour);

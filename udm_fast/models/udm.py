@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 
 @dataclasses.dataclass
 class UDMConfig:
-    """Sizes of a UDM. Defaults are the reference model (REFERENCE §4-§10)."""
+    """Sizes of a UDM. Defaults are the reference model (docs/architecture.md §3-§9)."""
 
     filters: int = 64            # generator width K1 (K2 = 2 K1, K3 = 4 K1)
     local_channels: int = 4      # c_l, channels of e_l

@@ -1,10 +1,10 @@
-"""Synthetic degradations for training pairs (technical report §4 and §7, REFERENCE §12).
+"""Synthetic degradations for training pairs (docs/architecture.md §11).
 
 Each image gets each of four degradations -- Gaussian noise, Gaussian blur, motion blur and a
 contrast/exposure change -- with its own probability (default 1/2 each, so the 16
 present/absent combinations of the report are equally likely), applied in a random order, and
 then JPEG compression (always, by default). Every applied degradation can be made spatially
-inhomogeneous (report §7) through a smooth random mask ``m`` in [0, 1]:
+inhomogeneous through a smooth random mask ``m`` in [0, 1]:
 
 * ``strength``: the degradation fades across the image, ``y = x + m * (op(x) - x)``;
 * ``region``:   the same blend with a soft-edged elliptical mask (a degraded region only);
@@ -52,7 +52,7 @@ GeneratorArg = Union[None, int, torch.Generator]
 class DegradeConfig:
     """Probabilities and parameter ranges of ``degrade`` (all ranges inclusive, ``(low, high)``).
 
-    The reference data set was made by code that is not public (REFERENCE §12), so these are our
+    The reference data set was made by code that is not public (docs/architecture.md §11), so these are our
     choices, for 128 x 128 training patches taken from photographs:
 
     * ``p_noise`` = ``p_gaussian_blur`` = ``p_motion_blur`` = ``p_contrast`` = 0.5: each of the 16
