@@ -86,3 +86,13 @@ def test_comments_cite_no_document_outside_the_repository():
             if OUTSIDE_CITATION.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert not offenders, "cite docs/*.md instead:\n" + "\n".join(offenders)
+
+
+def test_files_the_docs_name_exist():
+    """Every `dir/file.ext` a doc names is a file of the tree (paths inside the package may omit udm_fast/)."""
+    named = 0
+    for doc in DOCS.glob("*.md"):
+        for path in re.findall(r"`((?:[\w.]+/)+[\w.]+\.(?:py|h|cpp|cc|cu|md|yaml))`", doc.read_text(encoding="utf-8")):
+            named += 1
+            assert (ROOT / path).is_file() or (ROOT / "udm_fast" / path).is_file(), f"docs/{doc.name} names {path}"
+    assert named > 0
