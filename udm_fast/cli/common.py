@@ -57,10 +57,14 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+def report(kind: str, message: str) -> None:
+    """Writes ``udm-fast: KIND: MESSAGE`` to stderr (kind: note, warning or error)."""
+    print(f"{PROG}: {kind}: {message}", file=sys.stderr)
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` of the command: ``udm-fast: note: ...`` for an ImageNote, else ``warning``."""
-    kind = "note" if issubclass(category, ImageNote) else "warning"
-    print(f"{PROG}: {kind}: {one_line(message)}", file=sys.stderr)
+    report("note" if issubclass(category, ImageNote) else "warning", one_line(message))
 
 
 def describe_model(weights: Optional[str], official: bool) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Iterator
 
@@ -19,7 +18,7 @@ from ..models.loading import load_model
 from ..train.data import DataError, ItemError, decode_image, list_images, read_pairs
 from ..utils.device import parse_device
 from ..utils.files import write_bytes_atomic
-from .common import IMAGE_EXTENSIONS, SYNTH_INDEX, TRANSFER_FIRST_SEED, SEED_LIMIT, ParentParsers, check_seed
+from .common import IMAGE_EXTENSIONS, SYNTH_INDEX, TRANSFER_FIRST_SEED, SEED_LIMIT, ParentParsers, check_seed, report
 
 TRANSFER_CROP = 128
 TRANSFER_MIN_CROP = 32
@@ -106,7 +105,7 @@ def _eval_pairs(index: str, args: argparse.Namespace, device: torch.device,
             x, y = _central_crop_chw(x, args.crop), _central_crop_chw(y, args.crop)
         except ItemError as exc:
             skipped.append(f"{os.path.join(root, distorted)}: {exc}")
-            print(f"udm-fast: warning: skipped {skipped[-1]}", file=sys.stderr)
+            report("warning", f"skipped {skipped[-1]}")
             continue
         yield distorted, x[None].to(device).float() / 255.0, y[None].to(device).float() / 255.0
 
@@ -149,7 +148,7 @@ def _clean_crops(folder: str, crop: int, limit: int, skipped: list) -> tuple[lis
             crops.append(_central_crop_chw(decode_image(path), crop))
         except ItemError as exc:
             skipped.append(f"{path}: {exc}")
-            print(f"udm-fast: warning: skipped {skipped[-1]}", file=sys.stderr)
+            report("warning", f"skipped {skipped[-1]}")
             continue
         paths.append(path)
         if len(paths) == limit:
@@ -167,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights, args.official, device)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
-        print(f"udm-fast: note: {name} not computed ({reason})", file=sys.stderr)
+        report("note", f"{name} not computed ({reason})")
     if args.clean is None:
         results, table = _eval_paired(model, index, args, device, perceptual)
     else:

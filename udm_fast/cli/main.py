@@ -17,7 +17,7 @@ from ..models import pretrained
 from ..utils.io import ImageNote
 from ..version import __version__
 from . import decode, demo, encode, evaluate, info, synth, train, transfer
-from .common import PROG, one_line, parent_parsers, show_warning
+from .common import PROG, one_line, parent_parsers, report, show_warning
 
 COMMANDS = (transfer, encode, decode, info, demo, train, synth, evaluate)
 
@@ -48,5 +48,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError, RuntimeError) as exc:
             if getattr(args, "debug", False):  # --debug may come before or after the command
                 raise
-            print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+            report("error", one_line(exc))
             return 1

@@ -5,7 +5,6 @@ import argparse
 import csv
 import json
 import os
-import sys
 import time
 from collections import Counter
 from typing import Sequence
@@ -18,7 +17,7 @@ from ..synthesis.degrade import DegradeConfig, degrade
 from ..train.config import load_config
 from ..train.data import DataError, derive_seed, list_images
 from ..utils.io import ImageError, load_image
-from .common import IMAGE_EXTENSIONS, SYNTH_INDEX, ParentParsers, check_seed
+from .common import IMAGE_EXTENSIONS, SYNTH_INDEX, ParentParsers, check_seed, report
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 outputs.append((f"degraded/{stem}-{variant}.png", pixels, params[0]))
         except ValueError as exc:  # unreadable (an ImageError, which names the file) or too small to degrade
             skipped.append(str(exc) if isinstance(exc, ImageError) else f"{path}: {exc}")
-            print(f"udm-fast: warning: skipped {skipped[-1]}", file=sys.stderr)
+            report("warning", f"skipped {skipped[-1]}")
             continue
         _save_png(clean, os.path.join(args.out, ref_name))
         for name, pixels, params in outputs:

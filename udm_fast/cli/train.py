@@ -10,7 +10,7 @@ import yaml
 
 from ..train.config import ConfigError, load_config
 from ..train.data import DataError
-from .common import SYNTH_INDEX, ParentParsers
+from .common import PROG, SYNTH_INDEX, ParentParsers, report
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
@@ -35,7 +35,7 @@ def _configure_logging() -> None:
     root = logging.getLogger("udm_fast")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("udm-fast: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
 
@@ -58,8 +58,8 @@ def train_overrides(args: argparse.Namespace) -> dict:
         data = os.path.abspath(args.data)  # the run's config.yaml must still find it from elsewhere
         index = os.path.join(data, SYNTH_INDEX)
         if os.path.isdir(data) and os.path.isfile(index):
-            print(f"udm-fast: note: --data {args.data} holds {SYNTH_INDEX}: training on its pairs "
-                  f"(give a folder without it to train on plain photos)", file=sys.stderr)
+            report("note", f"--data {args.data} holds {SYNTH_INDEX}: training on its pairs "
+                           f"(give a folder without it to train on plain photos)")
             data = index
         if os.path.isfile(data) and data.lower().endswith(".csv"):
             overrides.update({"data.kind": "csv", "data.csv": data, "data.root": None})
