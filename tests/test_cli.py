@@ -1,4 +1,5 @@
 """The ``udm-fast`` command (in-process and through the installed entry point) and the default model."""
+import importlib
 import json
 import os
 import subprocess
@@ -192,6 +193,20 @@ def test_debug_reraises(files, tmp_path, before_command):
     argv.insert(0 if before_command else 1, "--debug")
     with pytest.raises(udm_fast.utils.io.ImageError, match="no such file"):
         cli.main(argv)
+
+
+def test_every_command_module_is_registered(capsys):
+    """A module of udm_fast/cli other than the parser's own is a command, listed in main.COMMANDS."""
+    cli_main = importlib.import_module("udm_fast.cli.main")  # the module: ``udm_fast.cli.main`` is the function
+    package = os.path.dirname(cli.__file__)
+    modules = {name[:-3] for name in os.listdir(package) if name.endswith(".py")} - {"__init__", "__main__", "main",
+                                                                                   "common"}
+    assert sorted(cli_main.COMMANDS) == sorted(modules)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ("transfer", "encode", "decode", "info", "demo", "train", "synth", "eval"):
+        assert f"    {command} " in listed, command
 
 
 def test_usage_errors_exit_with_2(capsys):

@@ -1,6 +1,6 @@
 """The ``udm-fast`` parser and entry point. Each command is a module of this package with
 ``add_parser(commands, parents)``, which registers its subparser and sets ``run`` to its handler;
-adding a command is adding its module to ``COMMANDS``.
+adding a command is writing its module and adding the module's name to ``COMMANDS``.
 
 Every expected failure (missing or corrupt files, mismatched weights, bad devices, unusable image
 sizes) ends with one ``udm-fast: error: ...`` line on stderr and exit code 1; ``--debug`` re-raises
@@ -9,6 +9,7 @@ it with the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from typing import Optional, Sequence
@@ -16,10 +17,10 @@ from typing import Optional, Sequence
 from ..models import pretrained
 from ..utils.io import ImageNote
 from ..version import __version__
-from . import decode, demo, encode, evaluate, info, synth, train, transfer
 from .common import PROG, one_line, parent_parsers, report, show_warning
 
-COMMANDS = (transfer, encode, decode, info, demo, train, synth, evaluate)
+# The command modules of this package, in the order ``udm-fast --help`` lists them.
+COMMANDS = ("transfer", "encode", "decode", "info", "demo", "train", "synth", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Universal image degradation model: transfer degradations.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.add_parser(commands, parents)
+    for name in COMMANDS:
+        importlib.import_module(f"{__package__}.{name}").add_parser(commands, parents)
     return parser
 
 

@@ -1,5 +1,6 @@
 """A training run's output folder and checkpoints: the folder lock, atomic step/latest saves, finding
-the checkpoint to resume from, and restoring optimisers whose parameter groups carry names.
+the checkpoint to resume from, checking its format and config against the run's, and restoring
+optimisers whose parameter groups carry names.
 
 Layout of a run folder: ``config.yaml``, ``log.csv``, ``checkpoints/step_<n>.pt`` and
 ``checkpoints/latest.pt`` (the same state), ``model.pt`` (``model_ema.pt``) once finished, and
@@ -18,6 +19,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..models import checkpoint as ckpt
+from .config import TrainingConfig
 
 log = logging.getLogger("udm_fast.train")
 
@@ -118,16 +120,28 @@ def check_training_checkpoint(state, path: str) -> None:
                                    f"this udm_fast reads {CHECKPOINT_VERSION}")
 
 
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list:
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list:
     """``"a.b: old -> new"`` for every dotted key whose value differs between two nested dicts."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += changed_keys(a, b, f"{prefix}{key}.")
+            out += _changed_keys(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def check_resumed_config(saved: dict, config: TrainingConfig, path: str) -> None:
+    """Compares the config a checkpoint was written with (``saved``, as a dict) with the run's: a changed
+    model setting raises CheckpointError (the weights would not fit), other changes are logged."""
+    changed = _changed_keys(TrainingConfig.from_dict(saved).to_dict(), config.to_dict())
+    model_changes = [c for c in changed if c.startswith("model.")]
+    if model_changes:
+        raise ckpt.CheckpointError(f"{path} was trained with another model (checkpoint -> config now: "
+                                   f"{', '.join(model_changes)}); the model settings cannot change on resume")
+    if changed:
+        log.warning("resuming with changed settings: %s", ", ".join(changed))
 
 
 def param_group(optimizer: torch.optim.Optimizer, name: str) -> dict:

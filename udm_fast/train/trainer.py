@@ -36,7 +36,7 @@ from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss
 from ..models.udm import UDM
 from ..utils.device import parse_device
 from . import distributed as dist_utils
-from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RunFolder, changed_keys,
+from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RunFolder, check_resumed_config,
                             check_training_checkpoint, exclusive_output, load_optimizer, param_group)
 from .config import ConfigError, TrainingConfig
 from .data import ResumableSampler, batch_generator, build_dataset, collate, make_triples
@@ -423,14 +423,7 @@ class Trainer:
         """Restores everything from the training checkpoint at ``path`` (``state``: its already loaded contents)."""
         state = ckpt.load_file(path) if state is None else state
         check_training_checkpoint(state, path)
-        saved = TrainingConfig.from_dict(state["config"])
-        changed = changed_keys(saved.to_dict(), self.config.to_dict())
-        model_changes = [c for c in changed if c.startswith("model.")]
-        if model_changes:
-            raise ckpt.CheckpointError(f"{path} was trained with another model (checkpoint -> config now: "
-                                       f"{', '.join(model_changes)}); the model settings cannot change on resume")
-        if changed:
-            log.warning("resuming with changed settings: %s", ", ".join(changed))
+        check_resumed_config(state["config"], self.config, path)
         ckpt.check_and_load(self.model, state["model"], path)
         if (self.ema is None) != (state["ema"] is None):
             raise ckpt.CheckpointError(f"{path}: run.ema_decay was {'off' if state['ema'] is None else 'on'} "
