@@ -12,12 +12,13 @@ import torch
 
 from ..models import pretrained
 from ..models.udm import UDM
+from ..train.config import DataConfig
 from ..utils.io import ImageNote
 
 PROG = "udm-fast"
 MAX_ERROR_CHARS = 400
 SYNTH_INDEX = "pairs.csv"  # the paired set's index that synth writes and train / eval read
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = DataConfig.extensions  # synth and eval read the files that training reads
 TRANSFER_FIRST_SEED = 1_000_000  # the first seed of the transfer evaluation's degradations (eval, demo)
 SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes seeds in 0 .. 2**64 - 1
 

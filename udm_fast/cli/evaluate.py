@@ -18,7 +18,7 @@ from ..models.loading import load_model
 from ..train.data import DataError, ItemError, decode_image, list_images, read_pairs
 from ..utils.device import parse_device
 from ..utils.files import write_bytes_atomic
-from .common import IMAGE_EXTENSIONS, SYNTH_INDEX, TRANSFER_FIRST_SEED, SEED_LIMIT, ParentParsers, check_seed, report
+from .common import IMAGE_EXTENSIONS, SEED_LIMIT, SYNTH_INDEX, TRANSFER_FIRST_SEED, ParentParsers, check_seed, report
 
 TRANSFER_CROP = 128
 TRANSFER_MIN_CROP = 32
@@ -211,8 +211,9 @@ def _eval_paired(model, index: str, args: argparse.Namespace, device: torch.devi
 
 
 def _eval_transfer(model, args: argparse.Namespace, device: torch.device, perceptual: dict):
-    from ..eval.transfer import degradation_grid, format_transfer_table, transfer_table
     from tqdm import tqdm
+
+    from ..eval.transfer import degradation_grid, format_transfer_table, transfer_table
 
     crop = args.crop or TRANSFER_CROP
     skipped: list = []
@@ -223,8 +224,9 @@ def _eval_transfer(model, args: argparse.Namespace, device: torch.device, percep
     with tqdm(total=len(paths) * len(seeds), desc="pairs", unit="pair", disable=None) as bar:
         table = transfer_table(model, contents.to(device), degraded.to(device), noise_seed=args.seed,
                                perceptual=perceptual, progress=bar.update)
+    elapsed = time.perf_counter() - start
     text = (format_transfer_table(table) + f"\n({len(paths)} photos x {len(seeds)} degradations, {crop}x{crop} "
-            f"central crops, degradation seeds {seeds[0]}..{seeds[-1]}, {time.perf_counter() - start:.1f} s on {device})")
+            f"central crops, degradation seeds {seeds[0]}..{seeds[-1]}, {elapsed:.1f} s on {device})")
     table.update(photos=paths, crop=crop, degradation_seeds=seeds, degradations=params, skipped=skipped)
     return table, text
 

@@ -30,9 +30,9 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..models import checkpoint as ckpt
 from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss, info_nce_loss, l1_loss,
                       lowpass_l1_loss, spectrum_loss, wgan_critic_loss, wgan_generator_loss)
+from ..models import checkpoint as ckpt
 from ..models.udm import UDM
 from ..utils.device import parse_device
 from . import distributed as dist_utils
