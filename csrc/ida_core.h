@@ -176,7 +176,7 @@ struct IdaInputs {
   const scalar_t* b_out;       // [Co] (forward only)
 };
 
-// The SFT layer around the IDA: gamma = W2 act(W1 cond), beta = W4 act(W3 [cond; z]),
+// The SFT layer around the IDA: gamma = w_gamma2 act(w_gamma1 cond), beta = w_beta2 act(w_beta1 [cond; z]),
 // out = x * (1 + gamma) + beta + IDA(x, m); act = LeakyReLU(slope) (ReLU: slope 0).
 template <typename scalar_t, typename acc_t>
 struct SftInputs {
@@ -222,7 +222,7 @@ UDM_HOST_DEVICE inline ForwardLayout forward_layout(const Dims& d, const Tiling&
   at += aligned(t.ch * t.halo_h() * t.halo_w());
   l.wts = at;        // [ch][9][cmp]  one input-channel chunk of Wa or Wx
   at += aligned(kTaps * t.ch * cmp);
-  l.hid_gamma = at;  // [4 * np][Rg]  act(W1 cond) per high-res pixel (SFT only)
+  l.hid_gamma = at;  // [4 * np][Rg]  act(w_gamma1 cond) per high-res pixel (SFT only)
   at += aligned(4 * np * rd_gamma);
   l.hid_beta = at;   // [4 * np][Rb]
   at += aligned(4 * np * rd_beta);
@@ -455,7 +455,7 @@ UDM_HOST_DEVICE void fill_hidden(acc_t* hid, int rd, const scalar_t* w1, bool wi
 }
 
 // out[b, o, 2i+p, 2j+q] = bo[o] + sum_k Wo[k, o, p, q] prod[pix][k]; for the SFT also
-// + x * (1 + W2 hid_gamma) + W4 hid_beta. Micro-tile: kPix pixels of one parity x kVec channels.
+// + x * (1 + w_gamma2 hid_gamma) + w_beta2 hid_beta. Micro-tile: kPix pixels of one parity x kVec channels.
 template <typename scalar_t, typename acc_t, bool kSft>
 UDM_HOST_DEVICE void output_epilogue(const IdaInputs<scalar_t>& in, const SftInputs<scalar_t, acc_t>& sft,
                                      const Strided4<scalar_t>& out, const Tiling& t, const TileOrigin& o,

@@ -1,6 +1,7 @@
-// The fused IDA / SFT ops of the `cuda` backend: schemas, argument checks, output
-// allocation, the branch to the CPU or CUDA launcher and the conversion of the
-// weight gradients from the kernels' accumulator layouts. Fake (meta) kernels and
+// The fused IDA / SFT ops of the `cuda` backend: argument checks, output allocation,
+// the conversion of the weight gradients from the kernels' accumulator layouts, and the
+// registration of the CPU and CUDA kernels under their own dispatch keys (schemas in
+// registration.cpp). Fake (meta) kernels and
 // autograd are registered in udm_fast/ops/ida_cuda.py.
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -101,26 +102,22 @@ at::Tensor empty_like_layout(at::IntArrayRef sizes, const at::Tensor& like) {
   return at::empty(sizes, like.options().memory_format(layout_of(like)));
 }
 
-void launch_forward(const IdaTensors& t, const SftTensors* sft, const at::Tensor& out) {
-  if (t.x.is_cuda()) {
-#ifdef UDM_FAST_WITH_CUDA
-    fused_forward_cuda(t, sft, out);
-#else
-    TORCH_CHECK(false, "udm_fast was built without CUDA kernels");
-#endif
-  } else {
-    fused_forward_cpu(t, sft, out);
-  }
-}
+// The device kernels behind the ops: each op is registered once per dispatch key (CPU, CUDA) with the
+// kernels of that device as template arguments, so no op body branches on the device.
+using ForwardKernel = void (*)(const IdaTensors&, const SftTensors*, const at::Tensor&);
+using BackwardKernel = void (*)(const IdaTensors&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&);
 
+template <ForwardKernel forward_kernel>
 at::Tensor ida_forward(const at::Tensor& x, const at::Tensor& m, const at::Tensor& w_up, const at::Tensor& w_map,
                        const at::Tensor& w_x, const at::Tensor& w_out, const at::Tensor& b_out) {
   const IdaTensors t = check_ida("ida_forward", "m", x, m, w_up, w_map, w_x, w_out, &b_out);
   at::Tensor out = empty_like_layout({t.dims.batch, t.dims.co, t.dims.h, t.dims.w}, x);
-  if (out.numel() > 0) launch_forward(t, nullptr, out);
+  if (out.numel() > 0) forward_kernel(t, nullptr, out);
   return out;
 }
 
+template <BackwardKernel backward_kernel>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ida_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& m, const at::Tensor& w_up,
     const at::Tensor& w_map, const at::Tensor& w_x, const at::Tensor& w_out) {
@@ -134,17 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dm = empty_like_layout(m.sizes(), m);
   const GradOffsets off = grad_offsets(d);
   at::Tensor grads = at::zeros({off.total}, x.options().dtype(at::toOpMathType(x.scalar_type())));
-  if (d.batch > 0 && d.h > 0 && d.w > 0) {
-    if (x.is_cuda()) {
-#ifdef UDM_FAST_WITH_CUDA
-      ida_backward_cuda(t, grad_out, dx, dm, grads);
-#else
-      TORCH_CHECK(false, "udm_fast was built without CUDA kernels");
-#endif
-    } else {
-      ida_backward_cpu(t, grad_out, dx, dm, grads);
-    }
-  }
+  if (d.batch > 0 && d.h > 0 && d.w > 0) backward_kernel(t, grad_out, dx, dm, grads);
   auto part = [&](int64_t offset, int64_t n) { return grads.narrow(0, offset, n); };
   // accumulator layouts -> PyTorch weight layouts (contiguous, the input dtype)
   auto to_weight = [&](const at::Tensor& like, const at::Tensor& accumulated) {
@@ -159,6 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {dx, dm, dw_up, dw_map, dw_x, dw_out, db_out};
 }
 
+template <ForwardKernel forward_kernel>
 at::Tensor sft_forward(const at::Tensor& x, const at::Tensor& cond, const at::Tensor& cond_half,
                        const at::Tensor& noise, const at::Tensor& w_gamma1, const at::Tensor& w_gamma2,
                        const at::Tensor& w_beta1, const at::Tensor& w_beta2, const at::Tensor& w_up,
@@ -191,37 +179,23 @@ at::Tensor sft_forward(const at::Tensor& x, const at::Tensor& cond, const at::Te
   const SftTensors s{cond, noise, w_gamma1.contiguous(), w_gamma2.contiguous(), w_beta1.contiguous(),
                      w_beta2.contiguous(), slope};
   at::Tensor out = empty_like_layout(x.sizes(), x);
-  if (out.numel() > 0) launch_forward(t, &s, out);
+  if (out.numel() > 0) forward_kernel(t, &s, out);
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(udm_fast, m) {
-  // IDA(x, m) = ConvT2x2(Conv3x3s2(LReLU_0.1(ConvT2x2(m))) * Conv3x3s2(x)) + b_out
-  m.def("ida_forward(Tensor x, Tensor m, Tensor w_up, Tensor w_map, Tensor w_x, Tensor w_out, Tensor b_out) -> Tensor");
-  // (dx, dm, dw_up, dw_map, dw_x, dw_out, db_out) of ida_forward
-  m.def(
-      "ida_backward(Tensor grad_out, Tensor x, Tensor m, Tensor w_up, Tensor w_map, Tensor w_x, Tensor w_out) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // x * (1 + W2 act(W1 cond)) + W4 act(W3 [cond; noise]) + IDA(x, cond_half); act = LeakyReLU(slope)
-  m.def(
-      "sft_forward(Tensor x, Tensor cond, Tensor cond_half, Tensor noise, Tensor w_gamma1, Tensor w_gamma2, "
-      "Tensor w_beta1, Tensor w_beta2, Tensor w_up, Tensor w_map, Tensor w_x, Tensor w_out, Tensor b_out, "
-      "float slope) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(udm_fast, CPU, m) {
-  m.impl("ida_forward", &ida_forward);
-  m.impl("ida_backward", &ida_backward);
-  m.impl("sft_forward", &sft_forward);
+  m.impl("ida_forward", &ida_forward<fused_forward_cpu>);
+  m.impl("ida_backward", &ida_backward<ida_backward_cpu>);
+  m.impl("sft_forward", &sft_forward<fused_forward_cpu>);
 }
 
 #ifdef UDM_FAST_WITH_CUDA
 TORCH_LIBRARY_IMPL(udm_fast, CUDA, m) {
-  m.impl("ida_forward", &ida_forward);
-  m.impl("ida_backward", &ida_backward);
-  m.impl("sft_forward", &sft_forward);
+  m.impl("ida_forward", &ida_forward<fused_forward_cuda>);
+  m.impl("ida_backward", &ida_backward<ida_backward_cuda>);
+  m.impl("sft_forward", &sft_forward<fused_forward_cuda>);
 }
 #endif
 

@@ -475,8 +475,11 @@ def test_empty_batch():
 
 @needs_kernels
 def test_unsupported_activation_falls_back_to_composition():
-    """An activation the fused kernel lacks keeps the layer correct: torch MLPs + the triton IDA."""
-    run_sft_case(1, 16, 8, 8, torch.float32, False, activation=torch.nn.Tanh())
+    """An activation the fused kernel lacks keeps the layer correct: torch MLPs + the triton IDA, said by
+    the dispatcher's warning (the fallback rule of udm_fast/ops/dispatch.py)."""
+    from udm_fast.ops.dispatch import BackendFallbackWarning
+    with pytest.warns(BackendFallbackWarning, match="not Tanh / Tanh; running torch MLPs around the triton IDA"):
+        run_sft_case(1, 16, 8, 8, torch.float32, False, activation=torch.nn.Tanh())
 
 
 def test_bad_inputs_raise():
