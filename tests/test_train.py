@@ -332,7 +332,7 @@ def test_bad_data_is_reported(tmp_path):
     with pytest.raises(DataError, match="4 items, fewer than one batch"):
         Trainer(tiny(tmp_path / "b", **{"data.batch_size": 8}))
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="run.device 'cuda' requested but no CUDA device is available"):
             Trainer(tiny(tmp_path / "c", **{"run.device": "cuda"}))
     broken = tmp_path / "broken"
     broken.mkdir()

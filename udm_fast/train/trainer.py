@@ -49,7 +49,7 @@ log = logging.getLogger("udm_fast.train")
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
     """run.device as a device (cpu or cuda; a bare ``cuda`` is this process's ``local_rank``), made current."""
-    device = parse_device(name, what="run.device", types=("cpu", "cuda"), error=ConfigError)
+    device = parse_device(name, what="run.device", option="run.device", types=("cpu", "cuda"), error=ConfigError)
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank)
