@@ -27,6 +27,7 @@ from .checkpoint import save_atomic
 from .files import write_bytes_atomic
 from .io import ImageNote, format_for_path, load_image, save_image
 from .model import UDM, UDMConfig
+from .restore import command as restore_command
 from .train import commands as train_commands
 
 PROG = "udm-fast"
@@ -415,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the noise (default 0)")
     demo.set_defaults(run=run_demo)
     train_commands.add_commands(commands, [common])
+    restore_command.add_parser(commands, [common, model_options, run_options])
     return parser
 
 
