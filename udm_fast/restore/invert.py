@@ -131,8 +131,8 @@ class LearnedRedegrader(Redegrader):
 
 @contextlib.contextmanager
 def _frozen(*modules: nn.Module):
-    """Turns off requires_grad on the modules' parameters for the block, then restores the flags."""
-    params = [p for m in modules for p in m.parameters()]
+    """Turns off requires_grad on the parameters of those arguments that are modules for the block, then restores the flags."""
+    params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters()]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
