@@ -278,7 +278,7 @@ def check_size(y: torch.Tensor) -> None:
                          f"(the cost grows with the pixel count): downscale or crop it first")
 
 
-DEFAULT_STEPS = 100
+DEFAULT_STEPS = 80
 
 
 def restore(y: torch.Tensor, model=None, *, prior: Optional[Prior] = None, steps: int = DEFAULT_STEPS,
