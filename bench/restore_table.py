@@ -13,7 +13,6 @@ straight-through rounding). Same prior, optimiser, steps and seed for every meth
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
@@ -21,8 +20,15 @@ import torch
 
 from udm_fast import default_model, degrade
 from udm_fast.io import load_image
-from udm_fast.restore import DeepImagePrior, Identity, KnownOperator, LearnedRedegrader, default_phases, invert
-from udm_fast.restore import operators
+from udm_fast.restore import (
+    DeepImagePrior,
+    Identity,
+    KnownOperator,
+    LearnedRedegrader,
+    default_phases,
+    invert,
+    operators,
+)
 from udm_fast.train.metrics import ms_ssim, psnr
 
 LEVELS = {"noise": (10 / 255, 25 / 255, 50 / 255), "blur": (1.0, 2.0, 3.0), "jpeg": (50, 25, 10)}
@@ -75,15 +81,21 @@ def main() -> int:
             for i, x in enumerate(cleans):
                 y, operator = degrade_with(x, task, level, torch.Generator().manual_seed(1000 + i))
                 results = {"degraded": y}
-                for name, make in (("naive", lambda g: Identity()), ("ours", lambda g: LearnedRedegrader(model, y, g)),
-                                   ("non_blind", lambda g: KnownOperator(operator))):
+                for name in ("naive", "ours", "non_blind"):
                     g = torch.Generator().manual_seed(0)
+                    if name == "naive":
+                        redegrader = Identity()
+                    elif name == "ours":
+                        redegrader = LearnedRedegrader(model, y, g)
+                    else:
+                        redegrader = KnownOperator(operator)
                     prior = DeepImagePrior()
-                    r = invert(y, prior, make(g), default_phases(prior, args.steps), generator=g,
+                    r = invert(y, prior, redegrader, default_phases(prior, args.steps), generator=g,
                                snapshot_every=5 if name == "naive" else 0)
                     results[name] = r.image
                     if name == "naive":
-                        results["naive_oracle"] = max((im for _, im in r.snapshots), key=lambda im: float(psnr(im, x)))
+                        candidates = [im for _, im in r.snapshots] + [r.image]
+                        results["naive_oracle"] = max(candidates, key=lambda im: float(psnr(im, x)))
                 for m in methods:
                     scores[m].append((float(psnr(results[m], x)), float(ms_ssim(results[m], x))))
             cells = [f"{sum(p for p, _ in s) / len(s):.2f} / {sum(q for _, q in s) / len(s):.3f}" for s in scores.values()]
