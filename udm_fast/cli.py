@@ -1,4 +1,4 @@
-"""The ``udm-fast`` command: ``transfer``, ``encode``, ``decode``, ``info``, ``demo``, and ``train`` / ``synth`` / ``eval`` (udm_fast.train).
+"""The ``udm-fast`` command: ``transfer``, ``encode``, ``decode``, ``info``, ``demo``, ``train`` / ``synth`` / ``eval`` (udm_fast.train) and ``restore`` (udm_fast.restore).
 
 Every expected failure (missing or corrupt files, mismatched weights, bad devices, unusable image
 sizes) ends with one ``udm-fast: error: ...`` line on stderr and exit code 1; ``--debug`` re-raises
