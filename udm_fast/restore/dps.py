@@ -69,7 +69,8 @@ def redegrader_measurement(model, y: torch.Tensor, generator: Optional[torch.Gen
                            signed: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """The degradation model as DPS measurement operator for y [B, 3, H, W] in [0, 1]: x0 ->
     synthesize(x0, encode(y), n) with fixed noise maps n ~ N(0, I). With ``signed`` (the usual diffusion
-    domain) x0 is in [-1, 1] and the output is mapped to [-1, 1] too, so pass y as 2 y - 1 to the sampler."""
+    domain) x0 is in [-1, 1] and the output is mapped to [-1, 1] too, so pass y as 2 y - 1 to the sampler.
+    The model's weights are frozen (requires_grad off), as the gradient is only needed for x0."""
     redegrader = LearnedRedegrader(model, y, generator)
     for v in redegrader.variables():
         v.requires_grad_(False)
