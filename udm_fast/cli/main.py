@@ -20,7 +20,7 @@ from ..version import __version__
 from .common import PROG, one_line, parent_parsers, report, show_warning
 
 # The command modules of this package, in the order ``udm-fast --help`` lists them.
-COMMANDS = ("transfer", "encode", "decode", "info", "demo", "train", "synth", "evaluate")
+COMMANDS = ("transfer", "encode", "decode", "info", "demo", "train", "synth", "evaluate", "restore")
 
 
 def build_parser() -> argparse.ArgumentParser:

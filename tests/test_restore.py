@@ -1,0 +1,301 @@
+"""udm_fast.restore: the prior protocol with a small StyleGAN-like generator, the inverter on constructed
+problems, DPS on a Gaussian toy problem with a known posterior, known operators and `udm-fast restore`."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from udm_fast import cli, default_model
+from udm_fast.utils.io import save_image
+from udm_fast.restore import (
+    DeepImagePrior,
+    Identity,
+    KnownOperator,
+    LearnedRedegrader,
+    Phase,
+    Prior,
+    PyramidL1,
+    default_phases,
+    dps_sample,
+    invert,
+    operators,
+    redegrader_measurement,
+)
+
+
+class TinyStyleGAN(Prior):
+    """Mapping MLP z -> w, a learned 4x4 constant, N_L layers (2x upsampling) of N_F style-modulated 3x3
+    convolutions, each style s = A_i^l(w) an affine map of its own copy of the latent. Spaces: W [B, D],
+    W+ [B, N_L, D] (one w per layer), W++ [B, N_L, N_F, D] (one per convolution). Weights frozen."""
+
+    spaces = ("W", "W+", "W++")
+
+    def __init__(self, dim: int = 8, channels: int = 8, layers: int = 2, convs: int = 2, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.dim, self.layers, self.convs = dim, layers, convs
+        self.mapping = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
+        self.const = nn.Parameter(torch.randn(1, channels, 4, 4, generator=g))
+        self.affine = nn.ModuleList(nn.Linear(dim, channels) for _ in range(layers * convs))
+        self.conv = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(layers * convs))
+        self.rgb = nn.Conv2d(channels, 3, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 1.0 / max(1, p[0].numel()) ** 0.5))
+            for a in self.affine:
+                a.bias += 1.0
+        self.requires_grad_(False)
+        self.w: torch.Tensor = torch.zeros(0)
+        self.space = "W"
+
+    def styles_latent(self) -> torch.Tensor:
+        """The latent as W++ [B, N_L, N_F, D] (W and W+ are expanded by copying)."""
+        if self.space == "W":
+            return self.w[:, None, None].expand(-1, self.layers, self.convs, -1)
+        if self.space == "W+":
+            return self.w[:, :, None].expand(-1, -1, self.convs, -1)
+        return self.w
+
+    def initialise(self, y, generator=None):
+        with torch.no_grad():
+            z = torch.randn(256, self.dim, generator=generator, dtype=y.dtype)
+            w_mean = self.mapping.to(y.dtype)(z).mean(0, keepdim=True)
+        self.to(y.dtype)
+        self.w = w_mean.expand(y.shape[0], -1).clone().requires_grad_(True)
+        self.space = "W"
+
+    def enter(self, space):
+        if self.spaces.index(space) < self.spaces.index(self.space):
+            raise ValueError("spaces are entered coarse to fine")
+        w = self.styles_latent()
+        if space == "W+":
+            w = w[:, :, 0]
+        elif space == "W":
+            w = w[:, 0, 0]
+        self.w = w.detach().clone().requires_grad_(True)
+        self.space = space
+
+    def variables(self):
+        return [self.w]
+
+    def latent(self):
+        return {self.space: self.w.detach().clone()}
+
+    def render(self, wpp: torch.Tensor) -> torch.Tensor:
+        h = self.const.expand(wpp.shape[0], -1, -1, -1)
+        for layer in range(self.layers):
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            for i in range(self.convs):
+                k = layer * self.convs + i
+                s = self.affine[k](wpp[:, layer, i])
+                h = F.leaky_relu(self.conv[k](h * s[:, :, None, None]), 0.2)
+        return torch.sigmoid(self.rgb(h))
+
+    def forward(self):
+        return self.render(self.styles_latent())
+
+
+def _target(prior: TinyStyleGAN, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w*, G(w*)): a latent from the mapping network and its image."""
+    prior.to(dtype)
+    with torch.no_grad():
+        z = torch.randn(1, prior.dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        w = prior.mapping(z)
+        return w, prior.render(w[:, None, None].expand(-1, prior.layers, prior.convs, -1))
+
+
+def test_expansion_keeps_the_image_and_phases_visit_every_space():
+    prior = TinyStyleGAN()
+    y = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    prior.initialise(y, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prior.w += 0.3 * torch.randn(prior.w.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    images = [prior().detach()]
+    for space, shape in (("W+", (2, 2, 8)), ("W++", (2, 2, 2, 8))):
+        prior.enter(space)
+        assert tuple(prior.w.shape) == shape
+        images.append(prior().detach())
+    for image in images[1:]:
+        torch.testing.assert_close(image, images[0], rtol=0, atol=1e-14)
+    phases = default_phases(prior, 40)
+    assert [p.name for p in phases] == ["V", "W", "W+", "W++"]
+    assert [p.space for p in phases] == ["W", "W", "W+", "W++"]
+    assert phases[0].code_lr == 0 and all(p.code_lr > 0 for p in phases[1:]) and sum(p.steps for p in phases) == 40
+
+
+def test_inverter_recovers_a_known_latent():
+    """y = G(w*): the image is matched to 1e-3 of the start's error; the latent (not identifiable exactly: the
+    tiny generator maps nearby w to nearly the same image) ends much closer to w* than it started."""
+    prior = TinyStyleGAN()
+    w_true, y = _target(prior, seed=3)
+    result = invert(y, prior, Identity(), [Phase("W", "W", 600, lr=0.05)], distance=lambda a, b: (a - b).pow(2).mean(),
+                    generator=torch.Generator().manual_seed(0))
+    prior.initialise(y, torch.Generator().manual_seed(0))
+    start_error = (prior().detach() - y).pow(2).mean()
+    final_error = (result.image - y).pow(2).mean()
+    assert final_error < 1e-3 * start_error
+    assert torch.linalg.vector_norm(result.latent["W"] - w_true) < 0.5 * torch.linalg.vector_norm(prior.w.detach() - w_true)
+    losses = result.record[0].losses
+    assert len(losses) == 600 and losses[-1] < 1e-3 * losses[0]
+
+
+def test_non_blind_inversion_through_a_known_blur_beats_fitting_y():
+    """With the true blur as operator the latent of the sharp image is found; fitting y itself finds a blurry one."""
+    prior = TinyStyleGAN(layers=3)
+    _, x = _target(prior, seed=5)
+    blur = operators.blur(1.5)
+    y = blur(x)
+    phases = [Phase("W", "W", 150, lr=0.05), Phase("W+", "W+", 150, lr=0.02)]
+    mse = lambda a, b: (a - b).pow(2).mean()
+    known = invert(y, prior, KnownOperator(blur), phases, distance=mse, generator=torch.Generator().manual_seed(0))
+    naive = invert(y, prior, Identity(), phases, distance=mse, generator=torch.Generator().manual_seed(0))
+    err_known, err_naive = mse(known.image, x), mse(naive.image, x)
+    assert err_known < 0.5 * err_naive
+    assert err_known < 0.5 * mse(y, x)
+
+
+def test_early_stopping_ends_a_phase_on_a_plateau():
+    prior = TinyStyleGAN()
+    _, y = _target(prior, seed=3)
+    phase = Phase("W", "W", 2000, lr=0.05, patience=20, tol=1e-2)
+    result = invert(y, prior, Identity(), [phase], distance=lambda a, b: (a - b).pow(2).mean())
+    record = result.record[0]
+    assert record.stopped_early and 20 <= len(record.losses) < 2000
+    best = min(record.losses)
+    assert all(v >= best * (1 - 1e-2) for v in record.losses[-20:])
+
+
+def test_learned_redegrader_v_phase_freezes_the_code_and_later_phases_move_it():
+    model = default_model()
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    red = LearnedRedegrader(model, y, torch.Generator().manual_seed(0))
+    e_g0 = model.encode(y)[0].detach().clone()
+    torch.testing.assert_close(red.e_g.detach(), e_g0)
+    assert [tuple(n.shape) for n in red.noise] == [tuple(s) for s in model.noise_shapes(1, 32, 32)]
+    prior = DeepImagePrior(width=8, input_channels=4)
+    weights_before = [p.detach().clone() for p in model.parameters()]
+    v = invert(y, prior, red, [Phase("V", "theta", 3, lr=0.01, code_lr=0.0)], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(v.code["e_g"], e_g0, rtol=0, atol=0)
+    w = invert(y, prior, red, [Phase("theta", "theta", 3, lr=0.01, code_lr=0.05)])
+    assert not torch.equal(w.code["e_g"], e_g0) and not torch.equal(w.code["noise"][0], v.code["noise"][0])
+    for before, after in zip(weights_before, model.parameters()):
+        assert torch.equal(before, after) and after.grad is None
+    assert w.image.shape == y.shape and w.redegraded.shape == y.shape
+
+
+def test_deep_image_prior_fits_an_image_and_crops_odd_sizes():
+    y = torch.rand(1, 3, 21, 27, generator=torch.Generator().manual_seed(0))
+    y = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), 3, stride=1)  # smooth content the prior can fit
+    prior = DeepImagePrior(width=16, input_channels=8)
+    result = invert(y, prior, Identity(), [Phase("theta", "theta", 150, lr=0.01)], distance=PyramidL1(),
+                    generator=torch.Generator().manual_seed(0))
+    assert result.image.shape == y.shape
+    assert (result.image - y).pow(2).mean() < 0.25 * (y - y.mean()).pow(2).mean()
+
+
+def test_a_prior_of_the_wrong_shape_is_refused():
+    class Wrong(DeepImagePrior):
+        def forward(self):
+            return super().forward()[..., :-1]
+    with pytest.raises(ValueError, match="prior returned an image of shape"):
+        invert(torch.rand(1, 3, 16, 16), Wrong(width=8), Identity(), [Phase("theta", "theta", 1, 0.01)])
+    with pytest.raises(ValueError, match="no space 'W'"):
+        invert(torch.rand(1, 3, 16, 16), DeepImagePrior(width=8), Identity(), [Phase("W", "W", 1, 0.01)])
+
+
+def test_jpeg_operator_is_the_codec_forward_and_identity_backward():
+    from udm_fast.synthesis import degrade
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    out = operators.jpeg(30)(x)
+    torch.testing.assert_close(out.detach(), degrade.jpeg(x.detach(), 30, impl="tensor"), rtol=0, atol=1e-12)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+
+
+def _gaussian_toy(mu: float, s: float, abar: torch.Tensor):
+    """The exact noise predictor for data x0 ~ N(mu, s^2 I): eps(x_t) from E[x0 | x_t]."""
+    def denoiser(x, t):
+        a = abar[t].to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+        x0 = mu + a.sqrt() * s ** 2 / (a * s ** 2 + 1 - a) * (x - a.sqrt() * mu)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+    return denoiser
+
+
+def test_dps_matches_the_gaussian_posterior_mean():
+    """x0 ~ N(0.3, 1), y = 0.8 x0 + N(0, 0.1^2): posterior mean (mu/s^2 + a y / sy^2) / (1/s^2 + a^2/sy^2).
+
+    DPS replaces p(y | x_t) by a Gaussian around A(E[x0 | x_t]); with a measurement noise small
+    against the prior's spread this is accurate, and the sample mean must match the posterior mean."""
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.05, 200, dtype=torch.float64), 0)
+    mu, s, a, sy = 0.3, 1.0, 0.8, 0.1
+    for y_value in (1.2, -0.5):
+        y = torch.full((4000, 1, 1, 1), y_value, dtype=torch.float64)
+        x = dps_sample(y, _gaussian_toy(mu, s, abar), abar, lambda x0: a * x0, tuple(y.shape), sigma_y=sy,
+                       generator=torch.Generator().manual_seed(0))
+        posterior_mean = (mu / s ** 2 + a * y_value / sy ** 2) / (1 / s ** 2 + a * a / sy ** 2)
+        assert abs(x.mean().item() - posterior_mean) < 0.03 * abs(posterior_mean - mu)
+        # without guidance the sampler draws from the prior
+    x = dps_sample(y, _gaussian_toy(mu, s, abar), abar, lambda x0: 0 * x0, tuple(y.shape), sigma_y=1.0,
+                   generator=torch.Generator().manual_seed(1))
+    assert abs(x.mean().item() - mu) < 0.06 and abs(x.std().item() - s) < 0.06
+
+
+def test_dps_with_the_degradation_model_as_measurement():
+    model = default_model()
+    y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    measure = redegrader_measurement(model, y, torch.Generator().manual_seed(0))
+    abar = torch.cumprod(1 - torch.linspace(1e-3, 0.2, 5, dtype=torch.float64), 0)
+    x = dps_sample(2 * y - 1, _gaussian_toy(0.0, 0.5, abar), abar, measure, (1, 3, 16, 16), zeta=0.5,
+                   generator=torch.Generator().manual_seed(0))
+    assert x.shape == (1, 3, 16, 16) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="decreasing"):
+        dps_sample(y, _gaussian_toy(0.0, 1.0, abar), abar.flip(0), measure, (1, 3, 16, 16))
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_cli_restore_writes_the_outputs(tmp_path, capsys):
+    y = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+    save_image(y, tmp_path / "y.png")
+    code = cli.main(["restore", "--degraded", str(tmp_path / "y.png"), "--out", str(tmp_path / "z.png"),
+                     "--steps", "4", "--device", "cpu", "--redegraded", str(tmp_path / "r.png"),
+                     "--curve", str(tmp_path / "c.png")])
+    assert code == 0
+    from PIL import Image
+    assert Image.open(tmp_path / "z.png").size == (20, 24) and Image.open(tmp_path / "r.png").size == (20, 24)
+    assert Image.open(tmp_path / "c.png").format == "PNG"
+    assert "4 steps (V 1, theta 3)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: (d / "bad.png").write_bytes(b"not an image"), "not an image file"),
+    (lambda d: save_image(torch.rand(1, 3, 8, 8), d / "bad.png"), "at least 16x16"),
+    (lambda d: (save_image(torch.rand(1, 3, 16, 16), d / "bad.png"), (d / "w.pt").write_bytes(b"xx")), "w.pt"),
+])
+def test_cli_restore_errors_are_one_line(tmp_path, capsys, setup, message):
+    setup(tmp_path)
+    args = ["restore", "--degraded", str(tmp_path / "bad.png"), "--out", str(tmp_path / "z.png"), "--steps", "2",
+            "--device", "cpu"]
+    if (tmp_path / "w.pt").exists():
+        args += ["--weights", str(tmp_path / "w.pt")]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("udm-fast: error:") and message in err
+    assert not os.path.exists(tmp_path / "z.png")
+
+
+def test_cli_restore_interrupted_writes_nothing(tmp_path, capsys, monkeypatch):
+    save_image(torch.rand(1, 3, 16, 16), tmp_path / "y.png")
+    from udm_fast.cli import restore as command
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(command, "restore", interrupt)
+    assert cli.main(["restore", "--degraded", str(tmp_path / "y.png"), "--out", str(tmp_path / "z.png"),
+                     "--device", "cpu"]) == 130
+    assert sorted(os.listdir(tmp_path)) == ["y.png"]
