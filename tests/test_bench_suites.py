@@ -3,6 +3,7 @@
 The layer benchmarks compile the same reference functions for many shapes and dtypes; each case must
 get its own compile budget (bench/NOTES.md), which only shows when they all run in one process.
 """
+import json
 import os
 import subprocess
 import sys
@@ -34,3 +35,33 @@ def test_every_layer_compile_variant_runs_in_one_process(tmp_path):
     assert len(cases) == COMPILE_CASES and all(name.endswith("-compile]") for name in names), names
     assert not failed, f"{failed}\n{result.stdout[-4000:]}"
     assert result.returncode == 0
+
+
+def _summarize_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("summarize", os.path.join(ROOT, "bench", "summarize.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench(variant, median, **extra):
+    return {"name": f"test_layer[{variant}]", "group": "SFT-L1", "param": variant,
+            "stats": {"median": median, "iqr": median / 10, "rounds": 5}, "extra_info": {"variant": variant, **extra}}
+
+
+def test_summarize_puts_variants_side_by_side_with_speedups(tmp_path, capsys):
+    summarize = _summarize_module()
+    rows = summarize.group_rows([_bench("eager", 4e-3), _bench("compile", 2e-3),
+                                 _bench("fused", 1e-3, floor_us=250.0)])
+    by_variant = {row[0]: row for row in rows}
+    assert [row[0] for row in rows] == ["fused", "compile", "eager"]
+    assert by_variant["fused"][4:7] == ["4.00x", "2.00x", "25.0%"]
+    assert by_variant["eager"][4:7] == ["1.00x", "0.50x", "-"]
+    no_baselines = summarize.group_rows([_bench("bf16", 1e-3)])
+    assert no_baselines[0][4:6] == ["-", "-"]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": [_bench("eager", 4e-3), _bench("fused", 1e-3)]}))
+    summarize.main(str(path))
+    out = capsys.readouterr().out
+    assert "### SFT-L1" in out and "| fused | 1.000 | 0.100 | 5 | 4.00x | - | - |" in out
