@@ -27,6 +27,7 @@ from .checkpoint import save_atomic
 from .files import write_bytes_atomic
 from .io import ImageNote, format_for_path, load_image, save_image
 from .model import UDM, UDMConfig
+from .models.inference import add_precision_argument
 from .train import commands as train_commands
 
 PROG = "udm-fast"
@@ -144,6 +145,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     degraded = None if args.degraded is None else load_image(args.degraded)
     model = load_model(args.weights, args.official, device)
     set_tile_size(model, args.tile_size)
+    model.precision = args.precision
     noise = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     with torch.no_grad():
@@ -307,6 +309,7 @@ def run_demo(args: argparse.Namespace) -> int:
     degraded = [make(cleans[i % len(cleans)], generator) for i, (_, make) in enumerate(DEMO_DEGRADATIONS)]
     model = load_model(args.weights, args.official, device).eval()
     set_tile_size(model, args.tile_size)
+    model.precision = args.precision
     contents = torch.cat([_center_crop(x, DEMO_TABLE_CROP) for x in cleans])
     seeds = [train_commands.TRANSFER_FIRST_SEED + k for k in range(DEMO_TABLE_DEGRADATIONS)]
     table_degraded, _ = degradation_grid(contents, seeds)
@@ -382,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--code", metavar="C", help="a degradation code written by `udm-fast encode`")
     transfer.add_argument("--out", required=True, metavar="Z", help="output image (.png, .jpg or .jpeg)")
     transfer.add_argument("--seed", type=int, metavar="S", help="seed of the generator noise (default: random)")
+    add_precision_argument(transfer)
     transfer.set_defaults(run=run_transfer)
 
     encode = commands.add_parser("encode", parents=[common, model_options, run_options],
@@ -413,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "the identity and mismatched baselines.")
     demo.add_argument("--out", default="udm_fast_demo", metavar="DIR", help="output folder (default ./udm_fast_demo)")
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the noise (default 0)")
+    add_precision_argument(demo)
     demo.set_defaults(run=run_demo)
     train_commands.add_commands(commands, [common])
     return parser

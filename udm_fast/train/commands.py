@@ -23,6 +23,7 @@ from PIL import Image
 from ..degrade import DegradeConfig, degrade
 from ..files import write_bytes_atomic
 from ..io import ImageError, load_image
+from ..models.inference import add_precision_argument
 from .config import ConfigError, load_config
 from .data import DataError, ItemError, decode_image, derive_seed, list_images, read_pairs
 from .metrics import SSIM_WINDOW
@@ -94,6 +95,7 @@ def add_commands(commands: argparse._SubParsersAction, parents: Sequence[argpars
     evaluate.add_argument("--reference-column", default="ref_name", metavar="NAME")
     evaluate.add_argument("--out", default="eval.json", metavar="JSON", help="results file (default eval.json)")
     evaluate.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    add_precision_argument(evaluate)
     evaluate.add_argument("--crop", type=int, default=0, metavar="N",
                           help=f"evaluate the central N x N crops, N >= {SSIM_WINDOW} (default: whole images; "
                                f"--clean: N >= {TRANSFER_MIN_CROP}, default {TRANSFER_CROP})")
@@ -398,6 +400,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     index = _index_path(args.data) if args.clean is None else None
     model = load_model(args.weights, args.official, device)
+    model.precision = args.precision
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
         print(f"udm-fast: note: {name} not computed ({reason})", file=sys.stderr)
