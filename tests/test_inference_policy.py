@@ -1,5 +1,7 @@
 """CPU inference precision of UDM.synthesize (udm_fast/models/inference.py): bf16 within its stated
 tolerance of float64, fp32 the float32 computation, the policy's choices, and the CLI flag."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,8 @@ import torch.nn.functional as F
 from udm_fast import UDM, build_info, default_model
 from udm_fast.backend import resolve
 from udm_fast.cli import build_parser
-from udm_fast.models.inference import BF16_TOLERANCE, cpu_has_native_bf16, synthesis_autocast_dtype
+from udm_fast.models.inference import (BF16_TOLERANCE, apply_precision_argument, cpu_has_native_bf16,
+                                      synthesis_autocast_dtype)
 
 
 def _images(count: int, size: int, seed: int) -> torch.Tensor:
@@ -47,8 +50,27 @@ def test_auto_is_bf16_where_native_else_fp32():
     x, y = _images(1, 32, 2), _images(1, 32, 3)
     with torch.no_grad():
         e_g, e_l = model.encode(y)
-    expected = "bf16" if cpu_has_native_bf16() else "fp32"
-    assert torch.equal(_synthesize(model, x, e_g, e_l, "auto"), _synthesize(model, x, e_g, e_l, expected))
+    auto = _synthesize(model, x, e_g, e_l, "auto")
+    if cpu_has_native_bf16():
+        assert torch.equal(auto, _synthesize(model, x, e_g, e_l, "bf16"))
+    else:
+        torch.testing.assert_close(auto, _synthesize(model, x, e_g, e_l, "fp32"), rtol=1e-5, atol=1e-5)
+
+
+def test_accelerated_paths_run_channels_last_and_fp32_moves_the_weights_back():
+    torch.manual_seed(0)
+    model = UDM(filters=16).eval()
+    weight = next(p for p in model.generator.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] == 3)
+    x = _images(1, 32, 5)
+    with torch.no_grad():
+        e_g, e_l = model.encode(x)
+    fp32 = _synthesize(model, x, e_g, e_l, "fp32")
+    assert weight.is_contiguous()
+    for precision in ("auto", "bf16"):
+        assert _synthesize(model, x, e_g, e_l, precision).dtype == torch.float32
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert torch.equal(_synthesize(model, x, e_g, e_l, "fp32"), fp32)
+    assert weight.is_contiguous()
 
 
 def test_policy_leaves_training_gpu_other_dtypes_and_caller_autocast_alone():
@@ -75,8 +97,12 @@ def test_unknown_precision_is_refused_by_name():
                                      ["demo"], ["eval", "--clean", "photos"]])
 def test_cli_precision_flag(command):
     parser = build_parser()
-    assert parser.parse_args(command).precision == "auto"
-    assert parser.parse_args(command + ["--precision", "fp32"]).precision == "fp32"
+    assert parser.parse_args(command).precision is None  # the model's default (UDM_FAST_PRECISION, else auto)
+    model = UDM(filters=16)
+    apply_precision_argument(model, parser.parse_args(command))
+    assert model.precision == os.environ.get("UDM_FAST_PRECISION", "auto")
+    apply_precision_argument(model, parser.parse_args(command + ["--precision", "bf16"]))
+    assert model.precision == "bf16"
     with pytest.raises(SystemExit):
         parser.parse_args(command + ["--precision", "fp16"])
 

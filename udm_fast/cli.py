@@ -27,7 +27,7 @@ from .checkpoint import save_atomic
 from .files import write_bytes_atomic
 from .io import ImageNote, format_for_path, load_image, save_image
 from .model import UDM, UDMConfig
-from .models.inference import add_precision_argument
+from .models.inference import add_precision_argument, apply_precision_argument
 from .train import commands as train_commands
 
 PROG = "udm-fast"
@@ -145,7 +145,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     degraded = None if args.degraded is None else load_image(args.degraded)
     model = load_model(args.weights, args.official, device)
     set_tile_size(model, args.tile_size)
-    model.precision = args.precision
+    apply_precision_argument(model, args)
     noise = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     with torch.no_grad():
@@ -309,7 +309,7 @@ def run_demo(args: argparse.Namespace) -> int:
     degraded = [make(cleans[i % len(cleans)], generator) for i, (_, make) in enumerate(DEMO_DEGRADATIONS)]
     model = load_model(args.weights, args.official, device).eval()
     set_tile_size(model, args.tile_size)
-    model.precision = args.precision
+    apply_precision_argument(model, args)
     contents = torch.cat([_center_crop(x, DEMO_TABLE_CROP) for x in cleans])
     seeds = [train_commands.TRANSFER_FIRST_SEED + k for k in range(DEMO_TABLE_DEGRADATIONS)]
     table_degraded, _ = degradation_grid(contents, seeds)

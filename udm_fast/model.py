@@ -166,7 +166,7 @@ class UDM(nn.Module):
         follows ``self.precision`` (udm_fast/models/inference.py); ŷ has the model's dtype either way.
         """
         _check_images("x", x, self.dtype)
-        with synthesis_precision(self.precision, x, self.dtype, self.training) as autocast:
+        with synthesis_precision(self.precision, x, self.generator, self.dtype, self.training) as (x, autocast):
             out = self._synthesize_as_called(x, e_g, e_l, noise)
         return out if autocast is None else out.to(self.dtype)
 

@@ -2,15 +2,16 @@
 
 ``precision`` (``UDM.precision``, default from the environment variable UDM_FAST_PRECISION, else ``auto``;
 CLI ``--precision``):
-  ``auto``  bfloat16 autocast on a CPU with native bfloat16 arithmetic (AVX-512 BF16 or AMX), else float32 -
+  ``auto``  bfloat16 autocast on a CPU with native bfloat16 arithmetic (AVX-512 BF16 or AMX), else float32;
             the fastest path measured by bench/test_bench_inference.py (bench/RESULTS.md);
   ``bf16``  bfloat16 autocast on any CPU (emulated, slower, where the CPU lacks native bfloat16);
-  ``fp32``  the model's own dtype, eager: bit-for-bit the computation of the weights.
+  ``fp32``  the model's own dtype and layout, eager: exactly the computation as called.
 The policy applies to float32 models in eval mode on CPU tensors, outside a caller's own autocast; GPUs,
-training, and half/double models always compute as called. Channels-last layout is not part of it (measured
-no faster on top of bfloat16, bench/RESULTS.md); neither is torch.compile, whose compile time for the
-generator (minutes on a 2-core CPU) has not been measured to pay back (``bf16_compile`` in the benchmark,
-UDM_BENCH_COMPILE=1, measures both).
+training, and half/double models always compute as called. ``auto`` and ``bf16`` also run the generator
+channels-last (image and weights; the first such call moves the generator's weights, ``fp32`` moves them
+back): measured faster in float32 and bfloat16 alike (bench/RESULTS.md). torch.compile is not part of the
+policy: its compile time for the generator (minutes on a 2-core CPU) has not been measured to pay back
+(``bf16_compile`` in the benchmark, UDM_BENCH_COMPILE=1, measures both).
 
 Tolerance of bfloat16 against float32 (outputs in [0, 1], the bundled model and the default-size model on
 random images): mean |difference| <= ``BF16_TOLERANCE["mean_abs"]`` and max <= ``BF16_TOLERANCE["max_abs"]``
@@ -55,20 +56,46 @@ def synthesis_autocast_dtype(precision: str, device: torch.device, model_dtype: 
     return None
 
 
+def uses_channels_last(precision: str, device: torch.device, model_dtype: torch.dtype, training: bool) -> bool:
+    """Whether ``synthesize`` runs the generator channels-last (every precision but fp32 on the CPU)."""
+    check_precision(precision)
+    return precision != "fp32" and device.type == "cpu" and not training and model_dtype == torch.float32
+
+
+def set_generator_layout(generator: torch.nn.Module, channels_last: bool) -> None:
+    """Moves the generator's weights to channels-last (or back, undoing only what the policy did)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if getattr(generator, "_policy_layout", torch.contiguous_format) != layout:
+        generator.to(memory_format=layout)
+        generator._policy_layout = layout
+
+
 @contextlib.contextmanager
-def synthesis_precision(precision: str, x: torch.Tensor, model_dtype: torch.dtype,
-                        training: bool) -> Iterator[Optional[torch.dtype]]:
-    """Runs the block under the policy's autocast (if any); yields that dtype or None."""
+def synthesis_precision(precision: str, x: torch.Tensor, generator: torch.nn.Module, model_dtype: torch.dtype,
+                        training: bool) -> Iterator[tuple]:
+    """Runs the block under the policy: yields (x in the layout to use, autocast dtype or None)."""
+    if x.device.type == "cpu":
+        channels_last = uses_channels_last(precision, x.device, model_dtype, training)
+        set_generator_layout(generator, channels_last)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
     dtype = synthesis_autocast_dtype(precision, x.device, model_dtype, training)
     if dtype is None:
-        yield None
+        yield x, None
         return
     with torch.autocast("cpu", dtype=dtype):
-        yield dtype
+        yield x, dtype
 
 
 def add_precision_argument(parser) -> None:
     """The ``--precision`` option of the commands that synthesize (transfer, demo, eval)."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="CPU inference precision: auto (bfloat16 where the CPU runs it natively, "
-                             "else float32; default), fp32 (float32 eager) or bf16")
+                             "else float32; channels-last), fp32 (float32 eager) or bf16 "
+                             "(default: UDM_FAST_PRECISION, else auto)")
+
+
+def apply_precision_argument(model, args) -> None:
+    """Sets ``model.precision`` from ``--precision`` when given (else the model keeps its default)."""
+    if args.precision is not None:
+        model.precision = args.precision

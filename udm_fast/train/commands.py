@@ -23,7 +23,7 @@ from PIL import Image
 from ..degrade import DegradeConfig, degrade
 from ..files import write_bytes_atomic
 from ..io import ImageError, load_image
-from ..models.inference import add_precision_argument
+from ..models.inference import add_precision_argument, apply_precision_argument
 from .config import ConfigError, load_config
 from .data import DataError, ItemError, decode_image, derive_seed, list_images, read_pairs
 from .metrics import SSIM_WINDOW
@@ -400,7 +400,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     index = _index_path(args.data) if args.clean is None else None
     model = load_model(args.weights, args.official, device)
-    model.precision = args.precision
+    apply_precision_argument(model, args)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
         print(f"udm-fast: note: {name} not computed ({reason})", file=sys.stderr)
