@@ -11,8 +11,8 @@ also ``bf16_compile`` (torch.compile of the generator network, bf16 autocast, ch
 outside the timed rounds; extra_info["compile_s"] holds the compile time it has to pay back).
 
 extra_info: GFLOP of one call (torch.utils.flop_counter, fp32 eager), GFLOP/s at the minimum time, the
-fraction of this CPU's estimated fp32 peak (``cpu_peak_gflops``: cores x clock x 2 FMA pipes x 16 fp32
-lanes x 2 FLOP, the AVX-512 assumption stated in extra_info), and the largest / mean absolute difference of
+fraction of this CPU's estimated fp32 peak (``cpu_peak_gflops``: cores in use (threads) x clock x 2 FMA
+pipes x 16 fp32 lanes x 2 FLOP, the AVX-512 assumption stated in extra_info), and the largest / mean absolute difference of
 the output from the fp32 eager output (must stay within BF16_TOLERANCE).
 UDM_FAST_BENCH_SMALL=1: 32 x 32 / 64 x 64 and a 96 x 64 image in 32 x 32 tiles with an 8-pixel halo (smoke runs).
 """
@@ -48,14 +48,15 @@ if COMPILE:
 
 
 def cpu_peak_gflops() -> tuple:
-    """(estimated fp32 peak GFLOP/s, the assumption): cores x clock x 2 AVX-512 FMA pipes x 16 lanes x 2."""
+    """(estimated fp32 peak GFLOP/s of the cores in use, the assumption): cores x clock x 2 AVX-512 FMA pipes
+    x 16 fp32 lanes x 2 FLOP (bf16 dot products can reach twice that)."""
     mhz = None
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("cpu MHz"):
                 mhz = float(line.split(":")[1])
                 break
-    cores = os.cpu_count()
+    cores = min(os.cpu_count(), torch.get_num_threads())  # the cores this run's threads can use
     if mhz is None:
         return None, "clock unknown"
     return round(cores * mhz * 1e-3 * 2 * 16 * 2, 1), f"{cores} cores x {mhz:.0f} MHz x 2 FMA x 16 fp32 lanes x 2"
