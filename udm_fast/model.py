@@ -163,7 +163,7 @@ class UDM(nn.Module):
 
         ŷ is not clamped (clamp when writing images). ``noise``: None, a torch.Generator, or the list of
         32 per-SFT-layer maps with the shapes ``noise_shapes(B, H, W)`` gives. On the CPU the computation
-        follows ``self.precision`` (udm_fast/models/inference.py); ŷ has the model's dtype either way.
+        follows ``self.precision`` (udm_fast/models/inference.py); ŷ keeps the model's dtype under it.
         """
         _check_images("x", x, self.dtype)
         with synthesis_precision(self.precision, x, self.generator, self.dtype, self.training) as (x, autocast):
