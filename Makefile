@@ -22,8 +22,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests -q
 
+# every suite timed, the JSON kept in bench.json, then the per-group comparison table (bench/summarize.py)
+BENCH_JSON ?= bench.json
 bench: setup
-	$(BIN)/python -m pytest bench -q --benchmark-only
+	$(BIN)/python -m pytest bench -q --benchmark-only --benchmark-json=$(BENCH_JSON); status=$$?; \
+	$(BIN)/python bench/summarize.py $(BENCH_JSON); exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info udm_fast/_C*.so

@@ -24,7 +24,7 @@ import torch
 compressai_eb = pytest.importorskip("compressai.entropy_models")
 from compressai import ans  # noqa: E402
 
-from bench_timing import rate  # noqa: E402
+from bench_timing import SMALL, rate  # noqa: E402
 from udm_fast import EntropyBottleneck  # noqa: E402
 from udm_fast.entropy import coder  # noqa: E402
 
@@ -35,6 +35,9 @@ SHAPES = {
     "c": (8, 192, 64, 64),
 }
 FIT_STEPS = 150
+if SMALL:  # smoke runs: batch 2, 16 x 16 maps, a short fit
+    SHAPES = {key: (2, shape[1], *([16] * (len(shape) - 2))) for key, shape in SHAPES.items()}
+    FIT_STEPS = 20
 
 
 def _latent(key, shape, generator):

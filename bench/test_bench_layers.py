@@ -17,12 +17,16 @@ Scope (environment variable UDM_FAST_BENCH_LAYERS):
   ``quick``    bfloat16, forward+backward (the issue's targets): SFT and IDA fused / eager at the three
                levels, SFT level 1 also compile, level 1 also cuda (15 benchmarks).
 SFT noise is drawn inside every variant (noise=None), as in training.
+UDM_FAST_BENCH_SMALL=1: batch 1 and a quarter of the spatial sizes (smoke runs).
+UDM_FAST_BENCH_COMPILE_BACKEND: the torch.compile backend of the ``compile`` variant (default inductor;
+``eager`` runs dynamo alone: the tests use it to check the variants' compile bookkeeping quickly).
 """
 import os
 
 import pytest
 import torch
 
+from bench_timing import SMALL
 from udm_fast.layers import IDA, SFT
 
 CUDA = torch.cuda.is_available()
@@ -30,11 +34,14 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 SCOPE = os.environ.get("UDM_FAST_BENCH_LAYERS", "default")
 if SCOPE not in ("default", "full", "quick"):
     raise ValueError(f"UDM_FAST_BENCH_LAYERS must be default, full or quick, got {SCOPE!r}")
+COMPILE_BACKEND = os.environ.get("UDM_FAST_BENCH_COMPILE_BACKEND", "inductor")
 COND = 8
-BATCH = 24 if CUDA else 2
+BATCH = 1 if SMALL else 24 if CUDA else 2
 # level: (channels, height = width); CPU sizes keep the channel counts at 1/4 of the spatial size
 LEVELS = {"L1": (64, 128), "L2": (128, 64), "L3": (256, 32)} if CUDA else \
     {"L1": (64, 32), "L2": (128, 16), "L3": (256, 8)}
+if SMALL:
+    LEVELS = {level: (channels, max(4, size // 4)) for level, (channels, size) in LEVELS.items()}
 # roofline floors in microseconds (H100, batch 24, bf16; docs/kernels.md §2)
 FLOORS_BF16_US = {("SFT", "L1"): (36.5, 55.9), ("SFT", "L2"): (17.6, 31.8), ("SFT", "L3"): (11.4, 30.1),
                   ("IDA", "L1"): (34.1, 51.4), ("IDA", "L2"): (17.0, 26.9), ("IDA", "L3"): (9.2, 25.6)}
@@ -83,7 +90,10 @@ def _build(layer, channels, size, dtype, variant):
         inputs = [x, cond_full, cond_half]
         run = module.forward_resized
     if variant == "compile":
-        run = torch.compile(run, fullgraph=True, dynamic=False)
+        # every variant compiles the same reference code object; without a reset the cached graphs of the
+        # earlier cases count against dynamo's recompile limit (8) and later cases fail (bench/NOTES.md)
+        torch._dynamo.reset()
+        run = torch.compile(run, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
     return run, inputs, module
 
 
@@ -127,7 +137,9 @@ def test_layer(benchmark, layer, level, dtype, phase, variant):
     benchmark.extra_info.update(layer=layer, level=level, channels=channels, size=f"{size}x{size}", batch=BATCH,
                                 dtype=str(dtype)[6:], phase=phase, variant=variant,
                                 device=torch.cuda.get_device_name() if CUDA else "cpu")
-    if CUDA and dtype == torch.bfloat16:
+    if variant == "compile":
+        benchmark.extra_info["compile_backend"] = COMPILE_BACKEND
+    if CUDA and dtype == torch.bfloat16 and not SMALL:
         fwd_us, bwd_us = FLOORS_BF16_US[(layer, level)]
         benchmark.extra_info["floor_us"] = fwd_us if phase == "fwd" else fwd_us + bwd_us
     benchmark(step)

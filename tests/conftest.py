@@ -1,10 +1,13 @@
 
 import importlib.util
+import os
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# exact-computation tests compare float32 math; the bf16 inference path has its own tests
+os.environ.setdefault("UDM_FAST_PRECISION", "fp32")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from ..models import pretrained
+from ..models.inference import PRECISIONS
 from ..models.udm import UDM
 from ..train.config import DataConfig
 from ..utils.io import ImageNote
@@ -100,3 +101,17 @@ def check_seed(flag: str, seed: int) -> None:
     """Raises ValueError unless ``seed`` is one that torch generators (and ``derive_seed``) take."""
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"{flag} must be an integer from 0 to 2**64 - 1, got {seed}")
+
+
+def add_precision_argument(parser) -> None:
+    """The ``--precision`` option of the commands that synthesize (transfer, demo, eval)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="CPU inference precision: auto (bfloat16 where the CPU runs it natively, "
+                             "else float32; channels-last), fp32 (float32 eager) or bf16 "
+                             "(default: UDM_FAST_PRECISION, else auto)")
+
+
+def apply_precision_argument(model, args) -> None:
+    """Sets ``model.precision`` from ``--precision`` when given (else the model keeps its default)."""
+    if args.precision is not None:
+        model.precision = args.precision

@@ -18,7 +18,8 @@ from ..models.loading import load_model
 from ..train.data import DataError, ItemError, decode_image, list_images, read_pairs
 from ..utils.device import parse_device
 from ..utils.files import write_bytes_atomic
-from .common import IMAGE_EXTENSIONS, SEED_LIMIT, SYNTH_INDEX, TRANSFER_FIRST_SEED, ParentParsers, check_seed, report
+from .common import (IMAGE_EXTENSIONS, SEED_LIMIT, SYNTH_INDEX, TRANSFER_FIRST_SEED, ParentParsers,
+                     add_precision_argument, apply_precision_argument, check_seed, report)
 
 TRANSFER_CROP = 128
 TRANSFER_MIN_CROP = 32
@@ -61,6 +62,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
     evaluate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the generator noise")
     evaluate.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG16 file for DISTS/LPIPS")
     evaluate.add_argument("--no-download", action="store_true", help="never download the VGG16 weights")
+    add_precision_argument(evaluate)
     evaluate.set_defaults(run=run)
 
 
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     index = _index_path(args.data) if args.clean is None else None
     model = load_model(args.weights, args.official, device)
+    apply_precision_argument(model, args)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
         report("note", f"{name} not computed ({reason})")

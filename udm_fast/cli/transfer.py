@@ -9,7 +9,8 @@ import torch
 from ..models.loading import load_model
 from ..utils.device import parse_device
 from ..utils.io import format_for_path, load_image, save_image
-from .common import ParentParsers, image_size, read_code, set_tile_size
+from .common import (ParentParsers, add_precision_argument, apply_precision_argument, image_size, read_code,
+                     set_tile_size)
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
@@ -23,6 +24,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
     source.add_argument("--code", metavar="C", help="a degradation code written by `udm-fast encode`")
     transfer.add_argument("--out", required=True, metavar="Z", help="output image (.png, .jpg or .jpeg)")
     transfer.add_argument("--seed", type=int, metavar="S", help="seed of the generator noise (default: random)")
+    add_precision_argument(transfer)
     transfer.set_defaults(run=run)
 
 
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     degraded = None if args.degraded is None else load_image(args.degraded)
     model = load_model(args.weights, args.official, device)
     set_tile_size(model, args.tile_size)
+    apply_precision_argument(model, args)
     noise = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     with torch.no_grad():

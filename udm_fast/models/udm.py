@@ -24,6 +24,7 @@ from .encoders import LPE, LPEL, MoCo
 from .generator import Generator, Noise, NoiseStream
 from ..layers import set_layer_backend
 from ..ops.operands import autocast_dtype
+from .inference import synthesis_precision
 
 FORMAT_NAME = "udm_fast"
 FORMAT_VERSION = 1
@@ -125,6 +126,8 @@ class UDM(nn.Module):
         self.generator = Generator(c.filters, c.cond_dim, c.local_channels, c.global_dim)
         self.discriminator = Discriminator(c.disc_channels, c.disc_ndf, c.disc_in_width) if c.discriminator else None
         self.tile_size: Optional[int] = 512
+        # CPU inference precision of synthesize: auto / fp32 / bf16 (udm_fast/models/inference.py)
+        self.precision = os.environ.get("UDM_FAST_PRECISION", "auto")
         self.encoder_halo = 16
         self.generator_halo = 64
 
@@ -159,9 +162,16 @@ class UDM(nn.Module):
         """Re-applies the degradation (e_g, e_l) to clean x [B, 3, H, W] in [0, 1]; returns ŷ [B, 3, H, W].
 
         ŷ is not clamped (clamp when writing images). ``noise``: None, a torch.Generator, or the list of
-        32 per-SFT-layer maps with the shapes ``noise_shapes(B, H, W)`` gives.
+        32 per-SFT-layer maps with the shapes ``noise_shapes(B, H, W)`` gives. On the CPU the computation
+        follows ``self.precision`` (udm_fast/models/inference.py); ŷ keeps the model's dtype under it.
         """
         _check_images("x", x, self.dtype)
+        inference = not (self.training or torch.is_grad_enabled())  # gradients (restoration, training) as called
+        with synthesis_precision(self.precision, x, self.generator, self.dtype, not inference) as (x, autocast):
+            out = self._synthesize_as_called(x, e_g, e_l, noise)
+        return out if autocast is None else out.to(self.dtype)
+
+    def _synthesize_as_called(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise) -> torch.Tensor:
         h, w = x.shape[-2:]
         x_int = _pad_to_multiple(x * 2 - 1, 8)
         if self._tiled(x_int):

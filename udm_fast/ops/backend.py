@@ -64,7 +64,9 @@ def build_info() -> dict:
     """Which backends can run here, and why not. Returns {name: {"available": bool, "detail": str}}."""
     compiled = _ext.load()
     info = {"cpu": {"available": compiled is not None,
-                    "detail": "udm_fast._C loaded" if compiled is not None else _ext.error()}}
+                    "detail": "udm_fast._C loaded (on CPU tensors the cuda backend's tile code is a test vehicle "
+                              "for the CUDA kernels, slower than reference; auto never selects it)"
+                    if compiled is not None else _ext.error()}}
     if compiled is None:
         info["cuda"] = {"available": False, "detail": _ext.error()}
     else:
