@@ -240,8 +240,15 @@ class Trainer:
         groups = [(m.global_encoder.encoder_q, o.lr_global_encoder), (m.local_encoder, o.lr_local_encoder),
                   (m.generator, o.lr_generator), (m.global_compressor, o.lr_global_compressor),
                   (m.local_compressor, o.lr_local_compressor)]
-        optimizer_g = torch.optim.Adam([{"params": list(module.parameters()), "lr": lr} for module, lr in groups],
-                                       betas=tuple(o.betas), eps=o.eps)
+        param_groups = [{"params": list(module.parameters()), "lr": lr} for module, lr in groups]
+        if o.lr_quantiles > 0:  # the quantiles only follow the auxiliary loss: their own rate lets it converge
+            quantiles = [p for module in (m.global_compressor, m.local_compressor)
+                         for name, p in module.named_parameters() if name.endswith("quantiles")]
+            ids = {id(p) for p in quantiles}
+            for group in param_groups[3:]:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+            param_groups.append({"params": quantiles, "lr": o.lr_quantiles})
+        optimizer_g = torch.optim.Adam(param_groups, betas=tuple(o.betas), eps=o.eps)
         optimizer_d = None
         if self.critic is not None:
             optimizer_d = torch.optim.Adam(self.critic.parameters(), lr=o.lr_critic, betas=tuple(o.betas), eps=o.eps)
@@ -330,12 +337,15 @@ class Trainer:
         m, w = self.model, self.weights
         x, y, y_key = x01 * 2 - 1, y01 * 2 - 1, yk01 * 2 - 1
         moco = m.global_encoder
+        # global_code_from y_key: the query (the generator's e_g) comes from the other crop and the key from
+        # y, so e_g cannot carry content of the crop it reconstructs
+        query_from, key_from = (y_key, y) if self.config.loss.global_code_from == "y_key" else (y, y_key)
         with self._autocast():
-            q = moco.encoder_q(y)
+            q = moco.encoder_q(query_from)
             e_l = m.local_encoder(y)
         moco.momentum_update()
         with self._autocast():
-            keys = moco.keys(y_key)
+            keys = moco.keys(key_from)
         logits = moco.logits(q, keys)
         e_g_hat, _, bits_g = m.global_compressor(q.float())
         e_l_hat, _, bits_l = m.local_compressor(e_l.float())
