@@ -248,9 +248,11 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels))
 
 
-def _grid(rows: list, labels: Sequence[str], row_labels: Sequence[str] = ()) -> torch.Tensor:
+def _grid(rows: list, labels: Sequence[str], row_labels: Sequence[str] = (), cell_labels: Optional[dict] = None
+          ) -> torch.Tensor:
     """Images laid out in cells of the largest size (rows[r][c] may be None), labels under row 0,
-    ``row_labels[r]`` written over the top-left corner of row r's first cell."""
+    ``row_labels[r]`` written over the top-left corner of row r's first cell, ``cell_labels[(r, c)]``
+    over the bottom-left corner of cell (r, c)."""
     cell_h = max(im.height for row in rows for im in row if im is not None)
     cell_w = max(im.width for row in rows for im in row if im is not None)
     n_rows, n_cols = len(rows), len(rows[0])
@@ -265,6 +267,9 @@ def _grid(rows: list, labels: Sequence[str], row_labels: Sequence[str] = ()) -> 
                 canvas.paste(im, (left + (cell_w - im.width) // 2, top + (cell_h - im.height) // 2))
             if r == 0:
                 draw.text((left, top + cell_h + 1), labels[c], fill=(0, 0, 0))
+            if (r, c) in (cell_labels or {}):
+                draw.text((left + 2, top + cell_h - 12), cell_labels[(r, c)], fill=(255, 255, 0), stroke_width=1,
+                          stroke_fill=(0, 0, 0))
             if c == 0 and r < len(row_labels):
                 draw.text((left + 2, top + 1), row_labels[r], fill=(255, 255, 0), stroke_width=1,
                           stroke_fill=(0, 0, 0))
@@ -299,6 +304,7 @@ def _traversals(model: UDM, x: torch.Tensor, codes: list, seed: int) -> tuple[to
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from .eval.leakage import content_leakage_any_size
     from .evaluation import degradation_grid, format_transfer_table, transfer_table
 
     device = parse_device(args.device)
@@ -314,13 +320,18 @@ def run_demo(args: argparse.Namespace) -> int:
     n_pairs = len(cleans) * len(seeds)
     n_traversals = TRAVERSAL_DIMENSIONS * len(TRAVERSAL_OFFSETS)
     rows = [[None] + [_to_pil(y) for y in degraded]]
+    leakage = {}  # (row, column) of a cross-content cell -> leakage of the code's photo into the result
     start = time.perf_counter()
     with torch.no_grad(), tqdm(total=n_transfers + n_traversals + n_pairs, desc="demo", unit="image") as bar:
         codes = [model.encode(y.to(device)) for y in degraded]
-        for x in cleans:
+        for r, x in enumerate(cleans):
             row = [_to_pil(x)]
-            for e_g, e_l in codes:
-                row.append(_to_pil(model.synthesize(x.to(device), e_g, e_l, noise=generator)))
+            for k, (e_g, e_l) in enumerate(codes):
+                y_hat = model.synthesize(x.to(device), e_g, e_l, noise=generator)
+                row.append(_to_pil(y_hat))
+                if k % len(cleans) != r:
+                    source = cleans[k % len(cleans)].to(device)
+                    leakage[(r + 1, k + 1)] = float(content_leakage_any_size(y_hat.clamp(0, 1), x.to(device), source))
                 bar.update()
             rows.append(row)
         table_codes = [model.encode(table_degraded[i, j:j + 1].to(device))
@@ -331,9 +342,12 @@ def run_demo(args: argparse.Namespace) -> int:
                                progress=bar.update)
     elapsed = time.perf_counter() - start
     out = os.path.join(args.out, DEMO_GRID_NAME)
-    save_image(_grid(rows, ["clean \\ degraded"] + [label for label, _ in DEMO_DEGRADATIONS]), out)
+    save_image(_grid(rows, ["clean \\ degraded"] + [label for label, _ in DEMO_DEGRADATIONS],
+                     cell_labels={cell: f"leak {value:.2f}" for cell, value in leakage.items()}), out)
     print(f"wrote {out}: rows = {len(cleans)} bundled clean photos, columns = {len(degraded)} degraded examples "
-          f"(top row), {n_transfers} transfers")
+          f"(top row), {n_transfers} transfers; the {len(leakage)} cross-content cells (the code of another photo) "
+          f"are labelled with the leakage of that photo into the result: mean "
+          f"{sum(leakage.values()) / max(1, len(leakage)):.3f}, max {max(leakage.values(), default=0.0):.3f}")
     out = os.path.join(args.out, DEMO_TRAVERSAL_NAME)
     save_image(traversal_grid, out)
     print(f"wrote {out}: the '{DEMO_DEGRADATIONS[0][0]}' code transferred to a crop of the first photo, with e_g "

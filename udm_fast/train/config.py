@@ -105,6 +105,11 @@ class LossConfig:
     lpips_weights: Optional[str] = None  # LPIPS v0.1 vgg.pth (else the lpips package)
     download: bool = True        # fetch the VGG16 file when it is not cached (needs a network)
     global_code_from: Literal["y", "y_key"] = "y"  # y_key: the generator's e_g is encoded from the other crop
+    cross_leakage: float = 0.0   # weight of leakage_loss on a second pass: x of another batch item, y's codes
+
+    def __post_init__(self):
+        if not self.cross_leakage >= 0:
+            raise ValueError(f"cross_leakage must be >= 0, got {self.cross_leakage}")
 
 
 @dataclass

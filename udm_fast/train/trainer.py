@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
+from ..eval.leakage import leakage_loss
 from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss, info_nce_loss, l1_loss,
                       lowpass_l1_loss, spectrum_loss, wgan_critic_loss, wgan_generator_loss)
 from ..model import UDM
@@ -352,6 +353,12 @@ class Trainer:
         with self._autocast():
             y_hat = self.generator_fn(x, e_g_hat, e_l_hat)
             y_hat_2 = self.generator_fn(x, e_g_hat, e_l_hat) if w.diversity > 0 else None
+        extra = {}
+        if self.config.loss.cross_leakage > 0:  # y's codes on the clean crop of another item: y's content must not show
+            other = x01.roll(1, dims=0)
+            with self._autocast():
+                y_cross = self.generator_fn(other * 2 - 1, e_g_hat, e_l_hat)
+            extra["cross_leakage"] = leakage_loss((y_cross.float() + 1) / 2, other, x01)
         y_hat01 = (y_hat.float() + 1) / 2
         terms = {"aux": entropy_aux_loss(m.global_compressor, m.local_compressor),
                  "contrastive": info_nce_loss(logits), "bits_global": bits_g.mean(), "bits_local": bits_l.mean()}
@@ -371,7 +378,7 @@ class Trainer:
             if w.gan_generator > 0:
                 terms["gan_generator"] = wgan_generator_loss(self.critic, self._critic_input(x, y_hat),
                                                              alpha=w.critic_alpha)
-        return terms, {"keys": keys, "x": x, "y": y, "y_hat": y_hat.detach().float()}
+        return terms, {"keys": keys, "x": x, "y": y, "y_hat": y_hat.detach().float(), **extra}
 
     def _optimizer_step(self, optimizer, params: list, loss: torch.Tensor, clip: float,
                         scaler: Optional[torch.amp.GradScaler]) -> Optional[torch.Tensor]:
@@ -407,6 +414,8 @@ class Trainer:
             self.critic.requires_grad_(False)
         terms, extra = self.generator_terms(x01, y01, yk01)
         loss = self.weights.weighted_sum(terms)
+        if "cross_leakage" in extra:
+            loss = loss + self.config.loss.cross_leakage * extra["cross_leakage"]
         grad_norm = self._optimizer_step(self.optimizer_g, self.generator_side_parameters(), loss, o.grad_clip,
                                          self.scaler)
         if self.ema is not None:
@@ -414,6 +423,8 @@ class Trainer:
         self.model.global_encoder.enqueue(dist_utils.gather_rows(extra["keys"]))
         dist_utils.average_batchnorm_stats(self.model)
         logged = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        if "cross_leakage" in extra:
+            logged["cross_leakage"] = extra["cross_leakage"].detach()
         if grad_norm is not None:
             logged["grad_norm"] = grad_norm  # before clipping
         if self.critic is not None:
