@@ -185,6 +185,8 @@ def test_transfer_table_identity_row_and_baseline_layout():
                 ev.spectrum_distance(y_hat.clamp(0, 1), degraded[i, j:j + 1]).item(), rel=1e-6)
             assert pair["cross_content"]["leakage"] == pytest.approx(
                 content_leakage(y_hat.clamp(0, 1), contents[i:i + 1], contents[1 - i:2 - i]).item(), rel=1e-6)
+    assert table["cross_leakage_by_degradation"] == pytest.approx(
+        [np.mean([p["cross_content"]["leakage"] for p in table["per_pair"] if p["degradation"] == j]) for j in range(2)])
     for key in identity[0]:
         expected = np.nanmean([r[key].item() for r in identity])
         assert table["methods"]["identity"][key] == pytest.approx(expected, rel=1e-9)

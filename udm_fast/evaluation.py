@@ -192,6 +192,7 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     the active dimensions the quantised one. ``perceptual`` maps names ("dists", "lpips") to distance
     modules ([0, 1] images, ``reduction="none"``) added to the measures; ``progress`` is called per pair.
     Returns {"methods": {method: {measure: mean}}, "leakage_reference": mean,
+    "cross_leakage_by_degradation": [m] (cross_content leakage per degradation j, empty for n = 1),
     "codes": {"spread_ratio", "active_dimensions", "global_dim", "bits_total", "bits_global", "bits_local"},
     "pairs": n * m, "per_pair": [{"content": i, "degradation": j, method: {measure: value}}]}.
     """
@@ -235,8 +236,10 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     methods = {method: {key: float(np.nanmean(torch.cat([r[key] for r in per]).cpu().numpy()))
                         for key in per[0]} for method, per in rows.items()}
     codes_grid = torch.stack(codes)  # [n, m, global_dim]
+    by_degradation = [float(np.mean([p["cross_content"]["leakage"] for p in per_pair if p["degradation"] == j]))
+                      for j in range(m)] if n >= 2 else []
     return {"pairs": n * m, "methods": methods, "per_pair": per_pair,
-            "leakage_reference": float(torch.cat(reference).mean()),
+            "leakage_reference": float(torch.cat(reference).mean()), "cross_leakage_by_degradation": by_degradation,
             "codes": {"spread_ratio": code_spread_ratio(torch.stack(raw_codes)),
                       "active_dimensions": active_dimensions(codes_grid.flatten(0, 1)),
                       "global_dim": int(codes_grid.shape[-1]),
@@ -266,6 +269,10 @@ def format_transfer_table(table: dict) -> str:
     c = table["codes"]
     lines += ["", f"leakage of the true degraded pair (y - x against the other photo, the reference level): "
                   f"{table['leakage_reference']:.4f}",
+              *([f"cross-content leakage per degradation: "
+                 + " ".join(f"{v:.3f}" for v in table["cross_leakage_by_degradation"])
+                 + f" (worst {max(table['cross_leakage_by_degradation']):.3f})"]
+                if table.get("cross_leakage_by_degradation") else []),
               f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",
               f"active e_g dimensions (variance > {ACTIVE_VARIANCE}): {c['active_dimensions']} of {c['global_dim']}",
               f"bits per image of the .udm code: {c['bits_total']:.0f} "
