@@ -252,7 +252,7 @@ def _grid(rows: list, labels: Sequence[str], row_labels: Sequence[str] = (), cel
           ) -> torch.Tensor:
     """Images laid out in cells of the largest size (rows[r][c] may be None), labels under row 0,
     ``row_labels[r]`` written over the top-left corner of row r's first cell, ``cell_labels[(r, c)]``
-    over the bottom-left corner of cell (r, c)."""
+    over the bottom-left corner of the image in cell (r, c)."""
     cell_h = max(im.height for row in rows for im in row if im is not None)
     cell_w = max(im.width for row in rows for im in row if im is not None)
     n_rows, n_cols = len(rows), len(rows[0])
@@ -267,9 +267,9 @@ def _grid(rows: list, labels: Sequence[str], row_labels: Sequence[str] = (), cel
                 canvas.paste(im, (left + (cell_w - im.width) // 2, top + (cell_h - im.height) // 2))
             if r == 0:
                 draw.text((left, top + cell_h + 1), labels[c], fill=(0, 0, 0))
-            if (r, c) in (cell_labels or {}):
-                draw.text((left + 2, top + cell_h - 12), cell_labels[(r, c)], fill=(255, 255, 0), stroke_width=1,
-                          stroke_fill=(0, 0, 0))
+            if im is not None and (r, c) in (cell_labels or {}):  # over the image's bottom-left corner
+                draw.text((left + (cell_w - im.width) // 2 + 2, top + (cell_h + im.height) // 2 - 13),
+                          cell_labels[(r, c)], fill=(255, 255, 0), stroke_width=1, stroke_fill=(0, 0, 0))
             if c == 0 and r < len(row_labels):
                 draw.text((left + 2, top + 1), row_labels[r], fill=(255, 255, 0), stroke_width=1,
                           stroke_fill=(0, 0, 0))
@@ -304,7 +304,7 @@ def _traversals(model: UDM, x: torch.Tensor, codes: list, seed: int) -> tuple[to
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .eval.leakage import content_leakage_any_size
+    from .eval.leakage import content_leakage_resized
     from .evaluation import degradation_grid, format_transfer_table, transfer_table
 
     device = parse_device(args.device)
@@ -331,7 +331,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 row.append(_to_pil(y_hat))
                 if k % len(cleans) != r:
                     source = cleans[k % len(cleans)].to(device)
-                    leakage[(r + 1, k + 1)] = float(content_leakage_any_size(y_hat.clamp(0, 1), x.to(device), source))
+                    leakage[(r + 1, k + 1)] = float(content_leakage_resized(y_hat.clamp(0, 1), x.to(device), source))
                 bar.update()
             rows.append(row)
         table_codes = [model.encode(table_degraded[i, j:j + 1].to(device))

@@ -92,16 +92,13 @@ def leakage_loss(y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor, sig
     return _partial_correlation(y_hat, x, source, sigma, eps=1e-10, tiny=1e-20, flat=1e-12).abs().mean()
 
 
-def central_crops(*images: torch.Tensor) -> list:
-    """The central crops of images [B, C, H_k, W_k] to their common size (the smallest H and W)."""
-    h = min(im.shape[-2] for im in images)
-    w = min(im.shape[-1] for im in images)
-    return [im[..., (im.shape[-2] - h) // 2:(im.shape[-2] - h) // 2 + h,
-               (im.shape[-1] - w) // 2:(im.shape[-1] - w) // 2 + w] for im in images]
 
-
-def content_leakage_any_size(y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor,
-                             sigma: float = LEAKAGE_SIGMA) -> torch.Tensor:
-    """``content_leakage`` of a source photo of another size: the three images are cut to their common
-    central region first (y_hat and x [B, 3, H, W], source [B, 3, H', W'])."""
-    return content_leakage(*central_crops(y_hat, x, source), sigma=sigma)
+def content_leakage_resized(y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor,
+                            sigma: float = LEAKAGE_SIGMA) -> torch.Tensor:
+    """``content_leakage`` of a source photo of another size (y_hat and x [B, 3, H, W], source
+    [B, 3, H', W']): the source is resized (bilinear, antialiased) to H x W first, as the model resizes
+    the spatial code of y to x's size."""
+    if source.dim() == 4 and source.shape[-2:] != x.shape[-2:]:
+        source = F.interpolate(source.double(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False,
+                               antialias=True).clamp(0.0, 1.0)
+    return content_leakage(y_hat, x, source, sigma=sigma)
