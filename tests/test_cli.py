@@ -267,7 +267,9 @@ def test_demo_writes_the_grid(tmp_path, capsys, monkeypatch, files):
                                                               for d in dims)
     rows = [line.split() for line in out.splitlines()]
     header = next(r for r in rows if r[:1] == ["measure"])
-    assert header[-3:] == ["model", "identity", "mismatched"]
+    assert header[-4:] == ["model", "identity", "mismatched", "cross_content"]
+    n_cross = sum(k % len(samples) != r for r in range(len(samples)) for k in range(len(demo.DEMO_DEGRADATIONS)))
+    assert f"the {n_cross} cross-content cells" in out and any(r[:2] == ["leakage", "of"] for r in rows)
     assert f"({len(samples) * demo.DEMO_TABLE_DEGRADATIONS} pairs)" in " ".join(header)
     assert any(r[:2] == ["spectrum", "distance"] for r in rows) and "active e_g dimensions" in out
 

@@ -8,6 +8,7 @@ import torch
 from udm_fast.eval import transfer as ev
 from udm_fast.synthesis.degrade import gaussian_blur, gaussian_noise
 from udm_fast.models.udm import UDM
+from udm_fast.eval.leakage import content_leakage
 from numpy_spectra import numpy_radial_spectrum as _numpy_radial_spectrum
 
 scipy_ndimage = pytest.importorskip("scipy.ndimage")
@@ -173,7 +174,19 @@ def test_transfer_table_identity_row_and_baseline_layout():
     assert table["pairs"] == 4 and set(table["methods"]) == set(ev.METHODS)
     identity = [ev.degradation_measures(contents[i:i + 1], degraded[i, j:j + 1], contents[i:i + 1])
                 for i in range(2) for j in range(2)]
-    assert set(table["methods"]["model"]) == set(identity[0])  # no perceptual modules given
+    assert set(table["methods"]["model"]) == set(identity[0]) | {"leakage"}  # no perceptual modules given
+    assert all(p["identity"]["leakage"] == 0.0 for p in table["per_pair"])  # the identity adds nothing
+    for i in range(2):  # cross_content: content i with the code of content 1 - i, scored against degraded[i, j]
+        for j in range(2):
+            y_hat = model.synthesize(contents[i:i + 1], *model.encode(degraded[1 - i, j:j + 1]),
+                                     noise=torch.Generator().manual_seed(0))
+            pair = next(p for p in table["per_pair"] if (p["content"], p["degradation"]) == (i, j))
+            assert pair["cross_content"]["spectrum_db"] == pytest.approx(
+                ev.spectrum_distance(y_hat.clamp(0, 1), degraded[i, j:j + 1]).item(), rel=1e-6)
+            assert pair["cross_content"]["leakage"] == pytest.approx(
+                content_leakage(y_hat.clamp(0, 1), contents[i:i + 1], contents[1 - i:2 - i]).item(), rel=1e-6)
+    assert table["cross_leakage_by_degradation"] == pytest.approx(
+        [np.mean([p["cross_content"]["leakage"] for p in table["per_pair"] if p["degradation"] == j]) for j in range(2)])
     for key in identity[0]:
         expected = np.nanmean([r[key].item() for r in identity])
         assert table["methods"]["identity"][key] == pytest.approx(expected, rel=1e-9)
@@ -181,6 +194,6 @@ def test_transfer_table_identity_row_and_baseline_layout():
                                                                                rel=1e-9, nan_ok=True)
     assert table["codes"]["global_dim"] == 8 and 0 <= table["codes"]["active_dimensions"] <= 8
     text = ev.format_transfer_table(table)
-    assert "mismatched" in text and "spread ratio" in text
+    assert "mismatched" in text and "cross_content" in text and "spread ratio" in text and "leakage" in text
     with pytest.raises(ValueError, match="m >= 2"):
         ev.transfer_table(model, contents, degraded[:, :1])

@@ -36,7 +36,7 @@ def test_transfer_grid_places_each_code_in_its_column_and_each_photo_in_its_row(
     degraded = [torch.full((1, 3, 8, 10), 0.6), torch.full((1, 3, 8, 10), 0.8)]
     codes = [(torch.tensor([[0.0]]), None), (torch.tensor([[1.0]]), None)]
     model, updates, noise = _ConstantModel(), [], torch.Generator()
-    grid = figures.transfer_grid(model, cleans, degraded, codes, ["a", "b"], noise=noise, progress=updates.append)
+    grid = figures.transfer_grid(model, cleans, degraded, codes, ["a", "b"], noise=noise, progress=updates.append).image
     assert updates == [1] * 4 and model.noises == [noise] * 4
     cell_h, cell_w = 8, 10
     assert grid.shape == (1, 3, 3 * (cell_h + gap) + gap + label, 3 * (cell_w + gap) + gap)
@@ -54,3 +54,27 @@ def test_transfer_grid_places_each_code_in_its_column_and_each_photo_in_its_row(
         torch.testing.assert_close(cell(r, 0, h), x[0], rtol=0, atol=0.5 / 255)
         for c, (e_g, _) in enumerate(codes, start=1):
             assert bool((cell(r, c, h) == float(e_g)).all()), (r, c)
+
+
+class _PastingModel:
+    """Pastes the code's photo (carried as e_l) into the result: the worst leakage there is."""
+
+    def synthesize(self, x, e_g, e_l, noise=None):
+        return 0.5 * x + 0.5 * torch.nn.functional.interpolate(e_l, size=x.shape[-2:], mode="bilinear")
+
+
+def _photo(seed: int, size: int = 48) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, size // 8, size // 8, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic").clamp(0, 1)
+
+
+def test_transfer_grid_labels_cross_content_cells_with_their_leakage():
+    cleans = [_photo(0), _photo(1)]
+    codes = [(torch.zeros(1, 1), x) for x in cleans]
+    grid = figures.transfer_grid(_PastingModel(), cleans, cleans, codes, ["a", "b"], sources=[0, 1])
+    assert sorted(grid.leakage) == [(1, 2), (2, 1)]  # only cells whose code comes from the other photo
+    assert all(value > 0.5 for value in grid.leakage.values()), grid.leakage
+    unlabelled = figures.transfer_grid(_PastingModel(), cleans, cleans, codes, ["a", "b"])
+    assert unlabelled.leakage == {}
+    assert not torch.equal(grid.image, unlabelled.image)  # the labels are drawn

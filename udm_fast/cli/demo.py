@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad(), tqdm(total=n_transfers + n_traversals + n_pairs, desc="demo", unit="image") as bar:
         codes = [model.encode(y.to(device)) for y in degraded]
         grid = transfer_grid(model, cleans, degraded, codes, [label for label, _ in DEMO_DEGRADATIONS],
-                             noise=generator, progress=bar.update)
+                             noise=generator, progress=bar.update,
+                             sources=[k % len(cleans) for k in range(len(degraded))])
         table_codes = [model.encode(table_degraded[i, j:j + 1].to(device))
                        for i in range(len(cleans)) for j in range(len(seeds))]
         traversals, dimensions = traversal_grid(model, contents[:1].to(device), codes + table_codes, args.seed)
@@ -72,9 +73,12 @@ def run(args: argparse.Namespace) -> int:
                                progress=bar.update)
     elapsed = time.perf_counter() - start
     out = os.path.join(args.out, DEMO_GRID_NAME)
-    save_image(grid, out)
+    save_image(grid.image, out)
+    leakage = list(grid.leakage.values())
     print(f"wrote {out}: rows = {len(cleans)} bundled clean photos, columns = {len(degraded)} degraded examples "
-          f"(top row), {n_transfers} transfers")
+          f"(top row), {n_transfers} transfers; the {len(leakage)} cross-content cells (the code of another photo) "
+          f"are labelled with the leakage of that photo into the result: mean "
+          f"{sum(leakage) / max(1, len(leakage)):.3f}, max {max(leakage, default=0.0):.3f}")
     out = os.path.join(args.out, DEMO_TRAVERSAL_NAME)
     save_image(traversals, out)
     print(f"wrote {out}: the '{DEMO_DEGRADATIONS[0][0]}' code transferred to a crop of the first photo, with e_g "

@@ -44,7 +44,8 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
     source.add_argument("--data", metavar="DIR|CSV",
                         help=f"a paired CSV index, or a folder holding {SYNTH_INDEX} (as written by synth)")
     source.add_argument("--clean", metavar="DIR", help="a folder of clean photos (held out from training): "
-                        "transfer evaluation against the identity and mismatched baselines")
+                        "transfer evaluation against the identity and mismatched baselines, and cross-content "
+                        "codes (another photo's) with the leakage of that photo into the result")
     evaluate.add_argument("--distorted-column", default="name", metavar="NAME")
     evaluate.add_argument("--reference-column", default="ref_name", metavar="NAME")
     evaluate.add_argument("--out", default="eval.json", metavar="JSON", help="results file (default eval.json)")

@@ -11,7 +11,9 @@ images with the same degradation share even when their noise samples differ:
 
 Content is checked by ``lowpass_fidelity`` (PSNR and MS-SSIM after a strong Gaussian low-pass, which
 removes noise and fine blur differences). ``transfer_table`` compares a model with two baselines on
-the same pairs: identity (ŷ = x) and mismatched (the code of another degradation of the same photo).
+the same pairs: identity (ŷ = x) and mismatched (the code of another degradation of the same photo);
+cross_content applies the code of *another photo* under the same degradation, and ``content_leakage``
+(udm_fast/eval/leakage.py) measures how much of that other photo it prints into the result.
 ``code_spread_ratio``, ``active_dimensions`` and ``code_bits`` measure the codes themselves.
 
 Images are float tensors [B, 3, H, W] in [0, 1]; the statistics are computed in float64.
@@ -29,6 +31,7 @@ from ..synthesis.degrade import gaussian_blur
 from ..losses.spectral import SPECTRUM_FLOOR
 from ..losses.spectral import radial_power_spectrum as _radial_power_spectrum
 from .metrics import ms_ssim, psnr
+from .leakage import content_leakage
 
 LAPLACIAN = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))  # Immerkaer's noise kernel, norm 6
 MAD_TO_SIGMA = 1.0 / 0.6744897501960817  # median |N(0, 1)| = Phi^-1(3/4)
@@ -36,7 +39,7 @@ LOWPASS_SIGMA = 3.0     # pixels: removes noise and blur differences, keeps layo
 NOISE_MARGIN = 2.0      # spectrum bins used by blur_width: image power above this many noise floors
 MIN_FIT_BINS = 3
 ACTIVE_VARIANCE = 0.1   # quantised e_g: a dimension whose values vary less than this is inactive
-METHODS = ("model", "identity", "mismatched")
+METHODS = ("model", "identity", "mismatched", "cross_content")
 
 
 def _check_batch(images: torch.Tensor, where: str, min_side: int = 8) -> torch.Tensor:
@@ -181,10 +184,15 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     contents [n, 3, H, W]: clean photos; degraded [n, m, 3, H, W]: degraded[i, j] is content i under
     degradation j (m >= 2, the same degradation j for every content). For each pair (i, j):
     model ŷ = synthesize(x_i, codes of degraded[i, j]); identity ŷ = x_i; mismatched
-    ŷ = synthesize(x_i, codes of degraded[i, (j + 1) % m]). The spread ratio uses the unquantised e_g,
+    ŷ = synthesize(x_i, codes of degraded[i, (j + 1) % m]); cross_content (n >= 2)
+    ŷ = synthesize(x_i, codes of degraded[(i + 1) % n, j]), scored against degraded[i, j]. Every method's
+    "leakage" is ``content_leakage`` against the photo (i + 1) % n (the cross-content code's source; for
+    the other methods a chance level); "leakage_reference" is that of the true pair degraded[i, j] - x_i
+    (about 0). The spread ratio uses the unquantised e_g,
     the active dimensions the quantised one. ``perceptual`` maps names ("dists", "lpips") to distance
     modules ([0, 1] images, ``reduction="none"``) added to the measures; ``progress`` is called per pair.
-    Returns {"methods": {method: {measure: mean}},
+    Returns {"methods": {method: {measure: mean}}, "leakage_reference": mean,
+    "cross_leakage_by_degradation": [m] (cross_content leakage per degradation j, empty for n = 1),
     "codes": {"spread_ratio", "active_dimensions", "global_dim", "bits_total", "bits_global", "bits_local"},
     "pairs": n * m, "per_pair": [{"content": i, "degradation": j, method: {measure: value}}]}.
     """
@@ -194,23 +202,29 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
                          f"{tuple(contents.shape)} and {tuple(degraded.shape)}")
     model.eval()
     n, m = degraded.shape[:2]
-    rows: dict = {method: [] for method in METHODS}
-    per_pair = []
+    methods_used = METHODS if n >= 2 else METHODS[:-1]
+    rows: dict = {method: [] for method in methods_used}
+    per_pair, reference = [], []
     raw_codes, codes, bits = [], [], []
+    encoded = [[model.encode(degraded[i, j:j + 1]) for j in range(m)] for i in range(n)]
     for i in range(n):
-        x = contents[i:i + 1]
-        per_degradation = [model.encode(degraded[i, j:j + 1]) for j in range(m)]
-        codes.append(torch.cat([e_g for e_g, _ in per_degradation]))
+        x, other = contents[i:i + 1], contents[(i + 1) % n:(i + 1) % n + 1]
+        codes.append(torch.cat([e_g for e_g, _ in encoded[i]]))
         raw_codes.append(model.encode(degraded[i], quantize=False)[0])
         for j in range(m):
             y = degraded[i, j:j + 1]
             outputs = {"identity": x}
-            for method, source in (("model", j), ("mismatched", (j + 1) % m)):
+            sources = [("model", i, j), ("mismatched", i, (j + 1) % m)]
+            if n >= 2:
+                sources.append(("cross_content", (i + 1) % n, j))
+            for method, code_content, code_degradation in sources:
                 noise = torch.Generator(device=x.device).manual_seed(noise_seed)
-                outputs[method] = model.synthesize(x, *per_degradation[source], noise=noise)
+                outputs[method] = model.synthesize(x, *encoded[code_content][code_degradation], noise=noise)
             pair = {"content": i, "degradation": j}
+            reference.append(content_leakage(y, x, other))
             for method, y_hat in outputs.items():
                 measures = degradation_measures(y_hat, y, x)
+                measures["leakage"] = content_leakage(y_hat.clamp(0.0, 1.0), x, other)
                 for name, module in (perceptual or {}).items():
                     measures[name] = module(y_hat.clamp(0.0, 1.0), y, reduction="none").double()
                 rows[method].append(measures)
@@ -222,7 +236,10 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     methods = {method: {key: float(np.nanmean(torch.cat([r[key] for r in per]).cpu().numpy()))
                         for key in per[0]} for method, per in rows.items()}
     codes_grid = torch.stack(codes)  # [n, m, global_dim]
+    by_degradation = [float(np.mean([p["cross_content"]["leakage"] for p in per_pair if p["degradation"] == j]))
+                      for j in range(m)] if n >= 2 else []
     return {"pairs": n * m, "methods": methods, "per_pair": per_pair,
+            "leakage_reference": float(torch.cat(reference).mean()), "cross_leakage_by_degradation": by_degradation,
             "codes": {"spread_ratio": code_spread_ratio(torch.stack(raw_codes)),
                       "active_dimensions": active_dimensions(codes_grid.flatten(0, 1)),
                       "global_dim": int(codes_grid.shape[-1]),
@@ -234,6 +251,7 @@ MEASURE_LABELS = {"spectrum_db": "spectrum distance dB (lower better)",
                   "blur_error_px": "|blur σ error| px (lower better)",
                   "psnr_lowpass": "low-pass PSNR dB (higher better)",
                   "ms_ssim_lowpass": "low-pass MS-SSIM (higher better)",
+                  "leakage": "leakage of the other photo (lower better)",
                   "dists": "DISTS (lower better)",
                   "lpips": "LPIPS (lower better)"}
 
@@ -241,14 +259,21 @@ MEASURE_LABELS = {"spectrum_db": "spectrum distance dB (lower better)",
 def format_transfer_table(table: dict) -> str:
     """``transfer_table``'s result as aligned text: one row per measure, one column per method."""
     width = max(len(label) for label in MEASURE_LABELS.values())
-    lines = [f"{'measure (' + str(table['pairs']) + ' pairs)':<{width}}" + "".join(f"{m:>12}" for m in METHODS),
-             "-" * (width + 12 * len(METHODS))]
+    methods = [m for m in METHODS if m in table["methods"]]
+    lines = [f"{'measure (' + str(table['pairs']) + ' pairs)':<{width}}" + "".join(f"{m:>14}" for m in methods),
+             "-" * (width + 14 * len(methods))]
     for key, label in MEASURE_LABELS.items():
         if key not in table["methods"]["model"]:  # DISTS / LPIPS without their weights
             continue
-        lines.append(f"{label:<{width}}" + "".join(f"{table['methods'][m][key]:>12.4f}" for m in METHODS))
+        lines.append(f"{label:<{width}}" + "".join(f"{table['methods'][m][key]:>14.4f}" for m in methods))
     c = table["codes"]
-    lines += ["", f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",
+    lines += ["", f"leakage of the true degraded pair (y - x against the other photo, the reference level): "
+                  f"{table['leakage_reference']:.4f}",
+              *([f"cross-content leakage per degradation: "
+                 + " ".join(f"{v:.3f}" for v in table["cross_leakage_by_degradation"])
+                 + f" (worst {max(table['cross_leakage_by_degradation']):.3f})"]
+                if table.get("cross_leakage_by_degradation") else []),
+              f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",
               f"active e_g dimensions (variance > {ACTIVE_VARIANCE}): {c['active_dimensions']} of {c['global_dim']}",
               f"bits per image of the .udm code: {c['bits_total']:.0f} "
               f"(e_g stream {c['bits_global']:.0f}, e_l stream {c['bits_local']:.0f})"]

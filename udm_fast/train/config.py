@@ -67,6 +67,8 @@ class DataConfig:
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     extensions: tuple = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
     max_retries: int = 32        # unreadable files tried in a row before giving up
+    flips: bool = False          # folder: random horizontal flip and 90-degree rotation of each clean region
+    rescale: tuple = (1.0, 1.0)  # folder: the clean photo is first reduced by a factor drawn from this range
 
     def __post_init__(self):
         for name in ("crop_size", "batch_size", "max_retries"):
@@ -79,6 +81,9 @@ class DataConfig:
             raise ValueError(f"crop_size must be a multiple of 8 (the generator's constraint), got {self.crop_size}")
         if self.degrade_window and self.degrade_window < self.crop_size:
             raise ValueError(f"degrade_window ({self.degrade_window}) must be 0 or >= crop_size ({self.crop_size})")
+        if len(self.rescale) != 2 or not 0.0 < self.rescale[0] <= self.rescale[1] <= 1.0:
+            raise ValueError(f"rescale must be [low, high] with 0 < low <= high <= 1 (photos are only reduced, "
+                             f"an enlargement would blur them), got {list(self.rescale)}")
         if self.kind in ("csv", "lmdb") and not self.csv:
             raise ValueError(f"kind '{self.kind}' needs csv (the index file)")
         if self.kind == "lmdb" and not self.lmdb:
@@ -99,6 +104,12 @@ class LossConfig:
     dists_weights: Optional[str] = None  # DISTS alpha/beta weights.pt (else the dists-pytorch package)
     lpips_weights: Optional[str] = None  # LPIPS v0.1 vgg.pth (else the lpips package)
     download: bool = True        # fetch the VGG16 file when it is not cached (needs a network)
+    global_code_from: Literal["y", "y_key"] = "y"  # y_key: the generator's e_g is encoded from the other crop
+    cross_leakage: float = 0.0   # weight of leakage_loss on a second pass: x of another batch item, y's codes
+
+    def __post_init__(self):
+        if not self.cross_leakage >= 0:
+            raise ValueError(f"cross_leakage must be >= 0, got {self.cross_leakage}")
 
 
 @dataclass
@@ -111,6 +122,7 @@ class OptimConfig:
     lr_global_compressor: float = 1e-3
     lr_local_compressor: float = 1e-3
     lr_critic: float = 1e-4
+    lr_quantiles: float = 0.0       # the entropy models' quantiles in their own group (0 = the compressors' rates)
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-3
     grad_clip: float = 0.0          # max global gradient norm of the generator side (0 = off)

@@ -217,8 +217,9 @@ class FolderTriples(_SkippingDataset):
 
     def __init__(self, root: Optional[str], *, crop_size: int, window: int, degrade_config: DegradeConfig,
                  degrade_on: str = "loader", extensions: Sequence[str] = (".jpg", ".jpeg", ".png"),
-                 max_retries: int = 32):
+                 max_retries: int = 32, flips: bool = False, rescale: Sequence[float] = (1.0, 1.0)):
         super().__init__(max_retries)
+        self.flips, self.rescale = flips, (float(rescale[0]), float(rescale[1]))
         self.root = SAMPLES_DIR if root is None else os.fspath(root)
         self.files = list_images(self.root, extensions)
         if window < crop_size:
@@ -236,8 +237,15 @@ class FolderTriples(_SkippingDataset):
 
     def load(self, index: int, rng: np.random.Generator) -> dict:
         image = decode_image(self.describe(index), min_side=self.window)
+        if self.rescale != (1.0, 1.0):
+            image = reduce_randomly(image, rng, self.rescale, self.window)
         top, left = random_position(rng, image.shape[0], image.shape[1], self.window)
-        region = _chw(image[top:top + self.window, left:left + self.window])
+        region = image[top:top + self.window, left:left + self.window]
+        if self.flips:
+            region = np.rot90(region, k=int(rng.integers(0, 4)))
+            if rng.integers(0, 2):
+                region = region[:, ::-1]
+        region = _chw(region)
         positions = torch.tensor([random_position(rng, self.window, self.window, self.crop_size) for _ in range(2)])
         degrade_seed = int(rng.integers(0, 2 ** 62))
         if self.degrade_on == "device":
@@ -245,6 +253,16 @@ class FolderTriples(_SkippingDataset):
         x, y, y_key = make_triples(region[None], positions[None], self.crop_size, self.degrade_config,
                                    torch.Generator().manual_seed(degrade_seed))
         return {"x": x[0], "y": y[0], "y_key": y_key[0]}
+
+
+def reduce_randomly(image: np.ndarray, rng: np.random.Generator, scale_range: tuple, min_side: int) -> np.ndarray:
+    """uint8 [H, W, 3] reduced (antialiased bicubic) by a factor drawn uniformly from scale_range, never
+    below ``min_side`` on the shorter side; a factor of 1 returns the image unchanged."""
+    scale = max(float(rng.uniform(*scale_range)), min_side / min(image.shape[:2]))
+    if scale >= 1.0:
+        return image
+    size = (max(min_side, round(image.shape[1] * scale)), max(min_side, round(image.shape[0] * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, reducing_gap=2.0))
 
 
 def make_triples(windows: torch.Tensor, positions: torch.Tensor, crop_size: int, config: DegradeConfig,
@@ -392,7 +410,8 @@ def build_dataset(data_config, *, kind: Optional[str] = None, device: Optional[t
     if kind == "folder":
         degrade_on = resolve_degrade_on(c.degrade_on, device or torch.device("cpu"))
         return FolderTriples(c.root, crop_size=c.crop_size, window=c.window, degrade_config=c.degrade,
-                             degrade_on=degrade_on, extensions=c.extensions, max_retries=c.max_retries)
+                             degrade_on=degrade_on, extensions=c.extensions, max_retries=c.max_retries,
+                             flips=c.flips, rescale=c.rescale)
     return PairedTriples(c.csv, root=c.root, crop_size=c.crop_size, distorted_column=c.distorted_column,
                          reference_column=c.reference_column, min_size=c.min_size,
                          lmdb_path=c.lmdb if kind == "lmdb" else None, max_retries=c.max_retries)

@@ -30,6 +30,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..eval.leakage import leakage_loss
 from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss, info_nce_loss, l1_loss,
                       lowpass_l1_loss, spectrum_loss, wgan_critic_loss, wgan_generator_loss)
 from ..models import checkpoint as ckpt
@@ -156,8 +157,16 @@ class Trainer:
                   ("generator", m.generator, o.lr_generator),
                   ("global_compressor", m.global_compressor, o.lr_global_compressor),
                   ("local_compressor", m.local_compressor, o.lr_local_compressor)]
-        optimizer_g = torch.optim.Adam([{"params": list(module.parameters()), "lr": lr, "name": name}
-                                        for name, module, lr in groups], betas=tuple(o.betas), eps=o.eps)
+        param_groups = [{"params": list(module.parameters()), "lr": lr, "name": name} for name, module, lr in groups]
+        if o.lr_quantiles > 0:  # the quantiles only follow the auxiliary loss: their own rate lets it converge
+            quantiles = [p for module in (m.global_compressor, m.local_compressor)
+                         for name, p in module.named_parameters() if name.endswith("quantiles")]
+            ids = {id(p) for p in quantiles}
+            for group in param_groups:
+                if group["name"] in ("global_compressor", "local_compressor"):
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+            param_groups.append({"params": quantiles, "lr": o.lr_quantiles, "name": "quantiles"})
+        optimizer_g = torch.optim.Adam(param_groups, betas=tuple(o.betas), eps=o.eps)
         optimizer_d = None
         if self.critic is not None:
             optimizer_d = torch.optim.Adam([{"params": list(self.critic.parameters()), "name": "critic"}],
@@ -197,18 +206,27 @@ class Trainer:
         m, w = self.model, self.weights
         x, y, y_key = x01 * 2 - 1, y01 * 2 - 1, yk01 * 2 - 1
         moco = m.global_encoder
+        # global_code_from y_key: the query (the generator's e_g) comes from the other crop and the key from
+        # y, so e_g cannot carry content of the crop it reconstructs
+        query_from, key_from = (y_key, y) if self.config.loss.global_code_from == "y_key" else (y, y_key)
         with self._autocast():
-            q = moco.encoder_q(y)
+            q = moco.encoder_q(query_from)
             e_l = m.local_encoder(y)
         moco.momentum_update()
         with self._autocast():
-            keys = moco.keys(y_key)
+            keys = moco.keys(key_from)
         logits = moco.logits(q, keys)
         e_g_hat, _, bits_g = m.global_compressor(q.float())
         e_l_hat, _, bits_l = m.local_compressor(e_l.float())
         with self._autocast():
             y_hat = self.generator_fn(x, e_g_hat, e_l_hat)
             y_hat_2 = self.generator_fn(x, e_g_hat, e_l_hat) if w.diversity > 0 else None
+        extra = {}
+        if self.config.loss.cross_leakage > 0:  # y's codes on the clean crop of another item: y's content must not show
+            other = x01.roll(1, dims=0)
+            with self._autocast():
+                y_cross = self.generator_fn(other * 2 - 1, e_g_hat, e_l_hat)
+            extra["cross_leakage"] = leakage_loss((y_cross.float() + 1) / 2, other, x01)
         y_hat01 = (y_hat.float() + 1) / 2
         terms = {"aux": entropy_aux_loss(m.global_compressor, m.local_compressor),
                  "contrastive": info_nce_loss(logits), "bits_global": bits_g.mean(), "bits_local": bits_l.mean()}
@@ -228,7 +246,7 @@ class Trainer:
             if w.gan_generator > 0:
                 terms["gan_generator"] = wgan_generator_loss(self.critic, self._critic_input(x, y_hat),
                                                              alpha=w.critic_alpha)
-        return terms, {"keys": keys, "x": x, "y": y, "y_hat": y_hat.detach().float()}
+        return terms, {"keys": keys, "x": x, "y": y, "y_hat": y_hat.detach().float(), **extra}
 
     def _optimizer_step(self, optimizer, params: list, loss: torch.Tensor, clip: float,
                         scaler: Optional[torch.amp.GradScaler]) -> Optional[torch.Tensor]:
@@ -264,6 +282,8 @@ class Trainer:
             self.critic.requires_grad_(False)
         terms, extra = self.generator_terms(x01, y01, yk01)
         loss = self.weights.weighted_sum(terms)
+        if "cross_leakage" in extra:
+            loss = loss + self.config.loss.cross_leakage * extra["cross_leakage"]
         grad_norm = self._optimizer_step(self.optimizer_g, self.generator_side_parameters(), loss, o.grad_clip,
                                          self.scaler)
         if self.ema is not None:
@@ -271,6 +291,8 @@ class Trainer:
         self.model.global_encoder.enqueue(dist_utils.gather_rows(extra["keys"]))
         dist_utils.average_batchnorm_stats(self.model)
         logged = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        if "cross_leakage" in extra:
+            logged["cross_leakage"] = extra["cross_leakage"].detach()
         if grad_norm is not None:
             logged["grad_norm"] = grad_norm  # before clipping
         if self.critic is not None:

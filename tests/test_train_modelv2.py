@@ -1,0 +1,109 @@
+"""Training options of the bundled model v2: augmentation (flips, 90-degree rotations, reductions), e_g from
+y_key, the quantiles' own optimiser group and the cross-content leakage term."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from udm_fast.synthesis.degrade import DegradeConfig
+from udm_fast.eval.leakage import leakage_loss
+from udm_fast.train.config import ConfigError, load_config
+from udm_fast.train.data import FolderTriples, reduce_randomly
+from udm_fast.train.trainer import Trainer
+
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(out_dir, **overrides):
+    base = {"log.out_dir": str(out_dir), "log.progress": False, "log.log_every": 1, "log.image_every": 0,
+            "log.save_every": 0, "run.threads": 1, "data.degrade_window": 48, "model.discriminator": False,
+            "loss.weights.gan_generator": 0.0}
+    return load_config(TINY, {**base, **overrides})
+
+
+def test_reduce_randomly_scales_within_the_range_and_keeps_the_minimum_side():
+    image = np.zeros((300, 400, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    assert reduce_randomly(image, rng, (0.5, 0.5), 100).shape == (150, 200, 3)
+    assert reduce_randomly(image, rng, (0.5, 0.5), 200).shape == (200, 267, 3)  # clamped at the window
+    assert reduce_randomly(image, rng, (1.0, 1.0), 100) is image
+    sides = {reduce_randomly(image, rng, (0.4, 0.9), 64).shape[0] for _ in range(20)}
+    assert len(sides) > 5 and min(sides) >= 120 and max(sides) <= 270
+
+
+def test_flips_give_the_eight_dihedral_views_of_the_region(tmp_path):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    views = [np.rot90(image, k) for k in range(4)]
+    views += [v[:, ::-1] for v in views]
+    keys = [v.tobytes() for v in views]
+    seen = set()
+    for flips in (False, True):
+        data = FolderTriples(str(tmp_path), crop_size=32, window=32, degrade_config=DegradeConfig(), flips=flips)
+        for seed in range(64):
+            x = data[(0, seed)]["x"].permute(1, 2, 0).numpy()
+            if not flips:
+                assert np.array_equal(x, image)
+            else:
+                seen.add(keys.index(np.ascontiguousarray(x).tobytes()))
+    assert len(seen) == 8
+
+
+def test_rescale_range_is_checked():
+    with pytest.raises(ConfigError, match="rescale"):
+        load_config(TINY, {"data.rescale": [0.5, 1.5]})
+    with pytest.raises(ConfigError, match="cross_leakage"):
+        load_config(TINY, {"loss.cross_leakage": -1.0})
+
+
+@pytest.mark.parametrize("source", ["y", "y_key"])
+def test_global_code_from_selects_the_crop_behind_e_g(tmp_path, source):
+    trainer = Trainer(tiny(tmp_path, **{"loss.global_code_from": source}))
+    g = torch.Generator().manual_seed(0)
+    x, y, y_key, other_key = (torch.rand(4, 3, 32, 32, generator=g) for _ in range(4))
+    with torch.no_grad():
+        state = torch.random.get_rng_state()
+        first = trainer.generator_terms(x, y, y_key)[1]["y_hat"]
+        torch.random.set_rng_state(state)  # the same quantisation noise
+        second = trainer.generator_terms(x, y, other_key)[1]["y_hat"]
+    changed = not torch.allclose(first, second)
+    assert changed == (source == "y_key")
+
+
+def test_quantiles_get_their_own_rate(tmp_path):
+    trainer = Trainer(tiny(tmp_path, **{"optim.lr_quantiles": 0.05}))
+    groups = trainer.optimizer_g.param_groups
+    quantiles = {id(p) for n, p in trainer.model.named_parameters() if n.endswith("quantiles")}
+    assert len(groups) == 6 and groups[-1]["lr"] == 0.05 and {id(p) for p in groups[-1]["params"]} == quantiles
+    assert not any(id(p) in quantiles for g in groups[:-1] for p in g["params"])
+    assert len(Trainer(tiny(tmp_path / "b")).optimizer_g.param_groups) == 5  # the default is unchanged
+
+
+def test_cross_leakage_term_is_logged_and_added(tmp_path):
+    trainer = Trainer(tiny(tmp_path, **{"loss.cross_leakage": 3.0}))
+    g = torch.Generator().manual_seed(0)
+    x, y, y_key = (torch.rand(4, 3, 32, 32, generator=g) for _ in range(3))
+    logged, _ = trainer.train_step(x, y, y_key)
+    weighted = trainer.weights.weighted_sum({k: v for k, v in logged.items() if k not in ("loss", "cross_leakage")})
+    assert 0 <= float(logged["cross_leakage"]) <= 1
+    assert float(logged["loss"]) == pytest.approx(float(weighted) + 3.0 * float(logged["cross_leakage"]), rel=1e-5)
+    assert "cross_leakage" not in Trainer(tiny(tmp_path / "b")).train_step(x, y, y_key)[0]
+
+
+def test_leakage_loss_of_a_pasted_source_exceeds_that_of_noise():
+    g = torch.Generator().manual_seed(0)
+    x, source = torch.rand(2, 3, 48, 48, generator=g)[:, None].unbind(0)
+    source = torch.nn.functional.avg_pool2d(source, 5, 1, 2)
+    pasted = leakage_loss(x + 0.2 * (source - 0.5), x, source)
+    noisy = leakage_loss(x + 0.05 * torch.randn(x.shape, generator=g), x, source)
+    assert float(pasted) > 0.5 > 0.2 > float(noisy)
