@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1
 BIN := $(VENV)/bin
 SOURCES := setup.py pyproject.toml $(shell find csrc kernels -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,18 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest tests -q
+
+# style: ruff (pyproject.toml) for Python, clang-format (.clang-format) for C++/CUDA; `make format` applies both
+CXX_SOURCES = $(shell git ls-files 'csrc/*' 'kernels/*' | grep -E '\.(cpp|h|cc|cu|cuh)$$')
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/clang-format -i $(CXX_SOURCES)
 
 # every suite timed, the JSON kept in bench.json, then the per-group comparison table (bench/summarize.py)
 BENCH_JSON ?= bench.json

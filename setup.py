@@ -10,6 +10,7 @@ Environment variables:
   TORCH_CUDA_ARCH_LIST  CUDA architectures (default "8.0;9.0")
   MAX_JOBS              parallel compile jobs (ninja)
 """
+
 import glob
 import os
 import re
@@ -82,7 +83,10 @@ def _want_cuda():
         if CUDA_MODE == "1":
             sys.exit("UDM_FAST_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(reasons))
         return False, "; ".join(reasons)
-    return True, f"CUDA {torch.version.cuda}, toolkit {cpp_extension.CUDA_HOME}, arch {os.environ['TORCH_CUDA_ARCH_LIST']}"
+    return (
+        True,
+        f"CUDA {torch.version.cuda}, toolkit {cpp_extension.CUDA_HOME}, arch {os.environ['TORCH_CUDA_ARCH_LIST']}",
+    )
 
 
 WITH_CUDA, CUDA_REASON = _want_cuda()
@@ -94,6 +98,8 @@ define_macros = [
     ("UDM_FAST_CUDA_REASON", '"' + CUDA_REASON.replace('"', "'") + '"'),
     ("UDM_FAST_BUILT_WITH_TORCH", '"' + torch.__version__ + '"'),
 ]
+
+
 def _pip_cuda_include_dirs():
     """Header folders of the pip CUDA wheels (nvidia/*/include): a bare toolkit may lack cuSPARSE etc."""
     try:
@@ -138,8 +144,21 @@ setup(
         "weights": ["dists-pytorch", "lpips"],
         "lmdb": ["lmdb"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "scikit-image", "pytorch-msssim",
-                 "compressai==1.2.8", "torchvision", "dists-pytorch", "lpips", "lmdb"],
+        "test": [
+            "pytest",
+            "pytest-benchmark",
+            "hypothesis",
+            "scipy",
+            "scikit-image",
+            "pytorch-msssim",
+            "compressai==1.2.8",
+            "torchvision",
+            "dists-pytorch",
+            "lpips",
+            "lmdb",
+            "ruff==0.17.6",  # make lint
+            "clang-format==23.1.5",
+        ],
     },
     entry_points={"console_scripts": ["udm-fast=udm_fast.cli:main"]},
 )

@@ -3,6 +3,7 @@
 UDM_FAST_BENCH_SMALL=1 shrinks every suite's shapes to a smoke size (CI runs each benchmark body once
 with ``--benchmark-disable`` at these sizes): the code paths of the real sizes, not their timings.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ and a held-out folder, for training and evaluating the embedded model offline:
 Photos that need scikit-image's optional downloads (pooch) are skipped with a note. Grey images are
 written as RGB (three equal channels).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,14 +16,31 @@ import sys
 import numpy as np
 from PIL import Image
 
-TRAIN = ("astronaut", "chelsea", "rocket", "motorcycle_left", "retina", "hubble_deep_field", "cat",
-         "immunohistochemistry", "brick", "grass", "gravel", "moon", "clock", "coins", "page", "text")
+TRAIN = (
+    "astronaut",
+    "chelsea",
+    "rocket",
+    "motorcycle_left",
+    "retina",
+    "hubble_deep_field",
+    "cat",
+    "immunohistochemistry",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "clock",
+    "coins",
+    "page",
+    "text",
+)
 HELD_OUT = ("coffee", "motorcycle_right", "camera")
 
 
 def load(name: str) -> np.ndarray:
     """The photo as uint8 [H, W, 3]."""
     import skimage.data as data
+
     if name.startswith("motorcycle_"):
         left, right, _ = data.stereo_motorcycle()
         image = left if name == "motorcycle_left" else right

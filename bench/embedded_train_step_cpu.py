@@ -4,6 +4,7 @@ process so machine load hits every variant alike. Data loading is excluded (a fi
 
     OMP_NUM_THREADS=1 python bench/embedded_train_step_cpu.py [--rounds 5] [--config configs/embedded.yaml]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,23 @@ def main(argv=None) -> int:
             Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(os.path.join(photos, f"{i}.png"))
         trainers, batches = {}, {}
         for name, overrides in VARIANTS.items():
-            config = load_config(args.config, {"data.root": photos, "log.out_dir": os.path.join(tmp, name),
-                                               "run.device": "cpu", "run.threads": 1, **overrides})
+            config = load_config(
+                args.config,
+                {
+                    "data.root": photos,
+                    "log.out_dir": os.path.join(tmp, name),
+                    "run.device": "cpu",
+                    "run.threads": 1,
+                    **overrides,
+                },
+            )
             trainer = Trainer(config)
             crop, batch = config.data.crop_size, config.data.batch_size
             fmt = torch.channels_last if config.run.channels_last else torch.contiguous_format
             generator = torch.Generator().manual_seed(0)
-            batches[name] = [torch.rand(batch, 3, crop, crop, generator=generator).contiguous(memory_format=fmt)
-                             for _ in range(3)]
+            batches[name] = [
+                torch.rand(batch, 3, crop, crop, generator=generator).contiguous(memory_format=fmt) for _ in range(3)
+            ]
             trainer.train_step(*batches[name])  # warm-up
             trainers[name] = trainer
         times = {name: [] for name in VARIANTS}
@@ -62,8 +72,10 @@ def main(argv=None) -> int:
                     trainer.train_step(*batches[name])
                     times[name].append(time.perf_counter() - start)
     shape = f"batch {config.data.batch_size} x 3 x {config.data.crop_size}^2"
-    print(f"{os.path.relpath(args.config, ROOT)}, {shape}, 1 thread, torch {torch.__version__}, "
-          f"{args.rounds} rounds x {args.steps} steps, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{os.path.relpath(args.config, ROOT)}, {shape}, 1 thread, torch {torch.__version__}, "
+        f"{args.rounds} rounds x {args.steps} steps, load average {os.getloadavg()[0]:.2f}"
+    )
     base = statistics.median(times["fp32"])
     for name, values in times.items():
         median = statistics.median(values)

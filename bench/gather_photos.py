@@ -15,6 +15,7 @@ Sources:
 Large photos are reduced (Lanczos) so the longer side is at most ``--max-side``: decoding a 5K image per
 training item would cost more than the training step. Output is deterministic for given packages.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,13 +35,37 @@ import embedded_photos  # noqa: E402  (scikit-image's photos and their split)
 DEBIAN_PHOTOS = {
     "plasma-workspace-wallpapers": {
         f"plasma_{name}": f"usr/share/wallpapers/{name}/contents/images/*"
-        for name in ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
-                     "Grey", "Kite", "MilkyWay", "OneStandsOut", "Path", "Volna", "summer_1am")
+        for name in (
+            "BytheWater",
+            "ColdRipple",
+            "ColorfulCups",
+            "DarkestHour",
+            "EveningGlow",
+            "FallenLeaf",
+            "Grey",
+            "Kite",
+            "MilkyWay",
+            "OneStandsOut",
+            "Path",
+            "Volna",
+            "summer_1am",
+        )
     },
     "mate-backgrounds": {
         f"mate_{name}": f"usr/share/backgrounds/mate/nature/{name}.jpg"
-        for name in ("Aqua", "Blinds", "Dune", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
-                     "TwoWings", "Wood", "YellowFlower")
+        for name in (
+            "Aqua",
+            "Blinds",
+            "Dune",
+            "Garden",
+            "GreenMeadow",
+            "LadyBird",
+            "RainDrops",
+            "Storm",
+            "TwoWings",
+            "Wood",
+            "YellowFlower",
+        )
     },
 }
 HELD_OUT_DEBIAN = ("plasma_Path", "plasma_Grey", "mate_LadyBird")
@@ -58,8 +82,9 @@ def fetch_package(package: str, cache: str) -> tuple[str, str]:
         if not debs:
             raise RuntimeError(f"apt-get download {package} left no .deb in {cache}")
     deb = debs[-1]
-    version = subprocess.run(["dpkg-deb", "-f", deb, "Version"], check=True, capture_output=True,
-                             text=True).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-deb", "-f", deb, "Version"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     folder = os.path.join(cache, f"x_{package}")
     if not os.path.isdir(folder):
         subprocess.run(["dpkg", "-x", deb, folder], check=True)
@@ -94,8 +119,11 @@ def reduce(image: Image.Image, max_side: int) -> Image.Image:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to create (train/, heldout/, manifest.json)")
-    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/udm_fast/debian_photos"),
-                        help="where the .deb files are downloaded and unpacked")
+    parser.add_argument(
+        "--cache",
+        default=os.path.expanduser("~/.cache/udm_fast/debian_photos"),
+        help="where the .deb files are downloaded and unpacked",
+    )
     parser.add_argument("--max-side", type=int, default=1024, help="longer side of the written photos")
     args = parser.parse_args(argv)
     for split in ("train", "heldout"):
@@ -109,6 +137,7 @@ def main(argv=None) -> int:
         manifest.append({"file": path, "size": list(image.size), **source})
 
     import skimage
+
     for split, names in (("train", embedded_photos.TRAIN), ("heldout", embedded_photos.HELD_OUT)):
         for name in names:
             try:
@@ -116,16 +145,26 @@ def main(argv=None) -> int:
             except (ImportError, ModuleNotFoundError) as error:
                 print(f"skipped {name}: {error}", file=sys.stderr)
                 continue
-            write(Image.fromarray(array), f"skimage_{name}", split, source=f"scikit-image {skimage.__version__} "
-                  f"skimage.data", licence="see skimage/data/README.txt (public domain / CC0 / CC-BY per image)")
+            write(
+                Image.fromarray(array),
+                f"skimage_{name}",
+                split,
+                source=f"scikit-image {skimage.__version__} skimage.data",
+                licence="see skimage/data/README.txt (public domain / CC0 / CC-BY per image)",
+            )
 
     import matplotlib
+
     sample_data = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data")
     for filename in MATPLOTLIB_HELD_OUT:
         with Image.open(os.path.join(sample_data, filename)) as image:
-            write(image, "matplotlib_" + os.path.splitext(filename)[0], "heldout",
-                  source=f"matplotlib {matplotlib.__version__} mpl-data/sample_data/{filename}",
-                  licence="see mpl-data/sample_data/README.txt")
+            write(
+                image,
+                "matplotlib_" + os.path.splitext(filename)[0],
+                "heldout",
+                source=f"matplotlib {matplotlib.__version__} mpl-data/sample_data/{filename}",
+                licence="see mpl-data/sample_data/README.txt",
+            )
 
     for package, photos in DEBIAN_PHOTOS.items():
         folder, version = fetch_package(package, args.cache)
@@ -133,9 +172,13 @@ def main(argv=None) -> int:
         for name, pattern in photos.items():
             path = largest(os.path.join(folder, pattern))
             with Image.open(path) as image:
-                write(image, name, "heldout" if name in HELD_OUT_DEBIAN else "train",
-                      source=f"Debian {package} {version}: /{os.path.relpath(path, folder)}",
-                      licence=f"usr/share/doc/{package}/copyright: {', '.join(licences) or 'not stated'}")
+                write(
+                    image,
+                    name,
+                    "heldout" if name in HELD_OUT_DEBIAN else "train",
+                    source=f"Debian {package} {version}: /{os.path.relpath(path, folder)}",
+                    licence=f"usr/share/doc/{package}/copyright: {', '.join(licences) or 'not stated'}",
+                )
 
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)

@@ -4,6 +4,7 @@ Usage: python bench/memory_tiling.py HEIGHT WIDTH [--tile N]
 Prints one JSON line: size, tile size, seconds, peak RSS in MiB (ru_maxrss of this process).
 Run one size per process so each peak is its own.
 """
+
 import argparse
 import json
 import resource
@@ -34,10 +35,21 @@ def main():
         out = model.transfer(x, y, torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"height": args.height, "width": args.width, "tile": args.tile, "filters": args.filters,
-                      "threads": torch.get_num_threads(), "seconds": round(seconds, 1),
-                      "peak_rss_mib": round(peak), "rss_before_mib": round(base),
-                      "finite": bool(torch.isfinite(out).all())}))
+    print(
+        json.dumps(
+            {
+                "height": args.height,
+                "width": args.width,
+                "tile": args.tile,
+                "filters": args.filters,
+                "threads": torch.get_num_threads(),
+                "seconds": round(seconds, 1),
+                "peak_rss_mib": round(peak),
+                "rss_before_mib": round(base),
+                "finite": bool(torch.isfinite(out).all()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ training step (bf16 autocast) fused and eager. On a GPU it records CUDA kernel t
 run with the eager cases only) operators' CPU self time. The JSON holds, per case, each kernel's calls and
 microseconds per iteration, sorted by time; a table of the top kernels is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_bench_generator import generator_step  # noqa: E402
 from test_bench_layers import layer_step  # noqa: E402
+
 from udm_fast.utils.files import write_bytes_atomic  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -31,13 +33,18 @@ def _cases():
     variants = ("fused", "eager") if CUDA else ("eager",)
     for layer, level in (("SFT", "L1"), ("IDA", "L1"), ("IDA", "L3")):
         for variant in variants:
-            yield f"{layer}-{level}-bf16-fwd+bwd-{variant}", \
-                lambda layer=layer, level=level, variant=variant: layer_step(layer, level, torch.bfloat16, "fwd+bwd",
-                                                                             variant)
+            yield (
+                f"{layer}-{level}-bf16-fwd+bwd-{variant}",
+                lambda layer=layer, level=level, variant=variant: layer_step(
+                    layer, level, torch.bfloat16, "fwd+bwd", variant
+                ),
+            )
     for backend, name in (("auto", "fused"), ("reference", "eager")):
         if CUDA or name == "eager":
-            yield f"generator-step-bf16-{name}", lambda backend=backend: generator_step(backend, False,
-                                                                                       torch.bfloat16)[0]
+            yield (
+                f"generator-step-bf16-{name}",
+                lambda backend=backend: generator_step(backend, False, torch.bfloat16)[0],
+            )
 
 
 def _event_time_us(event) -> float:
@@ -74,8 +81,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error("--iters must be at least 1")
-    result = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
-              "iters": args.iters, "cases": {}}
+    result = {
+        "device": torch.cuda.get_device_name() if CUDA else "cpu",
+        "torch": torch.__version__,
+        "iters": args.iters,
+        "cases": {},
+    }
     for name, build in _cases():
         try:
             rows = profile_case(build(), args.iters)
@@ -87,7 +98,7 @@ def main(argv=None) -> int:
         result["cases"][name] = {"total_us_per_iter": total, "kernels": rows}
         count = sum(r["calls_per_iter"] for r in rows)
         print(f"\n{name}: {total:.1f} us per iteration in {count:.0f} {'kernels' if CUDA else 'operator calls'}")
-        for r in rows[:args.top]:
+        for r in rows[: args.top]:
             print(f"  {r['us_per_iter']:10.1f} us  {r['calls_per_iter']:5.1f}x  {r['name'][:100]}")
     write_bytes_atomic(args.out, json.dumps(result, indent=1).encode("utf-8"))
     return 0

@@ -10,6 +10,7 @@ ours (blind, the bundled model as learned re-degrader, ``udm_fast.restore.restor
 non-blind inversion through the true operator (blur, noise with a fixed draw, JPEG by
 straight-through rounding). Same prior, optimiser, steps and seed for every method.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,7 @@ import time
 import torch
 
 from udm_fast import default_model
-from udm_fast.synthesis import degrade
-from udm_fast.utils.io import load_image
+from udm_fast.eval.metrics import ms_ssim, psnr
 from udm_fast.restore import (
     DeepImagePrior,
     Identity,
@@ -30,7 +30,8 @@ from udm_fast.restore import (
     invert,
     operators,
 )
-from udm_fast.eval.metrics import ms_ssim, psnr
+from udm_fast.synthesis import degrade
+from udm_fast.utils.io import load_image
 
 LEVELS = {"noise": (10 / 255, 25 / 255, 50 / 255), "blur": (1.0, 2.0, 3.0), "jpeg": (50, 25, 10)}
 TASKS = (("noise",), ("blur",), ("jpeg",), ("blur", "noise"), ("blur", "jpeg"), ("noise", "jpeg"))
@@ -55,7 +56,7 @@ def degrade_with(x: torch.Tensor, task: tuple, level: int, generator: torch.Gene
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
-    return x[..., (h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
+    return x[..., (h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
 
 
 def main() -> int:
@@ -71,8 +72,10 @@ def main() -> int:
     cleans = [center_crop(load_image(os.path.join(args.photos, n)), args.size) for n in names]
     model = default_model()
     methods = ("degraded", "naive", "naive_oracle", "ours", "non_blind")
-    print(f"# {len(cleans)} photos ({', '.join(names)}), {args.size}x{args.size} crops, {args.steps} steps, "
-          f"{args.threads} thread(s); PSNR dB / MS-SSIM")
+    print(
+        f"# {len(cleans)} photos ({', '.join(names)}), {args.size}x{args.size} crops, {args.steps} steps, "
+        f"{args.threads} thread(s); PSNR dB / MS-SSIM"
+    )
     print("| task | level | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
     start = time.perf_counter()
@@ -91,15 +94,23 @@ def main() -> int:
                     else:
                         redegrader = KnownOperator(operator)
                     prior = DeepImagePrior()
-                    r = invert(y, prior, redegrader, default_phases(prior, args.steps), generator=g,
-                               snapshot_every=5 if name == "naive" else 0)
+                    r = invert(
+                        y,
+                        prior,
+                        redegrader,
+                        default_phases(prior, args.steps),
+                        generator=g,
+                        snapshot_every=5 if name == "naive" else 0,
+                    )
                     results[name] = r.image
                     if name == "naive":
                         candidates = [im for _, im in r.snapshots] + [r.image]
                         results["naive_oracle"] = max(candidates, key=lambda im: float(psnr(im, x)))
                 for m in methods:
                     scores[m].append((float(psnr(results[m], x)), float(ms_ssim(results[m], x))))
-            cells = [f"{sum(p for p, _ in s) / len(s):.2f} / {sum(q for _, q in s) / len(s):.3f}" for s in scores.values()]
+            cells = [
+                f"{sum(p for p, _ in s) / len(s):.2f} / {sum(q for _, q in s) / len(s):.3f}" for s in scores.values()
+            ]
             print(f"| {'+'.join(task)} | {'SML'[level]} | " + " | ".join(cells) + " |", flush=True)
     print(f"# {time.perf_counter() - start:.0f} s")
     return 0

@@ -8,6 +8,7 @@ and ``udm_fast/assets/default_model.json``: the exact training config, a summary
 and the commit of this tree; the second command evaluates the shipped file on held-out photos.
 Refuses a run that did not finish or a file over 25 MB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import sys
 import yaml
 
 from udm_fast import UDM
-from udm_fast.utils.files import write_bytes_atomic
 from udm_fast.models.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS
+from udm_fast.utils.files import write_bytes_atomic
 
 MAX_BYTES = 25 * 1024 * 1024
 
@@ -34,25 +35,33 @@ def log_summary(path: str, batch_size: int) -> dict:
     if not rows:
         raise SystemExit(f"{path}: empty training log")
     steps = [int(r["step"]) for r in rows]
-    seconds = sum((s - p) * batch_size / float(r["images_per_s"])
-                  for p, s, r in zip([0] + steps[:-1], steps, rows) if float(r["images_per_s"]) > 0)
+    seconds = sum(
+        (s - p) * batch_size / float(r["images_per_s"])
+        for p, s, r in zip([0] + steps[:-1], steps, rows)
+        if float(r["images_per_s"]) > 0
+    )
     skip = {"step", "epoch", "images_per_s", "skipped"}
     tenth = max(1, len(rows) // 10)
 
     def mean(part: list, key: str) -> float:
         return sum(float(r[key]) for r in part) / len(part)
 
-    return {"steps": steps[-1], "images": steps[-1] * batch_size, "hours_estimated": round(seconds / 3600, 3),
-            "skipped_files": int(rows[-1]["skipped"]),
-            "first_tenth": {k: mean(rows[:tenth], k) for k in rows[0] if k not in skip},
-            "last_tenth": {k: mean(rows[-tenth:], k) for k in rows[0] if k not in skip}}
+    return {
+        "steps": steps[-1],
+        "images": steps[-1] * batch_size,
+        "hours_estimated": round(seconds / 3600, 3),
+        "skipped_files": int(rows[-1]["skipped"]),
+        "first_tenth": {k: mean(rows[:tenth], k) for k in rows[0] if k not in skip},
+        "last_tenth": {k: mean(rows[-tenth:], k) for k in rows[0] if k not in skip},
+    }
 
 
 def git_commit() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
     return commit + ("+uncommitted-changes" if dirty else "")
 
 
@@ -76,9 +85,16 @@ def main(argv=None) -> int:
         os.remove(DEFAULT_WEIGHTS)
         raise SystemExit(f"{DEFAULT_WEIGHTS}: {size} bytes is over the {MAX_BYTES}-byte budget")
     shipped = UDM.load(DEFAULT_WEIGHTS)
-    metadata = {"weights": DEFAULT_WEIGHTS.name, "bytes": size, "weights_hash": shipped.weights_hash(),
-                "commit": args.commit or git_commit(), "config": config, "training_photos": args.photos,
-                "training_log": summary, "note": args.note}
+    metadata = {
+        "weights": DEFAULT_WEIGHTS.name,
+        "bytes": size,
+        "weights_hash": shipped.weights_hash(),
+        "commit": args.commit or git_commit(),
+        "config": config,
+        "training_photos": args.photos,
+        "training_log": summary,
+        "note": args.note,
+    }
     write_bytes_atomic(DEFAULT_METADATA, json.dumps(metadata, indent=2).encode("utf-8"))
     print(f"wrote {DEFAULT_WEIGHTS} ({size / 1e6:.2f} MB, hash {metadata['weights_hash'][:12]}) and {DEFAULT_METADATA}")
     return 0

@@ -7,6 +7,7 @@ speed-up over the group's ``eager`` variant and over its ``compile`` variant (th
 "-" where the group has none), the fraction of the roofline floor reached (extra_info["floor_us"] / median,
 GPU benchmarks only) and the remaining extra_info.
 """
+
 import json
 import sys
 from collections import defaultdict
@@ -37,9 +38,18 @@ def group_rows(benches: list) -> list:
         floor = info.get("floor_us")
         floor_fraction = "-" if floor is None else f"{floor * 1e-6 / s['median']:.1%}"
         extra = ", ".join(f"{k}={v}" for k, v in sorted(info.items()) if k not in SHOWN_APART and v is not None)
-        rows.append([variant_name(b), f"{s['median'] * 1e3:.3f}", f"{s['iqr'] * 1e3:.3f}", str(s["rounds"]),
-                     _speedup(baseline["eager"], s["median"]), _speedup(baseline["compile"], s["median"]),
-                     floor_fraction, extra])
+        rows.append(
+            [
+                variant_name(b),
+                f"{s['median'] * 1e3:.3f}",
+                f"{s['iqr'] * 1e3:.3f}",
+                str(s["rounds"]),
+                _speedup(baseline["eager"], s["median"]),
+                _speedup(baseline["compile"], s["median"]),
+                floor_fraction,
+                extra,
+            ]
+        )
     return rows
 
 
@@ -47,8 +57,9 @@ def main(path: str) -> None:
     with open(path) as f:
         data = json.load(f)
     info = data.get("machine_info", {})
-    print(f"machine: {info.get('node', '?')} {info.get('cpu', {}).get('brand_raw', '')}; "
-          f"date {data.get('datetime', '?')}")
+    print(
+        f"machine: {info.get('node', '?')} {info.get('cpu', {}).get('brand_raw', '')}; date {data.get('datetime', '?')}"
+    )
     timed = [b for b in data["benchmarks"] if b.get("stats")]
     if not timed:
         print("no timed benchmarks in this file (was it written with --benchmark-disable?)")

@@ -16,15 +16,16 @@ same weights, tables and data. Benchmarks (symbols per second in extra_info):
 extra_info also holds the compressed size against the ideal -sum log2 p under the quantized
 tables (``qcdf_ideal_bytes``) and under the model's likelihoods (``model_ideal_bytes``).
 """
+
 import math
 
 import pytest
 import torch
 
 compressai_eb = pytest.importorskip("compressai.entropy_models")
+from bench_timing import SMALL, rate  # noqa: E402
 from compressai import ans  # noqa: E402
 
-from bench_timing import SMALL, rate  # noqa: E402
 from udm_fast import EntropyBottleneck  # noqa: E402
 from udm_fast.entropy import coder  # noqa: E402
 
@@ -45,7 +46,8 @@ def _latent(key, shape, generator):
     channels = shape[1]
     if key.endswith("s"):
         logits = 2.5 * torch.randn(shape, generator=generator) + torch.linspace(-2, 2, channels).reshape(
-            1, -1, *([1] * (len(shape) - 2)))
+            1, -1, *([1] * (len(shape) - 2))
+        )
         return torch.sigmoid(logits)
     scales = torch.logspace(math.log10(0.3), math.log10(12), channels).reshape(1, -1, *([1] * (len(shape) - 2)))
     laplace = torch.distributions.Laplace(torch.zeros(()), torch.ones(()))
@@ -103,10 +105,15 @@ def _ideal_bytes(module, x):
     cdf = module._quantized_cdf.long()
     freq = (cdf[channels, bins + 1] - cdf[channels, bins]).double()
     raw = torch.where(values < 0, -2 * values - 1, 2 * (values - max_values))[escaped]
-    nibbles = torch.where(raw > 0, torch.floor(torch.log2(raw.double().clamp(min=1)) / 4) + 1, torch.zeros_like(raw.double()))
+    nibbles = torch.where(
+        raw > 0, torch.floor(torch.log2(raw.double().clamp(min=1)) / 4) + 1, torch.zeros_like(raw.double())
+    )
     qcdf_bits = (16 - torch.log2(freq)).sum() + 4 * (1 + nibbles).sum()
-    return {"model_ideal_bytes": round(float(-torch.log2(likelihoods.double()).sum() / 8), 1),
-            "qcdf_ideal_bytes": round(float(qcdf_bits / 8), 1), "escapes": int(escaped.sum())}
+    return {
+        "model_ideal_bytes": round(float(-torch.log2(likelihoods.double()).sum() / 8), 1),
+        "qcdf_ideal_bytes": round(float(qcdf_bits / 8), 1),
+        "escapes": int(escaped.sum()),
+    }
 
 
 def _run(benchmark, fn, info, rounds):
@@ -131,11 +138,15 @@ def test_compressai_eb_decode(benchmark, case):
 
 
 def _ans_lists(reference, x):
-    symbols = reference.quantize(x, "symbols", reference._get_medians().detach().reshape(
-        1, -1, *([1] * (x.dim() - 2))))
+    symbols = reference.quantize(x, "symbols", reference._get_medians().detach().reshape(1, -1, *([1] * (x.dim() - 2))))
     indexes = reference._build_indexes(x.size())
-    return ([s.reshape(-1).tolist() for s in symbols], [i.reshape(-1).tolist() for i in indexes],
-            reference._quantized_cdf.tolist(), reference._cdf_length.tolist(), reference._offset.tolist())
+    return (
+        [s.reshape(-1).tolist() for s in symbols],
+        [i.reshape(-1).tolist() for i in indexes],
+        reference._quantized_cdf.tolist(),
+        reference._cdf_length.tolist(),
+        reference._offset.tolist(),
+    )
 
 
 def test_compressai_ans_encode(benchmark, case):
@@ -192,6 +203,7 @@ def _cuda_coder_available():
     if not torch.cuda.is_available():
         return False
     from udm_fast.ops import extension as _ext
+
     module = _ext.load()
     return module is not None and hasattr(module.rans, "lanes_encode_cuda")
 
@@ -233,8 +245,11 @@ def test_cuda_parallel_encode_device(benchmark, gpu_case, lane_overhead):
     """Device-resident: CUDA latent -> CUDA uint8 container."""
     module, x, info = gpu_case
     data = module.compress_parallel(x, as_tensor=True, lane_overhead=lane_overhead)
-    _run_cuda(benchmark, lambda: module.compress_parallel(x, as_tensor=True, lane_overhead=lane_overhead),
-              {**info, "parallel_bytes": data.numel(), "lane_overhead": lane_overhead})
+    _run_cuda(
+        benchmark,
+        lambda: module.compress_parallel(x, as_tensor=True, lane_overhead=lane_overhead),
+        {**info, "parallel_bytes": data.numel(), "lane_overhead": lane_overhead},
+    )
 
 
 @gpu
@@ -243,8 +258,11 @@ def test_cuda_parallel_decode_device(benchmark, gpu_case, lane_overhead):
     """Device-resident: CUDA container -> CUDA latent."""
     module, x, info = gpu_case
     data = module.compress_parallel(x, as_tensor=True, lane_overhead=lane_overhead)
-    _run_cuda(benchmark, lambda: module.decompress_parallel(data),
-              {**info, "parallel_bytes": data.numel(), "lane_overhead": lane_overhead})
+    _run_cuda(
+        benchmark,
+        lambda: module.decompress_parallel(data),
+        {**info, "parallel_bytes": data.numel(), "lane_overhead": lane_overhead},
+    )
 
 
 @gpu

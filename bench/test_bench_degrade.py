@@ -8,11 +8,12 @@ at a time, and the JPEG step alone, both ways (``pillow``: libjpeg on the CPU, o
 other, the floor of a GPU pipeline that sends its images there; ``tensor``: udm_fast.jpeg on the
 device, what ``degrade`` uses on a GPU).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
-
 from bench_timing import rate
+
 from udm_fast.synthesis import degrade as D
 
 BATCH, SIZE = 24, 128
@@ -22,8 +23,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 def _photo_patches(batch: int) -> torch.Tensor:
     """Photo-like patches: smooth random shapes (bicubic upsampling of 12x12) plus fine texture."""
     g = torch.Generator().manual_seed(0)
-    coarse = F.interpolate(torch.rand(batch, 3, 12, 12, generator=g), size=(SIZE, SIZE), mode="bicubic",
-                           align_corners=False)
+    coarse = F.interpolate(
+        torch.rand(batch, 3, 12, 12, generator=g), size=(SIZE, SIZE), mode="bicubic", align_corners=False
+    )
     texture = 0.04 * torch.randn(batch, 3, SIZE, SIZE, generator=g)
     return (coarse + texture).clamp(0, 1)
 
@@ -48,7 +50,7 @@ def _run(benchmark, fn, pairs, device):
 
 
 def test_degrade_batched(benchmark, photos):
-    seeds = iter(range(10 ** 6))
+    seeds = iter(range(10**6))
     _run(benchmark, lambda: D.degrade(photos, generator=next(seeds)), BATCH, photos.device)
 
 
@@ -56,14 +58,18 @@ def test_degrade_batched(benchmark, photos):
 def test_degrade_batched_256_cuda(benchmark):
     """A synthesis-sized batch on the GPU (the ops are launch-bound at 24 images): 256 patches per call."""
     photos = _photo_patches(256).to("cuda")
-    seeds = iter(range(10 ** 6))
+    seeds = iter(range(10**6))
     _run(benchmark, lambda: D.degrade(photos, generator=next(seeds)), 256, photos.device)
 
 
 def test_degrade_one_image_at_a_time_baseline(benchmark, photos):
-    seeds = iter(range(10 ** 6))
-    _run(benchmark, lambda: [D.degrade(photos[i:i + 1], generator=next(seeds)) for i in range(BATCH)], BATCH,
-         photos.device)
+    seeds = iter(range(10**6))
+    _run(
+        benchmark,
+        lambda: [D.degrade(photos[i : i + 1], generator=next(seeds)) for i in range(BATCH)],
+        BATCH,
+        photos.device,
+    )
 
 
 @pytest.mark.parametrize("impl", ["pillow", "tensor"])

@@ -11,6 +11,7 @@ training, and the gradient of every parameter and input is computed. With UDM_BE
 CPU: a small generator (filters 16, e_g 32, batch 2, 32 x 32), reference backend only, float32 and
 bfloat16 autocast: a smoke run of the benchmark itself, not a performance claim.
 """
+
 import os
 
 import pytest
@@ -65,6 +66,7 @@ def generator_step(backend, compiled, dtype):
         out.float().square().mean().backward()
         if CUDA:
             torch.cuda.synchronize()
+
     return step, params
 
 
@@ -75,9 +77,14 @@ def test_generator_step(benchmark, backend, compiled, dtype):
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"generator-step-{'cuda' if CUDA else 'cpu'}-{str(dtype)[6:]}"
-    benchmark.extra_info.update(backend=backend, compiled=compiled, dtype=str(dtype)[6:], **SHAPE,
-                                device=torch.cuda.get_device_name() if CUDA else "cpu")
+    benchmark.extra_info.update(
+        backend=backend,
+        compiled=compiled,
+        dtype=str(dtype)[6:],
+        **SHAPE,
+        device=torch.cuda.get_device_name() if CUDA else "cpu",
+    )
     benchmark(step)
     if CUDA:
-        benchmark.extra_info["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        benchmark.extra_info["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)

@@ -12,10 +12,12 @@ outside the timed rounds; extra_info["compile_s"] holds the compile time it has 
 
 extra_info: GFLOP of one call (torch.utils.flop_counter, fp32 eager), GFLOP/s at the minimum time, the
 fraction of this CPU's estimated fp32 peak (``cpu_peak_gflops``: cores in use (threads) x clock x 2 FMA
-pipes x 16 fp32 lanes x 2 FLOP, the AVX-512 assumption stated in extra_info), and the largest / mean absolute difference of
+pipes x 16 fp32 lanes x 2 FLOP, the AVX-512 assumption stated in extra_info), and the largest / mean absolute
+difference of
 the output from the fp32 eager output (must stay within BF16_TOLERANCE).
 UDM_FAST_BENCH_SMALL=1: 32 x 32 / 64 x 64 and a 96 x 64 image in 32 x 32 tiles with an 8-pixel halo (smoke runs).
 """
+
 import functools
 import os
 import time
@@ -23,9 +25,9 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_timing import SMALL, rate
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_timing import SMALL, rate
 from udm_fast import UDM, default_model
 from udm_fast.models.inference import BF16_TOLERANCE
 
@@ -40,9 +42,13 @@ CASES = {
 SMALL_HALO = 8  # smoke runs: the tiled path with a narrow halo (the default, 64, would dwarf 32 x 32 tiles)
 # variant: (precision, bf16 autocast around the call, channels_last, compiled); all but ``auto`` set the
 # layout and autocast themselves under precision fp32, so the policy leaves them as called
-VARIANTS = {"eager": ("fp32", False, False, False), "channels_last": ("fp32", False, True, False),
-            "bf16": ("fp32", True, False, False), "bf16_channels_last": ("fp32", True, True, False),
-            "auto": ("auto", False, False, False)}
+VARIANTS = {
+    "eager": ("fp32", False, False, False),
+    "channels_last": ("fp32", False, True, False),
+    "bf16": ("fp32", True, False, False),
+    "bf16_channels_last": ("fp32", True, True, False),
+    "auto": ("auto", False, False, False),
+}
 if COMPILE:
     VARIANTS["bf16_compile"] = ("fp32", True, True, True)
 
@@ -80,8 +86,12 @@ def _case_inputs(case: str):
     kind, width, height, tile = CASES[case]
     model = _model(kind)
     g = torch.Generator().manual_seed(0)
-    x = F.interpolate(torch.rand(1, 3, height // 16, width // 16, generator=g), size=(height, width),
-                      mode="bicubic", align_corners=False).clamp(0, 1)
+    x = F.interpolate(
+        torch.rand(1, 3, height // 16, width // 16, generator=g),
+        size=(height, width),
+        mode="bicubic",
+        align_corners=False,
+    ).clamp(0, 1)
     y = (x + 0.04 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     with torch.no_grad():
         e_g, e_l = model.encode(y[..., :256, :256])  # the degradation of a 256 x 256 crop
@@ -135,11 +145,19 @@ def test_synthesize_cpu(benchmark, case, variant):
     peak, assumption = cpu_peak_gflops()
     gflops = rate(benchmark, gflop, 1, "min")
     benchmark.extra_info.update(
-        variant=variant, size=f"{x.shape[-1]}x{x.shape[-2]}", tile_size=model.tile_size, gflop=round(gflop, 1),
-        gflop_per_s=gflops, cpu_peak_gflops=peak, peak_assumption=assumption,
-        of_peak=None if gflops is None or peak is None else round(gflops / peak, 3), compile_s=compile_s,
-        max_abs_diff=round(diff.max().item(), 5), mean_abs_diff=round(diff.mean().item(), 6),
-        torch_threads=torch.get_num_threads())
+        variant=variant,
+        size=f"{x.shape[-1]}x{x.shape[-2]}",
+        tile_size=model.tile_size,
+        gflop=round(gflop, 1),
+        gflop_per_s=gflops,
+        cpu_peak_gflops=peak,
+        peak_assumption=assumption,
+        of_peak=None if gflops is None or peak is None else round(gflops / peak, 3),
+        compile_s=compile_s,
+        max_abs_diff=round(diff.max().item(), 5),
+        mean_abs_diff=round(diff.mean().item(), 6),
+        torch_threads=torch.get_num_threads(),
+    )
     if not autocast:  # under the caller's own autocast the dtype is the path's (bf16 untiled, fp32 tiled)
         assert out["y"].dtype == torch.float32
     assert diff.mean() <= BF16_TOLERANCE["mean_abs"] and diff.max() <= BF16_TOLERANCE["max_abs"], diff.max()

@@ -21,12 +21,13 @@ UDM_FAST_BENCH_SMALL=1: batch 1 and a quarter of the spatial sizes (smoke runs).
 UDM_FAST_BENCH_COMPILE_BACKEND: the torch.compile backend of the ``compile`` variant (default inductor;
 ``eager`` runs dynamo alone: the tests use it to check the variants' compile bookkeeping quickly).
 """
+
 import os
 
 import pytest
 import torch
-
 from bench_timing import SMALL
+
 from udm_fast.layers import IDA, SFT
 
 CUDA = torch.cuda.is_available()
@@ -38,13 +39,20 @@ COMPILE_BACKEND = os.environ.get("UDM_FAST_BENCH_COMPILE_BACKEND", "inductor")
 COND = 8
 BATCH = 1 if SMALL else 24 if CUDA else 2
 # level: (channels, height = width); CPU sizes keep the channel counts at 1/4 of the spatial size
-LEVELS = {"L1": (64, 128), "L2": (128, 64), "L3": (256, 32)} if CUDA else \
-    {"L1": (64, 32), "L2": (128, 16), "L3": (256, 8)}
+LEVELS = (
+    {"L1": (64, 128), "L2": (128, 64), "L3": (256, 32)} if CUDA else {"L1": (64, 32), "L2": (128, 16), "L3": (256, 8)}
+)
 if SMALL:
     LEVELS = {level: (channels, max(4, size // 4)) for level, (channels, size) in LEVELS.items()}
 # roofline floors in microseconds (H100, batch 24, bf16; docs/kernels.md §2)
-FLOORS_BF16_US = {("SFT", "L1"): (36.5, 55.9), ("SFT", "L2"): (17.6, 31.8), ("SFT", "L3"): (11.4, 30.1),
-                  ("IDA", "L1"): (34.1, 51.4), ("IDA", "L2"): (17.0, 26.9), ("IDA", "L3"): (9.2, 25.6)}
+FLOORS_BF16_US = {
+    ("SFT", "L1"): (36.5, 55.9),
+    ("SFT", "L2"): (17.6, 31.8),
+    ("SFT", "L3"): (11.4, 30.1),
+    ("IDA", "L1"): (34.1, 51.4),
+    ("IDA", "L2"): (17.0, 26.9),
+    ("IDA", "L3"): (9.2, 25.6),
+}
 
 
 def _selected(layer, level, dtype, phase, variant) -> bool:
@@ -68,8 +76,14 @@ def _cases():
                 for phase in ("fwd", "fwd+bwd"):
                     for variant in ("fused", "cuda", "eager", "compile"):
                         if _selected(layer, level, dtype, phase, variant):
-                            yield pytest.param(layer, level, dtype, phase, variant,
-                                               id=f"{layer}-{level}-{str(dtype)[6:]}-{phase}-{variant}")
+                            yield pytest.param(
+                                layer,
+                                level,
+                                dtype,
+                                phase,
+                                variant,
+                                id=f"{layer}-{level}-{str(dtype)[6:]}-{phase}-{variant}",
+                            )
 
 
 def _build(layer, channels, size, dtype, variant):
@@ -102,6 +116,7 @@ def _synchronised(fn):
         fn()
         if CUDA:
             torch.cuda.synchronize()
+
     return wrapper
 
 
@@ -110,6 +125,7 @@ def layer_step(layer, level, dtype, phase, variant):
     channels, size = LEVELS[level]
     run, inputs, module = _build(layer, channels, size, dtype, variant)
     if phase == "fwd":
+
         def step():
             with torch.no_grad():
                 run(*inputs)
@@ -134,9 +150,17 @@ def test_layer(benchmark, layer, level, dtype, phase, variant):
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"{layer}-{level}-{str(dtype)[6:]}-{phase}"
-    benchmark.extra_info.update(layer=layer, level=level, channels=channels, size=f"{size}x{size}", batch=BATCH,
-                                dtype=str(dtype)[6:], phase=phase, variant=variant,
-                                device=torch.cuda.get_device_name() if CUDA else "cpu")
+    benchmark.extra_info.update(
+        layer=layer,
+        level=level,
+        channels=channels,
+        size=f"{size}x{size}",
+        batch=BATCH,
+        dtype=str(dtype)[6:],
+        phase=phase,
+        variant=variant,
+        device=torch.cuda.get_device_name() if CUDA else "cpu",
+    )
     if variant == "compile":
         benchmark.extra_info["compile_backend"] = COMPILE_BACKEND
     if CUDA and dtype == torch.bfloat16 and not SMALL:
@@ -144,4 +168,4 @@ def test_layer(benchmark, layer, level, dtype, phase, variant):
         benchmark.extra_info["floor_us"] = fwd_us if phase == "fwd" else fwd_us + bwd_us
     benchmark(step)
     if CUDA:
-        benchmark.extra_info["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        benchmark.extra_info["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -14,14 +14,15 @@ Data loading is excluded: the batch is a fixed set of smooth random images alrea
       OMP_NUM_THREADS=1 pytest bench/test_bench_train.py -k cpu --benchmark-columns=median,iqr,rounds
 Each benchmark stores images/s in extra_info.
 """
+
 import os
 
 import numpy as np
 import pytest
 import torch
+from bench_timing import rate
 from PIL import Image
 
-from bench_timing import rate
 from udm_fast.train.config import load_config
 from udm_fast.train.trainer import Trainer
 
@@ -36,14 +37,20 @@ SIZES = {
 VARIANTS = [
     pytest.param("cpu", "fp32_reference", {"run.amp": "none", "run.backend": "reference"}, id="cpu-fp32_reference"),
     pytest.param("cpu", "bf16_reference", {"run.amp": "bf16", "run.backend": "reference"}, id="cpu-bf16_reference"),
-    pytest.param("cuda", "fp32_reference", {"run.amp": "none", "run.backend": "reference"}, marks=CUDA,
-                 id="cuda-fp32_reference"),
-    pytest.param("cuda", "bf16_reference", {"run.amp": "bf16", "run.backend": "reference"}, marks=CUDA,
-                 id="cuda-bf16_reference"),
+    pytest.param(
+        "cuda", "fp32_reference", {"run.amp": "none", "run.backend": "reference"}, marks=CUDA, id="cuda-fp32_reference"
+    ),
+    pytest.param(
+        "cuda", "bf16_reference", {"run.amp": "bf16", "run.backend": "reference"}, marks=CUDA, id="cuda-bf16_reference"
+    ),
     pytest.param("cuda", "bf16_fused", {"run.amp": "bf16", "run.backend": "auto"}, marks=CUDA, id="cuda-bf16_fused"),
-    pytest.param("cuda", "bf16_fused_compile", {"run.amp": "bf16", "run.backend": "auto", "run.compile": True},
-                 marks=[CUDA, pytest.mark.skipif(not COMPILE, reason="set UDM_BENCH_COMPILE=1 (compiles for minutes)")],
-                 id="cuda-bf16_fused_compile"),
+    pytest.param(
+        "cuda",
+        "bf16_fused_compile",
+        {"run.amp": "bf16", "run.backend": "auto", "run.compile": True},
+        marks=[CUDA, pytest.mark.skipif(not COMPILE, reason="set UDM_BENCH_COMPILE=1 (compiles for minutes)")],
+        id="cuda-bf16_fused_compile",
+    ),
 ]
 
 
@@ -70,11 +77,23 @@ def test_training_iteration(benchmark, image_folder, tmp_path, device, variant, 
     size = SIZES[device]
     if device == "cpu":
         torch.set_num_threads(1)
-    config = load_config(os.path.join(ROOT, "configs", size["config"]), {
-        **size["overrides"], **overrides, "run.device": device, "data.root": str(image_folder),
-        "data.kind": "folder", "data.batch_size": size["batch"], "data.degrade_window": size["crop"],
-        "loss.weights.dists": 10.0, "loss.pretrained": False, "loss.download": False,
-        "log.out_dir": str(tmp_path), "log.progress": False})
+    config = load_config(
+        os.path.join(ROOT, "configs", size["config"]),
+        {
+            **size["overrides"],
+            **overrides,
+            "run.device": device,
+            "data.root": str(image_folder),
+            "data.kind": "folder",
+            "data.batch_size": size["batch"],
+            "data.degrade_window": size["crop"],
+            "loss.weights.dists": 10.0,
+            "loss.pretrained": False,
+            "loss.download": False,
+            "log.out_dir": str(tmp_path),
+            "log.progress": False,
+        },
+    )
     trainer = Trainer(config)
     x, y, y_key = _batch(size["crop"], size["batch"], trainer.device)
     if config.run.channels_last:
@@ -86,6 +105,10 @@ def test_training_iteration(benchmark, image_folder, tmp_path, device, variant, 
             torch.cuda.synchronize()
 
     benchmark.pedantic(iteration, rounds=5 if device == "cuda" else 8, warmup_rounds=3 if config.run.compile else 1)
-    benchmark.extra_info.update(images_per_s=rate(benchmark, size["batch"], 2, "median"),
-                                batch=size["batch"], crop=size["crop"], variant=variant,
-                                torch_threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        images_per_s=rate(benchmark, size["batch"], 2, "median"),
+        batch=size["batch"],
+        crop=size["crop"],
+        variant=variant,
+        torch_threads=torch.get_num_threads(),
+    )

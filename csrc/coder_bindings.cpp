@@ -21,28 +21,28 @@ using udm_rans::Tables;
 
 namespace {
 
-void check_tensor(const at::Tensor &t, const char *name, at::ScalarType dtype) {
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor");
   TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", c10::toString(dtype), ", got ",
                     c10::toString(t.scalar_type()));
   TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
 }
 
-std::shared_ptr<Tables> make_tables(const at::Tensor &cdf, const at::Tensor &lengths, const at::Tensor &offsets) {
+std::shared_ptr<Tables> make_tables(const at::Tensor& cdf, const at::Tensor& lengths, const at::Tensor& offsets) {
   check_tensor(cdf, "quantized_cdf", at::kInt);
   check_tensor(lengths, "cdf_length", at::kInt);
   check_tensor(offsets, "offset", at::kInt);
   TORCH_CHECK_VALUE(cdf.dim() == 2, "quantized_cdf must be 2-D [rows, width], got ", cdf.sizes());
   TORCH_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == cdf.size(0), "cdf_length must be [", cdf.size(0),
                     "], got ", lengths.sizes());
-  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == cdf.size(0), "offset must be [", cdf.size(0),
-                    "], got ", offsets.sizes());
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == cdf.size(0), "offset must be [", cdf.size(0), "], got ",
+                    offsets.sizes());
   return std::make_shared<Tables>(cdf.data_ptr<int32_t>(), cdf.size(0), cdf.size(1), lengths.data_ptr<int32_t>(),
                                   offsets.data_ptr<int32_t>());
 }
 
 // Row layout of `count` symbols: explicit `indexes` (same element count) or implicit rows.
-udm_rans::Layout make_layout(const Tables &tables, const std::optional<at::Tensor> &indexes, int64_t count,
+udm_rans::Layout make_layout(const Tables& tables, const std::optional<at::Tensor>& indexes, int64_t count,
                              int64_t channels, int64_t per_channel) {
   udm_rans::Layout layout;
   if (indexes) {
@@ -61,7 +61,7 @@ udm_rans::Layout make_layout(const Tables &tables, const std::optional<at::Tenso
   return layout;
 }
 
-const float *medians_of(const Tables &tables, const std::optional<at::Tensor> &medians) {
+const float* medians_of(const Tables& tables, const std::optional<at::Tensor>& medians) {
   if (!medians) return nullptr;
   check_tensor(*medians, "medians", at::kFloat);
   TORCH_CHECK_VALUE(medians->numel() == tables.rows(), "medians must have one value per CDF row (", tables.rows(),
@@ -70,7 +70,7 @@ const float *medians_of(const Tables &tables, const std::optional<at::Tensor> &m
 }
 
 // Symbols (int32) or values (float32, quantized against the medians).
-udm_rans::Source make_source(const Tables &tables, const at::Tensor &input, const std::optional<at::Tensor> &medians) {
+udm_rans::Source make_source(const Tables& tables, const at::Tensor& input, const std::optional<at::Tensor>& medians) {
   udm_rans::Source source;
   if (medians) {
     check_tensor(input, "values", at::kFloat);
@@ -83,22 +83,22 @@ udm_rans::Source make_source(const Tables &tables, const at::Tensor &input, cons
   return source;
 }
 
-ByteSpan span_of(const py::handle &object, const char *what) {
+ByteSpan span_of(const py::handle& object, const char* what) {
   if (!PyBytes_Check(object.ptr())) throw py::type_error(std::string(what) + " must be bytes");
-  char *data = nullptr;
+  char* data = nullptr;
   Py_ssize_t size = 0;
   PyBytes_AsStringAndSize(object.ptr(), &data, &size);
-  return ByteSpan{reinterpret_cast<const uint8_t *>(data), static_cast<int64_t>(size)};
+  return ByteSpan{reinterpret_cast<const uint8_t*>(data), static_cast<int64_t>(size)};
 }
 
-py::bytes to_bytes(const udm_rans::CompatStream &stream) {
+py::bytes to_bytes(const udm_rans::CompatStream& stream) {
   py::bytes out(nullptr, stream.byte_size());
-  stream.write(reinterpret_cast<uint8_t *>(PyBytes_AS_STRING(out.ptr())));
+  stream.write(reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out.ptr())));
   return out;
 }
 
-py::list compat_encode(const std::shared_ptr<Tables> &tables, const at::Tensor &input,
-                       const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes,
+py::list compat_encode(const std::shared_ptr<Tables>& tables, const at::Tensor& input,
+                       const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes,
                        int64_t channels, int64_t per_channel) {
   TORCH_CHECK_VALUE(input.dim() == 2, "symbols must be [items, length], got ", input.sizes());
   const udm_rans::Source source = make_source(*tables, input, medians);
@@ -112,17 +112,17 @@ py::list compat_encode(const std::shared_ptr<Tables> &tables, const at::Tensor &
     streams = udm_rans::compat_encode(*tables, layout, source, input.size(0), input.size(1));
   }
   py::list out;
-  for (const auto &stream : streams) out.append(to_bytes(stream));
+  for (const auto& stream : streams) out.append(to_bytes(stream));
   return out;
 }
 
-at::Tensor compat_decode(const std::shared_ptr<Tables> &tables, const py::sequence &strings, int64_t length,
-                         const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes,
+at::Tensor compat_decode(const std::shared_ptr<Tables>& tables, const py::sequence& strings, int64_t length,
+                         const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes,
                          int64_t channels, int64_t per_channel) {
   const int64_t items = static_cast<int64_t>(py::len(strings));
   TORCH_CHECK_VALUE(length >= 0, "length must be non-negative");
   std::vector<ByteSpan> spans;
-  for (const py::handle &item : strings) spans.push_back(span_of(item, "each string"));
+  for (const py::handle& item : strings) spans.push_back(span_of(item, "each string"));
   const udm_rans::Layout layout = make_layout(*tables, indexes, items * length, channels, per_channel);
   TORCH_CHECK_VALUE(!indexes || !medians, "values with medians need implicit rows");
   TORCH_CHECK_VALUE(indexes || length % (channels * per_channel) == 0,
@@ -142,10 +142,10 @@ at::Tensor compat_decode(const std::shared_ptr<Tables> &tables, const py::sequen
   return out;
 }
 
-py::bytes compat_encode_segments(const py::list &segments) {
+py::bytes compat_encode_segments(const py::list& segments) {
   std::vector<udm_rans::Segment> parts;
   std::vector<std::shared_ptr<Tables>> keep;
-  for (const py::handle &item : segments) {
+  for (const py::handle& item : segments) {
     auto [tables, symbols, indexes] = item.cast<std::tuple<std::shared_ptr<Tables>, at::Tensor, at::Tensor>>();
     check_tensor(symbols, "segment symbols", at::kInt);
     check_tensor(indexes, "segment indexes", at::kInt);
@@ -161,11 +161,11 @@ py::bytes compat_encode_segments(const py::list &segments) {
   return to_bytes(stream);
 }
 
-py::list compat_decode_segments(const py::bytes &data, const py::list &segments) {
+py::list compat_decode_segments(const py::bytes& data, const py::list& segments) {
   std::vector<udm_rans::Segment> parts;
   std::vector<std::shared_ptr<Tables>> keep;
   py::list out;
-  for (const py::handle &item : segments) {
+  for (const py::handle& item : segments) {
     auto [tables, indexes] = item.cast<std::tuple<std::shared_ptr<Tables>, at::Tensor>>();
     check_tensor(indexes, "segment indexes", at::kInt);
     at::Tensor symbols = at::empty({indexes.numel()}, at::kInt);
@@ -181,8 +181,8 @@ py::list compat_decode_segments(const py::bytes &data, const py::list &segments)
   return out;
 }
 
-py::bytes lanes_encode(const std::shared_ptr<Tables> &tables, const at::Tensor &input,
-                       const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes,
+py::bytes lanes_encode(const std::shared_ptr<Tables>& tables, const at::Tensor& input,
+                       const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes,
                        int64_t channels, int64_t per_channel, double lane_overhead, int64_t lanes) {
   TORCH_CHECK_VALUE(lane_overhead > 0 && lane_overhead < 1, "lane_overhead must be in (0, 1), got ", lane_overhead);
   TORCH_CHECK_VALUE(lanes >= 0, "lanes must be non-negative (0: automatic), got ", lanes);
@@ -196,10 +196,10 @@ py::bytes lanes_encode(const std::shared_ptr<Tables> &tables, const at::Tensor &
     data = udm_rans::lanes_encode(*tables, layout, source, input.numel(), shape,
                                   udm_rans::LaneOptions{lane_overhead, lanes});
   }
-  return py::bytes(reinterpret_cast<const char *>(data.data()), data.size());
+  return py::bytes(reinterpret_cast<const char*>(data.data()), data.size());
 }
 
-py::dict lanes_info(const py::bytes &data) {
+py::dict lanes_info(const py::bytes& data) {
   const udm_rans::LaneHeaderInfo info = udm_rans::lanes_parse(span_of(data, "data"));
   py::dict out;
   out["version"] = info.version;
@@ -216,11 +216,11 @@ py::dict lanes_info(const py::bytes &data) {
   return out;
 }
 
-at::Tensor lanes_decode(const std::shared_ptr<Tables> &tables, const py::bytes &data,
-                        const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes) {
+at::Tensor lanes_decode(const std::shared_ptr<Tables>& tables, const py::bytes& data,
+                        const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes) {
   const ByteSpan span = span_of(data, "data");
   const udm_rans::LaneHeaderInfo info = udm_rans::lanes_parse(span);
-  const int32_t *index_ptr = nullptr;
+  const int32_t* index_ptr = nullptr;
   if (indexes) {
     check_tensor(*indexes, "indexes", at::kInt);
     TORCH_CHECK_VALUE(indexes->numel() == info.n_symbols, "indexes must have ", info.n_symbols, " elements, got ",
@@ -245,15 +245,16 @@ at::Tensor lanes_decode(const std::shared_ptr<Tables> &tables, const py::bytes &
 
 }  // namespace
 
-void bind_coder(py::module_ &m) {
-  py::module_ rans = m.def_submodule("rans", "rANS coders: compressai-compatible streams and the parallel lanes format");
+void bind_coder(py::module_& m) {
+  py::module_ rans =
+      m.def_submodule("rans", "rANS coders: compressai-compatible streams and the parallel lanes format");
   py::class_<Tables, std::shared_ptr<Tables>>(rans, "Tables", "Validated CDF tables prepared for coding")
       .def(py::init(&make_tables), py::arg("quantized_cdf"), py::arg("cdf_length"), py::arg("offset"))
       .def_property_readonly("rows", &Tables::rows)
       .def_property_readonly("width", &Tables::width)
       .def_property_readonly("fingerprint", &Tables::fingerprint);
-  rans.def("compat_encode", &compat_encode, py::arg("tables"), py::arg("input"), py::arg("medians"),
-           py::arg("indexes"), py::arg("channels"), py::arg("per_channel"));
+  rans.def("compat_encode", &compat_encode, py::arg("tables"), py::arg("input"), py::arg("medians"), py::arg("indexes"),
+           py::arg("channels"), py::arg("per_channel"));
   rans.def("compat_decode", &compat_decode, py::arg("tables"), py::arg("strings"), py::arg("length"),
            py::arg("medians"), py::arg("indexes"), py::arg("channels"), py::arg("per_channel"));
   rans.def("compat_encode_segments", &compat_encode_segments, py::arg("segments"));
@@ -264,14 +265,14 @@ void bind_coder(py::module_ &m) {
   rans.def("lanes_decode", &lanes_decode, py::arg("tables"), py::arg("data"), py::arg("medians"), py::arg("indexes"));
 #ifdef UDM_FAST_WITH_CUDA
   py::class_<udm_rans::DeviceTables>(rans, "DeviceTables", "Tables copied to a CUDA device")
-      .def(py::init([](const std::shared_ptr<Tables> &tables, const std::string &device) {
+      .def(py::init([](const std::shared_ptr<Tables>& tables, const std::string& device) {
              return udm_rans::upload_tables(*tables, at::Device(device));
            }),
            py::arg("tables"), py::arg("device"));
   rans.def(
       "lanes_encode_cuda",
-      [](const udm_rans::DeviceTables &tables, const at::Tensor &input, const std::optional<at::Tensor> &medians,
-         const std::optional<at::Tensor> &indexes, int64_t channels, int64_t per_channel, double lane_overhead,
+      [](const udm_rans::DeviceTables& tables, const at::Tensor& input, const std::optional<at::Tensor>& medians,
+         const std::optional<at::Tensor>& indexes, int64_t channels, int64_t per_channel, double lane_overhead,
          int64_t lanes) {
         TORCH_CHECK_VALUE(lane_overhead > 0 && lane_overhead < 1, "lane_overhead must be in (0, 1)");
         py::gil_scoped_release release;
@@ -282,8 +283,8 @@ void bind_coder(py::module_ &m) {
       py::arg("per_channel"), py::arg("lane_overhead"), py::arg("lanes"));
   rans.def(
       "lanes_decode_cuda",
-      [](const std::shared_ptr<Tables> &tables, const udm_rans::DeviceTables &device_tables, const at::Tensor &data,
-         const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes) {
+      [](const std::shared_ptr<Tables>& tables, const udm_rans::DeviceTables& device_tables, const at::Tensor& data,
+         const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes) {
         py::gil_scoped_release release;
         return udm_rans::lanes_decode_cuda(*tables, device_tables, data, medians, indexes);
       },

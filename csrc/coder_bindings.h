@@ -3,4 +3,4 @@
 
 #include <pybind11/pybind11.h>
 
-void bind_coder(pybind11::module_ &m);
+void bind_coder(pybind11::module_& m);

@@ -112,8 +112,7 @@ UDM_HOST_DEVICE inline TilePixel tile_pixel(const Dims& d, const Tiling& t, cons
 
 // Splits a flat fill index into (channel, position), channels fastest when the
 // source tensor is channels_last (coalesced global reads either way).
-UDM_HOST_DEVICE inline void split_fill_index(int e, int channels, int positions, bool channels_fast, int& c,
-                                             int& pos) {
+UDM_HOST_DEVICE inline void split_fill_index(int e, int channels, int positions, bool channels_fast, int& c, int& pos) {
   if (channels_fast) {
     c = e % channels;
     pos = e / channels;
@@ -214,17 +213,17 @@ UDM_HOST_DEVICE inline ForwardLayout forward_layout(const Dims& d, const Tiling&
   const int np = t.pixels(), cmp = d.cm_pad();
   ForwardLayout l;
   int at = 0;
-  l.a = at;          // [np][cmp]  a, then p = a * bx
+  l.a = at;  // [np][cmp]  a, then p = a * bx
   at += aligned(np * cmp);
-  l.bx = at;         // [np][cmp]
+  l.bx = at;  // [np][cmp]
   at += aligned(np * cmp);
-  l.halo = at;       // [ch][halo_h][halo_w]  one channel chunk of x or t
+  l.halo = at;  // [ch][halo_h][halo_w]  one channel chunk of x or t
   at += aligned(t.ch * t.halo_h() * t.halo_w());
-  l.wts = at;        // [ch][9][cmp]  one input-channel chunk of Wa or Wx
+  l.wts = at;  // [ch][9][cmp]  one input-channel chunk of Wa or Wx
   at += aligned(kTaps * t.ch * cmp);
   l.hid_gamma = at;  // [4 * np][Rg]  act(w_gamma1 cond) per high-res pixel (SFT only)
   at += aligned(4 * np * rd_gamma);
-  l.hid_beta = at;   // [4 * np][Rb]
+  l.hid_beta = at;  // [4 * np][Rb]
   at += aligned(4 * np * rd_beta);
   l.total = at;
   return l;
@@ -238,15 +237,15 @@ UDM_HOST_DEVICE inline MidLayout mid_layout(const Dims& d, const Tiling& t) {
   const int np = t.pixels(), cmp = d.cm_pad();
   MidLayout l;
   int at = 0;
-  l.a = at;     // [np][cmp]  a, then da
+  l.a = at;  // [np][cmp]  a, then da
   at += aligned(np * cmp);
-  l.bx = at;    // [np][cmp]  bx, then dbx
+  l.bx = at;  // [np][cmp]  bx, then dbx
   at += aligned(np * cmp);
-  l.dp = at;    // [np][cmp]
+  l.dp = at;  // [np][cmp]
   at += aligned(np * cmp);
   l.halo = at;  // [ch][halo_h][halo_w]
   at += aligned(t.ch * t.halo_h() * t.halo_w());
-  l.wts = at;   // [ch][9][cmp] (conv chunk) or [4][ch][cmp] (Wo chunk)
+  l.wts = at;  // [ch][9][cmp] (conv chunk) or [4][ch][cmp] (Wo chunk)
   at += aligned(kTaps * t.ch * cmp);
   l.grad = at;  // [4][ch][np]  one output-channel chunk of dL/dout, by parity
   at += aligned(4 * t.ch * np);
@@ -264,15 +263,15 @@ UDM_HOST_DEVICE inline DgradLayout dgrad_layout(const Dims& d, const Tiling& t) 
   int at = 0;
   l.dbx = at;  // [(th+1)(tw+1)][cmp]  dbx on the tile plus one low-res row / column
   at += aligned(nh * cmp);
-  l.da = at;   // [(th+1)(tw+1)][cmp]
+  l.da = at;  // [(th+1)(tw+1)][cmp]
   at += aligned(nh * cmp);
   l.wts = at;  // [9][cmp][ch]  one output-channel chunk of Wx or Wa
   at += aligned(kTaps * cmp * t.ch);
-  l.dt = at;   // [4][np][ch]  dL/d(pre-activation of t), by parity
+  l.dt = at;  // [4][np][ch]  dL/d(pre-activation of t), by parity
   at += aligned(4 * np * t.ch);
   l.map = at;  // [Cc][np]
   at += aligned(d.cc * np);
-  l.dm = at;   // [np][Cc]
+  l.dm = at;  // [np][Cc]
   at += aligned(np * d.cc);
   l.total = at;
   return l;
@@ -341,7 +340,8 @@ UDM_HOST_DEVICE void fill_map_halo(acc_t* halo, const IdaInputs<scalar_t>& in, c
       const int tap = (y & 1) * 2 + (xw & 1);
       acc_t pre = acc_t(0);
       for (int c = 0; c < d.cc; ++c)
-        pre += static_cast<acc_t>(in.m(o.b, c, y >> 1, xw >> 1)) * static_cast<acc_t>(in.w_up[(c * d.cm + k) * 4 + tap]);
+        pre +=
+            static_cast<acc_t>(in.m(o.b, c, y >> 1, xw >> 1)) * static_cast<acc_t>(in.w_up[(c * d.cm + k) * 4 + tap]);
       v = leaky(pre, static_cast<acc_t>(0.1));
     }
     halo[kc * npos + pos] = v;
@@ -353,14 +353,14 @@ UDM_HOST_DEVICE void fill_map_halo(acc_t* halo, const IdaInputs<scalar_t>& in, c
 enum WeightLayout { kConvLayout, kDgradLayout };
 
 template <WeightLayout layout, typename scalar_t, typename acc_t>
-UDM_HOST_DEVICE void stage_weights(acc_t* wts, const scalar_t* w, int cm, int cmp, int k_in, int c0, int ch,
-                                   int lane, int lanes) {
+UDM_HOST_DEVICE void stage_weights(acc_t* wts, const scalar_t* w, int cm, int cmp, int k_in, int c0, int ch, int lane,
+                                   int lanes) {
   for (int e = lane; e < kTaps * ch * cmp; e += lanes) {
     const int tap = e % kTaps, kc = (e / kTaps) % ch, k = e / (kTaps * ch);
     const int c = c0 + kc;
     const int dst = layout == kConvLayout ? (kc * kTaps + tap) * cmp + k : (tap * cmp + k) * ch + kc;
-    wts[dst] = (k < cm && c < k_in) ? static_cast<acc_t>(w[(static_cast<int64_t>(k) * k_in + c) * kTaps + tap])
-                                    : acc_t(0);
+    wts[dst] =
+        (k < cm && c < k_in) ? static_cast<acc_t>(w[(static_cast<int64_t>(k) * k_in + c) * kTaps + tap]) : acc_t(0);
   }
 }
 
@@ -369,8 +369,8 @@ UDM_HOST_DEVICE void stage_weights(acc_t* wts, const scalar_t* w, int cm, int cm
 // acc[pix][k] (+)= sum_{kc, u, v} wts[kc][u*3+v][k] * halo[kc][2*ti+u][2*tj+v]:
 // one channel chunk of a 3x3 stride-2 convolution (implicit GEMM).
 template <typename acc_t>
-UDM_HOST_DEVICE void conv_chunk(acc_t* acc, const acc_t* halo, const acc_t* wts, const Tiling& t, int cmp,
-                                bool first, int lane, int lanes) {
+UDM_HOST_DEVICE void conv_chunk(acc_t* acc, const acc_t* halo, const acc_t* wts, const Tiling& t, int cmp, bool first,
+                                int lane, int lanes) {
   const int np = t.pixels(), n_kg = cmp / kVec, hw = t.halo_w(), npos = t.halo_h() * hw;
   for (int mt = lane; mt < (np / kPix) * n_kg; mt += lanes) {
     const int kg = mt % n_kg, pg = mt / n_kg;
@@ -410,8 +410,8 @@ UDM_HOST_DEVICE void conv_chunk(acc_t* acc, const acc_t* halo, const acc_t* wts,
 
 // a = Conv3x3s2(t) into buf_a and bx = Conv3x3s2(x) into buf_bx, [np][cmp]. Ends synced.
 template <typename scalar_t, typename acc_t>
-UDM_HOST_DEVICE void compute_branches(const IdaInputs<scalar_t>& in, const Tiling& t, const TileOrigin& o,
-                                      acc_t* buf_a, acc_t* buf_bx, acc_t* halo, acc_t* wts, int lane, int lanes) {
+UDM_HOST_DEVICE void compute_branches(const IdaInputs<scalar_t>& in, const Tiling& t, const TileOrigin& o, acc_t* buf_a,
+                                      acc_t* buf_bx, acc_t* halo, acc_t* wts, int lane, int lanes) {
   const Dims& d = in.d;
   const int cmp = d.cm_pad();
   // an empty reduction still runs one all-zero chunk, which writes the zeros
@@ -435,8 +435,8 @@ UDM_HOST_DEVICE void compute_branches(const IdaInputs<scalar_t>& in, const Tilin
 // at high-res (y, x) = (2i + p, 2j + q), pq = 2p + q; zero for pixels outside the image.
 template <typename scalar_t, typename acc_t>
 UDM_HOST_DEVICE void fill_hidden(acc_t* hid, int rd, const scalar_t* w1, bool with_noise, const Dims& d,
-                                 const SftInputs<scalar_t, acc_t>& sft, const Tiling& t, const TileOrigin& o,
-                                 int lane, int lanes) {
+                                 const SftInputs<scalar_t, acc_t>& sft, const Tiling& t, const TileOrigin& o, int lane,
+                                 int lanes) {
   const int np = t.pixels(), cin = d.cc + (with_noise ? 1 : 0);
   for (int e = lane; e < 4 * np * rd; e += lanes) {
     const int r = e % rd, hp = e / rd, pq = hp / np;
@@ -487,7 +487,8 @@ UDM_HOST_DEVICE void output_epilogue(const IdaInputs<scalar_t>& in, const SftInp
         acc_t wv[kVec];
         UDM_UNROLL
         for (int q = 0; q < kVec; ++q)
-          wv[q] = oc[q] >= 0 ? static_cast<acc_t>(sft.w_beta2[static_cast<int64_t>(oc[q]) * sft.rd_beta + r]) : acc_t(0);
+          wv[q] =
+              oc[q] >= 0 ? static_cast<acc_t>(sft.w_beta2[static_cast<int64_t>(oc[q]) * sft.rd_beta + r]) : acc_t(0);
         UDM_UNROLL
         for (int pm = 0; pm < kPix; ++pm) {
           const acc_t hv = hid_beta[(pq * np + pg * kPix + pm) * sft.rd_beta + r];
@@ -499,8 +500,8 @@ UDM_HOST_DEVICE void output_epilogue(const IdaInputs<scalar_t>& in, const SftInp
         acc_t wv[kVec];
         UDM_UNROLL
         for (int q = 0; q < kVec; ++q)
-          wv[q] = oc[q] >= 0 ? static_cast<acc_t>(sft.w_gamma2[static_cast<int64_t>(oc[q]) * sft.rd_gamma + r])
-                             : acc_t(0);
+          wv[q] =
+              oc[q] >= 0 ? static_cast<acc_t>(sft.w_gamma2[static_cast<int64_t>(oc[q]) * sft.rd_gamma + r]) : acc_t(0);
         UDM_UNROLL
         for (int pm = 0; pm < kPix; ++pm) {
           const acc_t hv = hid_gamma[(pq * np + pg * kPix + pm) * sft.rd_gamma + r];
@@ -592,9 +593,8 @@ UDM_HOST_DEVICE void dp_chunk(acc_t* dp, const acc_t* grad, const acc_t* wts, co
       load_vec(grad + r * np + pg * kPix, gv);
       load_vec(wts + r * cmp + kg * kVec, wv);
       UDM_UNROLL
-      for (int pm = 0; pm < kPix; ++pm)
-        UDM_UNROLL
-        for (int q = 0; q < kVec; ++q) s[pm][q] += gv[pm] * wv[q];
+      for (int pm = 0; pm < kPix; ++pm) UDM_UNROLL
+      for (int q = 0; q < kVec; ++q) s[pm][q] += gv[pm] * wv[q];
     }
     UDM_UNROLL
     for (int pm = 0; pm < kPix; ++pm) {
@@ -607,9 +607,8 @@ UDM_HOST_DEVICE void dp_chunk(acc_t* dp, const acc_t* grad, const acc_t* wts, co
 
 // dWo[pq][o0 + oc][k] += sum_pix a[pix][k] bx[pix][k] grad[pq][oc][pix];  dbo[o0 + oc] += sum grad.
 template <typename acc_t>
-UDM_HOST_DEVICE void out_weight_grad_chunk(const IdaGrads<acc_t>& g, const acc_t* a, const acc_t* bx,
-                                           const acc_t* grad, const Dims& d, const Tiling& t, int o0, int lane,
-                                           int lanes) {
+UDM_HOST_DEVICE void out_weight_grad_chunk(const IdaGrads<acc_t>& g, const acc_t* a, const acc_t* bx, const acc_t* grad,
+                                           const Dims& d, const Tiling& t, int o0, int lane, int lanes) {
   const int np = t.pixels(), cmp = d.cm_pad(), n_kg = cmp / kVec, n_og = t.ch / kVec;
   for (int mt = lane; mt < 4 * n_og * n_kg; mt += lanes) {
     const int kg = mt % n_kg, og = (mt / n_kg) % n_og, pq = mt / (n_kg * n_og);
@@ -663,21 +662,19 @@ UDM_HOST_DEVICE void conv_weight_grad_chunk(acc_t* dw, const acc_t* dsrc, const 
       load_vec(dsrc + pix * cmp + kg * kVec, dv);
       const acc_t* hp = hk + 2 * (pix / t.tw) * hw + 2 * (pix % t.tw);
       UDM_UNROLL
-      for (int u = 0; u < 3; ++u)
+      for (int u = 0; u < 3; ++u) UDM_UNROLL
+      for (int v = 0; v < 3; ++v) {
+        const acc_t xv = hp[u * hw + v];
         UDM_UNROLL
-        for (int v = 0; v < 3; ++v) {
-          const acc_t xv = hp[u * hw + v];
-          UDM_UNROLL
-          for (int q = 0; q < kVec; ++q) s[u * 3 + v][q] += xv * dv[q];
-        }
+        for (int q = 0; q < kVec; ++q) s[u * 3 + v][q] += xv * dv[q];
+      }
     }
     UDM_UNROLL
-    for (int tap = 0; tap < kTaps; ++tap)
-      UDM_UNROLL
-      for (int q = 0; q < kVec; ++q) {
-        const int k = kg * kVec + q;
-        if (k < d.cm) add_grad(dw + (static_cast<int64_t>(c0 + kc) * kTaps + tap) * d.cm + k, s[tap][q]);
-      }
+    for (int tap = 0; tap < kTaps; ++tap) UDM_UNROLL
+    for (int q = 0; q < kVec; ++q) {
+      const int k = kg * kVec + q;
+      if (k < d.cm) add_grad(dw + (static_cast<int64_t>(c0 + kc) * kTaps + tap) * d.cm + k, s[tap][q]);
+    }
   }
 }
 
@@ -736,13 +733,12 @@ UDM_HOST_DEVICE void backward_mid_tile(const IdaInputs<scalar_t>& in, const Stri
 // (p = 1); columns alike. s[pm][q] = sum_taps sum_k src[nbr][k] wts[tap][k][cg*kVec+q]
 // for the kPix tile pixels of pixel group pg at parity pq; src is [(th+1)(tw+1)][cmp].
 template <typename acc_t>
-UDM_HOST_DEVICE UDM_FORCE_INLINE void dgrad_microtile(const acc_t* src, const acc_t* wts, const Dims& d, const Tiling& t, int pq,
-                                     int pg, int cg, acc_t (&s)[kPix][kVec]) {
+UDM_HOST_DEVICE UDM_FORCE_INLINE void dgrad_microtile(const acc_t* src, const acc_t* wts, const Dims& d,
+                                                      const Tiling& t, int pq, int pg, int cg, acc_t (&s)[kPix][kVec]) {
   const int p = pq >> 1, q = pq & 1, cmp = d.cm_pad();
   UDM_UNROLL
-  for (int pm = 0; pm < kPix; ++pm)
-    UDM_UNROLL
-    for (int r = 0; r < kVec; ++r) s[pm][r] = acc_t(0);
+  for (int pm = 0; pm < kPix; ++pm) UDM_UNROLL
+  for (int r = 0; r < kVec; ++r) s[pm][r] = acc_t(0);
   for (int di = 0; di <= p; ++di) {
     const int u = p == 0 ? 1 : (di == 0 ? 2 : 0);
     for (int dj = 0; dj <= q; ++dj) {
@@ -818,7 +814,7 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
   block_sync();
   // dx = col2im(dbx Wx), written directly
   for (int c0 = 0; c0 < d.c; c0 += t.ch) {
-    dgrad_chunk(dbx, in.w_x, d.c, c0, wts, d, t, lane, lanes, [&](int pq, int pg, int cg, acc_t (&s)[kPix][kVec]) {
+    dgrad_chunk(dbx, in.w_x, d.c, c0, wts, d, t, lane, lanes, [&](int pq, int pg, int cg, acc_t(&s)[kPix][kVec]) {
       UDM_UNROLL
       for (int pm = 0; pm < kPix; ++pm) {
         const TilePixel px = tile_pixel(d, t, o, pg * kPix + pm);
@@ -833,7 +829,7 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
   }
   // dt = col2im(da Wa), times LReLU_0.1'(t_pre); then dm and dWu through ConvT2x2s2
   for (int k0 = 0; k0 < (d.cm > 0 ? d.cm : 1); k0 += t.ch) {
-    dgrad_chunk(da, in.w_map, d.cm, k0, wts, d, t, lane, lanes, [&](int pq, int pg, int cg, acc_t (&s)[kPix][kVec]) {
+    dgrad_chunk(da, in.w_map, d.cm, k0, wts, d, t, lane, lanes, [&](int pq, int pg, int cg, acc_t(&s)[kPix][kVec]) {
       UDM_UNROLL
       for (int pm = 0; pm < kPix; ++pm) {
         const int pix = pg * kPix + pm;
@@ -844,7 +840,8 @@ UDM_HOST_DEVICE void backward_dgrad_tile(const IdaInputs<scalar_t>& in, const ac
           acc_t v = acc_t(0);
           if (valid && k < d.cm) {
             acc_t pre = acc_t(0);
-            for (int c = 0; c < d.cc; ++c) pre += mp[c * np + pix] * static_cast<acc_t>(in.w_up[(c * d.cm + k) * 4 + pq]);
+            for (int c = 0; c < d.cc; ++c)
+              pre += mp[c * np + pix] * static_cast<acc_t>(in.w_up[(c * d.cm + k) * 4 + pq]);
             v = pre > acc_t(0) ? s[pm][r] : s[pm][r] * static_cast<acc_t>(0.1);
           }
           dt[(pq * np + pix) * t.ch + kc] = v;

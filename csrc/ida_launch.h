@@ -76,8 +76,8 @@ IdaInputs<scalar_t> ida_inputs(const IdaTensors& t) {
 // The SFT operands, or all-empty ones (rd = 0) for the IDA alone.
 template <typename scalar_t, typename acc_t>
 SftInputs<scalar_t, acc_t> sft_inputs(const SftTensors* s) {
-  if (s == nullptr) return {{nullptr, 0, 0, 0, 0}, {nullptr, 0, 0, 0, 0}, nullptr, nullptr, nullptr, nullptr, 0, 0,
-                            acc_t(0)};
+  if (s == nullptr)
+    return {{nullptr, 0, 0, 0, 0}, {nullptr, 0, 0, 0, 0}, nullptr, nullptr, nullptr, nullptr, 0, 0, acc_t(0)};
   return {strided4<const scalar_t>(s->cond),
           strided4<const scalar_t>(s->noise),
           s->w_gamma1.const_data_ptr<scalar_t>(),

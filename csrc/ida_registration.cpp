@@ -42,8 +42,8 @@ void check_common(const char* op, const std::vector<Named>& operands) {
   for (const auto& [name, t] : operands) {
     TORCH_CHECK(t->scalar_type() == dtype, op, ": ", name, " has dtype ", t->scalar_type(), " but ",
                 operands.front().first, " has ", dtype);
-    TORCH_CHECK(t->device() == first.device(), op, ": ", name, " is on ", t->device(), " but ",
-                operands.front().first, " is on ", first.device());
+    TORCH_CHECK(t->device() == first.device(), op, ": ", name, " is on ", t->device(), " but ", operands.front().first,
+                " is on ", first.device());
   }
 }
 
@@ -95,7 +95,7 @@ IdaTensors check_ida(const char* op, const char* map_name, const at::Tensor& x, 
 // Outputs follow the input's layout: channels_last when the input is (and is not also NCHW-contiguous).
 at::MemoryFormat layout_of(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
-                                                                                : at::MemoryFormat::Contiguous;
+                                                                               : at::MemoryFormat::Contiguous;
 }
 
 at::Tensor empty_like_layout(at::IntArrayRef sizes, const at::Tensor& like) {
@@ -150,8 +150,8 @@ template <ForwardKernel forward_kernel>
 at::Tensor sft_forward(const at::Tensor& x, const at::Tensor& cond, const at::Tensor& cond_half,
                        const at::Tensor& noise, const at::Tensor& w_gamma1, const at::Tensor& w_gamma2,
                        const at::Tensor& w_beta1, const at::Tensor& w_beta2, const at::Tensor& w_up,
-                       const at::Tensor& w_map, const at::Tensor& w_x, const at::Tensor& w_out,
-                       const at::Tensor& b_out, double slope) {
+                       const at::Tensor& w_map, const at::Tensor& w_x, const at::Tensor& w_out, const at::Tensor& b_out,
+                       double slope) {
   const char* op = "sft_forward";
   const IdaTensors t = check_ida(op, "cond_half", x, cond_half, w_up, w_map, w_x, w_out, &b_out);
   const Dims& d = t.dims;
@@ -176,8 +176,8 @@ at::Tensor sft_forward(const at::Tensor& x, const at::Tensor& cond, const at::Te
                     {"w_gamma2", &w_gamma2},
                     {"w_beta1", &w_beta1},
                     {"w_beta2", &w_beta2}});
-  const SftTensors s{cond, noise, w_gamma1.contiguous(), w_gamma2.contiguous(), w_beta1.contiguous(),
-                     w_beta2.contiguous(), slope};
+  const SftTensors s{
+      cond, noise, w_gamma1.contiguous(), w_gamma2.contiguous(), w_beta1.contiguous(), w_beta2.contiguous(), slope};
   at::Tensor out = empty_like_layout(x.sizes(), x);
   if (out.numel() > 0) forward_kernel(t, &s, out);
   return out;

@@ -11,7 +11,8 @@ TORCH_LIBRARY(udm_fast, m) {
   m.def(
       "ida_backward(Tensor grad_out, Tensor x, Tensor m, Tensor w_up, Tensor w_map, Tensor w_x, Tensor w_out) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // x * (1 + w_gamma2 act(w_gamma1 cond)) + w_beta2 act(w_beta1 [cond; noise]) + IDA(x, cond_half); act = LeakyReLU(slope)
+  // x * (1 + w_gamma2 act(w_gamma1 cond)) + w_beta2 act(w_beta1 [cond; noise]) + IDA(x, cond_half); act =
+  // LeakyReLU(slope)
   m.def(
       "sft_forward(Tensor x, Tensor cond, Tensor cond_half, Tensor noise, Tensor w_gamma1, Tensor w_gamma2, "
       "Tensor w_beta1, Tensor w_beta2, Tensor w_up, Tensor w_map, Tensor w_x, Tensor w_out, Tensor b_out, "

@@ -43,8 +43,8 @@ __global__ void __launch_bounds__(kMaxThreads)
     backward_dgrad_kernel(IdaInputs<scalar_t> in, const float* ws_da, const float* ws_dbx, Strided4<scalar_t> dx,
                           Strided4<scalar_t> dm, float* grad_w_up, Tiling t) {
   extern __shared__ float4 smem[];
-  backward_dgrad_tile(in, ws_da, ws_dbx, dx, dm, grad_w_up, t, blockIdx.x, reinterpret_cast<float*>(smem),
-                      threadIdx.x, blockDim.x);
+  backward_dgrad_tile(in, ws_da, ws_dbx, dx, dm, grad_w_up, t, blockIdx.x, reinterpret_cast<float*>(smem), threadIdx.x,
+                      blockDim.x);
 }
 
 struct LaunchPlan {
@@ -117,9 +117,9 @@ void backward_typed(const IdaTensors& t, const at::Tensor& grad_out, const at::T
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-#define UDM_IDA_CUDA_TYPES(...)                            \
-  AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__)     \
-  AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__)  \
+#define UDM_IDA_CUDA_TYPES(...)                           \
+  AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__)    \
+  AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__) \
   AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)
 
 }  // namespace

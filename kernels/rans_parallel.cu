@@ -33,15 +33,15 @@ constexpr int kWarpsPerBlock = 4;
 
 // --- device views ---------------------------------------------------------------------------
 struct TableView {
-  const uint32_t *cdf;
-  const uint16_t *lookup;
-  const uint32_t *cost;
-  const int32_t *offsets;
-  const int32_t *max_values;
+  const uint32_t* cdf;
+  const uint16_t* lookup;
+  const uint32_t* cost;
+  const int32_t* offsets;
+  const int32_t* max_values;
   int64_t rows, width;
 
   __device__ uint32_t find(int64_t row, uint32_t cum) const {
-    const uint32_t *c = cdf + row * width;
+    const uint32_t* c = cdf + row * width;
     uint32_t s = lookup[(row << kLookupBits) + (cum >> (kPrecision - kLookupBits))];
     while (c[s + 1] <= cum) ++s;
     return s;
@@ -49,7 +49,7 @@ struct TableView {
 };
 
 struct RowMap {
-  const int32_t *indexes;  // explicit rows, or nullptr
+  const int32_t* indexes;  // explicit rows, or nullptr
   int64_t per_channel, channels;
 
   __device__ int64_t row(int64_t i) const {
@@ -62,11 +62,11 @@ struct RowMap {
 };
 
 struct Input {
-  const int32_t *symbols;  // or
-  const float *values;
-  const float *medians;
+  const int32_t* symbols;  // or
+  const float* values;
+  const float* medians;
 
-  __device__ int32_t symbol(int64_t i, int64_t row, bool &ok) const {
+  __device__ int32_t symbol(int64_t i, int64_t row, bool& ok) const {
     if (symbols != nullptr) {
       ok = true;
       return symbols[i];
@@ -78,7 +78,7 @@ struct Input {
 // Device-side statistics of an input: [0] sampled cost (1/256 bits), [1] escapes,
 // [2] first bad row position, [3] first bad value position (ULLONG_MAX when none).
 __global__ void estimate_kernel(TableView t, RowMap rows, Input in, int64_t n, int64_t stride, bool want_cost,
-                                unsigned long long *stats) {
+                                unsigned long long* stats) {
   unsigned long long cost = 0, escapes = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -97,7 +97,7 @@ __global__ void estimate_kernel(TableView t, RowMap rows, Input in, int64_t n, i
     const bool escaped = static_cast<uint64_t>(value) >= static_cast<uint64_t>(max_value);
     escapes += escaped;
     if (want_cost && i % stride == 0) {
-      const uint32_t *c = t.cost + row * (t.width - 1);
+      const uint32_t* c = t.cost + row * (t.width - 1);
       cost += escaped ? c[max_value] + fmt::escape_cost(escape_nibble_count(escape_raw(value, max_value))) : c[value];
     }
   }
@@ -136,9 +136,9 @@ struct EncodeArgs {
   Input in;
   int64_t n_symbols, groups, group_symbols, scratch_per_group;
   int width;
-  uint16_t *scratch;       // [groups, scratch_per_group], words in emission order
-  uint32_t *states;        // [groups, width]
-  uint32_t *word_counts;   // [groups]
+  uint16_t* scratch;      // [groups, scratch_per_group], words in emission order
+  uint32_t* states;       // [groups, width]
+  uint32_t* word_counts;  // [groups]
 };
 
 // One warp per group: steps t descending; within a step sub-ops k descending (k = 0: CDF
@@ -148,7 +148,7 @@ __global__ void encode_kernel(EncodeArgs a) {
   if (!g.valid) return;  // whole warps only
   const int64_t group = g.group, first = g.first, count = g.count, steps = g.steps;
   const int lane = g.lane;
-  uint16_t *out = a.scratch + group * a.scratch_per_group;
+  uint16_t* out = a.scratch + group * a.scratch_per_group;
   uint32_t emitted = 0;
   uint32_t x = kLaneLow;
   for (int64_t t = steps - 1; t >= 0; --t) {
@@ -178,7 +178,7 @@ __global__ void encode_kernel(EncodeArgs a) {
       const bool op = k < ops;
       uint32_t start = 0, freq = 1, scale = kNibbleBits;
       if (op && k == 0) {
-        const uint32_t *c = a.t.cdf + row * a.t.width;
+        const uint32_t* c = a.t.cdf + row * a.t.width;
         start = c[bin];
         freq = c[bin + 1] - start;
         scale = kPrecision;
@@ -202,19 +202,19 @@ __global__ void encode_kernel(EncodeArgs a) {
 }
 
 // Block per group: lane states, then the group's words reversed into the payload.
-__global__ void assemble_kernel(const uint32_t *states, const uint16_t *scratch, const int64_t *word_start,
-                                int64_t scratch_per_group, int width, int64_t groups, uint8_t *payload) {
+__global__ void assemble_kernel(const uint32_t* states, const uint16_t* scratch, const int64_t* word_start,
+                                int64_t scratch_per_group, int width, int64_t groups, uint8_t* payload) {
   const int64_t group = blockIdx.x;
   if (group >= groups) return;
-  uint32_t *state_out = reinterpret_cast<uint32_t *>(payload) + group * width;
+  uint32_t* state_out = reinterpret_cast<uint32_t*>(payload) + group * width;
   for (int j = threadIdx.x; j < width; j += blockDim.x) state_out[j] = states[group * width + j];
-  uint16_t *words = reinterpret_cast<uint16_t *>(payload + 4 * width * groups) + word_start[group];
+  uint16_t* words = reinterpret_cast<uint16_t*>(payload + 4 * width * groups) + word_start[group];
   const int64_t n = word_start[group + 1] - word_start[group];
-  const uint16_t *src = scratch + group * scratch_per_group;
+  const uint16_t* src = scratch + group * scratch_per_group;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) words[i] = src[n - 1 - i];
 }
 
-__global__ void checksum_kernel(const uint32_t *words, int64_t n, unsigned long long *sum) {
+__global__ void checksum_kernel(const uint32_t* words, int64_t n, unsigned long long* sum) {
   unsigned long long total = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -238,24 +238,24 @@ enum DecodeError : int {
 struct DecodeArgs {
   TableView t;
   RowMap rows;
-  const uint32_t *states;     // [groups, width]
-  const uint16_t *words;      // all groups' words
-  const int64_t *word_start;  // [groups + 1]
+  const uint32_t* states;     // [groups, width]
+  const uint16_t* words;      // all groups' words
+  const int64_t* word_start;  // [groups + 1]
   int64_t n_symbols, groups, group_symbols;
   int width;
-  int32_t *symbols_out;       // or
-  float *values_out;
-  const float *medians;
-  int *error;                 // [2]: code, group
+  int32_t* symbols_out;  // or
+  float* values_out;
+  const float* medians;
+  int* error;  // [2]: code, group
 };
 
-__device__ void report(int *error, int code, int64_t group) {
+__device__ void report(int* error, int code, int64_t group) {
   if (atomicCAS(&error[0], kOk, code) == kOk) error[1] = static_cast<int>(group);
 }
 
 // Warp-collective refill: lanes with `need` read the next words in lane order.
-__device__ uint32_t refill(uint32_t x, bool need, const uint16_t *words, int64_t n_words, int64_t &pos, int lane,
-                           bool &truncated) {
+__device__ uint32_t refill(uint32_t x, bool need, const uint16_t* words, int64_t n_words, int64_t& pos, int lane,
+                           bool& truncated) {
   const unsigned ballot = __ballot_sync(kFullMask, need);
   if (need) {
     const int64_t index = pos + __popc(ballot & ((1u << lane) - 1));
@@ -275,7 +275,7 @@ __global__ void decode_kernel(DecodeArgs a) {
   if (!g.valid) return;  // whole warps only
   const int64_t group = g.group, first = g.first, count = g.count, steps = g.steps;
   const int lane = g.lane;
-  const uint16_t *words = a.words + a.word_start[group];
+  const uint16_t* words = a.words + a.word_start[group];
   const int64_t n_words = a.word_start[group + 1] - a.word_start[group];
   uint32_t x = lane < a.width ? a.states[group * a.width + lane] : kLaneLow;
   bool failed = lane < a.width && x < kLaneLow;
@@ -301,7 +301,7 @@ __global__ void decode_kernel(DecodeArgs a) {
     if (active) {
       const uint32_t cum = x & (kProbScale - 1);
       s = a.t.find(row, cum);
-      const uint32_t *c = a.t.cdf + row * a.t.width;
+      const uint32_t* c = a.t.cdf + row * a.t.width;
       x = (c[s + 1] - c[s]) * (x >> kPrecision) + cum - c[s];
     }
     x = refill(x, active && x < kLaneLow, words, n_words, pos, lane, truncated);
@@ -356,24 +356,24 @@ __global__ void decode_kernel(DecodeArgs a) {
 }
 
 // --- host helpers ---------------------------------------------------------------------------
-void check_cuda_tensor(const at::Tensor &t, const char *name, at::ScalarType dtype, const at::Device &device) {
+void check_cuda_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device) {
   TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device, ", got ", t.device());
   TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", c10::toString(dtype), ", got ",
                     c10::toString(t.scalar_type()));
   TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
 }
 
-TableView view_of(const DeviceTables &t) {
-  return TableView{reinterpret_cast<const uint32_t *>(t.cdf.data_ptr<int32_t>()),
-                   reinterpret_cast<const uint16_t *>(t.lookup.data_ptr<int16_t>()),
-                   reinterpret_cast<const uint32_t *>(t.cost.data_ptr<int32_t>()),
+TableView view_of(const DeviceTables& t) {
+  return TableView{reinterpret_cast<const uint32_t*>(t.cdf.data_ptr<int32_t>()),
+                   reinterpret_cast<const uint16_t*>(t.lookup.data_ptr<int16_t>()),
+                   reinterpret_cast<const uint32_t*>(t.cost.data_ptr<int32_t>()),
                    t.offsets.data_ptr<int32_t>(),
                    t.max_values.data_ptr<int32_t>(),
                    t.rows,
                    t.width};
 }
 
-RowMap rows_of(const DeviceTables &t, const std::optional<at::Tensor> &indexes, const at::Device &device, int64_t n,
+RowMap rows_of(const DeviceTables& t, const std::optional<at::Tensor>& indexes, const at::Device& device, int64_t n,
                int64_t channels, int64_t per_channel) {
   if (indexes) {
     check_cuda_tensor(*indexes, "indexes", at::kInt, device);
@@ -386,7 +386,7 @@ RowMap rows_of(const DeviceTables &t, const std::optional<at::Tensor> &indexes, 
   return RowMap{nullptr, per_channel, channels};
 }
 
-const float *medians_of(const DeviceTables &t, const std::optional<at::Tensor> &medians, const at::Device &device) {
+const float* medians_of(const DeviceTables& t, const std::optional<at::Tensor>& medians, const at::Device& device) {
   if (!medians) return nullptr;
   check_cuda_tensor(*medians, "medians", at::kFloat, device);
   TORCH_CHECK_VALUE(medians->numel() == t.rows, "medians must have one value per CDF row (", t.rows, ")");
@@ -401,12 +401,13 @@ unsigned blocks_for(int64_t threads_needed, int threads_per_block, int64_t max_b
 
 constexpr int64_t kGridStrideBlocks = 4096;
 
-uint64_t device_checksum(const uint8_t *payload, int64_t bytes, const at::Device &device, cudaStream_t stream) {
+uint64_t device_checksum(const uint8_t* payload, int64_t bytes, const at::Device& device, cudaStream_t stream) {
   at::Tensor sum = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(device));
   const int64_t words = bytes / 4;
   if (words > 0) {
     checksum_kernel<<<blocks_for(words, 256, kGridStrideBlocks), 256, 0, stream>>>(
-        reinterpret_cast<const uint32_t *>(payload), words, reinterpret_cast<unsigned long long *>(sum.data_ptr<int64_t>()));
+        reinterpret_cast<const uint32_t*>(payload), words,
+        reinterpret_cast<unsigned long long*>(sum.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return static_cast<uint64_t>(sum.item<int64_t>());
@@ -414,12 +415,12 @@ uint64_t device_checksum(const uint8_t *payload, int64_t bytes, const at::Device
 
 }  // namespace
 
-DeviceTables upload_tables(const Tables &tables, const at::Device &device) {
+DeviceTables upload_tables(const Tables& tables, const at::Device& device) {
   DeviceTables out;
   out.rows = tables.rows();
   out.width = tables.width();
   out.fingerprint = tables.fingerprint();
-  auto copy = [&](const void *data, int64_t count, at::ScalarType dtype) {
+  auto copy = [&](const void* data, int64_t count, at::ScalarType dtype) {
     at::Tensor t = at::empty({count}, at::TensorOptions().dtype(dtype));
     std::memcpy(t.data_ptr(), data, count * t.element_size());
     return t.to(device);
@@ -432,9 +433,9 @@ DeviceTables upload_tables(const Tables &tables, const at::Device &device) {
   return out;
 }
 
-at::Tensor lanes_encode_cuda(const DeviceTables &tables, const at::Tensor &input, const std::optional<at::Tensor> &medians,
-                             const std::optional<at::Tensor> &indexes, int64_t channels, int64_t per_channel,
-                             double lane_overhead, int64_t lanes) {
+at::Tensor lanes_encode_cuda(const DeviceTables& tables, const at::Tensor& input,
+                             const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes,
+                             int64_t channels, int64_t per_channel, double lane_overhead, int64_t lanes) {
   const at::Device device = input.device();
   TORCH_CHECK_VALUE(device.is_cuda(), "input must be a CUDA tensor");
   TORCH_CHECK_VALUE(tables.cdf.device() == device, "tables are on ", tables.cdf.device(), ", input on ", device);
@@ -457,12 +458,13 @@ at::Tensor lanes_encode_cuda(const DeviceTables &tables, const at::Tensor &input
   // 1. Statistics: cost estimate, escape count, validation.
   at::Tensor stats = at::tensor(std::vector<int64_t>{0, 0, -1, -1}, at::TensorOptions().dtype(at::kLong)).to(device);
   if (n > 0) {
-    estimate_kernel<<<blocks_for(n, 256, kGridStrideBlocks), 256, 0, stream>>>(t, rows, in, n, fmt::estimate_stride(n), lanes <= 0,
-                                                           reinterpret_cast<unsigned long long *>(stats.data_ptr<int64_t>()));
+    estimate_kernel<<<blocks_for(n, 256, kGridStrideBlocks), 256, 0, stream>>>(
+        t, rows, in, n, fmt::estimate_stride(n), lanes <= 0,
+        reinterpret_cast<unsigned long long*>(stats.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const at::Tensor host_stats = stats.cpu();
-  const uint64_t *s = reinterpret_cast<const uint64_t *>(host_stats.data_ptr<int64_t>());
+  const uint64_t* s = reinterpret_cast<const uint64_t*>(host_stats.data_ptr<int64_t>());
   if (s[2] != ~0ull) {
     const int32_t row = indexes->view(-1)[static_cast<int64_t>(s[2])].item<int32_t>();
     fail("index " + std::to_string(row) + " at position " + std::to_string(s[2]) + " is outside the " +
@@ -474,16 +476,25 @@ at::Tensor lanes_encode_cuda(const DeviceTables &tables, const at::Tensor &input
   const fmt::LaneLayout layout = fmt::choose_layout(s[0], n, lane_overhead, lanes);
   TORCH_CHECK_VALUE(layout.group_symbols <= UINT32_MAX - kMaxLanes, "too many symbols per lane group");
   const int64_t scratch_per_group =
-      layout.group_symbols + (kMaxOpsPerSymbol - 1) * std::min<int64_t>(static_cast<int64_t>(s[1]), layout.group_symbols);
+      layout.group_symbols +
+      (kMaxOpsPerSymbol - 1) * std::min<int64_t>(static_cast<int64_t>(s[1]), layout.group_symbols);
   const auto on_device = at::TensorOptions().device(device);
-  at::Tensor scratch = at::empty({std::max<int64_t>(1, layout.groups * scratch_per_group)}, on_device.dtype(at::kShort));
+  at::Tensor scratch =
+      at::empty({std::max<int64_t>(1, layout.groups * scratch_per_group)}, on_device.dtype(at::kShort));
   at::Tensor states = at::empty({std::max<int64_t>(1, layout.groups * layout.width)}, on_device.dtype(at::kInt));
   at::Tensor counts = at::zeros({std::max<int64_t>(1, layout.groups)}, on_device.dtype(at::kInt));
   if (layout.groups > 0) {
-    EncodeArgs args{t, rows, in, n, layout.groups, layout.group_symbols, scratch_per_group, layout.width,
-                    reinterpret_cast<uint16_t *>(scratch.data_ptr<int16_t>()),
-                    reinterpret_cast<uint32_t *>(states.data_ptr<int32_t>()),
-                    reinterpret_cast<uint32_t *>(counts.data_ptr<int32_t>())};
+    EncodeArgs args{t,
+                    rows,
+                    in,
+                    n,
+                    layout.groups,
+                    layout.group_symbols,
+                    scratch_per_group,
+                    layout.width,
+                    reinterpret_cast<uint16_t*>(scratch.data_ptr<int16_t>()),
+                    reinterpret_cast<uint32_t*>(states.data_ptr<int32_t>()),
+                    reinterpret_cast<uint32_t*>(counts.data_ptr<int32_t>())};
     encode_kernel<<<blocks_for(layout.groups * 32, 32 * kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -508,12 +519,12 @@ at::Tensor lanes_encode_cuda(const DeviceTables &tables, const at::Tensor &input
   const int64_t header_bytes = static_cast<int64_t>(header.size());
   const int64_t payload_bytes = lanes_payload_bytes(info);
   at::Tensor out = at::zeros({header_bytes + payload_bytes}, on_device.dtype(at::kByte));
-  uint8_t *payload = out.data_ptr<uint8_t>() + header_bytes;
+  uint8_t* payload = out.data_ptr<uint8_t>() + header_bytes;
   if (layout.groups > 0) {
     const at::Tensor word_start = at::tensor(info.word_start, at::TensorOptions().dtype(at::kLong)).to(device);
     assemble_kernel<<<static_cast<unsigned>(layout.groups), 256, 0, stream>>>(
-        reinterpret_cast<const uint32_t *>(states.data_ptr<int32_t>()),
-        reinterpret_cast<const uint16_t *>(scratch.data_ptr<int16_t>()), word_start.data_ptr<int64_t>(),
+        reinterpret_cast<const uint32_t*>(states.data_ptr<int32_t>()),
+        reinterpret_cast<const uint16_t*>(scratch.data_ptr<int16_t>()), word_start.data_ptr<int64_t>(),
         scratch_per_group, layout.width, layout.groups, payload);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -523,8 +534,8 @@ at::Tensor lanes_encode_cuda(const DeviceTables &tables, const at::Tensor &input
   return out;
 }
 
-at::Tensor lanes_decode_cuda(const Tables &tables, const DeviceTables &device_tables, const at::Tensor &data,
-                             const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes) {
+at::Tensor lanes_decode_cuda(const Tables& tables, const DeviceTables& device_tables, const at::Tensor& data,
+                             const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes) {
   const at::Device device = data.device();
   check_cuda_tensor(data, "data", at::kByte, device);
   TORCH_CHECK_VALUE(data.dim() == 1, "data must be a 1-D uint8 tensor");
@@ -541,7 +552,7 @@ at::Tensor lanes_decode_cuda(const Tables &tables, const DeviceTables &device_ta
   const at::Tensor header = data.narrow(0, 0, header_bytes).cpu();
   const LaneHeaderInfo info = lanes_parse_header(header.data_ptr<uint8_t>(), size);
   check_lanes_decode_inputs(tables, info, indexes.has_value());
-  const uint8_t *payload = data.data_ptr<uint8_t>() + info.payload_offset;
+  const uint8_t* payload = data.data_ptr<uint8_t>() + info.payload_offset;
   if (device_checksum(payload, size - info.payload_offset, device, stream) != info.payload_checksum) {
     fail("parallel rANS stream payload checksum mismatch (corrupted)");
   }
@@ -557,8 +568,8 @@ at::Tensor lanes_decode_cuda(const Tables &tables, const DeviceTables &device_ta
     const at::Tensor word_start = at::tensor(info.word_start, at::TensorOptions().dtype(at::kLong)).to(device);
     DecodeArgs args{view_of(device_tables),
                     rows,
-                    reinterpret_cast<const uint32_t *>(payload),
-                    reinterpret_cast<const uint16_t *>(payload + 4 * info.lanes_per_group * info.n_groups),
+                    reinterpret_cast<const uint32_t*>(payload),
+                    reinterpret_cast<const uint16_t*>(payload + 4 * info.lanes_per_group * info.n_groups),
                     word_start.data_ptr<int64_t>(),
                     info.n_symbols,
                     info.n_groups,
@@ -576,12 +587,18 @@ at::Tensor lanes_decode_cuda(const Tables &tables, const DeviceTables &device_ta
   if (code != kOk) {
     const std::string where = "lane group " + std::to_string(host_error.data_ptr<int>()[1]);
     switch (code) {
-      case kBadState: fail(where + " has an invalid lane state (corrupted)");
-      case kTruncated: fail(where + " is truncated (corrupted, or wrong tables)");
-      case kBadEscape: fail(where + " has an invalid escape length (corrupted)");
-      case kOutOfRange: fail(where + " decodes a symbol outside int32 (corrupted)");
-      case kBadIndex: fail(where + " uses an index outside the CDF rows");
-      default: fail(where + " did not end in the initial lane states (corrupted, or wrong tables)");
+      case kBadState:
+        fail(where + " has an invalid lane state (corrupted)");
+      case kTruncated:
+        fail(where + " is truncated (corrupted, or wrong tables)");
+      case kBadEscape:
+        fail(where + " has an invalid escape length (corrupted)");
+      case kOutOfRange:
+        fail(where + " decodes a symbol outside int32 (corrupted)");
+      case kBadIndex:
+        fail(where + " uses an index outside the CDF rows");
+      default:
+        fail(where + " did not end in the initial lane states (corrupted, or wrong tables)");
     }
   }
   return out;

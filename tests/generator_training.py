@@ -4,6 +4,7 @@ The run fits the generator's output for one fixed (x, e_g, e_l, noise) to a fixe
 so with the same seed every backend starts from the same weights and sees the same data: its loss
 curve must fall, and it must follow the reference backend's curve.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -11,8 +12,9 @@ from udm_fast import set_layer_backend
 from udm_fast.models.generator import Generator
 
 
-def generator_loss_curve(backend: str, device: torch.device, steps: int = 10, filters: int = 16,
-                         size: int = 16, autocast_dtype=None) -> list:
+def generator_loss_curve(
+    backend: str, device: torch.device, steps: int = 10, filters: int = 16, size: int = 16, autocast_dtype=None
+) -> list:
     """L1 losses of ``steps`` Adam steps (lr 1e-3) of a Generator(filters, e_g 16) on a batch of 2 images
     size x size, every IDA / SFT layer on ``backend``; channels_last inputs; explicit noise maps; float32
     matmuls and convolutions in IEEE precision (no TF32), ``autocast_dtype`` (e.g. bfloat16) under autocast."""
@@ -47,8 +49,9 @@ def _loss_curve(backend, device, steps, filters, size, autocast_dtype) -> list:
     return losses
 
 
-def check_trains_like_reference(losses: list, reference: list, tolerance: float, *, compared_steps=None,
-                                min_drop: float = 0.25) -> None:
+def check_trains_like_reference(
+    losses: list, reference: list, tolerance: float, *, compared_steps=None, min_drop: float = 0.25
+) -> None:
     """The loss falls by ``min_drop`` (the best of the last three steps against the first), and each of the
     first ``compared_steps`` (default: all) losses is within ``tolerance`` (relative) of the reference's.
     In bfloat16 two correct implementations round differently and Adam amplifies that over the steps

@@ -1,4 +1,5 @@
 """Float64 numpy restatement of the radial power spectrum used by the evaluation and the spectrum loss."""
+
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ def numpy_radial_spectrum(image):
     for ch in range(c):
         plane = image[ch] - image[ch].mean()
         power += np.abs(np.fft.fft2(plane * window)) ** 2
-    power /= c * (window ** 2).sum()
+    power /= c * (window**2).sum()
     n = min(h, w) // 2
     sums, counts = np.zeros(n - 1), np.zeros(n - 1)
     for i, fy in enumerate(np.fft.fftfreq(h)):

@@ -1,4 +1,5 @@
 """Pillow's own JPEG round trip: the independent reference for udm_fast.degrade.jpeg and udm_fast.jpeg."""
+
 import io
 
 import numpy as np

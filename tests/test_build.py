@@ -1,4 +1,5 @@
 """The extension build: CUDA kernels are compiled whenever the toolkit is there (even without a GPU)."""
+
 import shutil
 
 import pytest

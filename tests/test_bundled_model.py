@@ -1,5 +1,6 @@
 """The model shipped in the package: its files agree with each other and with the README, and it transfers
 degradations to a photo it was not trained on better than the two baselines."""
+
 import json
 import os
 import re
@@ -7,18 +8,22 @@ import re
 import pytest
 import torch
 
+from udm_fast.eval.transfer import transfer_table
 from udm_fast.models import pretrained
 from udm_fast.synthesis import degrade
-from udm_fast.eval.transfer import transfer_table
-from udm_fast.utils.io import load_image
 from udm_fast.train.config import TrainingConfig
+from udm_fast.utils.io import load_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = pretrained.ASSETS / "default_model_eval.json"
 METHODS = ("model", "identity", "mismatched")
-README_ROWS = {"spectrum distance": "spectrum_db", "abs. noise σ error": "noise_error_255",
-               "abs. blur σ error": "blur_error_px", "low-pass PSNR": "psnr_lowpass",
-               "low-pass MS-SSIM": "ms_ssim_lowpass"}
+README_ROWS = {
+    "spectrum distance": "spectrum_db",
+    "abs. noise σ error": "noise_error_255",
+    "abs. blur σ error": "blur_error_px",
+    "low-pass PSNR": "psnr_lowpass",
+    "low-pass MS-SSIM": "ms_ssim_lowpass",
+}
 
 pytestmark = pytest.mark.skipif(not pretrained.DEFAULT_WEIGHTS.is_file(), reason="no bundled weights in this tree")
 
@@ -67,11 +72,13 @@ def test_it_transfers_to_a_photo_it_was_not_trained_on(bundled):
     coffee = next(p for p in pretrained.sample_paths() if p.stem == "coffee")  # held out from training
     x = load_image(coffee)
     h, w = x.shape[-2:]
-    contents = torch.cat([x[..., (h - 96) // 2:(h - 96) // 2 + 96, s:s + 96] for s in (0, w - 96)])
+    contents = torch.cat([x[..., (h - 96) // 2 : (h - 96) // 2 + 96, s : s + 96] for s in (0, w - 96)])
     g = torch.Generator().manual_seed(0)
-    degradations = (lambda c: degrade.jpeg(degrade.gaussian_noise(c, 12 / 255, generator=g), 80),
-                    lambda c: degrade.jpeg(degrade.gaussian_blur(c, 2.0), 60),
-                    lambda c: degrade.gaussian_noise(degrade.gaussian_blur(c, 1.0), 4 / 255, generator=g))
+    degradations = (
+        lambda c: degrade.jpeg(degrade.gaussian_noise(c, 12 / 255, generator=g), 80),
+        lambda c: degrade.jpeg(degrade.gaussian_blur(c, 2.0), 60),
+        lambda c: degrade.gaussian_noise(degrade.gaussian_blur(c, 1.0), 4 / 255, generator=g),
+    )
     degraded = torch.stack([torch.cat([make(c[None]) for make in degradations]) for c in contents])
     table = transfer_table(bundled, contents, degraded)["methods"]
     for key in ("spectrum_db", "noise_error_255", "blur_error_px"):

@@ -1,4 +1,5 @@
 """The ``udm-fast`` command (in-process and through the installed entry point) and the default model."""
+
 import importlib
 import json
 import os
@@ -32,8 +33,12 @@ def photo(height, width, seed):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
-    paths = {"jpeg": folder / "big.jpg", "png": folder / "odd.png", "small": folder / "small.png",
-             "weights": folder / "tiny.pt"}
+    paths = {
+        "jpeg": folder / "big.jpg",
+        "png": folder / "odd.png",
+        "small": folder / "small.png",
+        "weights": folder / "tiny.pt",
+    }
     photo(750, 1000, 0).save(paths["jpeg"], quality=90)
     photo(389, 517, 1).save(paths["png"])
     photo(37, 45, 2).save(paths["small"])
@@ -59,8 +64,24 @@ def image_size(path):
 
 def test_transfer_big_jpeg_onto_odd_png_sizes(files, tmp_path, capsys):
     out = tmp_path / "result.png"
-    code, stdout, err = run(["transfer", "--clean", files["jpeg"], "--degraded", files["png"], "--out", out,
-                             "--weights", files["weights"], "--seed", 3, "--device", "cpu"], capsys)
+    code, stdout, err = run(
+        [
+            "transfer",
+            "--clean",
+            files["jpeg"],
+            "--degraded",
+            files["png"],
+            "--out",
+            out,
+            "--weights",
+            files["weights"],
+            "--seed",
+            3,
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert image_size(out) == (1000, 750)
     assert stdout.count("\n") == 1 and "1000x750" in stdout and "517x389" in stdout and "cpu" in stdout
@@ -69,14 +90,29 @@ def test_transfer_big_jpeg_onto_odd_png_sizes(files, tmp_path, capsys):
 def test_transfer_matches_the_model_and_seed_is_reproducible(files, tmp_path, capsys):
     outs = [tmp_path / name for name in ("a.png", "b.png", "c.png")]
     for out, seed in zip(outs, (5, 5, 6)):
-        code, _, err = run(["transfer", "--clean", files["small"], "--degraded", files["png"], "--out", out,
-                            "--weights", files["weights"], "--seed", seed], capsys)
+        code, _, err = run(
+            [
+                "transfer",
+                "--clean",
+                files["small"],
+                "--degraded",
+                files["png"],
+                "--out",
+                out,
+                "--weights",
+                files["weights"],
+                "--seed",
+                seed,
+            ],
+            capsys,
+        )
         assert code == 0, err
     assert outs[0].read_bytes() == outs[1].read_bytes() != outs[2].read_bytes()
     model = UDM.load(files["weights"])
     with torch.no_grad():
-        expected = model.transfer(load_image(files["small"]), load_image(files["png"]),
-                                  noise=torch.Generator().manual_seed(5))
+        expected = model.transfer(
+            load_image(files["small"]), load_image(files["png"]), noise=torch.Generator().manual_seed(5)
+        )
     written = load_image(outs[0])
     assert written.shape == (1, 3, 37, 45)
     torch.testing.assert_close(written, (expected.clamp(0, 1) * 255).round() / 255, rtol=0, atol=1e-6)
@@ -92,8 +128,22 @@ def test_tile_size_reaches_the_model(files, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(UDM, "transfer", recording_transfer)
     for tile in (256, 0):
-        code, _, err = run(["transfer", "--clean", files["small"], "--degraded", files["small"],
-                            "--out", tmp_path / "t.png", "--weights", files["weights"], "--tile-size", tile], capsys)
+        code, _, err = run(
+            [
+                "transfer",
+                "--clean",
+                files["small"],
+                "--degraded",
+                files["small"],
+                "--out",
+                tmp_path / "t.png",
+                "--weights",
+                files["weights"],
+                "--tile-size",
+                tile,
+            ],
+            capsys,
+        )
         assert code == 0, err
     assert seen == [256, None]
 
@@ -101,8 +151,23 @@ def test_tile_size_reaches_the_model(files, tmp_path, capsys, monkeypatch):
 def test_official_checkpoint_loads_through_from_official(files, tmp_path, capsys):
     official = tmp_path / "official.pth"
     torch.save(UDM.load(files["weights"]).official_state_dict(), official)
-    code, _, err = run(["transfer", "--clean", files["small"], "--degraded", files["small"], "--out",
-                        tmp_path / "o.jpg", "--weights", official, "--official", "--seed", 0], capsys)
+    code, _, err = run(
+        [
+            "transfer",
+            "--clean",
+            files["small"],
+            "--degraded",
+            files["small"],
+            "--out",
+            tmp_path / "o.jpg",
+            "--weights",
+            official,
+            "--official",
+            "--seed",
+            0,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert image_size(tmp_path / "o.jpg") == (45, 37)
 
@@ -114,7 +179,7 @@ def _error_cases(files, tmp):
     corrupt = tmp / "corrupt.png"
     damaged = bytearray(files["small"].read_bytes())
     start = damaged.index(b"IDAT") + 8
-    damaged[start:start + 64] = bytes(64)
+    damaged[start : start + 64] = bytes(64)
     corrupt.write_bytes(bytes(damaged))
     data = files["jpeg"].read_bytes()
     truncated = tmp / "truncated.jpg"
@@ -129,8 +194,12 @@ def _error_cases(files, tmp):
     torch.save({"weights": torch.zeros(2)}, foreign)
     tiny = tmp / "tiny.png"
     Image.new("RGB", (3, 3), (9, 9, 9)).save(tiny)
-    ok = {"--clean": files["small"], "--degraded": files["small"], "--out": tmp / "out.png",
-          "--weights": files["weights"]}
+    ok = {
+        "--clean": files["small"],
+        "--degraded": files["small"],
+        "--out": tmp / "out.png",
+        "--weights": files["weights"],
+    }
     return {
         "missing clean": ({"--clean": tmp / "missing.png"}, "missing.png: no such file"),
         "directory": ({"--degraded": tmp}, "is a directory"),
@@ -140,8 +209,14 @@ def _error_cases(files, tmp):
         "missing weights": ({"--weights": tmp / "none.pt"}, "checkpoint not found"),
         "corrupt weights": ({"--weights": bad_weights}, "cannot read checkpoint"),
         "mismatched weights": ({"--weights": mismatched}, "does not match the model"),
-        "foreign weights": ({"--weights": foreign}, "nor a training checkpoint; for the authors' checkpoint add --official"),
-        "not an official checkpoint": ({"--official": None}, "is a udm_fast file (udm_fast), not the authors' checkpoint"),
+        "foreign weights": (
+            {"--weights": foreign},
+            "nor a training checkpoint; for the authors' checkpoint add --official",
+        ),
+        "not an official checkpoint": (
+            {"--official": None},
+            "is a udm_fast file (udm_fast), not the authors' checkpoint",
+        ),
         "official without weights": ({"--weights": None, "--official": None}, "--official needs --weights"),
         "unknown device": ({"--device": "gpu7"}, "unknown device 'gpu7'"),
         "bad tile size": ({"--tile-size": 100}, "--tile-size must be"),
@@ -160,10 +235,23 @@ def _argv(ok, changes):
     return argv
 
 
-ERROR_NAMES = ["missing clean", "directory", "corrupt image", "non-image", "truncated jpeg", "missing weights",
-               "corrupt weights", "mismatched weights", "foreign weights", "not an official checkpoint",
-               "official without weights",
-               "unknown device", "bad tile size", "image too small", "bad output extension"]
+ERROR_NAMES = [
+    "missing clean",
+    "directory",
+    "corrupt image",
+    "non-image",
+    "truncated jpeg",
+    "missing weights",
+    "corrupt weights",
+    "mismatched weights",
+    "foreign weights",
+    "not an official checkpoint",
+    "official without weights",
+    "unknown device",
+    "bad tile size",
+    "image too small",
+    "bad output extension",
+]
 
 
 @pytest.mark.parametrize("name", ERROR_NAMES)
@@ -182,14 +270,22 @@ def test_errors_are_one_line_without_traceback(files, tmp_path, capsys, name):
 def test_cuda_without_a_device_is_a_clear_error(files, tmp_path, capsys):
     _, ok = _error_cases(files, tmp_path)
     code, _, err = run(_argv(ok, {"--device": "cuda"}), capsys)
-    assert code == 1 and err.strip() == ("udm-fast: error: device 'cuda' requested but no CUDA device is "
-                                         "available (use --device cpu)")
+    assert code == 1 and err.strip() == (
+        "udm-fast: error: device 'cuda' requested but no CUDA device is available (use --device cpu)"
+    )
 
 
 @pytest.mark.parametrize("before_command", [True, False])
 def test_debug_reraises(files, tmp_path, before_command):
-    argv = ["transfer", "--clean", str(tmp_path / "x.png"), "--degraded", str(files["small"]),
-            "--out", str(tmp_path / "o.png")]
+    argv = [
+        "transfer",
+        "--clean",
+        str(tmp_path / "x.png"),
+        "--degraded",
+        str(files["small"]),
+        "--out",
+        str(tmp_path / "o.png"),
+    ]
     argv.insert(0 if before_command else 1, "--debug")
     with pytest.raises(udm_fast.utils.io.ImageError, match="no such file"):
         cli.main(argv)
@@ -199,8 +295,12 @@ def test_every_command_module_is_registered(capsys):
     """A module of udm_fast/cli other than the parser's own is a command, listed in main.COMMANDS."""
     cli_main = importlib.import_module("udm_fast.cli.main")  # the module: ``udm_fast.cli.main`` is the function
     package = os.path.dirname(cli.__file__)
-    modules = {name[:-3] for name in os.listdir(package) if name.endswith(".py")} - {"__init__", "__main__", "main",
-                                                                                   "common"}
+    modules = {name[:-3] for name in os.listdir(package) if name.endswith(".py")} - {
+        "__init__",
+        "__main__",
+        "main",
+        "common",
+    }
     assert sorted(cli_main.COMMANDS) == sorted(modules)
     with pytest.raises(SystemExit):
         cli.main(["--help"])
@@ -251,20 +351,23 @@ def test_demo_writes_the_grid(tmp_path, capsys, monkeypatch, files):
     grid = load_image(grid_path)
     gap, label = figures.GRID_GAP, figures.LABEL_HEIGHT
     assert grid.shape[-2:] == (n_rows * (cell_h + gap) + gap + label, n_cols * (cell_w + gap) + gap)
-    assert bool((grid[..., gap:gap + cell_h, gap:gap + cell_w] == 1).all())  # top-left cell is empty
+    assert bool((grid[..., gap : gap + cell_h, gap : gap + cell_w] == 1).all())  # top-left cell is empty
     for r, sample in enumerate(samples, start=1):  # first column: the clean inputs, centred in their cells
         h, w = sample.shape[-2:]
         top = gap + r * (cell_h + gap) + label + (cell_h - h) // 2
         left = gap + (cell_w - w) // 2
-        torch.testing.assert_close(grid[..., top:top + h, left:left + w], sample, rtol=0, atol=1e-6)
+        torch.testing.assert_close(grid[..., top : top + h, left : left + w], sample, rtol=0, atol=1e-6)
     # traversals: one row per e_g dimension, one column per offset, cells of the table crop's size
     traversals = load_image(tmp_path / "demo" / demo.DEMO_TRAVERSAL_NAME)
     side = min(demo.DEMO_TABLE_CROP, *(s.shape[-1] for s in samples), *(s.shape[-2] for s in samples))
-    assert traversals.shape[-2:] == (figures.TRAVERSAL_DIMENSIONS * (side + gap) + gap + label,
-                                     len(figures.TRAVERSAL_OFFSETS) * (side + gap) + gap)
+    assert traversals.shape[-2:] == (
+        figures.TRAVERSAL_DIMENSIONS * (side + gap) + gap + label,
+        len(figures.TRAVERSAL_OFFSETS) * (side + gap) + gap,
+    )
     dims = [int(d) for d in out.split("with e_g dimensions [", 1)[1].split("]", 1)[0].split(",")]
-    assert len(set(dims)) == figures.TRAVERSAL_DIMENSIONS and all(0 <= d < UDM.load(files["weights"]).config.global_dim
-                                                              for d in dims)
+    assert len(set(dims)) == figures.TRAVERSAL_DIMENSIONS and all(
+        0 <= d < UDM.load(files["weights"]).config.global_dim for d in dims
+    )
     rows = [line.split() for line in out.splitlines()]
     header = next(r for r in rows if r[:1] == ["measure"])
     assert header[-4:] == ["model", "identity", "mismatched", "cross_content"]
@@ -285,10 +388,13 @@ def test_demo_traversal_rows_move_only_their_dimension(files):
     grid, dims = figures.traversal_grid(model, torch.rand(1, 3, 16, 16), codes, seed=0)
     assert dims[0] == 2 and len(dims) == figures.TRAVERSAL_DIMENSIONS
     variance = torch.cat([g for g, _ in codes]).var(dim=0, unbiased=False)
-    assert [float(variance[d]) for d in dims] == sorted((float(v) for v in variance), reverse=True)[:len(dims)]
+    assert [float(variance[d]) for d in dims] == sorted((float(v) for v in variance), reverse=True)[: len(dims)]
     assert len(calls) == len(dims) * len(figures.TRAVERSAL_OFFSETS)
     for k, e_g in enumerate(calls):
-        d, offset = dims[k // len(figures.TRAVERSAL_OFFSETS)], figures.TRAVERSAL_OFFSETS[k % len(figures.TRAVERSAL_OFFSETS)]
+        d, offset = (
+            dims[k // len(figures.TRAVERSAL_OFFSETS)],
+            figures.TRAVERSAL_OFFSETS[k % len(figures.TRAVERSAL_OFFSETS)],
+        )
         expected = codes[0][0].clone()
         expected[0, d] += offset
         assert torch.equal(e_g, expected)
@@ -308,14 +414,42 @@ def test_console_script_transfer_and_error(files, tmp_path):
     script = _console_script()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "new_user.jpg"
-    done = subprocess.run([script, "transfer", "--clean", str(files["png"]), "--degraded", str(files["jpeg"]),
-                           "--out", str(out), "--weights", str(files["weights"])],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            script,
+            "transfer",
+            "--clean",
+            str(files["png"]),
+            "--degraded",
+            str(files["jpeg"]),
+            "--out",
+            str(out),
+            "--weights",
+            str(files["weights"]),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert image_size(out) == (517, 389)
-    failed = subprocess.run([script, "transfer", "--clean", str(tmp_path / "missing.png"), "--degraded",
-                             str(files["jpeg"]), "--out", str(out)], capture_output=True, text=True, env=env,
-                            timeout=300)
+    failed = subprocess.run(
+        [
+            script,
+            "transfer",
+            "--clean",
+            str(tmp_path / "missing.png"),
+            "--degraded",
+            str(files["jpeg"]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines() == [f"udm-fast: error: {tmp_path / 'missing.png'}: no such file"]
 
@@ -351,12 +485,14 @@ def test_default_model_loads_a_bundled_weights_file(files, monkeypatch):
     monkeypatch.setattr(pretrained, "DEFAULT_METADATA", files["weights"].parent / "absent.json")
     assert pretrained.default_model_source() == str(files["weights"]) and pretrained.default_model_metadata() is None
     record = files["weights"].parent / "record.json"
-    record.write_text(json.dumps({"training_log": {"steps": 123}, "config": {"run": {"device": "cpu"}},
-                                  "commit": "0123456789abcdef"}))
+    record.write_text(
+        json.dumps({"training_log": {"steps": 123}, "config": {"run": {"device": "cpu"}}, "commit": "0123456789abcdef"})
+    )
     monkeypatch.setattr(pretrained, "DEFAULT_METADATA", record)
     assert pretrained.default_model_metadata()["commit"] == "0123456789abcdef"
-    assert pretrained.default_model_source() == (f"{files['weights']} (trained 123 steps on cpu, commit 0123456789ab; "
-                                                 "record in record.json)")
+    assert pretrained.default_model_source() == (
+        f"{files['weights']} (trained 123 steps on cpu, commit 0123456789ab; record in record.json)"
+    )
 
 
 def test_bundled_samples():

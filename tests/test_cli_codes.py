@@ -1,4 +1,5 @@
 """`udm-fast encode` / `decode` / `transfer --code`: round trip through a .udm file, and errors."""
+
 import pytest
 import torch
 
@@ -32,8 +33,24 @@ def test_encode_decode_transfer_round_trip(files, capsys):
     torch.testing.assert_close(decoded["e_g"], e_g, rtol=0, atol=0)
     torch.testing.assert_close(decoded["e_l"], e_l, rtol=0, atol=0)
 
-    assert main(["transfer", "--clean", str(files / "x.png"), "--code", str(files / "c.udm"), "--weights", w,
-                 "--out", str(files / "z.png"), "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--clean",
+                str(files / "x.png"),
+                "--code",
+                str(files / "c.udm"),
+                "--weights",
+                w,
+                "--out",
+                str(files / "z.png"),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     with torch.no_grad():
         expected = model.synthesize(load_image(files / "x.png"), e_g, e_l, torch.Generator().manual_seed(3))
     result = load_image(files / "z.png")
@@ -52,8 +69,20 @@ def test_code_errors(files, capsys):
         (["decode", str(files / "missing.udm"), "--weights", w], "not found"),
         (["decode", str(files / "short.udm"), "--weights", w], "announces"),
         (["decode", str(files / "c2.udm"), "--weights", str(files / "other.pt")], "another model"),
-        (["transfer", "--clean", str(files / "x.png"), "--code", str(files / "short.udm"), "--weights", w,
-          "--out", str(files / "z.png")], "announces"),
+        (
+            [
+                "transfer",
+                "--clean",
+                str(files / "x.png"),
+                "--code",
+                str(files / "short.udm"),
+                "--weights",
+                w,
+                "--out",
+                str(files / "z.png"),
+            ],
+            "announces",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 1

@@ -1,11 +1,13 @@
 """rANS coders: compat streams against compressai.ans, the parallel format against a pure-Python
 reference implementation of its specification, round trips and error handling."""
+
 import struct
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ans = pytest.importorskip("compressai.ans")
 from compressai._CXX import pmf_to_quantized_cdf as reference_pmf_to_cdf  # noqa: E402
@@ -57,13 +59,14 @@ def sample_symbols(rng, rows_of_symbols, cdf, cdf_length, offset, escape_rate=0.
 
 def compressai_encode(symbols, indexes, cdf, cdf_length, offset):
     return ans.RansEncoder().encode_with_indexes(
-        symbols.reshape(-1).tolist(), indexes.reshape(-1).tolist(), cdf.tolist(), cdf_length.tolist(),
-        offset.tolist())
+        symbols.reshape(-1).tolist(), indexes.reshape(-1).tolist(), cdf.tolist(), cdf_length.tolist(), offset.tolist()
+    )
 
 
 def compressai_decode(data, indexes, cdf, cdf_length, offset):
     return ans.RansDecoder().decode_with_indexes(
-        data, indexes.reshape(-1).tolist(), cdf.tolist(), cdf_length.tolist(), offset.tolist())
+        data, indexes.reshape(-1).tolist(), cdf.tolist(), cdf_length.tolist(), offset.tolist()
+    )
 
 
 def channel_indexes(shape):
@@ -89,8 +92,7 @@ def test_compat_explicit_indexes_and_escapes_match_compressai():
     rng = np.random.default_rng(7)
     cdf, cdf_length, offset = random_tables(rng, 12)
     indexes = torch.from_numpy(rng.integers(0, 12, size=(3, 500)).astype(np.int32))
-    symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=0.2,
-                             escape_scale=COMPRESSAI_MAX_ESCAPE)
+    symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=0.2, escape_scale=COMPRESSAI_MAX_ESCAPE)
     tables = coder.CoderTables(cdf, cdf_length, offset)
     ours = coder.encode_compat(symbols, tables, indexes)
     for n in range(3):
@@ -118,8 +120,9 @@ def test_compat_segments_match_buffered_encoder():
         cdf, cdf_length, offset = random_tables(rng, rows)
         indexes = torch.from_numpy(rng.integers(0, rows, size=length).astype(np.int32))
         symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=0.1)
-        reference.encode_with_indexes(symbols.tolist(), indexes.tolist(), cdf.tolist(), cdf_length.tolist(),
-                                      offset.tolist())
+        reference.encode_with_indexes(
+            symbols.tolist(), indexes.tolist(), cdf.tolist(), cdf_length.tolist(), offset.tolist()
+        )
         segments.append((symbols, indexes, (cdf, cdf_length, offset)))
     expected = reference.flush()
     tables = [coder.CoderTables(*t) for _, _, t in segments]
@@ -130,30 +133,47 @@ def test_compat_segments_match_buffered_encoder():
     decoder.set_stream(expected)
     for (symbols, indexes, (cdf, cdf_length, offset)), got in zip(segments, decoded):
         assert torch.equal(got, symbols)
-        assert decoder.decode_stream(indexes.tolist(), cdf.tolist(), cdf_length.tolist(), offset.tolist()) == \
-            symbols.tolist()
+        assert (
+            decoder.decode_stream(indexes.tolist(), cdf.tolist(), cdf_length.tolist(), offset.tolist())
+            == symbols.tolist()
+        )
 
 
 def test_compat_huge_values_round_trip():
     rng = np.random.default_rng(3)
     cdf, cdf_length, offset = random_tables(rng, 4, min_length=2)
     tables = coder.CoderTables(cdf, cdf_length, offset)
-    extremes = torch.tensor([[[2**31 - 1, -2**31, 2**27 + 5, -2**29, 0, 1, -1, 123456789]] * 4], dtype=torch.int32)
+    extremes = torch.tensor([[[2**31 - 1, -(2**31), 2**27 + 5, -(2**29), 0, 1, -1, 123456789]] * 4], dtype=torch.int32)
     for data in (coder.encode_compat(extremes, tables), coder.encode_parallel(extremes, tables)):
-        decoded = (coder.decode_compat(data, tables, extremes.shape[1:]) if isinstance(data, list)
-                   else coder.decode_parallel(data, tables))
+        decoded = (
+            coder.decode_compat(data, tables, extremes.shape[1:])
+            if isinstance(data, list)
+            else coder.decode_parallel(data, tables)
+        )
         assert torch.equal(decoded, extremes)
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 6), items=st.integers(1, 3),
-       length=st.integers(4, 120), escape_rate=st.sampled_from([0.0, 0.05, 0.5]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 6),
+    items=st.integers(1, 3),
+    length=st.integers(4, 120),
+    escape_rate=st.sampled_from([0.0, 0.05, 0.5]),
+)
 def test_compat_property_matches_compressai(seed, rows, items, length, escape_rate):
     rng = np.random.default_rng(seed)
     cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(3, 70)))
     indexes = torch.from_numpy(rng.integers(0, rows, size=(items, length)).astype(np.int32))
-    symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate,
-                             escape_scale=int(rng.choice([20, 5000, COMPRESSAI_MAX_ESCAPE])))
+    symbols = sample_symbols(
+        rng,
+        indexes,
+        cdf,
+        cdf_length,
+        offset,
+        escape_rate=escape_rate,
+        escape_scale=int(rng.choice([20, 5000, COMPRESSAI_MAX_ESCAPE])),
+    )
     tables = coder.CoderTables(cdf, cdf_length, offset)
     ours = coder.encode_compat(symbols, tables, indexes)
     assert ours == [compressai_encode(symbols[n], indexes[n], cdf, cdf_length, offset) for n in range(items)]
@@ -239,8 +259,9 @@ def _fingerprint(cdf, cdf_length, offset) -> int:
     return h
 
 
-def reference_encode_parallel(symbols, rows, cdf, cdf_length, offset, lanes_per_group, group_symbols,
-                              channels, per_channel, shape):
+def reference_encode_parallel(
+    symbols, rows, cdf, cdf_length, offset, lanes_per_group, group_symbols, channels, per_channel, shape
+):
     """The parallel format, written from its specification (rans_core.h, lanes_format.h)."""
     symbols, rows = symbols.reshape(-1).tolist(), rows.reshape(-1).tolist()
     cdf, cdf_length, offset = cdf.tolist(), cdf_length.tolist(), offset.tolist()
@@ -281,9 +302,25 @@ def reference_encode_parallel(symbols, rows, cdf, cdf_length, offset, lanes_per_
         words_block.append(0)
     payload = states_block + struct.pack(f"<{len(words_block)}H", *words_block)
     explicit = channels == 0
-    fixed = bytearray(struct.pack(
-        "<4sHBBQQQIIIHHQQ", b"UDMr", 1, 1, int(explicit), _fingerprint(np.array(cdf), cdf_length, offset), n,
-        per_channel, channels, groups, group_symbols, len(shape), width, _checksum(payload), 0))
+    fixed = bytearray(
+        struct.pack(
+            "<4sHBBQQQIIIHHQQ",
+            b"UDMr",
+            1,
+            1,
+            int(explicit),
+            _fingerprint(np.array(cdf), cdf_length, offset),
+            n,
+            per_channel,
+            channels,
+            groups,
+            group_symbols,
+            len(shape),
+            width,
+            _checksum(payload),
+            0,
+        )
+    )
     header = bytes(fixed) + struct.pack(f"<{len(shape)}Q", *shape) + struct.pack(f"<{groups}I", *counts)
     header = header[:56] + struct.pack("<Q", _checksum(header)) + header[64:]
     return header + payload
@@ -294,8 +331,11 @@ def test_parallel_bytes_match_reference_implementation(explicit, lanes):
     rng = np.random.default_rng(5)
     shape = (2, 6, 10, 13)
     cdf, cdf_length, offset = random_tables(rng, 6)
-    indexes = (torch.from_numpy(rng.integers(0, 6, size=shape).astype(np.int32)) if explicit
-               else channel_indexes(shape).contiguous())
+    indexes = (
+        torch.from_numpy(rng.integers(0, 6, size=shape).astype(np.int32))
+        if explicit
+        else channel_indexes(shape).contiguous()
+    )
     symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=0.05)
     tables = coder.CoderTables(cdf, cdf_length, offset)
     data = coder.encode_parallel(symbols, tables, indexes if explicit else None, lanes=lanes)
@@ -304,22 +344,37 @@ def test_parallel_bytes_match_reference_implementation(explicit, lanes):
     if lanes is not None:
         assert info["lanes_per_group"] == min(lanes, 32)
     expected = reference_encode_parallel(
-        symbols, indexes, cdf, cdf_length, offset, info["lanes_per_group"], info["group_symbols"],
-        0 if explicit else 6, 0 if explicit else 130, shape)
+        symbols,
+        indexes,
+        cdf,
+        cdf_length,
+        offset,
+        info["lanes_per_group"],
+        info["group_symbols"],
+        0 if explicit else 6,
+        0 if explicit else 130,
+        shape,
+    )
     assert data == expected
     decoded = coder.decode_parallel(data, tables, indexes if explicit else None)
     assert torch.equal(decoded, symbols)
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 5), size=st.integers(0, 400),
-       lanes=st.sampled_from([None, 1, 7, 32, 33, 200]), escape_rate=st.sampled_from([0.0, 0.1, 1.0]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 5),
+    size=st.integers(0, 400),
+    lanes=st.sampled_from([None, 1, 7, 32, 33, 200]),
+    escape_rate=st.sampled_from([0.0, 0.1, 1.0]),
+)
 def test_parallel_property_round_trip(seed, rows, size, lanes, escape_rate):
     rng = np.random.default_rng(seed)
     cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(2, 60)), min_length=2)
     indexes = torch.from_numpy(rng.integers(0, rows, size=(size,)).astype(np.int32))
-    symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate,
-                             escape_scale=int(rng.choice([10, 2**30])))
+    symbols = sample_symbols(
+        rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate, escape_scale=int(rng.choice([10, 2**30]))
+    )
     tables = coder.CoderTables(cdf, cdf_length, offset)
     data = coder.encode_parallel(symbols, tables, indexes, lanes=lanes)
     assert torch.equal(coder.decode_parallel(data, tables, indexes), symbols)
@@ -332,7 +387,7 @@ def laplace_tables_and_symbols(channels, shape, scales, seed=0):
     for b in scales:
         half = int(np.ceil(b * 21)) + 1  # covers all but ~1e-9 of the mass
         k = np.arange(-half, half + 1)
-        cdf_at = lambda v: np.where(v < 0, 0.5 * np.exp(v / b), 1 - 0.5 * np.exp(-v / b))  # noqa: E731
+        cdf_at = lambda v: np.where(v < 0, 0.5 * np.exp(v / b), 1 - 0.5 * np.exp(-v / b))  # noqa: E731, B023
         pmf = (cdf_at(k + 0.5) - cdf_at(k - 0.5)).astype(np.float32)
         tail = np.float32(1 - pmf.sum(dtype=np.float64))
         rows.append(reference_pmf_to_cdf(np.append(pmf, max(tail, np.float32(1e-9))).tolist(), 16))
@@ -342,7 +397,11 @@ def laplace_tables_and_symbols(channels, shape, scales, seed=0):
     for r, row in enumerate(rows):
         table[r, : len(row)] = row
     symbols = np.rint(rng.laplace(0, np.asarray(scales)[None, :, None, None], size=shape)).astype(np.int32)
-    tables = (torch.from_numpy(table), torch.tensor(lengths, dtype=torch.int32), torch.tensor(offsets, dtype=torch.int32))
+    tables = (
+        torch.from_numpy(table),
+        torch.tensor(lengths, dtype=torch.int32),
+        torch.tensor(offsets, dtype=torch.int32),
+    )
     return tables, torch.from_numpy(symbols)
 
 
@@ -421,15 +480,16 @@ def test_parallel_headers_whose_shape_contradicts_the_rows_are_refused():
     rng = np.random.default_rng(3)
     cdf, cdf_length, offset = random_tables(rng, 4)
     tables = coder.CoderTables(cdf, cdf_length, offset)
-    cases = [((2**63, 0), 4, 1),        # a zero dim hides a dim beyond int64
-             ((2**64 - 1, 0, 4), 4, 4),
-             ((2, 4, 3), 2, 3)]          # rows claim 2 channels of 3, the shape says 4 channels
+    cases = [
+        ((2**63, 0), 4, 1),  # a zero dim hides a dim beyond int64
+        ((2**64 - 1, 0, 4), 4, 4),
+        ((2, 4, 3), 2, 3),
+    ]  # rows claim 2 channels of 3, the shape says 4 channels
     for shape, channels, per_channel in cases:
         n = int(np.prod(shape, dtype=object))
         rows = torch.tensor([(i // per_channel) % channels for i in range(n)], dtype=torch.int32)
         symbols = offset[rows.long()]  # each row's first symbol: always in range
-        data = reference_encode_parallel(symbols, rows, cdf, cdf_length, offset, 32, 64, channels, per_channel,
-                                         shape)
+        data = reference_encode_parallel(symbols, rows, cdf, cdf_length, offset, 32, 64, channels, per_channel, shape)
         with pytest.raises(ValueError, match="header is invalid"):
             coder.parallel_info(data)
         with pytest.raises(ValueError, match="header is invalid"):
@@ -473,14 +533,34 @@ def test_float_quantization_matches_torch_round():
     cdf, cdf_length, offset = random_tables(rng, 3)
     tables = coder.CoderTables(cdf, cdf_length, offset)
     medians = torch.tensor([0.0, 0.25, -3.5])
-    edges = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, -0.49999997, 8388607.5, -8388607.5,
-                          8388609.0, 2.0**30, -2.0**31, 2147483520.0, -0.0, 1e-30, 3.4999998, 100.5])
+    edges = torch.tensor(
+        [
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            8388607.5,
+            -8388607.5,
+            8388609.0,
+            2.0**30,
+            -(2.0**31),
+            2147483520.0,
+            -0.0,
+            1e-30,
+            3.4999998,
+            100.5,
+        ]
+    )
     values = torch.cat([edges, torch.randn(300) * 50, torch.randn(300).round() + 0.5]).reshape(1, 1, -1)
     values = (values.expand(2, 3, -1) + medians.reshape(1, 3, 1)).contiguous()
     symbols = torch.round(values - medians.reshape(1, 3, 1)).int()
     assert coder.encode_compat_values(values, medians, tables) == coder.encode_compat(symbols, tables)
     assert coder.encode_parallel_values(values, medians, tables) == coder.encode_parallel(symbols, tables)
-    for bad in (float("inf"), float("nan"), 2.0**31, -2.0**32):
+    for bad in (float("inf"), float("nan"), 2.0**31, -(2.0**32)):
         broken = values.clone()
         broken[1, 2, 7] = bad
         with pytest.raises(ValueError, match="position"):
@@ -492,27 +572,35 @@ def test_float_quantization_matches_torch_round():
 # -- CUDA coder of the parallel format: same bytes as the CPU coder ---------------------------
 def _cuda_coder_or_skip():
     from udm_fast.ops import extension as _ext
+
     if not hasattr(_ext.require().rans, "lanes_encode_cuda"):
         pytest.skip("extension built without the CUDA coder")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("explicit,lanes,escape_rate", [(False, None, 0.0), (False, 5, 0.05), (True, 70, 0.05),
-                                                         (False, 4096, 0.3), (True, None, 0.0)])
+@pytest.mark.parametrize(
+    "explicit,lanes,escape_rate",
+    [(False, None, 0.0), (False, 5, 0.05), (True, 70, 0.05), (False, 4096, 0.3), (True, None, 0.0)],
+)
 def test_cuda_parallel_bytes_match_cpu(explicit, lanes, escape_rate):
     _cuda_coder_or_skip()
     rng = np.random.default_rng(21)
     shape = (3, 7, 33, 35)
     cdf, cdf_length, offset = random_tables(rng, 7, min_length=2)
-    indexes = (torch.from_numpy(rng.integers(0, 7, size=shape).astype(np.int32)) if explicit
-               else channel_indexes(shape).contiguous())
-    symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate,
-                             escape_scale=int(rng.choice([30, 2**30])))
+    indexes = (
+        torch.from_numpy(rng.integers(0, 7, size=shape).astype(np.int32))
+        if explicit
+        else channel_indexes(shape).contiguous()
+    )
+    symbols = sample_symbols(
+        rng, indexes, cdf, cdf_length, offset, escape_rate=escape_rate, escape_scale=int(rng.choice([30, 2**30]))
+    )
     tables = coder.CoderTables(cdf, cdf_length, offset)
     rows = indexes if explicit else None
     expected = coder.encode_parallel(symbols, tables, rows, lanes=lanes)
-    on_gpu = coder.encode_parallel(symbols.cuda(), tables, None if rows is None else rows.cuda(), lanes=lanes,
-                                   as_tensor=True)
+    on_gpu = coder.encode_parallel(
+        symbols.cuda(), tables, None if rows is None else rows.cuda(), lanes=lanes, as_tensor=True
+    )
     assert on_gpu.is_cuda and on_gpu.cpu().numpy().tobytes() == expected
     decoded = coder.decode_parallel(on_gpu, tables, None if rows is None else rows.cuda())
     assert decoded.is_cuda and torch.equal(decoded.cpu(), symbols)
@@ -536,6 +624,7 @@ def test_gpu_parallel_decode_of_a_misaligned_view():
 def test_cuda_parallel_values_and_errors():
     _cuda_coder_or_skip()
     from test_coder_fuzz import mutate, repair_checksums
+
     _, ours = _updated_pair(6, seed=4)
     x = 3 * torch.randn(4, 6, 40, 24)
     x.view(-1)[::97] *= 100

@@ -2,6 +2,7 @@
 truncation, extension, overwritten bytes; lane containers also with repaired checksums) must
 decode or raise ValueError -- never crash or hang. (A longer run of the same idea under
 AddressSanitizer uses csrc/rans/fuzz_harness.cc, see bench/NOTES.md.)"""
+
 import struct
 
 import numpy as np
@@ -23,7 +24,7 @@ def mutate(rng, data: bytes) -> bytes:
     if kind == 0 and b:
         b[rng.integers(0, len(b))] ^= 1 << int(rng.integers(0, 8))
     elif kind == 1:
-        del b[rng.integers(0, len(b) + 1):]
+        del b[rng.integers(0, len(b) + 1) :]
     elif kind == 2:
         b += rng.integers(0, 256, size=int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
     elif kind == 3 and b:
@@ -31,7 +32,7 @@ def mutate(rng, data: bytes) -> bytes:
             b[rng.integers(0, len(b))] = rng.integers(0, 256)
     elif len(b) > 8:
         start = int(rng.integers(0, len(b) - 4))
-        del b[start:start + int(rng.integers(1, 5)) * 4]
+        del b[start : start + int(rng.integers(1, 5)) * 4]
     return bytes(b)
 
 
@@ -39,8 +40,8 @@ def repair_checksums(data: bytes) -> bytes:
     """Recomputes both checksums of a (mutated) lane container, as an adversary would."""
     if len(data) < 64:
         return data
-    ndim, = struct.unpack_from("<H", data, 44)
-    groups, = struct.unpack_from("<I", data, 36)
+    (ndim,) = struct.unpack_from("<H", data, 44)
+    (groups,) = struct.unpack_from("<I", data, 36)
     header = 64 + 8 * ndim + 4 * groups
     if header > len(data) or (len(data) - header) % 4:
         return data
@@ -59,8 +60,9 @@ def test_fuzz_decoders_never_crash():
         cdf, cdf_length, offset = random_tables(rng, rows, max_length=int(rng.integers(2, 50)), min_length=2)
         tables = coder.CoderTables(cdf, cdf_length, offset)
         indexes = torch.from_numpy(rng.integers(0, rows, size=(2, int(rng.integers(1, 200)))).astype(np.int32))
-        symbols = sample_symbols(rng, indexes, cdf, cdf_length, offset, escape_rate=0.1,
-                                 escape_scale=int(rng.choice([50, 2**30])))
+        symbols = sample_symbols(
+            rng, indexes, cdf, cdf_length, offset, escape_rate=0.1, escape_scale=int(rng.choice([50, 2**30]))
+        )
         strings = coder.encode_compat(symbols, tables, indexes)
         container = coder.encode_parallel(symbols, tables, indexes, lanes=int(rng.integers(0, 80)))
         for m in range(MUTATIONS):

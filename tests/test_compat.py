@@ -1,6 +1,7 @@
 """What worked before the package moved into subpackages keeps working: the documented names, the
 old module paths (one alias mechanism, ``udm_fast.MOVED_MODULES``), pickles naming them, the bundled
 model file and a ``.udm`` code written by the flat-layout code (tests/data/pre_layout_code.udm)."""
+
 import importlib
 import pickle
 import re
@@ -19,8 +20,21 @@ from udm_fast.utils.io import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE_LAYOUT_CODE = Path(__file__).resolve().parent / "data" / "pre_layout_code.udm"
-DOCUMENTED = ("UDM", "IDA", "SFT", "SFTResBlock", "EntropyBottleneck", "CheckpointError", "default_model",
-              "set_backend", "get_backend", "set_layer_backend", "build_info", "UDMConfig", "__version__")
+DOCUMENTED = (
+    "UDM",
+    "IDA",
+    "SFT",
+    "SFTResBlock",
+    "EntropyBottleneck",
+    "CheckpointError",
+    "default_model",
+    "set_backend",
+    "get_backend",
+    "set_layer_backend",
+    "build_info",
+    "UDMConfig",
+    "__version__",
+)
 
 
 @pytest.mark.parametrize("name", DOCUMENTED)
@@ -39,9 +53,11 @@ def test_old_module_path_is_the_new_module(old, new):
 
 def test_old_paths_in_a_fresh_interpreter():
     """``import udm_fast`` alone gives the old attributes (lazily) and ``from old import name`` works."""
-    code = ("import udm_fast; y, params = udm_fast.degrade.degrade(__import__('torch').rand(1, 3, 64, 64), "
-            "generator=3); from udm_fast.io import load_image; from udm_fast.model import UDM; "
-            "from udm_fast.train.metrics import psnr; assert UDM is udm_fast.UDM; print(tuple(y.shape), len(params))")
+    code = (
+        "import udm_fast; y, params = udm_fast.degrade.degrade(__import__('torch').rand(1, 3, 64, 64), "
+        "generator=3); from udm_fast.io import load_image; from udm_fast.model import UDM; "
+        "from udm_fast.train.metrics import psnr; assert UDM is udm_fast.UDM; print(tuple(y.shape), len(params))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(1, 3, 64, 64) 1"  # one image, one parameter record

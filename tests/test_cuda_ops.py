@@ -4,13 +4,14 @@ On the CPU these ops run the same tile code (csrc/ida_core.h) as the CUDA kernel
 tests check its indexing and math against ``ida_reference`` / a functional SFT in float64 and
 against autograd; the ``gpu`` tests check the CUDA kernels themselves.
 """
+
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from generator_training import check_trains_like_reference, generator_loss_curve
+
 from udm_fast import IDA, SFT, ops
 from udm_fast.ops.dispatch import BackendFallbackWarning
 from udm_fast.ops.reference import ida_reference
@@ -46,9 +47,16 @@ def ida_operands(b, c, h, w, cc=8, cm=None, co=None, dtype=torch.float32, device
     cm = (c + cc) // 2 if cm is None else cm
     co = c if co is None else co
     g = torch.Generator().manual_seed(seed)
-    shapes = [(b, c, h, w), (b, cc, h // 2, w // 2), (cc, cm, 2, 2), (cm, cm, 3, 3), (cm, c, 3, 3), (cm, co, 2, 2),
-              (co,)]
-    scales = [1.0, 1.0, cc ** -0.5, (9 * cm) ** -0.5, (9 * c) ** -0.5, cm ** -0.5, 1.0]
+    shapes = [
+        (b, c, h, w),
+        (b, cc, h // 2, w // 2),
+        (cc, cm, 2, 2),
+        (cm, cm, 3, 3),
+        (cm, c, 3, 3),
+        (cm, co, 2, 2),
+        (co,),
+    ]
+    scales = [1.0, 1.0, cc**-0.5, (9 * cm) ** -0.5, (9 * c) ** -0.5, cm**-0.5, 1.0]
     x, m, w_up, *rest = [torch.randn(s, generator=g, dtype=torch.float64) * k for s, k in zip(shapes, scales)]
     w_up_rounded = w_up.to(dtype).double()
     m = off_kinks(m, lambda src: F.conv_transpose2d(src, w_up_rounded, stride=2), dtype, g, scale=2)
@@ -61,12 +69,16 @@ def sft_operands(b, c, h, w, cc=8, dtype=torch.float32, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed + 1)
     rd = (c + cc) // 4
     shapes = [(b, cc, h, w), (b, 1, h, w), (rd, cc, 1, 1), (c, rd, 1, 1), (rd, cc + 1, 1, 1), (c, rd, 1, 1)]
-    scales = [1.0, 1.0, cc ** -0.5, rd ** -0.5, (cc + 1) ** -0.5, rd ** -0.5]
+    scales = [1.0, 1.0, cc**-0.5, rd**-0.5, (cc + 1) ** -0.5, rd**-0.5]
     cond, noise, *mlp = [torch.randn(s, generator=g, dtype=torch.float64) * k for s, k in zip(shapes, scales)]
     noise_r, w_gamma1_r, w_beta1_r = (t.to(dtype).double() for t in (noise, mlp[0], mlp[2]))
-    cond = off_kinks(cond, lambda src: torch.cat((F.conv2d(src, w_gamma1_r),
-                                                  F.conv2d(torch.cat((src, noise_r), 1), w_beta1_r)), 1),
-                     dtype, g, scale=1)
+    cond = off_kinks(
+        cond,
+        lambda src: torch.cat((F.conv2d(src, w_gamma1_r), F.conv2d(torch.cat((src, noise_r), 1), w_beta1_r)), 1),
+        dtype,
+        g,
+        scale=1,
+    )
     return [x, *(t.to(dtype=dtype, device=device) for t in (cond, cond_half, noise, *mlp)), *ida_w]
 
 
@@ -80,8 +92,7 @@ def sft_reference(x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta
 def to_layout(tensors, channels_last):
     if not channels_last:
         return tensors
-    return [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.shape[-1] > 1 else t
-            for t in tensors]
+    return [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.shape[-1] > 1 else t for t in tensors]
 
 
 def autograd_grads(fn, operands, grad_out):
@@ -148,6 +159,7 @@ TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 # ------------------------------------------------------------------------------------------- IDA
 
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(3, 16, 20, 36), (1, 64, 12, 20), (1, 512, 4, 6)])  # odd batch, non-square,
@@ -193,15 +205,18 @@ def _replace(operands, index, value):
     return [value if i == index else t for i, t in enumerate(operands)]
 
 
-@pytest.mark.parametrize("index,value,message", [
-    (0, torch.randn(2, 16, 7, 8), "even"),
-    (0, torch.randn(2, 16, 8), "4-D"),
-    (1, torch.randn(2, 8, 3, 4), r"m must have shape \[2, 8, 4, 4\]"),
-    (4, torch.randn(12, 15, 3, 3), "w_x must have shape"),
-    (6, torch.randn(3), "b_out must have shape"),
-    (2, torch.randn(8, 12, 2, 2, dtype=torch.float64), "w_up has dtype Double"),
-    (0, torch.randint(0, 3, (2, 16, 8, 8)), "expected float32"),
-])
+@pytest.mark.parametrize(
+    "index,value,message",
+    [
+        (0, torch.randn(2, 16, 7, 8), "even"),
+        (0, torch.randn(2, 16, 8), "4-D"),
+        (1, torch.randn(2, 8, 3, 4), r"m must have shape \[2, 8, 4, 4\]"),
+        (4, torch.randn(12, 15, 3, 3), "w_x must have shape"),
+        (6, torch.randn(3), "b_out must have shape"),
+        (2, torch.randn(8, 12, 2, 2, dtype=torch.float64), "w_up has dtype Double"),
+        (0, torch.randint(0, 3, (2, 16, 8, 8)), "expected float32"),
+    ],
+)
 def test_ida_rejects_bad_inputs(index, value, message):
     operands = _replace(ida_operands(2, 16, 8, 8), index, value)
     with pytest.raises(RuntimeError, match=message):
@@ -210,10 +225,17 @@ def test_ida_rejects_bad_inputs(index, value, message):
 
 # ------------------------------------------------------------------------------------------- SFT
 
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("channels_last,slope,shape", [
-    (False, 0.01, (3, 16, 10, 14)), (True, 0.0, (3, 16, 10, 14)), (True, 0.01, (1, 64, 8, 12)),
-    (False, 0.01, (1, 512, 4, 6))])
+@pytest.mark.parametrize(
+    "channels_last,slope,shape",
+    [
+        (False, 0.01, (3, 16, 10, 14)),
+        (True, 0.0, (3, 16, 10, 14)),
+        (True, 0.01, (1, 64, 8, 12)),
+        (False, 0.01, (1, 512, 4, 6)),
+    ],
+)
 def test_sft_forward_and_backward(shape, slope, channels_last, dtype):
     check_sft_op(shape, channels_last, slope, dtype, "cpu", TOL[dtype])
 
@@ -223,12 +245,15 @@ def test_sft_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda *a: ida_cuda.sft(*a, 0.01), operands)
 
 
-@pytest.mark.parametrize("index,value,message", [
-    (1, torch.randn(2, 8, 8, 6), r"cond must have shape \[2, 8, 8, 8\]"),
-    (3, torch.randn(2, 2, 8, 8), "noise must have shape"),
-    (6, torch.randn(6, 8, 1, 1), r"w_beta1 must have shape \[6, 9, 1, 1\]"),
-    (11, torch.randn(12, 8, 2, 2), "keep the channel count"),
-])
+@pytest.mark.parametrize(
+    "index,value,message",
+    [
+        (1, torch.randn(2, 8, 8, 6), r"cond must have shape \[2, 8, 8, 8\]"),
+        (3, torch.randn(2, 2, 8, 8), "noise must have shape"),
+        (6, torch.randn(6, 8, 1, 1), r"w_beta1 must have shape \[6, 9, 1, 1\]"),
+        (11, torch.randn(12, 8, 2, 2), "keep the channel count"),
+    ],
+)
 def test_sft_rejects_bad_inputs(index, value, message):
     operands = _replace(sft_operands(2, 16, 8, 8), index, value)
     if index == 11:
@@ -239,16 +264,15 @@ def test_sft_rejects_bad_inputs(index, value, message):
 
 # ----------------------------------------------------------------------- registration and compile
 
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_opcheck(channels_last):
     ida_args = to_layout(ida_operands(2, 8, 4, 6, cc=3), channels_last)
     sft_args = to_layout(sft_operands(2, 8, 4, 6, cc=3), channels_last)
     grad_out = torch.randn(2, 8, 4, 6)
     torch.library.opcheck(torch.ops.udm_fast.ida_forward.default, [t.requires_grad_(True) for t in ida_args])
-    torch.library.opcheck(torch.ops.udm_fast.ida_backward.default,
-                          [grad_out, *[t.detach() for t in ida_args[:6]]])
-    torch.library.opcheck(torch.ops.udm_fast.sft_forward.default,
-                          [*[t.requires_grad_(True) for t in sft_args], 0.01])
+    torch.library.opcheck(torch.ops.udm_fast.ida_backward.default, [grad_out, *[t.detach() for t in ida_args[:6]]])
+    torch.library.opcheck(torch.ops.udm_fast.sft_forward.default, [*[t.requires_grad_(True) for t in sft_args], 0.01])
 
 
 def test_compile_fullgraph_without_graph_breaks():
@@ -271,6 +295,7 @@ def test_compile_fullgraph_without_graph_breaks():
 
 
 # ------------------------------------------------------------------------------------------ layers
+
 
 def test_layers_use_fused_ops_and_match_reference():
     torch.manual_seed(0)
@@ -310,10 +335,15 @@ def test_mixed_dtypes_outside_autocast_are_rejected_by_name():
             layer(x, cond)
 
 
-@pytest.mark.parametrize("make_layer", [
-    lambda: IDA(16, 8, backend="cuda"), lambda: SFT(8, 16, backend="cuda"),
-    lambda: SFT(8, 16, activation=torch.nn.GELU(), backend="cuda")],  # GELU: torch MLPs around the cuda IDA
-    ids=["ida", "sft", "sft_fallback"])
+@pytest.mark.parametrize(
+    "make_layer",
+    [
+        lambda: IDA(16, 8, backend="cuda"),
+        lambda: SFT(8, 16, backend="cuda"),
+        lambda: SFT(8, 16, activation=torch.nn.GELU(), backend="cuda"),
+    ],  # GELU: torch MLPs around the cuda IDA
+    ids=["ida", "sft", "sft_fallback"],
+)
 def test_double_backward_fails_by_name(make_layer):
     torch.manual_seed(0)
     layer = make_layer()
@@ -339,17 +369,27 @@ GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape,channels_last", [
-    ((1, 16, 8, 8), False), ((3, 64, 48, 80), True), ((3, 64, 48, 80), False), ((3, 128, 16, 24), True),
-    ((1, 256, 32, 32), True), ((3, 256, 8, 8), False)])
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [
+        ((1, 16, 8, 8), False),
+        ((3, 64, 48, 80), True),
+        ((3, 64, 48, 80), False),
+        ((3, 128, 16, 24), True),
+        ((1, 256, 32, 32), True),
+        ((3, 256, 8, 8), False),
+    ],
+)
 def test_gpu_ida_forward_and_backward(shape, channels_last, dtype):
     check_ida_op(shape, channels_last, dtype, "cuda", GPU_TOL[dtype])
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape,channels_last", [
-    ((3, 16, 8, 8), False), ((3, 64, 48, 80), True), ((1, 128, 16, 24), True), ((3, 256, 32, 32), True)])
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((3, 16, 8, 8), False), ((3, 64, 48, 80), True), ((1, 128, 16, 24), True), ((3, 256, 32, 32), True)],
+)
 def test_gpu_sft_forward_and_backward(shape, channels_last, dtype):
     check_sft_op(shape, channels_last, 0.01, dtype, "cuda", GPU_TOL[dtype])
 
@@ -376,6 +416,7 @@ def test_gpu_rejects_float64():
 
 # ------------------------------------------------------------------------- training through the layers
 
+
 def test_generator_with_fused_layers_trains_like_reference():
     """On the CPU: the cuda backend's tile code (the CUDA kernels' code) in all 32 SFT layers of a generator."""
     cpu = torch.device("cpu")
@@ -384,16 +425,19 @@ def test_generator_with_fused_layers_trains_like_reference():
 
 def test_generator_with_fused_layers_trains_in_bfloat16_autocast():
     cpu = torch.device("cpu")
-    losses, reference = (generator_loss_curve(backend, cpu, autocast_dtype=torch.bfloat16)
-                         for backend in ("cuda", "reference"))
+    losses, reference = (
+        generator_loss_curve(backend, cpu, autocast_dtype=torch.bfloat16) for backend in ("cuda", "reference")
+    )
     check_trains_like_reference(losses, reference, 2e-2, compared_steps=4, min_drop=0.2)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("autocast_dtype,tolerance,compared_steps,min_drop", [
-    (None, 1e-3, None, 0.25), (torch.bfloat16, 2e-2, 4, 0.2)])
+@pytest.mark.parametrize(
+    "autocast_dtype,tolerance,compared_steps,min_drop", [(None, 1e-3, None, 0.25), (torch.bfloat16, 2e-2, 4, 0.2)]
+)
 def test_gpu_generator_with_fused_layers_trains_like_reference(autocast_dtype, tolerance, compared_steps, min_drop):
     gpu = torch.device("cuda")
-    losses, reference = (generator_loss_curve(backend, gpu, autocast_dtype=autocast_dtype)
-                         for backend in ("cuda", "reference"))
+    losses, reference = (
+        generator_loss_curve(backend, gpu, autocast_dtype=autocast_dtype) for backend in ("cuda", "reference")
+    )
     check_trains_like_reference(losses, reference, tolerance, compared_steps=compared_steps, min_drop=min_drop)

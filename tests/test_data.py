@@ -1,4 +1,5 @@
 """Training data: resumable sampling, the folder / paired CSV / LMDB datasets, skipping bad files."""
+
 import csv
 import os
 import sys
@@ -11,8 +12,18 @@ from torch.utils.data import DataLoader
 
 from udm_fast.synthesis.degrade import DegradeConfig, degrade
 from udm_fast.train.config import DataConfig
-from udm_fast.train.data import (DataError, FolderTriples, Item, PairedTriples, ResumableSampler, build_dataset,
-                                 collate, crop, decode_image, make_triples)
+from udm_fast.train.data import (
+    DataError,
+    FolderTriples,
+    Item,
+    PairedTriples,
+    ResumableSampler,
+    build_dataset,
+    collate,
+    crop,
+    decode_image,
+    make_triples,
+)
 
 CROP, WINDOW = 32, 48
 HOMOGENEOUS = DegradeConfig(p_inhomogeneous=0.0)
@@ -36,8 +47,9 @@ def clean_folder(tmp_path):
 
 
 def _folder_dataset(root, **kwargs):
-    return FolderTriples(root, crop_size=CROP, window=WINDOW, degrade_config=HOMOGENEOUS,
-                         extensions=(".png", ".jpg"), **kwargs)
+    return FolderTriples(
+        root, crop_size=CROP, window=WINDOW, degrade_config=HOMOGENEOUS, extensions=(".png", ".jpg"), **kwargs
+    )
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -53,7 +65,7 @@ def test_sampler_epochs_are_permutations_and_deterministic():
     assert sampler.batches_per_epoch == 3
     items = _take(sampler, 18)  # two epochs of 3 batches of 3 (one index per epoch is dropped)
     for epoch in range(2):
-        indices = [it.index for it in items[9 * epoch:9 * epoch + 9]]
+        indices = [it.index for it in items[9 * epoch : 9 * epoch + 9]]
         assert len(set(indices)) == 9 and set(indices) <= set(range(10))
     assert [it.index for it in items[:9]] != [it.index for it in items[9:]]
     assert items == _take(ResumableSampler(10, 3, seed=5), 18)
@@ -65,7 +77,7 @@ def test_sampler_ranks_split_each_global_batch():
     single = _take(ResumableSampler(12, 4, seed=1), 12)
     ranks = [_take(ResumableSampler(12, 4, seed=1, rank=r, world_size=2), 6) for r in range(2)]
     for b in range(3):
-        assert ranks[0][2 * b:2 * b + 2] + ranks[1][2 * b:2 * b + 2] == single[4 * b:4 * b + 4]
+        assert ranks[0][2 * b : 2 * b + 2] + ranks[1][2 * b : 2 * b + 2] == single[4 * b : 4 * b + 4]
 
 
 def test_sampler_resumes_at_the_exact_position():
@@ -114,8 +126,11 @@ def test_folder_triples_are_crops_of_one_degraded_region(clean_folder):
         assert torch.equal(raw["window"], torch.from_numpy(image.copy()).permute(2, 0, 1))
         positions = raw["positions"]
         # independent recomputation: degrade the clean region with the item's seed, cut at its positions
-        y_region, _ = degrade(raw["window"][None].float() / 255, config=HOMOGENEOUS,
-                              generator=torch.Generator().manual_seed(raw["degrade_seed"]))
+        y_region, _ = degrade(
+            raw["window"][None].float() / 255,
+            config=HOMOGENEOUS,
+            generator=torch.Generator().manual_seed(raw["degrade_seed"]),
+        )
         y_region = (y_region[0] * 255).round().to(torch.uint8)
         assert torch.equal(item["x"], crop(raw["window"], positions[0], CROP))
         assert torch.equal(item["y"], crop(y_region, positions[0], CROP))
@@ -145,8 +160,14 @@ def test_workers_give_the_same_batches(clean_folder):
 
     def batches(workers):
         sampler = ResumableSampler(len(dataset), 2, seed=4)
-        loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            dataset,
+            batch_size=2,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(0),
+        )
         iterator = iter(loader)
         return [next(iterator) for _ in range(3)]
 
@@ -224,8 +245,12 @@ def test_paired_csv_crops_are_aligned(paired_set):
             item = dataset[Item(index, seed)]
             assert torch.equal(item["y"], 255 - item["x"])  # same position in A and B
             a = torch.from_numpy(np.array(Image.open(paired_set / "dist" / f"{index}.png"))).permute(2, 0, 1)
-            found = [(i, j) for i in range(a.shape[1] - CROP + 1) for j in range(a.shape[2] - CROP + 1)
-                     if torch.equal(crop(a, (i, j), CROP), item["y_key"])]
+            found = [
+                (i, j)
+                for i in range(a.shape[1] - CROP + 1)
+                for j in range(a.shape[2] - CROP + 1)
+                if torch.equal(crop(a, (i, j), CROP), item["y_key"])
+            ]
             assert found  # y_key is a crop of the same distorted image
     resized = dataset[Item(2, 0)]  # B at half size was resized to A's size
     assert (resized["y"].int() - (255 - resized["x"].int())).abs().float().mean() < 6
@@ -239,8 +264,10 @@ def test_paired_csv_errors_and_skips(paired_set, tmp_path):
     os.remove(paired_set / "ref" / "0.png")
     dataset = PairedTriples(str(paired_set / "pairs.csv"), crop_size=40)
     item = dataset[Item(2, 0)]  # 64x32: too small for the crop; then pair 0: its reference is missing
-    assert item["skipped"][0] == f"{paired_set / 'dist' / '2.png'}: 64x32 is smaller than the crop 40 " \
-                                 f"(set data.min_size to upscale)"
+    assert (
+        item["skipped"][0] == f"{paired_set / 'dist' / '2.png'}: 64x32 is smaller than the crop 40 "
+        f"(set data.min_size to upscale)"
+    )
     assert item["skipped"][1] == f"{paired_set / 'dist' / '0.png'}: its reference ref/0.png: file not found"
     assert len(item["skipped"]) == 2 and item["x"].shape == (3, 40, 40)
     upscaled = PairedTriples(str(paired_set / "pairs.csv"), crop_size=40, min_size=40)[Item(2, 0)]
@@ -271,8 +298,7 @@ def test_lmdb_matches_the_files(paired_set, tmp_path):
         a, b = files[Item(0, seed)], stored[Item(0, seed)]
         assert all(torch.equal(a[k], b[k]) for k in ("x", "y", "y_key"))
     assert "dist/1.png]: key not in the LMDB database" in stored[Item(1, 0)]["skipped"][0]
-    loader = DataLoader(stored, batch_size=2, sampler=ResumableSampler(3, 2, seed=0), num_workers=2,
-                        collate_fn=collate)
+    loader = DataLoader(stored, batch_size=2, sampler=ResumableSampler(3, 2, seed=0), num_workers=2, collate_fn=collate)
     assert next(iter(loader))["x"].shape == (2, 3, CROP, CROP)  # each worker opens its own environment
 
 

@@ -1,4 +1,5 @@
 """UDM.compress_degradation / decompress_degradation and the .udm format's robustness."""
+
 import random
 import struct
 
@@ -95,6 +96,7 @@ def test_malformed_codes(model, code):
 
 def _resealed(body: bytes) -> bytes:
     import zlib
+
     return body + struct.pack("<I", zlib.crc32(body))
 
 

@@ -1,4 +1,5 @@
 """udm_fast.degrade against independent float64 references (numpy/scipy/Pillow)."""
+
 import dataclasses
 import itertools
 import math
@@ -7,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from pillow_jpeg import pillow_round_trip
 from scipy import ndimage
 
-from pillow_jpeg import pillow_round_trip
 from udm_fast.synthesis import degrade as D
 
 
@@ -30,7 +31,7 @@ def test_gaussian_kernel1d_matches_formula():
     k = D.gaussian_kernel1d(sigma, 9, dtype=torch.float64).numpy()
     offsets = np.arange(-9, 10)
     for row, s in zip(k, sigma):
-        expected = np.exp(-offsets ** 2 / (2 * s * s)) * (np.abs(offsets) <= math.ceil(3 * s))
+        expected = np.exp(-(offsets**2) / (2 * s * s)) * (np.abs(offsets) <= math.ceil(3 * s))
         np.testing.assert_allclose(row, expected / expected.sum(), rtol=1e-12, atol=0)
     assert D.gaussian_kernel1d([1.0]).shape == (1, 7)  # radius ceil(3 sigma)
     np.testing.assert_array_equal(D.gaussian_kernel1d([0.0], 2, dtype=torch.float64)[0].numpy(), [0, 0, 1, 0, 0])
@@ -72,15 +73,17 @@ def test_motion_kernel_moments_and_orientation():
     across = cols * np.sin(angle) + rows * np.cos(angle)
     assert abs((k * rows).sum()) < 1e-12 and abs((k * cols).sum()) < 1e-12
     # uniform segment (variance L^2/12) smoothed by a tent (variance 1/6 per axis)
-    assert (k * along ** 2).sum() == pytest.approx(length ** 2 / 12 + 1 / 6, rel=0.02)
-    assert (k * across ** 2).sum() == pytest.approx(1 / 6, rel=0.2)
+    assert (k * along**2).sum() == pytest.approx(length**2 / 12 + 1 / 6, rel=0.02)
+    assert (k * across**2).sum() == pytest.approx(1 / 6, rel=0.2)
     horizontal = D.motion_kernel([6.0], [0.0], dtype=torch.float64)[0]
     assert torch.count_nonzero(horizontal.sum(dim=1)) == 1  # one row
     diagonal = D.motion_kernel([6.0], [math.pi / 4], dtype=torch.float64)[0]
     c = diagonal.shape[0] // 2
     assert diagonal[c - 2, c + 2] > 0.05 and diagonal[c - 2, c - 2] == 0  # up-right as displayed
-    assert torch.equal(D.motion_kernel([0.0], [1.0], dtype=torch.float64)[0], torch.eye(3, dtype=torch.float64)[1:2].T @
-                       torch.eye(3, dtype=torch.float64)[1:2])
+    assert torch.equal(
+        D.motion_kernel([0.0], [1.0], dtype=torch.float64)[0],
+        torch.eye(3, dtype=torch.float64)[1:2].T @ torch.eye(3, dtype=torch.float64)[1:2],
+    )
 
 
 # ----------------------------------------------------------------------------- filtering ops
@@ -125,10 +128,14 @@ def test_changing_kernel_is_per_pixel_kernel_interpolation():
     m = mask[0, 0].numpy()
     for i, j in [(0, 0), (5, 20), (16, 16), (31, 9), (27, 30)]:
         kernel = m[i, j] * k_in + (1 - m[i, j]) * k_out
-        expected = (padded[:, i:i + 2 * r + 1, j:j + 2 * r + 1] * kernel).sum(axis=(1, 2))
+        expected = (padded[:, i : i + 2 * r + 1, j : j + 2 * r + 1] * kernel).sum(axis=(1, 2))
         np.testing.assert_allclose(out[:, i, j], expected, atol=1e-12)
-    region = D.render_masks([{"kind": "ellipse", "center": [0.0, 0.0], "radii": [0.3, 0.3], "angle": 0.0,
-                              "softness": 0.3}], 32, 32, dtype=torch.float64)
+    region = D.render_masks(
+        [{"kind": "ellipse", "center": [0.0, 0.0], "radii": [0.3, 0.3], "angle": 0.0, "softness": 0.3}],
+        32,
+        32,
+        dtype=torch.float64,
+    )
     blurred = D.motion_blur(x, 9.0, 1.0, mask=region)
     outside = region[0, 0] == 0
     assert outside.any() and torch.equal(blurred[0][:, outside], x[0][:, outside])
@@ -203,8 +210,12 @@ def test_mask_kinds_follow_their_definitions():
     u = (np.arange(8) * 2 + 1) / 8 - 1
     t = np.clip(0.5 + u, 0, 1)
     np.testing.assert_allclose(ramp[0, 0].numpy(), np.broadcast_to(t * t * (3 - 2 * t), (4, 8)), atol=1e-12)
-    ellipse = D.render_masks([{"kind": "ellipse", "center": [0.5, -0.5], "radii": [0.2, 0.3], "angle": 0.0,
-                               "softness": 0.2}], 40, 40, dtype=torch.float64)[0, 0]
+    ellipse = D.render_masks(
+        [{"kind": "ellipse", "center": [0.5, -0.5], "radii": [0.2, 0.3], "angle": 0.0, "softness": 0.2}],
+        40,
+        40,
+        dtype=torch.float64,
+    )[0, 0]
     assert ellipse[9, 29] == 1 and ellipse[30, 10] == 0  # centre at column 30, row 10 of 40
     grid = [[0.1, 0.9, 0.3], [0.5, 0.2, 0.8], [0.7, 0.4, 0.6]]
     field = D.render_masks([{"kind": "field", "grid": grid}], 21, 21, dtype=torch.float64)[0, 0]
@@ -259,7 +270,7 @@ def _replay(x, params):
     """Recomputes degrade's output from its params with the per-op functions (no noise, no JPEG)."""
     out = []
     for b, p in enumerate(params):
-        img = x[b:b + 1]
+        img = x[b : b + 1]
         for op in p["ops"]:
             v = op.get("inhomogeneous")
             mask = None if v is None else D.render_masks([v["mask"]], *img.shape[2:], dtype=img.dtype)
@@ -276,8 +287,9 @@ def _replay(x, params):
 
 def test_degrade_equals_replay_of_its_params():
     x = _images(24, 28, 28)
-    config = D.DegradeConfig(p_noise=0.0, p_jpeg=0.0, p_inhomogeneous=0.5, p_gaussian_blur=0.7,
-                             p_motion_blur=0.7, p_contrast=0.7)
+    config = D.DegradeConfig(
+        p_noise=0.0, p_jpeg=0.0, p_inhomogeneous=0.5, p_gaussian_blur=0.7, p_motion_blur=0.7, p_contrast=0.7
+    )
     y, params = D.degrade(x, generator=5, config=config)
     assert all(p["jpeg_quality"] is None for p in params)
     torch.testing.assert_close(y, _replay(x, params), atol=1e-12, rtol=0)
@@ -293,8 +305,7 @@ def test_jpeg_is_last_and_alone_when_other_ops_are_off():
 
 def test_degrade_noise_only_adds_expected_noise():
     x = torch.full((2, 3, 64, 64), 0.5)
-    config = D.DegradeConfig(p_noise=1, p_gaussian_blur=0, p_motion_blur=0, p_contrast=0, p_jpeg=0,
-                             p_inhomogeneous=0)
+    config = D.DegradeConfig(p_noise=1, p_gaussian_blur=0, p_motion_blur=0, p_contrast=0, p_jpeg=0, p_inhomogeneous=0)
     y, params = D.degrade(x, generator=2, config=config)
     for b in range(2):
         assert (y[b] - x[b]).std().item() == pytest.approx(params[b]["ops"][0]["sigma"], rel=0.05)
@@ -303,29 +314,35 @@ def test_degrade_noise_only_adds_expected_noise():
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("bad,match", [
-    (torch.rand(3, 8, 8), r"\[B, 3, H, W\]"),
-    (torch.rand(1, 4, 8, 8), r"\[B, 3, H, W\]"),
-    ((torch.rand(1, 3, 8, 8) * 255).to(torch.uint8), "float tensor"),
-    (torch.rand(1, 3, 8, 8) * 2 - 0.5, r"\[0, 1\]"),
-    (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
-    (np.zeros((1, 3, 8, 8)), "torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.rand(3, 8, 8), r"\[B, 3, H, W\]"),
+        (torch.rand(1, 4, 8, 8), r"\[B, 3, H, W\]"),
+        ((torch.rand(1, 3, 8, 8) * 255).to(torch.uint8), "float tensor"),
+        (torch.rand(1, 3, 8, 8) * 2 - 0.5, r"\[0, 1\]"),
+        (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
+        (np.zeros((1, 3, 8, 8)), "torch.Tensor"),
+    ],
+)
 def test_bad_images_raise(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         D.degrade(bad, generator=0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"p_noise": 1.5}, "probability"),
-    ({"noise_sigma": (0.1, 0.05)}, "above high"),
-    ({"noise_sigma": (0.0, 0.1)}, "> 0"),
-    ({"jpeg_quality": (0, 90)}, ">= 1"),
-    ({"jpeg_quality": (30.5, 90)}, "integers"),
-    ({"motion_length": (3.0,)}, "pair"),
-    ({"contrast": (float("nan"), 1.0)}, "finite"),
-    ({"p_noise": True}, "probability"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"p_noise": 1.5}, "probability"),
+        ({"noise_sigma": (0.1, 0.05)}, "above high"),
+        ({"noise_sigma": (0.0, 0.1)}, "> 0"),
+        ({"jpeg_quality": (0, 90)}, ">= 1"),
+        ({"jpeg_quality": (30.5, 90)}, "integers"),
+        ({"motion_length": (3.0,)}, "pair"),
+        ({"contrast": (float("nan"), 1.0)}, "finite"),
+        ({"p_noise": True}, "probability"),
+    ],
+)
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         D.DegradeConfig(**kwargs)
@@ -357,7 +374,7 @@ def test_other_bad_arguments_raise():
     with pytest.raises(TypeError, match="got a bool"):
         D.jpeg(x, True)
     with pytest.raises(ValueError, match=r"seed must lie in \[-2\*\*63, 2\*\*64\)"):
-        D.degrade(x, generator=2 ** 70)
+        D.degrade(x, generator=2**70)
     for impl in ("tensor", "pillow"):
         with pytest.raises(ValueError, match="8x0 have no pixels"):
             D.jpeg(torch.rand(1, 3, 8, 0), 50, impl=impl)
@@ -383,8 +400,9 @@ def test_inputs_that_require_grad_raise_no_warning():
         blurred = D.gaussian_blur(x, 1.0)
         y, params = D.degrade(x, generator=3)
     # the same result as without requires_grad: scipy's float64 blur, and degrade of the detached input
-    expected = np.stack([ndimage.gaussian_filter(c, 1.0, mode="mirror", truncate=3.0)
-                         for c in x[0].detach().double().numpy()])
+    expected = np.stack(
+        [ndimage.gaussian_filter(c, 1.0, mode="mirror", truncate=3.0) for c in x[0].detach().double().numpy()]
+    )
     np.testing.assert_allclose(blurred[0].detach().double().numpy(), expected, atol=1e-6)
     y_plain, params_plain = D.degrade(x.detach(), generator=3)
     assert torch.equal(y.detach(), y_plain) and params == params_plain
@@ -395,8 +413,14 @@ def test_inputs_that_require_grad_raise_no_warning():
 def test_all_combinations_of_ops_run_on_tiny_batches():
     x = _images(1, 16, 16, dtype=torch.float32)
     for flags in itertools.product((0.0, 1.0), repeat=4):
-        config = D.DegradeConfig(p_noise=flags[0], p_gaussian_blur=flags[1], p_motion_blur=flags[2],
-                                 p_contrast=flags[3], motion_length=(3.0, 5.0), p_inhomogeneous=1.0)
+        config = D.DegradeConfig(
+            p_noise=flags[0],
+            p_gaussian_blur=flags[1],
+            p_motion_blur=flags[2],
+            p_contrast=flags[3],
+            motion_length=(3.0, 5.0),
+            p_inhomogeneous=1.0,
+        )
         y, params = D.degrade(x, generator=0, config=config)
         assert len(params[0]["ops"]) == int(sum(flags)) and y.shape == x.shape
         assert {op["op"] for op in params[0]["ops"]} == {name for name, on in zip(D.OPS, flags) if on}

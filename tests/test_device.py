@@ -1,4 +1,5 @@
 """udm_fast.utils.device.parse_device: the one device-name rule of the CLI (--device) and training (run.device)."""
+
 import pytest
 import torch
 
@@ -24,7 +25,9 @@ def test_bad_names_say_what_and_how():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages for a machine without CUDA")
 def test_cuda_without_a_device_names_the_fix_for_each_caller():
-    with pytest.raises(ValueError, match=r"^device 'cuda' requested but no CUDA device is available \(use --device cpu\)$"):
+    with pytest.raises(
+        ValueError, match=r"^device 'cuda' requested but no CUDA device is available \(use --device cpu\)$"
+    ):
         parse_device("cuda")
     with pytest.raises(SettingError, match=r"\(set run.device to cpu or auto\)$"):
         parse_device("cuda:0", what="run.device", option="run.device", error=SettingError)

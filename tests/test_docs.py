@@ -1,5 +1,6 @@
 """The documentation in docs/ matches the tree: the module map lists every module, and every
 "docs/NAME.md §N" a comment cites is a section that exists."""
+
 from __future__ import annotations
 
 import os
@@ -70,7 +71,8 @@ def test_every_cited_section_exists():
             for number in re.findall(r"\d+(?:\.\d+)*", match.group(2)):
                 cited += 1
                 assert number in sections[doc], (
-                    f"{path.relative_to(ROOT)} cites docs/{doc}.md §{number}, which has no such section")
+                    f"{path.relative_to(ROOT)} cites docs/{doc}.md §{number}, which has no such section"
+                )
     assert cited > 0, "no source file cites docs/*.md (the pattern no longer matches the citations)"
 
 

@@ -1,4 +1,5 @@
 """udm_fast.EntropyBottleneck against compressai's EntropyBottleneck (the reference)."""
+
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import torch
 compressai_eb = pytest.importorskip("compressai.entropy_models")
 from compressai._CXX import pmf_to_quantized_cdf as reference_pmf_to_cdf  # noqa: E402
 from compressai.models.utils import update_registered_buffers  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 from udm_fast.entropy.bottleneck import EntropyBottleneck, pmf_to_quantized_cdf  # noqa: E402
 
@@ -25,9 +27,16 @@ def _perturbed_pair(channels, seed=0, filters=(3, 3, 3, 3)):
         for p in reference.parameters():
             p.add_(0.3 * torch.randn_like(p))
         # Per-channel spreads from narrow to wide, so the tables vary in length.
-        reference.quantiles.copy_(torch.stack([
-            torch.linspace(-3, -40, channels), torch.linspace(-0.4, 0.4, channels),
-            torch.linspace(2.5, 35, channels)], dim=1)[:, None, :])
+        reference.quantiles.copy_(
+            torch.stack(
+                [
+                    torch.linspace(-3, -40, channels),
+                    torch.linspace(-0.4, 0.4, channels),
+                    torch.linspace(2.5, 35, channels),
+                ],
+                dim=1,
+            )[:, None, :]
+        )
     ours = EntropyBottleneck(channels, filters=filters)
     ours.load_state_dict(reference.state_dict())
     return reference, ours
@@ -63,7 +72,7 @@ def test_forward_and_gradients_match_compressai(shape, training):
         xi = x.clone().requires_grad_(True)
         torch.manual_seed(11)  # same noise draw in training mode
         y_hat, likelihoods = module(xi, training=training)
-        objective = -torch.log2(likelihoods).sum() + (y_hat ** 2).sum() + module.loss()
+        objective = -torch.log2(likelihoods).sum() + (y_hat**2).sum() + module.loss()
         objective.backward()
         grads = {n: p.grad.clone() for n, p in module.named_parameters()}
         outputs.append((y_hat.detach(), likelihoods.detach(), module.loss().detach(), xi.grad, grads))
@@ -246,6 +255,7 @@ def test_pmf_quantization_rejects_bad_pmfs():
 # -- fused Triton likelihood (GPU by default; here under the Triton interpreter) -----------------
 def _fused_against_torch(device):
     from udm_fast.ops import backend
+
     _, ours = _perturbed_pair(3, seed=8, filters=(3, 2, 5))
     ours = ours.to(device)
     x = _inputs((2, 3, 5, 7)).to(device)
@@ -258,10 +268,17 @@ def _fused_against_torch(device):
                 xi = x.clone().requires_grad_(True)
                 torch.manual_seed(5)
                 y_hat, likelihoods = ours(xi, training=training)
-                (torch.log(likelihoods) * torch.linspace(-1, 2, likelihoods.numel(), device=device).reshape(
-                    likelihoods.shape)).sum().backward()
-                results.append((likelihoods.detach(), xi.grad, {n: p.grad.clone() for n, p in ours.named_parameters()
-                                                                 if p.grad is not None}))
+                (
+                    torch.log(likelihoods)
+                    * torch.linspace(-1, 2, likelihoods.numel(), device=device).reshape(likelihoods.shape)
+                ).sum().backward()
+                results.append(
+                    (
+                        likelihoods.detach(),
+                        xi.grad,
+                        {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None},
+                    )
+                )
             finally:
                 backend.set_backend(None)
         (ref_l, ref_gx, ref_g), (got_l, got_gx, got_g) = results
@@ -282,6 +299,20 @@ def test_fused_likelihood_matches_torch_composition():
         _fused_against_torch("cpu")
     else:  # the interpreter must be on before triton is first imported: run in a fresh process
         env = dict(os.environ, TRITON_INTERPRET="1", UDM_FAST_EB_INTERPRETER_CHILD="1")
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                               "fused_likelihood_matches"], env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                __file__,
+                "-k",
+                "fused_likelihood_matches",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

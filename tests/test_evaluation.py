@@ -1,15 +1,16 @@
 """Transfer-quality measures (udm_fast.eval.transfer) against numpy/scipy float64 references and sanity behaviour."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
+from numpy_spectra import numpy_radial_spectrum as _numpy_radial_spectrum
 
 from udm_fast.eval import transfer as ev
-from udm_fast.synthesis.degrade import gaussian_blur, gaussian_noise
-from udm_fast.models.udm import UDM
 from udm_fast.eval.leakage import content_leakage
-from numpy_spectra import numpy_radial_spectrum as _numpy_radial_spectrum
+from udm_fast.models.udm import UDM
+from udm_fast.synthesis.degrade import gaussian_blur, gaussian_noise
 
 scipy_ndimage = pytest.importorskip("scipy.ndimage")
 scipy_signal = pytest.importorskip("scipy.signal")
@@ -18,7 +19,7 @@ scipy_signal = pytest.importorskip("scipy.signal")
 def _photo(size=96, top=100, left=150):
     """A crop of scikit-image's astronaut, contrast reduced so that added noise is rarely clipped."""
     skimage_data = pytest.importorskip("skimage.data")
-    crop = skimage_data.astronaut()[top:top + size, left:left + size].transpose(2, 0, 1).copy()
+    crop = skimage_data.astronaut()[top : top + size, left : left + size].transpose(2, 0, 1).copy()
     return torch.from_numpy(crop)[None].double() / 255 * 0.8 + 0.1
 
 
@@ -39,8 +40,8 @@ def test_white_noise_has_flat_spectrum_at_its_variance():
     sigma = 0.05
     noise = sigma * torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     _, power = ev.radial_power_spectrum(noise)
-    assert power.mean().item() == pytest.approx(sigma ** 2, rel=0.05)
-    assert (power / sigma ** 2).max().item() < 2.0 and (power / sigma ** 2).min().item() > 0.5
+    assert power.mean().item() == pytest.approx(sigma**2, rel=0.05)
+    assert (power / sigma**2).max().item() < 2.0 and (power / sigma**2).min().item() > 0.5
 
 
 def test_spectrum_distance_matches_numpy_and_is_symmetric():
@@ -83,8 +84,10 @@ def test_noise_level_tracks_added_gaussian_noise(sigma_255):
 
 def test_noise_level_increases_with_sigma():
     x = _photo()
-    levels = [ev.noise_level(gaussian_noise(x, s / 255, generator=torch.Generator().manual_seed(0))).item()
-              for s in (0.0, 2.0, 5.0, 10.0, 20.0)]
+    levels = [
+        ev.noise_level(gaussian_noise(x, s / 255, generator=torch.Generator().manual_seed(0))).item()
+        for s in (0.0, 2.0, 5.0, 10.0, 20.0)
+    ]
     assert levels == sorted(levels) and levels[0] < levels[-1]
 
 
@@ -114,8 +117,12 @@ def test_lowpass_fidelity_matches_scipy_and_removes_noise():
     y = gaussian_noise(x, 20 / 255, generator=torch.Generator().manual_seed(0))
     result = ev.lowpass_fidelity(y, x)
     s = ev.LOWPASS_SIGMA
-    blur = lambda a: scipy_ndimage.gaussian_filter(a.numpy(), sigma=(0, 0, s, s), mode="mirror",  # noqa: E731
-                                                   truncate=math.ceil(3 * s) / s)
+    blur = lambda a: scipy_ndimage.gaussian_filter(
+        a.numpy(),
+        sigma=(0, 0, s, s),
+        mode="mirror",  # noqa: E731
+        truncate=math.ceil(3 * s) / s,
+    )
     mse = np.mean((blur(y) - blur(x)) ** 2)
     assert result["psnr_lowpass"].item() == pytest.approx(10 * np.log10(1 / mse), rel=1e-9)
     raw_psnr = 10 * np.log10(1 / np.mean((y.numpy() - x.numpy()) ** 2))
@@ -139,9 +146,9 @@ def test_code_spread_ratio_matches_numpy():
 
 def test_active_dimensions_matches_numpy():
     codes = torch.zeros(50, 6, dtype=torch.float64)
-    codes[:, 1] = torch.arange(50) % 2            # variance 0.25
-    codes[:25, 4] = 1.0                           # variance 0.25
-    codes[0, 5] = 1.0                             # variance 0.0196: below the threshold
+    codes[:, 1] = torch.arange(50) % 2  # variance 0.25
+    codes[:25, 4] = 1.0  # variance 0.25
+    codes[0, 5] = 1.0  # variance 0.0196: below the threshold
     expected = int((codes.numpy().var(axis=0) > ev.ACTIVE_VARIANCE).sum())
     assert ev.active_dimensions(codes) == expected == 2
     with pytest.raises(ValueError, match=r"\[N >= 2, D\]"):
@@ -172,26 +179,34 @@ def test_transfer_table_identity_row_and_baseline_layout():
     assert degraded.shape == (2, 2, 3, 48, 48) and len(params) == 2 and "ops" in params[0]
     table = ev.transfer_table(model, contents, degraded)
     assert table["pairs"] == 4 and set(table["methods"]) == set(ev.METHODS)
-    identity = [ev.degradation_measures(contents[i:i + 1], degraded[i, j:j + 1], contents[i:i + 1])
-                for i in range(2) for j in range(2)]
+    identity = [
+        ev.degradation_measures(contents[i : i + 1], degraded[i, j : j + 1], contents[i : i + 1])
+        for i in range(2)
+        for j in range(2)
+    ]
     assert set(table["methods"]["model"]) == set(identity[0]) | {"leakage"}  # no perceptual modules given
     assert all(p["identity"]["leakage"] == 0.0 for p in table["per_pair"])  # the identity adds nothing
     for i in range(2):  # cross_content: content i with the code of content 1 - i, scored against degraded[i, j]
         for j in range(2):
-            y_hat = model.synthesize(contents[i:i + 1], *model.encode(degraded[1 - i, j:j + 1]),
-                                     noise=torch.Generator().manual_seed(0))
+            y_hat = model.synthesize(
+                contents[i : i + 1], *model.encode(degraded[1 - i, j : j + 1]), noise=torch.Generator().manual_seed(0)
+            )
             pair = next(p for p in table["per_pair"] if (p["content"], p["degradation"]) == (i, j))
             assert pair["cross_content"]["spectrum_db"] == pytest.approx(
-                ev.spectrum_distance(y_hat.clamp(0, 1), degraded[i, j:j + 1]).item(), rel=1e-6)
+                ev.spectrum_distance(y_hat.clamp(0, 1), degraded[i, j : j + 1]).item(), rel=1e-6
+            )
             assert pair["cross_content"]["leakage"] == pytest.approx(
-                content_leakage(y_hat.clamp(0, 1), contents[i:i + 1], contents[1 - i:2 - i]).item(), rel=1e-6)
+                content_leakage(y_hat.clamp(0, 1), contents[i : i + 1], contents[1 - i : 2 - i]).item(), rel=1e-6
+            )
     assert table["cross_leakage_by_degradation"] == pytest.approx(
-        [np.mean([p["cross_content"]["leakage"] for p in table["per_pair"] if p["degradation"] == j]) for j in range(2)])
+        [np.mean([p["cross_content"]["leakage"] for p in table["per_pair"] if p["degradation"] == j]) for j in range(2)]
+    )
     for key in identity[0]:
         expected = np.nanmean([r[key].item() for r in identity])
         assert table["methods"]["identity"][key] == pytest.approx(expected, rel=1e-9)
-        assert [p["identity"][key] for p in table["per_pair"]] == pytest.approx([r[key].item() for r in identity],
-                                                                               rel=1e-9, nan_ok=True)
+        assert [p["identity"][key] for p in table["per_pair"]] == pytest.approx(
+            [r[key].item() for r in identity], rel=1e-9, nan_ok=True
+        )
     assert table["codes"]["global_dim"] == 8 and 0 <= table["codes"]["active_dimensions"] <= 8
     text = ev.format_transfer_table(table)
     assert "mismatched" in text and "cross_content" in text and "spread ratio" in text and "leakage" in text

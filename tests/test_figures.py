@@ -1,4 +1,5 @@
 """udm_fast.eval.figures: the central crop, the grid layout and the transfer grid's cells."""
+
 import pytest
 import torch
 
@@ -44,7 +45,7 @@ def test_transfer_grid_places_each_code_in_its_column_and_each_photo_in_its_row(
     def cell(r, c, h=cell_h):
         top = gap + r * (cell_h + gap) + (label if r else 0) + (cell_h - h) // 2
         left = gap + c * (cell_w + gap)
-        return grid[0, :, top:top + h, left:left + cell_w]
+        return grid[0, :, top : top + h, left : left + cell_w]
 
     assert bool((cell(0, 0) == 1).all())  # the corner is empty
     for c, y in enumerate(degraded, start=1):

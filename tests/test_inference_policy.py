@@ -1,5 +1,6 @@
 """CPU inference precision of UDM.synthesize (udm_fast/models/inference.py): bf16 within its stated
 tolerance of float64, fp32 the float32 computation, the policy's choices, and the CLI flag."""
+
 import os
 
 import pytest
@@ -7,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from udm_fast import UDM, build_info, default_model
-from udm_fast.ops.backend import resolve
 from udm_fast.cli import build_parser
 from udm_fast.cli.common import apply_precision_argument
-from udm_fast.models.inference import (BF16_TOLERANCE, cpu_has_native_bf16,
-                                      synthesis_autocast_dtype)
+from udm_fast.models.inference import BF16_TOLERANCE, cpu_has_native_bf16, synthesis_autocast_dtype
+from udm_fast.ops.backend import resolve
 
 
 def _images(count: int, size: int, seed: int) -> torch.Tensor:
@@ -108,8 +108,14 @@ def test_unknown_precision_is_refused_by_name():
         _synthesize(model, x, e_g, e_l, "fp16")
 
 
-@pytest.mark.parametrize("command", [["transfer", "--clean", "x.png", "--degraded", "y.png", "--out", "z.png"],
-                                     ["demo"], ["eval", "--clean", "photos"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["transfer", "--clean", "x.png", "--degraded", "y.png", "--out", "z.png"],
+        ["demo"],
+        ["eval", "--clean", "photos"],
+    ],
+)
 def test_cli_precision_flag(command):
     parser = build_parser()
     assert parser.parse_args(command).precision is None  # the model's default (UDM_FAST_PRECISION, else auto)

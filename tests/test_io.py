@@ -1,4 +1,5 @@
 """Image I/O: round trips, 16-bit precision, mode conversions with notes, EXIF orientation, errors."""
+
 import os
 import struct
 import warnings
@@ -16,8 +17,7 @@ def smooth_rgb(height, width, seed=0):
     """A smooth uint8 photo-like image [H, W, 3] (JPEG-friendly)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
-    channels = [np.sin(2 * np.pi * (f1 * xx + f2 * yy) + phase)
-                for f1, f2, phase in rng.uniform(0.5, 3.0, size=(3, 3))]
+    channels = [np.sin(2 * np.pi * (f1 * xx + f2 * yy) + phase) for f1, f2, phase in rng.uniform(0.5, 3.0, size=(3, 3))]
     return np.round(127.5 + 120 * np.stack(channels, axis=2)).astype(np.uint8)
 
 
@@ -53,8 +53,9 @@ def test_png16_round_trip_keeps_16_bit_precision(tmp_path):
     assert (loaded[0].double() - image).abs().max() <= 0.5 / 65535 + 1e-7  # far below one 8-bit step
     with Image.open(tmp_path / "deep.png") as img:  # any PNG reader accepts the file: Pillow shows the high bytes
         assert img.size == (17, 11)
-        np.testing.assert_array_equal(np.asarray(img.convert("RGB")), (np.round(expected * 65535).astype(np.uint16)
-                                                                        >> 8).transpose(1, 2, 0))
+        np.testing.assert_array_equal(
+            np.asarray(img.convert("RGB")), (np.round(expected * 65535).astype(np.uint16) >> 8).transpose(1, 2, 0)
+        )
 
 
 def _png16_every_filter(samples: np.ndarray) -> bytes:
@@ -83,8 +84,12 @@ def _png16_every_filter(samples: np.ndarray) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"".join(lines))) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"".join(lines)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_png16_colour_from_another_encoder_with_all_filter_types(tmp_path):
@@ -153,26 +158,32 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     assert target.read_bytes() == before and os.listdir(tmp_path) == ["keep.png"]
 
 
-@pytest.mark.parametrize("name, kwargs, error, match", [
-    ("x.bmp", {}, ImageError, "unsupported output extension"),
-    ("noextension", {}, ImageError, "unsupported output extension"),
-    ("x.jpg", {"bits": 16}, ValueError, "8 bits"),
-    ("x.png", {"bits": 12}, ValueError, "bits must be 8 or 16"),
-    ("x.jpg", {"quality": 0}, ValueError, "quality"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, error, match",
+    [
+        ("x.bmp", {}, ImageError, "unsupported output extension"),
+        ("noextension", {}, ImageError, "unsupported output extension"),
+        ("x.jpg", {"bits": 16}, ValueError, "8 bits"),
+        ("x.png", {"bits": 12}, ValueError, "bits must be 8 or 16"),
+        ("x.jpg", {"quality": 0}, ValueError, "quality"),
+    ],
+)
 def test_save_rejects_bad_options(tmp_path, name, kwargs, error, match):
     with pytest.raises(error, match=match):
         save_image(torch.rand(1, 3, 4, 4), tmp_path / name, **kwargs)
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("image, error, match", [
-    (torch.rand(2, 3, 4, 4), ValueError, r"\[1, 3, H, W\]"),
-    (torch.rand(1, 4, 4, 4), ValueError, r"\[1, 3, H, W\]"),
-    (torch.full((1, 3, 4, 4), float("nan")), ValueError, "NaN"),
-    (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), TypeError, "float"),
-    (np.zeros((4, 4, 3)), TypeError, "torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "image, error, match",
+    [
+        (torch.rand(2, 3, 4, 4), ValueError, r"\[1, 3, H, W\]"),
+        (torch.rand(1, 4, 4, 4), ValueError, r"\[1, 3, H, W\]"),
+        (torch.full((1, 3, 4, 4), float("nan")), ValueError, "NaN"),
+        (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), TypeError, "float"),
+        (np.zeros((4, 4, 3)), TypeError, "torch.Tensor"),
+    ],
+)
 def test_save_rejects_bad_tensors(tmp_path, image, error, match):
     with pytest.raises(error, match=match):
         save_image(image, tmp_path / "x.png")
@@ -255,7 +266,7 @@ def test_non_image_and_corrupt_files(tmp_path):
     Image.fromarray(smooth_rgb(32, 32)).save(tmp_path / "good.png")
     data = bytearray((tmp_path / "good.png").read_bytes())
     start = data.index(b"IDAT") + 8
-    data[start:start + 40] = bytes(40)  # zero part of the compressed pixel data (and break the CRC)
+    data[start : start + 40] = bytes(40)  # zero part of the compressed pixel data (and break the CRC)
     (tmp_path / "corrupt.png").write_bytes(bytes(data))
     with pytest.raises(ImageError, match=r"corrupt\.png: corrupt or truncated"):
         load_image(tmp_path / "corrupt.png")

@@ -1,11 +1,14 @@
 """udm_fast.jpeg (libjpeg's arithmetic as batched tensor ops) against Pillow's own libjpeg round trip."""
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pillow_jpeg import pillow_round_trip
-from udm_fast.synthesis import degrade as D, jpeg as J
+
+from udm_fast.synthesis import degrade as D
+from udm_fast.synthesis import jpeg as J
 
 
 def tensor_round_trip(images: list, qualities: list, device: str = "cpu") -> list:
@@ -19,15 +22,19 @@ def tensor_round_trip(images: list, qualities: list, device: str = "cpu") -> lis
 def sample_images(height: int, width: int, rng: np.random.Generator) -> list:
     """A photo crop, uniform noise and a black-and-white pattern (saturating the range limits)."""
     from skimage import data
+
     photo = data.astronaut()
     top, left = rng.integers(0, photo.shape[0] - height + 1), rng.integers(0, photo.shape[1] - width + 1)
-    return [np.ascontiguousarray(photo[top:top + height, left:left + width]),
-            rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
-            (rng.integers(0, 2, (height, width, 3)) * 255).astype(np.uint8)]
+    return [
+        np.ascontiguousarray(photo[top : top + height, left : left + width]),
+        rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+        (rng.integers(0, 2, (height, width, 3)) * 255).astype(np.uint8),
+    ]
 
 
-@pytest.mark.parametrize("height,width", [(128, 128), (100, 70), (33, 17), (8, 8), (1, 1), (7, 1), (5, 4), (3, 6),
-                                          (129, 131), (16, 48)])
+@pytest.mark.parametrize(
+    "height,width", [(128, 128), (100, 70), (33, 17), (8, 8), (1, 1), (7, 1), (5, 4), (3, 6), (129, 131), (16, 48)]
+)
 def test_round_trip_is_bit_identical_to_pillow(height, width):
     rng = np.random.default_rng(height * 1000 + width)
     qualities = [1, 10, 30, 50, 75, 95, 100]
@@ -48,7 +55,7 @@ def test_gpu_round_trip_is_bit_identical_to_pillow(height, width):
 
 
 @settings(max_examples=25, deadline=None)
-@given(height=st.integers(1, 40), width=st.integers(1, 40), quality=st.integers(1, 100), seed=st.integers(0, 2 ** 32 - 1))
+@given(height=st.integers(1, 40), width=st.integers(1, 40), quality=st.integers(1, 100), seed=st.integers(0, 2**32 - 1))
 def test_round_trip_matches_pillow_on_random_images(height, width, quality, seed):
     rng = np.random.default_rng(seed)
     smooth = np.cumsum(rng.integers(-20, 21, (height, width, 3)), axis=1) + rng.integers(0, 256, (1, 1, 3))
@@ -72,6 +79,7 @@ def test_degrade_jpeg_impls_agree_and_auto_uses_pillow_on_the_cpu(monkeypatch):
 
     def refuse(*args):
         raise AssertionError("auto took the tensor path on the CPU")
+
     monkeypatch.setattr(J, "round_trip", refuse)
     assert torch.equal(D.jpeg(x, quality), tensor)
 

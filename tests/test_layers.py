@@ -1,10 +1,11 @@
 """IDA / SFT drop-in layers: gradients, state-dict names, backends, dispatch and its fallback rule, errors."""
+
 import warnings
 
 import pytest
+import reference_functional as ref
 import torch
 
-import reference_functional as ref
 import udm_fast
 from udm_fast import IDA, SFT
 from udm_fast.layers import SFTResBlock, ida_reference
@@ -12,7 +13,7 @@ from udm_fast.layers import SFTResBlock, ida_reference
 
 def _sft_reference_state_keys(prefix, c, cond=8):
     layout = ref.official_key_layout(filters=c, cond=cond)["netG"]
-    return {k[len(prefix):]: s for k, s in layout.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: s for k, s in layout.items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("c", [16, 64])
@@ -22,7 +23,7 @@ def test_sft_state_dict_matches_reference_names(c):
     assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == {k: tuple(s) for k, s in expected.items()}
     # a reference-named state dict loads strictly into both the SFT and its IDA
     layer.load_state_dict({k: torch.randn(s) for k, s in expected.items()}, strict=True)
-    ida_keys = {k[len("spatial_gamma."):]: s for k, s in expected.items() if k.startswith("spatial_gamma.")}
+    ida_keys = {k[len("spatial_gamma.") :]: s for k, s in expected.items() if k.startswith("spatial_gamma.")}
     IDA(c, 8, (c + 8) // 2, c).load_state_dict({k: torch.randn(s) for k, s in ida_keys.items()}, strict=True)
 
 
@@ -152,6 +153,7 @@ def test_sft_compiles_fullgraph_on_the_cuda_backend():
 def test_dispatch_tables_cover_every_backend_with_one_signature():
     from udm_fast.ops.backend import BACKENDS
     from udm_fast.ops.dispatch import IDA_BACKENDS, SFT_BACKENDS, select
+
     assert set(IDA_BACKENDS) == set(SFT_BACKENDS) == set(BACKENDS)
     with pytest.raises(ValueError, match="IDA: backend 'tpu' has no IDA kernel; available: reference, cuda, triton"):
         select(IDA_BACKENDS, "IDA", "tpu")
@@ -159,11 +161,14 @@ def test_dispatch_tables_cover_every_backend_with_one_signature():
 
 def test_cuda_backend_without_the_extension_says_why(monkeypatch):
     from udm_fast.ops import extension
+
     monkeypatch.setattr(extension, "load", lambda: None)
     monkeypatch.setattr(extension, "error", lambda: "udm_fast._C could not be imported (test)")
     x, cond = torch.randn(1, 16, 8, 8), torch.randn(1, 8, 4, 4)
     for layer in (IDA(16, 8, backend="cuda"), SFT(8, 16, backend="cuda")):
-        with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run: udm_fast._C could not be imported \(test\)"):
+        with pytest.raises(
+            RuntimeError, match=r"backend 'cuda' cannot run: udm_fast._C could not be imported \(test\)"
+        ):
             layer(x, cond)
 
 
@@ -172,6 +177,7 @@ def test_activation_the_fused_kernel_lacks_falls_back_by_the_rule_with_a_warning
     """GELU MLPs on the cuda backend: torch MLPs and epilogue around the cuda IDA, said by a warning;
     the result matches the layer in float64 on the reference backend."""
     from udm_fast.ops.dispatch import BackendFallbackWarning
+
     torch.manual_seed(0)
     layer = SFT(8, 16, activation=torch.nn.GELU(), backend="cuda")
     x, cond, z = torch.randn(2, 16, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 1, 8, 8)
@@ -188,5 +194,7 @@ def test_activation_the_fused_kernel_lacks_falls_back_by_the_rule_with_a_warning
 
 def test_ida_shape_errors_come_from_the_shared_check():
     layer = IDA(16, 8)
-    with pytest.raises(ValueError, match=r"IDA: w_x must have shape \[12, 15, 3, 3\].*\(15 feature and 8 map channels\)"):
+    with pytest.raises(
+        ValueError, match=r"IDA: w_x must have shape \[12, 15, 3, 3\].*\(15 feature and 8 map channels\)"
+    ):
         layer(torch.randn(1, 15, 8, 8), torch.randn(1, 8, 4, 4))

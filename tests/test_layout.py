@@ -1,5 +1,6 @@
 """The package's import structure, read from the source with ast: no import cycles, no upward
 imports between subpackages (the layer order below), and no private name imported across modules."""
+
 import ast
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def _absolute(module: str, node: ast.ImportFrom) -> str:
     if node.level == 0:
         return node.module
     base = module.split(".") if _is_package(module) else module.split(".")[:-1]
-    base = base[:len(base) - node.level + 1]
+    base = base[: len(base) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -82,7 +83,7 @@ def test_no_import_cycles():
             if target == "udm_fast" or target.startswith(module + "."):
                 continue  # the root facade; a package importing its own modules
             if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, stack + [target])
         state[module] = "done"
@@ -94,8 +95,12 @@ def test_no_import_cycles():
 
 
 def test_no_upward_imports():
-    upward = [f"{m} -> {t}" for m in MODULES for t in GRAPH[m]
-              if _layer(m) is not None and _layer(t) is not None and _layer(t) > _layer(m)]
+    upward = [
+        f"{m} -> {t}"
+        for m in MODULES
+        for t in GRAPH[m]
+        if _layer(m) is not None and _layer(t) is not None and _layer(t) > _layer(m)
+    ]
     assert upward == []
 
 
@@ -115,8 +120,13 @@ def _private_uses(module: str) -> list[str]:
                 elif source in MODULES and alias.name.startswith("_") and not alias.name.startswith("__"):
                     bad.append(f"from {source} import {alias.name}")
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in module_aliases
-                and node.attr.startswith("_") and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in module_aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             bad.append(f"{node.value.id}.{node.attr}")
     return bad
 

@@ -1,11 +1,12 @@
 """content_leakage on constructed cases: pasted source edges score high; noise, blur and the true degraded
 pair score near 0; the partial correlation matches an independent numpy computation."""
+
 import numpy as np
 import pytest
 import torch
 
-from udm_fast.synthesis.degrade import gaussian_blur
 from udm_fast.eval.leakage import LEAKAGE_SIGMA, content_leakage, content_leakage_resized, edge_map, leakage_loss
+from udm_fast.synthesis.degrade import gaussian_blur
 
 
 def shapes_image(seed: int, size: int = 128, count: int = 12) -> torch.Tensor:
@@ -16,7 +17,7 @@ def shapes_image(seed: int, size: int = 128, count: int = 12) -> torch.Tensor:
     for _ in range(count):
         top, left = rng.integers(0, size - 16, 2)
         h, w = rng.integers(12, size // 2, 2)
-        image[top:top + h, left:left + w] = rng.uniform(0.05, 0.95, 3)
+        image[top : top + h, left : left + w] = rng.uniform(0.05, 0.95, 3)
     return torch.from_numpy(image.transpose(2, 0, 1)[None].copy())
 
 
@@ -109,13 +110,14 @@ def test_leakage_loss_is_finite_on_flat_images():
     assert float(loss.detach()) == 0.0 and torch.isfinite(flat.grad).all()
 
 
-
 def test_resized_source_is_scaled_to_the_target(pair):
     x, source = pair
     big_source = torch.nn.functional.interpolate(source, size=(200, 160), mode="bilinear", align_corners=False)
     y_hat = x + 0.1 * (source - 0.5)  # the source's layout at the target's size
-    scaled = torch.nn.functional.interpolate(big_source, size=(128, 128), mode="bilinear", align_corners=False,
-                                             antialias=True).clamp(0, 1)
+    scaled = torch.nn.functional.interpolate(
+        big_source, size=(128, 128), mode="bilinear", align_corners=False, antialias=True
+    ).clamp(0, 1)
     assert float(content_leakage_resized(y_hat, x, big_source)[0]) == pytest.approx(
-        float(content_leakage(y_hat, x, scaled)[0]), abs=1e-12)
+        float(content_leakage(y_hat, x, scaled)[0]), abs=1e-12
+    )
     assert float(content_leakage_resized(y_hat, x, big_source)[0]) > 0.7

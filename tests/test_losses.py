@@ -1,4 +1,5 @@
 """udm_fast.losses against float64 numpy/scipy restatements, manual autograd and the reference packages."""
+
 import importlib.util
 import math
 import types
@@ -6,13 +7,13 @@ import types
 import numpy as np
 import pytest
 import torch
+from numpy_spectra import numpy_radial_spectrum
 from scipy import signal
 from torch import nn
 
 from udm_fast import losses as L
 from udm_fast.entropy.bottleneck import EntropyBottleneck
 from udm_fast.losses import pretrained as P
-from numpy_spectra import numpy_radial_spectrum
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):
@@ -31,20 +32,22 @@ def _correlate_reflect(img, kernel):
 def test_l1_loss():
     a, b = _rand(2, 3, 5, 4, seed=1), _rand(2, 3, 5, 4, seed=2)
     assert L.l1_loss(a, b).item() == pytest.approx(np.abs(a.numpy() - b.numpy()).mean(), rel=1e-14)
-    np.testing.assert_allclose(L.l1_loss(a, b, reduction="none").numpy(),
-                               np.abs(a.numpy() - b.numpy()).reshape(2, -1).mean(1), rtol=1e-14)
+    np.testing.assert_allclose(
+        L.l1_loss(a, b, reduction="none").numpy(), np.abs(a.numpy() - b.numpy()).reshape(2, -1).mean(1), rtol=1e-14
+    )
 
 
 def _numpy_color_loss(y, y_hat):
-    g = np.exp(-np.arange(-22, 23) ** 2 / (2 * 50.0 ** 2))
+    g = np.exp(-(np.arange(-22, 23) ** 2) / (2 * 50.0**2))
     kernel = np.outer(g, g) / np.outer(g, g).sum()
     per_sample = []
     for a, b in zip(y, y_hat):
         a, b = (a + 1) / 2, (b + 1) / 2  # the reference maps its [-1, 1] tensors to [0, 1] first
         a = (a - a.min()) / (a.max() - a.min())
         b = (b - b.min()) / (b.max() - b.min())
-        per_sample.append(np.mean([np.abs(_correlate_reflect(ca, kernel) - _correlate_reflect(cb, kernel))
-                                   for ca, cb in zip(a, b)]))
+        per_sample.append(
+            np.mean([np.abs(_correlate_reflect(ca, kernel) - _correlate_reflect(cb, kernel)) for ca, cb in zip(a, b)])
+        )
     return np.array(per_sample)
 
 
@@ -52,8 +55,9 @@ def test_color_loss_matches_reference_formula_in_both_domains():
     y, y_hat = _rand(2, 3, 30, 26, seed=3), _rand(2, 3, 30, 26, seed=4) * 0.5 + 0.2
     expected = _numpy_color_loss(2 * y.numpy() - 1, 2 * y_hat.numpy() - 1)
     np.testing.assert_allclose(L.color_loss(y, y_hat, reduction="none").numpy(), expected, rtol=1e-12)
-    np.testing.assert_allclose(L.color_loss(2 * y - 1, 2 * y_hat - 1, domain="signed", reduction="none").numpy(),
-                               expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        L.color_loss(2 * y - 1, 2 * y_hat - 1, domain="signed", reduction="none").numpy(), expected, rtol=1e-12
+    )
     assert L.color_loss(y, y_hat).item() == pytest.approx(expected.mean(), rel=1e-12)
     # the kernel is nearly a box: edge-to-centre weight exp(-22^2 / 5000) ~ 0.91
     k = L.pixel.color_kernel1d()
@@ -63,14 +67,14 @@ def test_color_loss_matches_reference_formula_in_both_domains():
 
 
 def _numpy_diversity(a, b, c2=0.12):
-    g = np.exp(-np.linspace(-6, 5, 11) ** 2 / (2 * 1.5 ** 2))
+    g = np.exp(-(np.linspace(-6, 5, 11) ** 2) / (2 * 1.5**2))
     w = np.outer(g, g) / np.outer(g, g).sum()
     out = []
     for ia, ib in zip(a, b):
         for ca, cb in zip(ia, ib):
             ma, mb = _correlate_reflect(ca, w), _correlate_reflect(cb, w)
-            va = _correlate_reflect(ca * ca, w) - ma ** 2
-            vb = _correlate_reflect(cb * cb, w) - mb ** 2
+            va = _correlate_reflect(ca * ca, w) - ma**2
+            vb = _correlate_reflect(cb * cb, w) - mb**2
             cov = _correlate_reflect(ca * cb, w) - ma * mb
             out.append((2 * np.abs(cov) + c2) / (va + vb + c2))
     return np.mean(out)
@@ -82,7 +86,8 @@ def test_diversity_loss_matches_reference_formula():
     assert L.diversity_loss(a, b).item() == pytest.approx(expected, rel=1e-12)
     assert L.diversity_loss(2 * a - 1, 2 * b - 1, domain="signed").item() == pytest.approx(expected, rel=1e-12)
     assert L.diversity_loss(a, b, domain="signed", c2=0.03).item() == pytest.approx(
-        _numpy_diversity(a.numpy(), b.numpy(), 0.03), rel=1e-12)
+        _numpy_diversity(a.numpy(), b.numpy(), 0.03), rel=1e-12
+    )
     assert L.DIVERSITY_C2 == pytest.approx(0.12)
     taps = L.pixel.diversity_kernel1d()
     centroid = (taps * torch.linspace(-6, 5, 11, dtype=torch.float64)).sum().item()
@@ -100,11 +105,14 @@ def test_pixel_loss_gradients():
     assert torch.autograd.gradcheck(lambda p, q: L.diversity_loss(p, q), (a, b), fast_mode=True)
 
 
-@pytest.mark.parametrize("fn,kwargs,match", [
-    (L.color_loss, {}, "at least 23x23"),
-    (L.diversity_loss, {"domain": "lab"}, "domain"),
-    (L.l1_loss, {"reduction": "sum"}, "reduction"),
-])
+@pytest.mark.parametrize(
+    "fn,kwargs,match",
+    [
+        (L.color_loss, {}, "at least 23x23"),
+        (L.diversity_loss, {"domain": "lab"}, "domain"),
+        (L.l1_loss, {"reduction": "sum"}, "reduction"),
+    ],
+)
 def test_pixel_loss_errors(fn, kwargs, match):
     a = _rand(1, 3, 16, 16)
     with pytest.raises(ValueError, match=match):
@@ -121,7 +129,7 @@ def test_pixel_loss_errors(fn, kwargs, match):
 def _numpy_gaussian_lowpass(img, sigma):
     """Reference low-pass of one plane [H, W]: sampled Gaussian, radius ceil(3 sigma), normalised, reflect."""
     r = max(1, math.ceil(3 * sigma))
-    g = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    g = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * sigma**2))
     g /= g.sum()
     return _correlate_reflect(img, np.outer(g, g))
 
@@ -129,11 +137,23 @@ def _numpy_gaussian_lowpass(img, sigma):
 @pytest.mark.parametrize("sigma", [0.7, 1.5, 2.5])
 def test_lowpass_l1_matches_numpy(sigma):
     a, b = _rand(2, 3, 17, 20, seed=11), _rand(2, 3, 17, 20, seed=12)
-    ref = np.stack([np.stack([np.abs(_numpy_gaussian_lowpass(a[i, c].numpy(), sigma)
-                                     - _numpy_gaussian_lowpass(b[i, c].numpy(), sigma)) for c in range(3)])
-                    for i in range(2)])
-    np.testing.assert_allclose(L.lowpass_l1_loss(a, b, sigma=sigma, reduction="none").numpy(),
-                               ref.reshape(2, -1).mean(1), rtol=1e-12)
+    ref = np.stack(
+        [
+            np.stack(
+                [
+                    np.abs(
+                        _numpy_gaussian_lowpass(a[i, c].numpy(), sigma)
+                        - _numpy_gaussian_lowpass(b[i, c].numpy(), sigma)
+                    )
+                    for c in range(3)
+                ]
+            )
+            for i in range(2)
+        ]
+    )
+    np.testing.assert_allclose(
+        L.lowpass_l1_loss(a, b, sigma=sigma, reduction="none").numpy(), ref.reshape(2, -1).mean(1), rtol=1e-12
+    )
 
 
 def test_lowpass_l1_ignores_zero_mean_fine_noise_but_not_content():
@@ -148,8 +168,15 @@ def test_lowpass_l1_ignores_zero_mean_fine_noise_but_not_content():
 def test_spectrum_loss_matches_numpy_spectra_and_ignores_the_noise_realisation():
     a, b = _rand(2, 3, 24, 31, seed=14), _rand(2, 3, 24, 31, seed=15) * 0.3
     floor = 1e-4
-    expected = [np.mean(np.abs(np.log10(numpy_radial_spectrum(a[i].numpy()) + floor)
-                               - np.log10(numpy_radial_spectrum(b[i].numpy()) + floor))) for i in range(2)]
+    expected = [
+        np.mean(
+            np.abs(
+                np.log10(numpy_radial_spectrum(a[i].numpy()) + floor)
+                - np.log10(numpy_radial_spectrum(b[i].numpy()) + floor)
+            )
+        )
+        for i in range(2)
+    ]
     np.testing.assert_allclose(L.spectrum_loss(a, b, floor=floor, reduction="none").numpy(), expected, rtol=1e-10)
     assert L.spectrum_loss(a, a).item() == 0.0
     g = [torch.Generator().manual_seed(s) for s in (1, 2)]
@@ -162,8 +189,13 @@ def test_planar_spectrum_matches_numpy_and_sees_orientation():
     a = _rand(2, 3, 16, 24, seed=18)
     window = np.outer(np.hanning(16), np.hanning(24))
     for i in range(2):
-        power = np.mean([np.abs(np.fft.fft2((a[i, c].numpy() - a[i, c].numpy().mean()) * window)) ** 2
-                         for c in range(3)], axis=0) / (window ** 2).sum()
+        power = (
+            np.mean(
+                [np.abs(np.fft.fft2((a[i, c].numpy() - a[i, c].numpy().mean()) * window)) ** 2 for c in range(3)],
+                axis=0,
+            )
+            / (window**2).sum()
+        )
         pooled = power.reshape(4, 4, 6, 4).mean(axis=(1, 3))
         np.testing.assert_allclose(L.planar_power_spectrum(a, 4)[i].numpy(), pooled, rtol=1e-10)
     # a horizontal and a vertical stripe pattern share their ring spectrum but not their planar one
@@ -231,7 +263,8 @@ def test_bits_and_rate_loss():
     expected = 2e-3 * bits_g.numpy().mean() + 0.05 * bits_l.numpy().mean()
     assert rate.item() == pytest.approx(expected, rel=1e-6)
     assert L.rate_loss(bits_local=bits_l, weight_global=1, weight_local=1).item() == pytest.approx(
-        bits_l.numpy().mean(), rel=1e-6)
+        bits_l.numpy().mean(), rel=1e-6
+    )
     with pytest.raises(ValueError, match=r"\[B, h, w\]"):
         L.rate_loss(bits_g, bits_g, weight_global=1, weight_local=1)
     with pytest.raises(ValueError, match="and/or"):
@@ -240,6 +273,7 @@ def test_bits_and_rate_loss():
 
 def test_entropy_aux_loss_sums_every_bottleneck():
     from compressai.entropy_models import EntropyBottleneck as CompressaiBottleneck
+
     ours, theirs = EntropyBottleneck(4), CompressaiBottleneck(3)
     wrapper = nn.Sequential(nn.Linear(2, 2), ours)
     total = L.entropy_aux_loss(wrapper, theirs)
@@ -255,7 +289,7 @@ def test_wgan_terms_with_a_linear_critic_match_closed_form():
     real, fake = _rand(5, 3, 2, 2, seed=1), _rand(5, 3, 2, 2, seed=2)
     w, b = critic[1].weight.detach().numpy()[0], critic[1].bias.item()
     d = lambda t: t.reshape(len(t), -1).numpy() @ w + b  # noqa: E731
-    gp = (math.sqrt((w ** 2).sum() + 1e-12) - 1) ** 2  # the gradient of a linear critic is w everywhere
+    gp = (math.sqrt((w**2).sum() + 1e-12) - 1) ** 2  # the gradient of a linear critic is w everywhere
     out = L.wgan_critic_loss(critic, real, fake, alpha=0.5, gp_weight=10.0)
     assert out.gp.item() == pytest.approx(gp, rel=1e-12)
     assert out.total.item() == pytest.approx(0.5 * (d(fake).mean() - d(real).mean()) + 0.5 * 10 * gp, rel=1e-12)
@@ -278,8 +312,7 @@ def test_wgan_gp_matches_per_sample_manual_autograd():
     torch.manual_seed(0)
     critic = _SmallCritic().double()
     real, fake = _rand(3, 3, 4, 4, seed=3), _rand(3, 3, 4, 4, seed=4).requires_grad_(True)
-    loss = L.wgan_critic_loss(critic, real, fake, alpha=2.0, gp_weight=5.0,
-                              generator=torch.Generator().manual_seed(11))
+    loss = L.wgan_critic_loss(critic, real, fake, alpha=2.0, gp_weight=5.0, generator=torch.Generator().manual_seed(11))
     critic.zero_grad()
     loss.total.backward()
     ours = [p.grad.clone() for p in critic.parameters()]
@@ -290,7 +323,7 @@ def test_wgan_gp_matches_per_sample_manual_autograd():
     for i in range(3):
         mixed = (a[i] * real[i] + (1 - a[i]) * fake[i].detach()).requires_grad_(True)
         (g,) = torch.autograd.grad(critic(mixed[None]).sum(), mixed, create_graph=True)
-        penalties.append((torch.sqrt((g ** 2).sum() + 1e-12) - 1) ** 2)
+        penalties.append((torch.sqrt((g**2).sum() + 1e-12) - 1) ** 2)
     gp = torch.stack(penalties).mean()
     manual = 2.0 * (critic(fake.detach()).mean() - critic(real).mean()) + 2.0 * 5.0 * gp
     critic.zero_grad()
@@ -311,10 +344,24 @@ def test_gradient_penalty_shape_error():
 
 def test_loss_weights_defaults_and_sum():
     w = L.LossWeights()
-    assert (w.dists, w.l1, w.color, w.contrastive, w.bits_global, w.bits_local, w.diversity, w.gan_generator,
-            w.aux, w.lpips) == (10, 20, 10, 1e-4, 2e-3, 0.05, 1, 10, 1, 0)
-    terms = {"dists": torch.tensor(0.3), "l1": torch.tensor(0.1), "lpips": torch.tensor(float("nan")),
-             "bits_local": torch.tensor(2.0)}
+    assert (
+        w.dists,
+        w.l1,
+        w.color,
+        w.contrastive,
+        w.bits_global,
+        w.bits_local,
+        w.diversity,
+        w.gan_generator,
+        w.aux,
+        w.lpips,
+    ) == (10, 20, 10, 1e-4, 2e-3, 0.05, 1, 10, 1, 0)
+    terms = {
+        "dists": torch.tensor(0.3),
+        "l1": torch.tensor(0.1),
+        "lpips": torch.tensor(float("nan")),
+        "bits_local": torch.tensor(2.0),
+    }
     assert w.weighted_sum(terms).item() == pytest.approx(10 * 0.3 + 20 * 0.1 + 0.05 * 2.0)  # lpips weight 0: skipped
     with pytest.raises(ValueError, match="unknown term"):
         w.weighted_sum({"dist": torch.tensor(1.0)})
@@ -398,8 +445,7 @@ def test_weights_load_from_paths_and_hub_cache(vgg_file, alpha_beta_file, lin_fi
     assert torch.equal(from_cache.vgg.features[0].weight, expected["features.0.weight"])
 
 
-def test_missing_weights_explain_how_to_provide_them(alpha_beta_file, vgg_file, tmp_path, monkeypatch,
-                                                    weight_packages):
+def test_missing_weights_explain_how_to_provide_them(alpha_beta_file, vgg_file, tmp_path, monkeypatch, weight_packages):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(L.MissingWeightsError, match="vgg16-397923af.pth.*pretrained=False"):
         L.DISTS(dists_weights=alpha_beta_file, download=False)
@@ -465,7 +511,7 @@ def test_dists_and_lpips_match_reference_packages(vgg_file, monkeypatch):
     from torchvision.models import vgg as tv_vgg
 
     features = tv_vgg.make_layers(tv_vgg.cfgs["D"], batch_norm=False)  # torchvision's own layer list
-    features.load_state_dict({k[len("features."):]: v for k, v in torch.load(vgg_file).items()})
+    features.load_state_dict({k[len("features.") :]: v for k, v in torch.load(vgg_file).items()})
     monkeypatch.setattr(torchvision.models, "vgg16", lambda *a, **k: types.SimpleNamespace(features=features))
     import lpips
     from DISTS_pytorch import DISTS as ReferenceDISTS

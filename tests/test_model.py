@@ -1,4 +1,5 @@
 """UDM public API: shapes for any sizes, noise control, tiling, save/load, MoCo, input checks."""
+
 import os
 
 import pytest
@@ -40,17 +41,18 @@ def test_any_sizes(model, x_size, y_size):
     assert out.shape == x.shape and torch.isfinite(out).all()
     # eval mode codes and synthesises every image on its own: each image alone (with its slice of the
     # same explicit noise) gives the batch's row, and transfer is encode followed by synthesize
-    noise = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in
-             enumerate(model.noise_shapes(2, *x_size))]
+    noise = [
+        torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(model.noise_shapes(2, *x_size))
+    ]
     with torch.no_grad():
         batch = model.transfer(x, y, noise)
         torch.testing.assert_close(batch, model.synthesize(x, e_g, e_l, noise), rtol=0, atol=0)
         for b in range(2):
-            e_g_b, e_l_b = model.encode(y[b:b + 1])
-            torch.testing.assert_close(e_g_b, e_g[b:b + 1], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(e_l_b, e_l[b:b + 1], rtol=1e-5, atol=1e-6)
-            alone = model.synthesize(x[b:b + 1], e_g_b, e_l_b, [n[b:b + 1] for n in noise])
-            torch.testing.assert_close(alone, batch[b:b + 1], rtol=1e-4, atol=1e-5)
+            e_g_b, e_l_b = model.encode(y[b : b + 1])
+            torch.testing.assert_close(e_g_b, e_g[b : b + 1], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(e_l_b, e_l[b : b + 1], rtol=1e-5, atol=1e-6)
+            alone = model.synthesize(x[b : b + 1], e_g_b, e_l_b, [n[b : b + 1] for n in noise])
+            torch.testing.assert_close(alone, batch[b : b + 1], rtol=1e-4, atol=1e-5)
 
 
 def test_quantized_codes_are_rounded_around_medians(model):
@@ -170,8 +172,10 @@ def test_save_load_round_trip(model, tmp_path):
     assert loaded.weights_hash() == model.weights_hash()
     x, y = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 16, 24)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.transfer(x, y, torch.Generator().manual_seed(1)),
-                                   model.transfer(x, y, torch.Generator().manual_seed(1)))
+        torch.testing.assert_close(
+            loaded.transfer(x, y, torch.Generator().manual_seed(1)),
+            model.transfer(x, y, torch.Generator().manual_seed(1)),
+        )
 
 
 def test_load_rejects_foreign_files(model, tmp_path):

@@ -1,10 +1,11 @@
 """UDM.from_official against an independent functional restatement of the reference network."""
+
 import math
 
 import pytest
+import reference_functional as ref
 import torch
 
-import reference_functional as ref
 from udm_fast import UDM
 from udm_fast.models.checkpoint import CheckpointError
 

@@ -1,5 +1,6 @@
 """udm_fast.restore: the prior protocol with a small StyleGAN-like generator, the inverter on constructed
 problems, DPS on a Gaussian toy problem with a known posterior, known operators and `udm-fast restore`."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from udm_fast import cli, default_model
-from udm_fast.utils.io import save_image
 from udm_fast.restore import (
     DeepImagePrior,
     Identity,
@@ -25,6 +25,7 @@ from udm_fast.restore import (
     operators,
     redegrader_measurement,
 )
+from udm_fast.utils.io import save_image
 
 
 class TinyStyleGAN(Prior):
@@ -45,7 +46,9 @@ class TinyStyleGAN(Prior):
         self.rgb = nn.Conv2d(channels, 3, 1)
         with torch.no_grad():
             for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 1.0 / max(1, p[0].numel()) ** 0.5))
+                p.copy_(
+                    torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 1.0 / max(1, p[0].numel()) ** 0.5)
+                )
             for a in self.affine:
                 a.bias += 1.0
         self.requires_grad_(False)
@@ -132,13 +135,21 @@ def test_inverter_recovers_a_known_latent():
     tiny generator maps nearby w to nearly the same image) ends much closer to w* than it started."""
     prior = TinyStyleGAN()
     w_true, y = _target(prior, seed=3)
-    result = invert(y, prior, Identity(), [Phase("W", "W", 600, lr=0.05)], distance=lambda a, b: (a - b).pow(2).mean(),
-                    generator=torch.Generator().manual_seed(0))
+    result = invert(
+        y,
+        prior,
+        Identity(),
+        [Phase("W", "W", 600, lr=0.05)],
+        distance=lambda a, b: (a - b).pow(2).mean(),
+        generator=torch.Generator().manual_seed(0),
+    )
     prior.initialise(y, torch.Generator().manual_seed(0))
     start_error = (prior().detach() - y).pow(2).mean()
     final_error = (result.image - y).pow(2).mean()
     assert final_error < 1e-3 * start_error
-    assert torch.linalg.vector_norm(result.latent["W"] - w_true) < 0.5 * torch.linalg.vector_norm(prior.w.detach() - w_true)
+    assert torch.linalg.vector_norm(result.latent["W"] - w_true) < 0.5 * torch.linalg.vector_norm(
+        prior.w.detach() - w_true
+    )
     losses = result.record[0].losses
     assert len(losses) == 600 and losses[-1] < 1e-3 * losses[0]
 
@@ -178,7 +189,9 @@ def test_learned_redegrader_v_phase_freezes_the_code_and_later_phases_move_it():
     assert [tuple(n.shape) for n in red.noise] == [tuple(s) for s in model.noise_shapes(1, 32, 32)]
     prior = DeepImagePrior(width=8, input_channels=4)
     weights_before = [p.detach().clone() for p in model.parameters()]
-    v = invert(y, prior, red, [Phase("V", "theta", 3, lr=0.01, code_lr=0.0)], generator=torch.Generator().manual_seed(0))
+    v = invert(
+        y, prior, red, [Phase("V", "theta", 3, lr=0.01, code_lr=0.0)], generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(v.code["e_g"], e_g0, rtol=0, atol=0)
     w = invert(y, prior, red, [Phase("theta", "theta", 3, lr=0.01, code_lr=0.05)])
     assert not torch.equal(w.code["e_g"], e_g0) and not torch.equal(w.code["noise"][0], v.code["noise"][0])
@@ -191,8 +204,14 @@ def test_deep_image_prior_fits_an_image_and_crops_odd_sizes():
     y = torch.rand(1, 3, 21, 27, generator=torch.Generator().manual_seed(0))
     y = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), 3, stride=1)  # smooth content the prior can fit
     prior = DeepImagePrior(width=16, input_channels=8)
-    result = invert(y, prior, Identity(), [Phase("theta", "theta", 150, lr=0.01)], distance=PyramidL1(),
-                    generator=torch.Generator().manual_seed(0))
+    result = invert(
+        y,
+        prior,
+        Identity(),
+        [Phase("theta", "theta", 150, lr=0.01)],
+        distance=PyramidL1(),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert result.image.shape == y.shape
     assert (result.image - y).pow(2).mean() < 0.25 * (y - y.mean()).pow(2).mean()
 
@@ -201,6 +220,7 @@ def test_a_prior_of_the_wrong_shape_is_refused():
     class Wrong(DeepImagePrior):
         def forward(self):
             return super().forward()[..., :-1]
+
     with pytest.raises(ValueError, match="prior returned an image of shape"):
         invert(torch.rand(1, 3, 16, 16), Wrong(width=8), Identity(), [Phase("theta", "theta", 1, 0.01)])
     with pytest.raises(ValueError, match="no space 'W'"):
@@ -209,6 +229,7 @@ def test_a_prior_of_the_wrong_shape_is_refused():
 
 def test_jpeg_operator_is_the_codec_forward_and_identity_backward():
     from udm_fast.synthesis import degrade
+
     x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
     out = operators.jpeg(30)(x)
     torch.testing.assert_close(out.detach(), degrade.jpeg(x.detach(), 30, impl="tensor"), rtol=0, atol=1e-12)
@@ -218,10 +239,12 @@ def test_jpeg_operator_is_the_codec_forward_and_identity_backward():
 
 def _gaussian_toy(mu: float, s: float, abar: torch.Tensor):
     """The exact noise predictor for data x0 ~ N(mu, s^2 I): eps(x_t) from E[x0 | x_t]."""
+
     def denoiser(x, t):
         a = abar[t].to(x.dtype).view(-1, *[1] * (x.dim() - 1))
-        x0 = mu + a.sqrt() * s ** 2 / (a * s ** 2 + 1 - a) * (x - a.sqrt() * mu)
+        x0 = mu + a.sqrt() * s**2 / (a * s**2 + 1 - a) * (x - a.sqrt() * mu)
         return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
     return denoiser
 
 
@@ -234,13 +257,27 @@ def test_dps_matches_the_gaussian_posterior_mean():
     mu, s, a, sy = 0.3, 1.0, 0.8, 0.1
     for y_value in (1.2, -0.5):
         y = torch.full((4000, 1, 1, 1), y_value, dtype=torch.float64)
-        x = dps_sample(y, _gaussian_toy(mu, s, abar), abar, lambda x0: a * x0, tuple(y.shape), sigma_y=sy,
-                       generator=torch.Generator().manual_seed(0))
-        posterior_mean = (mu / s ** 2 + a * y_value / sy ** 2) / (1 / s ** 2 + a * a / sy ** 2)
+        x = dps_sample(
+            y,
+            _gaussian_toy(mu, s, abar),
+            abar,
+            lambda x0: a * x0,
+            tuple(y.shape),
+            sigma_y=sy,
+            generator=torch.Generator().manual_seed(0),
+        )
+        posterior_mean = (mu / s**2 + a * y_value / sy**2) / (1 / s**2 + a * a / sy**2)
         assert abs(x.mean().item() - posterior_mean) < 0.03 * abs(posterior_mean - mu)
         # without guidance the sampler draws from the prior
-    x = dps_sample(y, _gaussian_toy(mu, s, abar), abar, lambda x0: 0 * x0, tuple(y.shape), sigma_y=1.0,
-                   generator=torch.Generator().manual_seed(1))
+    x = dps_sample(
+        y,
+        _gaussian_toy(mu, s, abar),
+        abar,
+        lambda x0: 0 * x0,
+        tuple(y.shape),
+        sigma_y=1.0,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert abs(x.mean().item() - mu) < 0.06 and abs(x.std().item() - s) < 0.06
 
 
@@ -249,8 +286,15 @@ def test_dps_with_the_degradation_model_as_measurement():
     y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     measure = redegrader_measurement(model, y, torch.Generator().manual_seed(0))
     abar = torch.cumprod(1 - torch.linspace(1e-3, 0.2, 5, dtype=torch.float64), 0)
-    x = dps_sample(2 * y - 1, _gaussian_toy(0.0, 0.5, abar), abar, measure, (1, 3, 16, 16), zeta=0.5,
-                   generator=torch.Generator().manual_seed(0))
+    x = dps_sample(
+        2 * y - 1,
+        _gaussian_toy(0.0, 0.5, abar),
+        abar,
+        measure,
+        (1, 3, 16, 16),
+        zeta=0.5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert x.shape == (1, 3, 16, 16) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="decreasing"):
         dps_sample(y, _gaussian_toy(0.0, 1.0, abar), abar.flip(0), measure, (1, 3, 16, 16))
@@ -262,25 +306,52 @@ def test_dps_with_the_degradation_model_as_measurement():
 def test_cli_restore_writes_the_outputs(tmp_path, capsys):
     y = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
     save_image(y, tmp_path / "y.png")
-    code = cli.main(["restore", "--degraded", str(tmp_path / "y.png"), "--out", str(tmp_path / "z.png"),
-                     "--steps", "4", "--device", "cpu", "--redegraded", str(tmp_path / "r.png"),
-                     "--curve", str(tmp_path / "c.png")])
+    code = cli.main(
+        [
+            "restore",
+            "--degraded",
+            str(tmp_path / "y.png"),
+            "--out",
+            str(tmp_path / "z.png"),
+            "--steps",
+            "4",
+            "--device",
+            "cpu",
+            "--redegraded",
+            str(tmp_path / "r.png"),
+            "--curve",
+            str(tmp_path / "c.png"),
+        ]
+    )
     assert code == 0
     from PIL import Image
+
     assert Image.open(tmp_path / "z.png").size == (20, 24) and Image.open(tmp_path / "r.png").size == (20, 24)
     assert Image.open(tmp_path / "c.png").format == "PNG"
     assert "4 steps (V 1, theta 3)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: (d / "bad.png").write_bytes(b"not an image"), "not an image file"),
-    (lambda d: save_image(torch.rand(1, 3, 8, 8), d / "bad.png"), "at least 16x16"),
-    (lambda d: (save_image(torch.rand(1, 3, 16, 16), d / "bad.png"), (d / "w.pt").write_bytes(b"xx")), "w.pt"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: (d / "bad.png").write_bytes(b"not an image"), "not an image file"),
+        (lambda d: save_image(torch.rand(1, 3, 8, 8), d / "bad.png"), "at least 16x16"),
+        (lambda d: (save_image(torch.rand(1, 3, 16, 16), d / "bad.png"), (d / "w.pt").write_bytes(b"xx")), "w.pt"),
+    ],
+)
 def test_cli_restore_errors_are_one_line(tmp_path, capsys, setup, message):
     setup(tmp_path)
-    args = ["restore", "--degraded", str(tmp_path / "bad.png"), "--out", str(tmp_path / "z.png"), "--steps", "2",
-            "--device", "cpu"]
+    args = [
+        "restore",
+        "--degraded",
+        str(tmp_path / "bad.png"),
+        "--out",
+        str(tmp_path / "z.png"),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ]
     if (tmp_path / "w.pt").exists():
         args += ["--weights", str(tmp_path / "w.pt")]
     assert cli.main(args) == 1
@@ -295,7 +366,12 @@ def test_cli_restore_interrupted_writes_nothing(tmp_path, capsys, monkeypatch):
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(command, "restore", interrupt)
-    assert cli.main(["restore", "--degraded", str(tmp_path / "y.png"), "--out", str(tmp_path / "z.png"),
-                     "--device", "cpu"]) == 130
+    assert (
+        cli.main(
+            ["restore", "--degraded", str(tmp_path / "y.png"), "--out", str(tmp_path / "z.png"), "--device", "cpu"]
+        )
+        == 130
+    )
     assert sorted(os.listdir(tmp_path)) == ["y.png"]

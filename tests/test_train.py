@@ -1,4 +1,5 @@
 """The trainer on a tiny model (CPU): learning, exact resume, DDP on gloo, precision modes and errors."""
+
 import csv
 import logging
 import math
@@ -11,8 +12,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from udm_fast.models import checkpoint as ckpt
 from udm_fast.losses import MissingWeightsError
+from udm_fast.models import checkpoint as ckpt
 from udm_fast.models.udm import UDM
 from udm_fast.train import distributed
 from udm_fast.train.config import ConfigError, ScheduleConfig, load_config
@@ -32,8 +33,15 @@ def _restore_threads():
 
 def tiny(out_dir, **overrides):
     """configs/tiny.yaml on the bundled photos, single-threaded, one CSV row per step, no grids."""
-    base = {"log.out_dir": str(out_dir), "log.progress": False, "log.log_every": 1, "log.image_every": 0,
-            "log.save_every": 0, "run.threads": 1, "data.degrade_window": 48}
+    base = {
+        "log.out_dir": str(out_dir),
+        "log.progress": False,
+        "log.log_every": 1,
+        "log.image_every": 0,
+        "log.save_every": 0,
+        "run.threads": 1,
+        "data.degrade_window": 48,
+    }
     return load_config(TINY, {**base, **overrides})
 
 
@@ -115,8 +123,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
     assert [r["step"] for r in b] == [str(s) for s in range(1, 5)]  # the killed run's row 3 was replaced
     for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k != "images_per_s"} == \
-               {k: v for k, v in rb.items() if k != "images_per_s"}
+        assert {k: v for k, v in ra.items() if k != "images_per_s"} == {
+            k: v for k, v in rb.items() if k != "images_per_s"
+        }
 
 
 def _without_group_names(optimizer_state: dict) -> dict:
@@ -131,16 +140,22 @@ def test_named_parameter_groups_and_resume_from_a_checkpoint_without_names(tmp_p
     groups = {group["name"]: group for group in reference.optimizer_g.param_groups}
     assert list(groups) == ["global_encoder", "local_encoder", "generator", "global_compressor", "local_compressor"]
     model = reference.model
-    for name, module in (("global_encoder", model.global_encoder.encoder_q), ("generator", model.generator),
-                         ("local_compressor", model.local_compressor)):
+    for name, module in (
+        ("global_encoder", model.global_encoder.encoder_q),
+        ("generator", model.generator),
+        ("local_compressor", model.local_compressor),
+    ):
         assert [id(p) for p in groups[name]["params"]] == [id(p) for p in module.parameters()], name
     assert [group["name"] for group in reference.optimizer_d.param_groups] == ["critic"]
     assert reference.lr() == {"lr_generator": 2e-3, "lr_critic": 5e-4}  # by name: the other groups have 1e-3
     reference.run()
 
     state = ckpt.load_file(tmp_path / "a" / "checkpoints" / "step_00000002.pt")
-    old = dict(state, optimizer_g=_without_group_names(state["optimizer_g"]),
-               optimizer_d=_without_group_names(state["optimizer_d"]))
+    old = dict(
+        state,
+        optimizer_g=_without_group_names(state["optimizer_g"]),
+        optimizer_d=_without_group_names(state["optimizer_d"]),
+    )
     torch.save(old, tmp_path / "unnamed.pt")
     resumed = Trainer(tiny(tmp_path / "b", **settings), resume=str(tmp_path / "unnamed.pt"))
     assert [g["name"] for g in resumed.optimizer_g.param_groups] == list(groups)  # matched by position, kept
@@ -150,11 +165,16 @@ def test_named_parameter_groups_and_resume_from_a_checkpoint_without_names(tmp_p
         assert _state_equal(reference.state_dict()[name], resumed.state_dict()[name]), name
     assert [float(r["lr_generator"]) for r in read_log(tmp_path / "b")] == [2e-3, 2e-3]
 
-    renamed = dict(state["optimizer_g"], param_groups=[dict(g, name=f"part{i}") for i, g in
-                                                       enumerate(state["optimizer_g"]["param_groups"])])
+    renamed = dict(
+        state["optimizer_g"],
+        param_groups=[dict(g, name=f"part{i}") for i, g in enumerate(state["optimizer_g"]["param_groups"])],
+    )
     torch.save(dict(state, optimizer_g=renamed), tmp_path / "renamed.pt")
-    with pytest.raises(ckpt.CheckpointError, match=r"renamed.pt: the optimiser's parameter groups are "
-                                                    r"\['part0', .*\] in the checkpoint and \['global_encoder'"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"renamed.pt: the optimiser's parameter groups are "
+        r"\['part0', .*\] in the checkpoint and \['global_encoder'",
+    ):
         Trainer(tiny(tmp_path / "c", **settings), resume=str(tmp_path / "renamed.pt"))
     fewer = dict(old["optimizer_g"], param_groups=old["optimizer_g"]["param_groups"][:4])
     torch.save(dict(state, optimizer_g=fewer), tmp_path / "fewer.pt")
@@ -182,14 +202,17 @@ def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):
 
 
 def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     try:
         trainer = Trainer(tiny(out_dir, **{"run.max_steps": 3, "log.save_every": 2}))
         assert trainer.sampler.per_rank == 2
         trainer.run()
-        torch.save({"model": trainer.model.state_dict(), "optimizer_g": trainer.optimizer_g.state_dict()},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"model": trainer.model.state_dict(), "optimizer_g": trainer.optimizer_g.state_dict()},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         distributed.shutdown()
 
@@ -205,23 +228,41 @@ def test_two_process_gloo_training_keeps_the_ranks_identical(tmp_path):
     model = states[0]["model"]
     # every step enqueued the keys of both ranks (4 per step), not only the local 2
     assert model["global_encoder.queue_ptr"].item() == (3 * 4) % 16
-    assert not torch.equal(model["global_encoder.encoder_k.LPE_p.0.conv.weight"],
-                           model["global_encoder.encoder_q.LPE_p.0.conv.weight"])
+    assert not torch.equal(
+        model["global_encoder.encoder_k.LPE_p.0.conv.weight"], model["global_encoder.encoder_q.LPE_p.0.conv.weight"]
+    )
     saved = ckpt.load_file(tmp_path / "checkpoints" / "latest.pt")
     assert saved["step"] == 3 and len(saved["rng"]) == 2  # each rank's random state
     assert len(read_log(tmp_path)) == 3  # only rank 0 logs
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # fp16: skipped first step
-@pytest.mark.parametrize("overrides, columns", [
-    ({"run.amp": "bf16", "run.channels_last": True, "model.disc_channels": 6, "data.degrade_on": "device",
-      "loss.weights.dists": 1.0, "loss.weights.lpips": 1.0, "loss.pretrained": False,
-      "loss.weights.spectrum": 1.0, "loss.weights.spectrum_pool": 4, "loss.weights.lowpass_l1": 1.0,
-      "optim.grad_clip": 1.0, "optim.critic_grad_clip": 1.0},
-     {"dists", "lpips", "spectrum", "lowpass_l1", "grad_norm", "critic_grad_norm"}),
-    ({"run.amp": "fp16", "optim.grad_clip": 1.0, "optim.critic_grad_clip": 1.0, "loss.weights.diversity": 0.0},
-     {"critic_loss", "grad_norm", "critic_grad_norm"}),
-])
+@pytest.mark.parametrize(
+    "overrides, columns",
+    [
+        (
+            {
+                "run.amp": "bf16",
+                "run.channels_last": True,
+                "model.disc_channels": 6,
+                "data.degrade_on": "device",
+                "loss.weights.dists": 1.0,
+                "loss.weights.lpips": 1.0,
+                "loss.pretrained": False,
+                "loss.weights.spectrum": 1.0,
+                "loss.weights.spectrum_pool": 4,
+                "loss.weights.lowpass_l1": 1.0,
+                "optim.grad_clip": 1.0,
+                "optim.critic_grad_clip": 1.0,
+            },
+            {"dists", "lpips", "spectrum", "lowpass_l1", "grad_norm", "critic_grad_norm"},
+        ),
+        (
+            {"run.amp": "fp16", "optim.grad_clip": 1.0, "optim.critic_grad_clip": 1.0, "loss.weights.diversity": 0.0},
+            {"critic_loss", "grad_norm", "critic_grad_norm"},
+        ),
+    ],
+)
 def test_precision_and_option_modes_train(tmp_path, overrides, columns):
     summary = Trainer(tiny(tmp_path, **{"run.max_steps": 1}, **overrides)).run()
     assert summary["finished"] and columns <= set(summary["losses"])
@@ -232,9 +273,11 @@ def test_precision_and_option_modes_train(tmp_path, overrides, columns):
 
 
 def test_schedules_drive_their_own_optimisers(tmp_path):
-    overrides = {"run.max_steps": 2,
-                 "optim.generator_schedule": {"kind": "step", "interval": "step", "step_size": 1, "gamma": 0.5},
-                 "optim.critic_schedule": {"kind": "cosine", "interval": "epoch", "min_lr_ratio": 0.1}}
+    overrides = {
+        "run.max_steps": 2,
+        "optim.generator_schedule": {"kind": "step", "interval": "step", "step_size": 1, "gamma": 0.5},
+        "optim.critic_schedule": {"kind": "cosine", "interval": "epoch", "min_lr_ratio": 0.1},
+    }
     trainer = Trainer(tiny(tmp_path, **overrides))
     assert trainer.sampler.batches_per_epoch == 1  # 4 bundled photos, batch 4
     trainer.run()
@@ -267,7 +310,9 @@ def test_output_folder_and_resume_errors(tmp_path):
         Trainer(tiny(tmp_path, **{"run.max_steps": 1}))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         Trainer(tiny(tmp_path / "other"), resume=True)
-    with pytest.raises(ckpt.CheckpointError, match=r"another model \(checkpoint -> config now: model.filters: 8 -> 16\)"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"another model \(checkpoint -> config now: model.filters: 8 -> 16\)"
+    ):
         Trainer(tiny(tmp_path, **{"model.filters": 16}), resume=True)
     with pytest.raises(ckpt.CheckpointError, match="run.ema_decay was off"):
         Trainer(tiny(tmp_path, **{"run.ema_decay": 0.9}), resume=True)
@@ -294,8 +339,12 @@ def test_output_folder_and_resume_errors(tmp_path):
 
 def test_a_second_run_into_a_busy_output_folder_is_refused(tmp_path):
     fcntl = pytest.importorskip("fcntl")
-    lean = {"run.max_steps": 1, "model.discriminator": False, "loss.weights.gan_generator": 0.0,
-            "loss.weights.diversity": 0.0}
+    lean = {
+        "run.max_steps": 1,
+        "model.discriminator": False,
+        "loss.weights.gan_generator": 0.0,
+        "loss.weights.diversity": 0.0,
+    }
     with open(tmp_path / ".run.lock", "w") as held:  # another run (its lock is tied to this open file)
         held.write("pid 12345 on elsewhere")
         held.flush()
@@ -321,7 +370,8 @@ def test_each_unusable_file_is_reported_once_and_every_skip_counted(caplog):
     assert trainer.skipped == 6
     assert [r.getMessage() for r in caplog.records] == [
         "skipped unusable training file a.jpg: cannot decode image (not reported again)",
-        "skipped unusable training file b.jpg: smaller than the crop (not reported again)"]
+        "skipped unusable training file b.jpg: smaller than the crop (not reported again)",
+    ]
 
 
 def test_bad_data_is_reported(tmp_path):

@@ -1,4 +1,5 @@
 """``udm-fast synth``, ``train`` and ``eval`` as a user runs them, including a real kill and resume."""
+
 import argparse
 import csv
 import json
@@ -16,16 +17,30 @@ from PIL import Image
 
 from udm_fast import cli
 from udm_fast.cli import evaluate, train
-from udm_fast.synthesis.degrade import degrade
 from udm_fast.models.udm import UDM
+from udm_fast.synthesis.degrade import degrade
 from udm_fast.train.config import load_config
 from udm_fast.train.data import derive_seed
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
-FAST = ["--set", "log.progress=false", "--set", "run.threads=1", "--set", "log.image_every=0",
-        "--set", "data.degrade_window=48"]
-LEAN = ["--set", "model.discriminator=false", "--set", "loss.weights.gan_generator=0",
-        "--set", "loss.weights.diversity=0"]
+FAST = [
+    "--set",
+    "log.progress=false",
+    "--set",
+    "run.threads=1",
+    "--set",
+    "log.image_every=0",
+    "--set",
+    "data.degrade_window=48",
+]
+LEAN = [
+    "--set",
+    "model.discriminator=false",
+    "--set",
+    "loss.weights.gan_generator=0",
+    "--set",
+    "loss.weights.diversity=0",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +115,12 @@ def test_synth_gives_images_sharing_a_stem_distinct_names(tmp_path):
     rows = _rows(out / "pairs.csv")
     # sorted sources x.jpg, x.png, x_jpg.png, y.png; only the clashing stems keep their extension
     assert [r["ref_name"] for r in rows] == ["ref/x_jpg_2.png", "ref/x_png.png", "ref/x_jpg.png", "ref/y.png"]
-    assert [r["name"] for r in rows] == ["degraded/x_jpg_2-0.png", "degraded/x_png-0.png", "degraded/x_jpg-0.png",
-                                         "degraded/y-0.png"]
+    assert [r["name"] for r in rows] == [
+        "degraded/x_jpg_2-0.png",
+        "degraded/x_png-0.png",
+        "degraded/x_jpg-0.png",
+        "degraded/y-0.png",
+    ]
     assert sorted(os.listdir(out / "ref")) == sorted(os.path.basename(r["ref_name"]) for r in rows)
     for source, row in zip(["x.png", "x_jpg.png", "y.png"], rows[1:]):
         assert np.array_equal(np.asarray(Image.open(out / row["ref_name"])), np.asarray(Image.open(clean / source)))
@@ -131,22 +150,27 @@ def test_synth_notes_each_converted_image(tmp_path, capsys):
     rgb.convert("P", palette=Image.ADAPTIVE).save(clean / "d_palette.png")
     assert cli.main(["synth", "--clean", str(clean), "--out", str(tmp_path / "out"), "--per-image", "2"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("udm-fast: note: ")]
-    assert notes == [f"udm-fast: note: {clean / 'b_gray.png'}: grayscale image, replicated to RGB",
-                     f"udm-fast: note: {clean / 'c_rgba.png'}: has an alpha channel, composited onto white",
-                     f"udm-fast: note: {clean / 'd_palette.png'}: palette image, converted to RGB"]
+    assert notes == [
+        f"udm-fast: note: {clean / 'b_gray.png'}: grayscale image, replicated to RGB",
+        f"udm-fast: note: {clean / 'c_rgba.png'}: has an alpha channel, composited onto white",
+        f"udm-fast: note: {clean / 'd_palette.png'}: palette image, converted to RGB",
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["synth", "--max-side", "-3"], "--max-side must be a positive number of pixels, or 0 to keep sizes, got -3"),
-    (["synth", "--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1, got -1"),
-    (["eval", "--crop", "8"], "--crop must be 0 (whole images) or at least 11 (the MS-SSIM window), got 8"),
-    (["eval", "--crop", "-1"], "--crop must be 0 (whole images) or at least 11"),
-    (["eval", "--limit", "-2"], "--limit must be >= 0 (0: no limit), got -2"),
-    (["eval", "--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1, got -1"),
-    (["eval", "--clean", "--crop", "16"], "--clean needs --crop 0 (the default 128) or at least 32, got 16"),
-    (["eval", "--clean", "--first-seed", "-1"], "must lie in 0 .. 2**64 - 1; got -1 .. 4"),
-    (["eval", "--clean", "--first-seed", str(2 ** 64 - 2)], f"got {2 ** 64 - 2} .. {2 ** 64 + 3}"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["synth", "--max-side", "-3"], "--max-side must be a positive number of pixels, or 0 to keep sizes, got -3"),
+        (["synth", "--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1, got -1"),
+        (["eval", "--crop", "8"], "--crop must be 0 (whole images) or at least 11 (the MS-SSIM window), got 8"),
+        (["eval", "--crop", "-1"], "--crop must be 0 (whole images) or at least 11"),
+        (["eval", "--limit", "-2"], "--limit must be >= 0 (0: no limit), got -2"),
+        (["eval", "--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1, got -1"),
+        (["eval", "--clean", "--crop", "16"], "--clean needs --crop 0 (the default 128) or at least 32, got 16"),
+        (["eval", "--clean", "--first-seed", "-1"], "must lie in 0 .. 2**64 - 1; got -1 .. 4"),
+        (["eval", "--clean", "--first-seed", str(2**64 - 2)], f"got {2**64 - 2} .. {2**64 + 3}"),
+    ],
+)
 def test_synth_and_eval_reject_out_of_range_numbers(tmp_path, capsys, photos, args, message):
     command, *flags = args
     if command == "synth":
@@ -167,14 +191,20 @@ def test_eval_names_the_missing_or_corrupt_reference(paired, tmp_path, capsys):
     (data / "ref" / "p0.png").unlink()
     (data / "ref" / "p1.png").write_bytes(b"not a png")
     out = tmp_path / "eval.json"
-    assert cli.main(["eval", "--data", str(data), "--crop", "48", "--no-download", "--device", "cpu",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(["eval", "--data", str(data), "--crop", "48", "--no-download", "--device", "cpu", "--out", str(out)])
+        == 0
+    )
     err = capsys.readouterr().err
     for variant in range(2):
-        assert (f"skipped {data / 'degraded' / f'p0-{variant}.png'}: its reference {data / 'ref' / 'p0.png'}: "
-                f"file not found") in err
-        assert (f"skipped {data / 'degraded' / f'p1-{variant}.png'}: its reference {data / 'ref' / 'p1.png'}: "
-                f"cannot decode image") in err
+        assert (
+            f"skipped {data / 'degraded' / f'p0-{variant}.png'}: its reference {data / 'ref' / 'p0.png'}: "
+            f"file not found"
+        ) in err
+        assert (
+            f"skipped {data / 'degraded' / f'p1-{variant}.png'}: its reference {data / 'ref' / 'p1.png'}: "
+            f"cannot decode image"
+        ) in err
     assert json.loads(out.read_text())["count"] == 2
 
 
@@ -188,7 +218,8 @@ def test_eval_tries_the_vgg16_download_once(weight_packages, tmp_path, monkeypat
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     modules, unavailable = evaluate._perceptual_metrics(
-        argparse.Namespace(vgg_weights=None, no_download=False), torch.device("cpu"))
+        argparse.Namespace(vgg_weights=None, no_download=False), torch.device("cpu")
+    )
     assert len(downloads) == 1 and modules == {}
     assert set(unavailable) == {"dists", "lpips"}
     assert all("download" in reason and "no network" in reason for reason in unavailable.values())
@@ -207,8 +238,22 @@ def test_data_flag_picks_pairs_or_photos_with_absolute_paths(photos, paired, mon
 
 def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, capsys):
     run = tmp_path / "run"
-    code = cli.main(["train", TINY, "--data", str(paired / "pairs.csv"), "--out", str(run), "--max-steps", "2",
-                     *FAST, *LEAN, "--set", "data.batch_size=2"])
+    code = cli.main(
+        [
+            "train",
+            TINY,
+            "--data",
+            str(paired / "pairs.csv"),
+            "--out",
+            str(run),
+            "--max-steps",
+            "2",
+            *FAST,
+            *LEAN,
+            "--set",
+            "data.batch_size=2",
+        ]
+    )
     assert code == 0
     assert "finished at step 2" in capsys.readouterr().out
     config = load_config(run / "config.yaml")
@@ -216,8 +261,24 @@ def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, caps
 
     for weights in (run / "model.pt", run / "checkpoints" / "latest.pt"):
         out = tmp_path / f"{weights.stem}.json"
-        code = cli.main(["eval", "--weights", str(weights), "--data", str(paired), "--out", str(out), "--crop", "48",
-                         "--limit", "3", "--no-download", "--device", "cpu"])
+        code = cli.main(
+            [
+                "eval",
+                "--weights",
+                str(weights),
+                "--data",
+                str(paired),
+                "--out",
+                str(out),
+                "--crop",
+                "48",
+                "--limit",
+                "3",
+                "--no-download",
+                "--device",
+                "cpu",
+            ]
+        )
         assert code == 0
         captured = capsys.readouterr()
         assert "mean over 3 pairs" in captured.out and "PSNR dB" in captured.out
@@ -225,21 +286,54 @@ def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, caps
         results = json.loads(out.read_text())
         assert results["count"] == 3 and set(results["unavailable"]) == {"dists", "lpips"}
         assert set(results["mean"]) == {"psnr", "ms_ssim", "bits_global_per_image", "bits_local_per_pixel"}
-    assert json.loads((tmp_path / "model.json").read_text())["mean"] == \
-        json.loads((tmp_path / "latest.json").read_text())["mean"]  # same weights either way
+    assert (
+        json.loads((tmp_path / "model.json").read_text())["mean"]
+        == json.loads((tmp_path / "latest.json").read_text())["mean"]
+    )  # same weights either way
     # the coding commands take a training checkpoint too: its code decodes with the exported model.pt
     code_file = tmp_path / "code.udm"
     degraded = sorted((paired / "degraded").rglob("*.png"))[0]
-    assert cli.main(["encode", "--weights", str(run / "checkpoints" / "latest.pt"), "--degraded", str(degraded),
-                     "--out", str(code_file), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "encode",
+                "--weights",
+                str(run / "checkpoints" / "latest.pt"),
+                "--degraded",
+                str(degraded),
+                "--out",
+                str(code_file),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["decode", str(code_file), "--weights", str(run / "model.pt"), "--device", "cpu"]) == 0
     capsys.readouterr()
 
     # transfer mode: clean photos, seeded degradations, the model next to the two baselines
     out = tmp_path / "transfer.json"
-    code = cli.main(["eval", "--weights", str(run / "model.pt"), "--clean", str(photos),
-                     "--crop", "48", "--degradations", "2", "--first-seed", "7", "--no-download", "--device", "cpu",
-                     "--out", str(out)])
+    code = cli.main(
+        [
+            "eval",
+            "--weights",
+            str(run / "model.pt"),
+            "--clean",
+            str(photos),
+            "--crop",
+            "48",
+            "--degradations",
+            "2",
+            "--first-seed",
+            "7",
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "skipped" in captured.err and "zz_broken.png" in captured.err
@@ -255,14 +349,19 @@ def test_train_then_eval_on_the_synthesised_pairs(photos, paired, tmp_path, caps
     assert float(spectrum_row.split()[-2]) == pytest.approx(table["methods"]["identity"]["spectrum_db"], abs=1e-4)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "run.max_step=3"], "unknown key 'run.max_step' (did you mean 'max_steps'?)"),
-    (["--set", "oops"], "--set expects KEY=VALUE"),
-    (["--data", "/no/such/folder"], "not a folder of images nor a .csv index"),
-    (["--set", "loss.weights.dists=10", "--set", "loss.download=false"],
-     "download=False; set loss.vgg_weights (torchvision's vgg16-397923af.pth)"),
-    (["--set", "loss.weights.dists=10", "--set", "loss.download=false"], "set loss.pretrained: false"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "run.max_step=3"], "unknown key 'run.max_step' (did you mean 'max_steps'?)"),
+        (["--set", "oops"], "--set expects KEY=VALUE"),
+        (["--data", "/no/such/folder"], "not a folder of images nor a .csv index"),
+        (
+            ["--set", "loss.weights.dists=10", "--set", "loss.download=false"],
+            "download=False; set loss.vgg_weights (torchvision's vgg16-397923af.pth)",
+        ),
+        (["--set", "loss.weights.dists=10", "--set", "loss.download=false"], "set loss.pretrained: false"),
+    ],
+)
 def test_train_errors_are_one_line(tmp_path, capsys, monkeypatch, request, args, message):
     if "vgg16" in message:  # the VGG16 file is looked for once the DISTS weights are found
         request.getfixturevalue("weight_packages")
@@ -295,12 +394,28 @@ def test_eval_errors(tmp_path, capsys, photos):
 
 def test_killed_training_resumes_on_the_same_trajectory(paired, tmp_path):
     """SIGKILL a `udm-fast train` process after a checkpoint; --resume reaches the uninterrupted result."""
-    args = ["train", TINY, "--data", str(paired / "pairs.csv"), "--max-steps", "8", *FAST, *LEAN,
-            "--set", "data.batch_size=2", "--set", "log.save_every=2"]
+    args = [
+        "train",
+        TINY,
+        "--data",
+        str(paired / "pairs.csv"),
+        "--max-steps",
+        "8",
+        *FAST,
+        *LEAN,
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "log.save_every=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "udm_fast.cli", *args, "--out", str(killed)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "udm_fast.cli", *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not (killed / "checkpoints" / "step_00000002.pt").exists():
         assert process.poll() is None, process.stderr.read().decode()

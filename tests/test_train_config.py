@@ -1,4 +1,5 @@
 """The training configuration: the shipped files, strict keys, types and cross-checks."""
+
 import os
 
 import pytest
@@ -28,8 +29,15 @@ def test_default_yaml_documents_every_key_with_the_code_defaults():
     assert load_config(DEFAULT).to_dict() == defaults
     # the film-grain weights of docs/architecture.md §10.2 (L1 doubled for [0, 1] images)
     w = load_config(DEFAULT).loss.weights
-    assert (w.dists, w.l1, w.color, w.bits_global, w.bits_local, w.contrastive, w.gan_generator) == \
-        (10.0, 20.0, 10.0, 2e-3, 0.05, 1e-4, 10.0)
+    assert (w.dists, w.l1, w.color, w.bits_global, w.bits_local, w.contrastive, w.gan_generator) == (
+        10.0,
+        20.0,
+        10.0,
+        2e-3,
+        0.05,
+        1e-4,
+        10.0,
+    )
 
 
 def test_tiny_config_is_valid_and_small():
@@ -50,14 +58,17 @@ def test_round_trip_through_dict():
     assert TrainingConfig.from_dict(c.to_dict()) == c
 
 
-@pytest.mark.parametrize("values, key, suggestion", [
-    ({"sed": 1}, "sed", "seed"),
-    ({"data": {"crop_szie": 64}}, "data.crop_szie", "crop_size"),
-    ({"model": {"filtrs": 8}}, "model.filtrs", "filters"),
-    ({"loss": {"weights": {"dits": 1.0}}}, "loss.weights.dits", "dists"),
-    ({"data": {"degrade": {"p_nosie": 0.1}}}, "data.degrade.p_nosie", "p_noise"),
-    ({"optim": {"generator_schedule": {"gama": 0.1}}}, "optim.generator_schedule.gama", "gamma"),
-])
+@pytest.mark.parametrize(
+    "values, key, suggestion",
+    [
+        ({"sed": 1}, "sed", "seed"),
+        ({"data": {"crop_szie": 64}}, "data.crop_szie", "crop_size"),
+        ({"model": {"filtrs": 8}}, "model.filtrs", "filters"),
+        ({"loss": {"weights": {"dits": 1.0}}}, "loss.weights.dits", "dists"),
+        ({"data": {"degrade": {"p_nosie": 0.1}}}, "data.degrade.p_nosie", "p_noise"),
+        ({"optim": {"generator_schedule": {"gama": 0.1}}}, "optim.generator_schedule.gama", "gamma"),
+    ],
+)
 def test_unknown_key_is_named_with_a_suggestion_and_the_valid_keys(values, key, suggestion):
     with pytest.raises(ConfigError) as info:
         TrainingConfig.from_dict(values)
@@ -67,24 +78,27 @@ def test_unknown_key_is_named_with_a_suggestion_and_the_valid_keys(values, key, 
     assert "valid keys" in message and suggestion in message.split("valid keys", 1)[1]
 
 
-@pytest.mark.parametrize("values, match", [
-    ({"data": {"batch_size": "24"}}, "'data.batch_size' must be an integer"),
-    ({"data": {"batch_size": 2.5}}, "'data.batch_size' must be an integer"),
-    ({"run": {"compile": "yes"}}, "'run.compile' must be true or false"),
-    ({"run": {"amp": "fp8"}}, r"'run.amp' must be one of \['none', 'bf16', 'fp16'\]"),
-    ({"optim": {"lr_generator": "fast"}}, "'optim.lr_generator' must be a number"),
-    ({"optim": {"betas": 0.9}}, "'optim.betas' must be a list"),
-    ({"data": 3}, "'data' must be a mapping"),
-    ({"data": {"degrade": {"p_noise": 2.0}}}, "p_noise must be a probability"),
-    ({"loss": {"weights": {"l1": -1.0}}}, "l1 must be a finite number >= 0"),
-    ({"data": {"crop_size": 100}}, "multiple of 8"),
-    ({"data": {"kind": "csv"}}, "needs csv"),
-    ({"run": {"epochs": 0, "max_steps": 0}}, "never end"),
-    ({"model": {"discriminator": False}}, "gan_generator > 0 needs a critic"),
-    ({"data": {"crop_size": 64}}, r"disc_in_width \(128\) must equal data.crop_size \(64\)"),
-    ({"model": {"queue_size": 8}}, r"queue_size \(8\) must be >= data.batch_size \(24\)"),
-    ({"optim": {"generator_schedule": {"gamma": 0.0}}}, "gamma must be in"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"data": {"batch_size": "24"}}, "'data.batch_size' must be an integer"),
+        ({"data": {"batch_size": 2.5}}, "'data.batch_size' must be an integer"),
+        ({"run": {"compile": "yes"}}, "'run.compile' must be true or false"),
+        ({"run": {"amp": "fp8"}}, r"'run.amp' must be one of \['none', 'bf16', 'fp16'\]"),
+        ({"optim": {"lr_generator": "fast"}}, "'optim.lr_generator' must be a number"),
+        ({"optim": {"betas": 0.9}}, "'optim.betas' must be a list"),
+        ({"data": 3}, "'data' must be a mapping"),
+        ({"data": {"degrade": {"p_noise": 2.0}}}, "p_noise must be a probability"),
+        ({"loss": {"weights": {"l1": -1.0}}}, "l1 must be a finite number >= 0"),
+        ({"data": {"crop_size": 100}}, "multiple of 8"),
+        ({"data": {"kind": "csv"}}, "needs csv"),
+        ({"run": {"epochs": 0, "max_steps": 0}}, "never end"),
+        ({"model": {"discriminator": False}}, "gan_generator > 0 needs a critic"),
+        ({"data": {"crop_size": 64}}, r"disc_in_width \(128\) must equal data.crop_size \(64\)"),
+        ({"model": {"queue_size": 8}}, r"queue_size \(8\) must be >= data.batch_size \(24\)"),
+        ({"optim": {"generator_schedule": {"gamma": 0.0}}}, "gamma must be in"),
+    ],
+)
 def test_bad_values_name_the_key(values, match):
     with pytest.raises(ConfigError, match=match):
         TrainingConfig.from_dict(values)

@@ -1,5 +1,6 @@
 """Training options of the bundled model v2: augmentation (flips, 90-degree rotations, reductions), e_g from
 y_key, the quantiles' own optimiser group and the cross-content leakage term."""
+
 import os
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from udm_fast.synthesis.degrade import DegradeConfig
 from udm_fast.eval.leakage import leakage_loss
+from udm_fast.synthesis.degrade import DegradeConfig
 from udm_fast.train.config import ConfigError, load_config
 from udm_fast.train.data import FolderTriples, reduce_randomly
 from udm_fast.train.trainer import Trainer
@@ -24,9 +25,17 @@ def _restore_threads():
 
 
 def tiny(out_dir, **overrides):
-    base = {"log.out_dir": str(out_dir), "log.progress": False, "log.log_every": 1, "log.image_every": 0,
-            "log.save_every": 0, "run.threads": 1, "data.degrade_window": 48, "model.discriminator": False,
-            "loss.weights.gan_generator": 0.0}
+    base = {
+        "log.out_dir": str(out_dir),
+        "log.progress": False,
+        "log.log_every": 1,
+        "log.image_every": 0,
+        "log.save_every": 0,
+        "run.threads": 1,
+        "data.degrade_window": 48,
+        "model.discriminator": False,
+        "loss.weights.gan_generator": 0.0,
+    }
     return load_config(TINY, {**base, **overrides})
 
 

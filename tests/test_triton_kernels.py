@@ -8,6 +8,7 @@ run compiled Triton code anyway; torch reads the variable only on its GPU code p
 module imported triton first, this module reruns itself in a subprocess instead.
 bfloat16 runs only on a GPU (tl.dot in bfloat16 is wrong in the CPU interpreter).
 """
+
 import os
 import subprocess
 import sys
@@ -21,12 +22,13 @@ if not CUDA and "triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
 pytest.importorskip("triton")
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 import triton.language as tl  # noqa: E402
-
 from generator_training import check_trains_like_reference, generator_loss_curve  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
 from udm_fast.layers import IDA, SFT, ida_reference  # noqa: E402
-from udm_fast.ops import ida_triton as ida_ops, sft_triton as sft_ops  # noqa: E402
+from udm_fast.ops import ida_triton as ida_ops  # noqa: E402
+from udm_fast.ops import sft_triton as sft_ops
 
 _common = ida_ops.kernels("_common")
 
@@ -37,16 +39,23 @@ COND = 8
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
 if not IN_PROCESS:
-    _SKIP_KERNELS = "triton was imported without the interpreter in this process; test_interpreter_suite_in_subprocess " \
-                    "runs these"
+    _SKIP_KERNELS = (
+        "triton was imported without the interpreter in this process; test_interpreter_suite_in_subprocess runs these"
+    )
 else:  # an interpreter that cannot run the kernels here (Triton 3.6 with numpy >= 2.4) is reported, not hit
     _SKIP_KERNELS = None if CUDA else _common.interpreter_problem()
 needs_kernels = pytest.mark.skipif(_SKIP_KERNELS is not None, reason=_SKIP_KERNELS or "")
 
 
 # tests of this module whose passing shows the kernels ran (forward, backward, noise, opcheck, compile)
-_CORE_KERNEL_TESTS = ("test_ida_fp32", "test_sft_fp32", "test_in_kernel_noise_matches_materialised_noise",
-                      "test_opcheck_ida", "test_opcheck_sft", "test_compile_fullgraph_matches_eager")
+_CORE_KERNEL_TESTS = (
+    "test_ida_fp32",
+    "test_sft_fp32",
+    "test_in_kernel_noise_matches_materialised_noise",
+    "test_opcheck_ida",
+    "test_opcheck_sft",
+    "test_compile_fullgraph_matches_eager",
+)
 
 
 def _junit_outcomes(report) -> dict:
@@ -66,8 +75,12 @@ def _junit_outcomes(report) -> dict:
 def test_interpreter_suite_in_subprocess(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1")
     report = tmp_path / "report.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                           __file__], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     outcomes = _junit_outcomes(report)
     assert not [name for name, (status, _) in outcomes.items() if status == "failed"]
@@ -82,6 +95,7 @@ def test_interpreter_suite_in_subprocess(tmp_path):
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 @pytest.fixture(autouse=True)
 def _ieee_fp32():
@@ -104,9 +118,14 @@ class _Poison:
             def wrapper(*args, **kwargs):
                 t = fn(*args, **kwargs)
                 return t.fill_(float("nan")) if t.is_floating_point() else t
+
             return wrapper
 
-        torch.empty, torch.empty_like, torch.Tensor.new_empty = poisoned(empty), poisoned(empty_like), poisoned(new_empty)
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = (
+            poisoned(empty),
+            poisoned(empty_like),
+            poisoned(new_empty),
+        )
         return self
 
     def __exit__(self, *exc):
@@ -149,8 +168,9 @@ def _resample_near_kinks(tensors, samplers, pre_activations, eps=1e-4):
 def _map_clear_of_kinks(m, w_up):
     """m with t = ConvT2x2(m, w_up) (the IDA's LeakyReLU input) away from 0 at every low-res pixel."""
     w = w_up.double()
-    return _resample_near_kinks([m], [torch.rand_like],
-                                lambda m: F.pixel_unshuffle(F.conv_transpose2d(m, w, stride=2), 2))[0]
+    return _resample_near_kinks(
+        [m], [torch.rand_like], lambda m: F.pixel_unshuffle(F.conv_transpose2d(m, w, stride=2), 2)
+    )[0]
 
 
 def _leaves(tensors):
@@ -173,6 +193,7 @@ def _check_grads(got: dict, want: dict, tol: float):
 
 
 # ----------------------------------------------------------------------------- IDA / SFT vs reference
+
 
 def run_ida_case(batch, channels, height, width, dtype, channels_last):
     x, _, m, _ = _inputs(batch, channels, height, width, dtype, channels_last)
@@ -206,8 +227,10 @@ def run_sft_case(batch, channels, height, width, dtype, channels_last, activatio
     w1 = fused_layer.convs_gamma[0].conv2d.weight.detach().double()
     w3 = fused_layer.convs_beta[0].conv2d.weight.detach().double()
     cond_full, noise = _resample_near_kinks(
-        [cond_full, noise], [torch.rand_like, torch.randn_like],
-        lambda c, z: torch.cat((F.conv2d(c, w1), F.conv2d(torch.cat((c, z), 1), w3)), 1))
+        [cond_full, noise],
+        [torch.rand_like, torch.randn_like],
+        lambda c, z: torch.cat((F.conv2d(c, w1), F.conv2d(torch.cat((c, z), 1), w3)), 1),
+    )
 
     fused_in = _leaves([x, cond_full, cond_half, noise])
     with _Poison():
@@ -231,13 +254,28 @@ def run_sft_case(batch, channels, height, width, dtype, channels_last, activatio
 # sizes, the smallest and the largest (non-square) size; with the interpreter's blocks, C >= 128 runs every
 # channel-chunk loop, C = 256 two mid-channel blocks (C = 512: three), 48x80 several pixel tiles per persistent
 # program and split-K.
-FAST_CASES = [(1, 16, 8, 8, False), (3, 64, 16, 24, True), (1, 128, 8, 16, False), (1, 256, 8, 8, True),
-              (1, 512, 8, 8, True), (1, 16, 48, 80, False)]
-SWEEP = [(b, c, h, w, (b + c) % 3 == 0) for c in (16, 64, 128, 256) for b in (1, 3)
-         for h, w in ((8, 8), (16, 24), (48, 80))]
+FAST_CASES = [
+    (1, 16, 8, 8, False),
+    (3, 64, 16, 24, True),
+    (1, 128, 8, 16, False),
+    (1, 256, 8, 8, True),
+    (1, 512, 8, 8, True),
+    (1, 16, 48, 80, False),
+]
+SWEEP = [
+    (b, c, h, w, (b + c) % 3 == 0) for c in (16, 64, 128, 256) for b in (1, 3) for h, w in ((8, 8), (16, 24), (48, 80))
+]
 # the whole sweep takes ~10 min in the interpreter on 2 cores: on CPU it runs only with UDM_FAST_SLOW_TESTS=1
-_sweep_mark = [] if CUDA else [pytest.mark.slow, pytest.mark.skipif(os.environ.get("UDM_FAST_SLOW_TESTS") != "1",
-                                                                     reason="interpreter sweep: UDM_FAST_SLOW_TESTS=1")]
+_sweep_mark = (
+    []
+    if CUDA
+    else [
+        pytest.mark.slow,
+        pytest.mark.skipif(
+            os.environ.get("UDM_FAST_SLOW_TESTS") != "1", reason="interpreter sweep: UDM_FAST_SLOW_TESTS=1"
+        ),
+    ]
+)
 
 
 @needs_kernels
@@ -266,17 +304,26 @@ def test_sft_relu_variant():
 
 
 @needs_kernels
-@pytest.mark.parametrize("batch,channels,height,width,channels_last",
-                         [pytest.param(*case, marks=_sweep_mark) for case in SWEEP])
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    not CUDA, reason="bfloat16 tl.dot is wrong in the CPU interpreter"))])
+@pytest.mark.parametrize(
+    "batch,channels,height,width,channels_last", [pytest.param(*case, marks=_sweep_mark) for case in SWEEP]
+)
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        pytest.param(
+            torch.bfloat16, marks=pytest.mark.skipif(not CUDA, reason="bfloat16 tl.dot is wrong in the CPU interpreter")
+        ),
+    ],
+)
 def test_sweep(batch, channels, height, width, channels_last, dtype):
     run_ida_case(batch, channels, height, width, dtype, channels_last)
     run_sft_case(batch, channels, height, width, dtype, channels_last)
 
 
-GPU_CASES = [(3, c, 16, 24, c != 128, dtype) for c in (64, 128, 256) for dtype in (torch.bfloat16, torch.float32)] \
-    + [(1, 512, 8, 8, True, torch.bfloat16)]
+GPU_CASES = [(3, c, 16, 24, c != 128, dtype) for c in (64, 128, 256) for dtype in (torch.bfloat16, torch.float32)] + [
+    (1, 512, 8, 8, True, torch.bfloat16)
+]
 
 
 @pytest.mark.gpu
@@ -289,18 +336,26 @@ def test_gpu_levels(batch, channels, height, width, channels_last, dtype):
 
 # ----------------------------------------------------------------------------- training through the layers
 
+
 @needs_kernels
-@pytest.mark.parametrize("autocast_dtype,tolerance,compared_steps", [
-    pytest.param(None, 1e-3, None, marks=_sweep_mark),  # ~2 min in the interpreter
-    pytest.param(torch.bfloat16, 2e-2, 4, marks=pytest.mark.skipif(not CUDA, reason="bfloat16 tl.dot needs a GPU"))])
+@pytest.mark.parametrize(
+    "autocast_dtype,tolerance,compared_steps",
+    [
+        pytest.param(None, 1e-3, None, marks=_sweep_mark),  # ~2 min in the interpreter
+        pytest.param(torch.bfloat16, 2e-2, 4, marks=pytest.mark.skipif(not CUDA, reason="bfloat16 tl.dot needs a GPU")),
+    ],
+)
 def test_generator_with_fused_layers_trains_like_reference(autocast_dtype, tolerance, compared_steps):
     steps, min_drop = (10, 0.2) if CUDA else (4, 0.1)  # the interpreter runs ~20 s per step
-    losses, reference = (generator_loss_curve(backend, DEVICE, steps, autocast_dtype=autocast_dtype)
-                         for backend in ("triton", "reference"))
+    losses, reference = (
+        generator_loss_curve(backend, DEVICE, steps, autocast_dtype=autocast_dtype)
+        for backend in ("triton", "reference")
+    )
     check_trains_like_reference(losses, reference, tolerance, compared_steps=compared_steps, min_drop=min_drop)
 
 
 # ----------------------------------------------------------------------------- noise
+
 
 @needs_kernels
 def test_in_kernel_noise_matches_materialised_noise():
@@ -308,8 +363,13 @@ def test_in_kernel_noise_matches_materialised_noise():
     sft_triton_noise(seed) materialises the same draws, and feeding them explicitly must agree."""
     x, cond_full, cond_half, _ = _inputs(2, 16, 8, 12, torch.float32, False)
     layer = _seeded(SFT(COND, 16, backend="triton"), seed=3)
-    weights = [layer.convs_gamma[0].conv2d.weight, layer.convs_gamma[1].conv2d.weight,
-               layer.convs_beta[0].conv2d.weight, layer.convs_beta[1].conv2d.weight, *layer.spatial_gamma.weights()]
+    weights = [
+        layer.convs_gamma[0].conv2d.weight,
+        layer.convs_gamma[1].conv2d.weight,
+        layer.convs_beta[0].conv2d.weight,
+        layer.convs_beta[1].conv2d.weight,
+        *layer.spatial_gamma.weights(),
+    ]
     seed = torch.tensor([123456789012], dtype=torch.int64, device=DEVICE)
     drawn = _leaves([x, cond_full, cond_half])
     out, _, _ = torch.ops.udm_fast.sft_triton_fwd(*drawn, None, seed, *weights, 0.01, torch.float32, True)
@@ -354,6 +414,7 @@ def test_layer_noise_none_follows_torch_seed():
 
 # ----------------------------------------------------------------------------- autocast
 
+
 @needs_kernels
 def test_autocast_computes_in_autocast_dtype():
     """Under autocast the kernels compute in the autocast dtype; output dtypes follow the reference
@@ -372,11 +433,14 @@ def test_autocast_computes_in_autocast_dtype():
     assert sft_fused.dtype == sft_ref.dtype == torch.float32
     exact_ida = ida_reference(*(t.double() for t in (x, cond_half, *ref_layer.spatial_gamma.weights())))
     assert rel_err(ida_fused, exact_ida) < 2e-2
-    assert rel_err(sft_fused, ref_layer.double().forward_resized(*(t.double() for t in (x, cond_full, cond_half,
-                                                                                         noise)))) < 2e-2
+    assert (
+        rel_err(sft_fused, ref_layer.double().forward_resized(*(t.double() for t in (x, cond_full, cond_half, noise))))
+        < 2e-2
+    )
 
 
 # ----------------------------------------------------------------------------- torch.library / torch.compile
+
 
 def _tiny_ida_args(requires_grad=True):
     x, _, m, _ = _inputs(2, 16, 6, 8, torch.float32, False)
@@ -388,10 +452,18 @@ def _tiny_ida_args(requires_grad=True):
 def _tiny_sft_args():
     x, cond_full, cond_half, noise = _inputs(2, 16, 6, 8, torch.float32, True)
     layer = _seeded(SFT(COND, 16), seed=7)
-    weights = [layer.convs_gamma[0].conv2d.weight, layer.convs_gamma[1].conv2d.weight,
-               layer.convs_beta[0].conv2d.weight, layer.convs_beta[1].conv2d.weight, *layer.spatial_gamma.weights()]
-    return [t.detach().clone().requires_grad_() for t in (x, cond_full, cond_half)], noise, \
-        [w.detach().clone().requires_grad_() for w in weights]
+    weights = [
+        layer.convs_gamma[0].conv2d.weight,
+        layer.convs_gamma[1].conv2d.weight,
+        layer.convs_beta[0].conv2d.weight,
+        layer.convs_beta[1].conv2d.weight,
+        *layer.spatial_gamma.weights(),
+    ]
+    return (
+        [t.detach().clone().requires_grad_() for t in (x, cond_full, cond_half)],
+        noise,
+        [w.detach().clone().requires_grad_() for w in weights],
+    )
 
 
 @needs_kernels
@@ -400,8 +472,9 @@ def test_opcheck_ida():
     torch.library.opcheck(torch.ops.udm_fast.ida_triton_fwd.default, (*args, torch.float32, True))
     out, a, bx = torch.ops.udm_fast.ida_triton_fwd(*args, torch.float32, True)
     grad_out = torch.randn_like(out)
-    torch.library.opcheck(torch.ops.udm_fast.ida_triton_bwd.default,
-                          (grad_out, *[t.detach() for t in args], a, bx, torch.float32))
+    torch.library.opcheck(
+        torch.ops.udm_fast.ida_triton_bwd.default, (grad_out, *[t.detach() for t in args], a, bx, torch.float32)
+    )
 
 
 @needs_kernels
@@ -414,8 +487,9 @@ def test_opcheck_sft(explicit_noise):
     torch.library.opcheck(torch.ops.udm_fast.sft_triton_fwd.default, fwd_args)
     out, a, bx = torch.ops.udm_fast.sft_triton_fwd(*fwd_args)
     plain = [t.detach() if t is not None else None for t in (*feats, *noise_args, *weights)]
-    torch.library.opcheck(torch.ops.udm_fast.sft_triton_bwd.default,
-                          (torch.randn_like(out), *plain, a, bx, 0.01, torch.float32))
+    torch.library.opcheck(
+        torch.ops.udm_fast.sft_triton_bwd.default, (torch.randn_like(out), *plain, a, bx, 0.01, torch.float32)
+    )
 
 
 @needs_kernels
@@ -450,8 +524,9 @@ def test_compile_fullgraph_in_kernel_noise():
     """noise=None under torch.compile: the Philox seed is drawn in the graph from torch's RNG."""
     x, cond_full, cond_half, _ = _inputs(1, 16, 8, 8, torch.float32, False)
     sft = _seeded(SFT(COND, 16, backend="triton"), seed=10)
-    compiled = torch.compile(lambda *t: sft.forward_resized(*t), fullgraph=True,
-                             backend="inductor" if CUDA else "aot_eager")
+    compiled = torch.compile(
+        lambda *t: sft.forward_resized(*t), fullgraph=True, backend="inductor" if CUDA else "aot_eager"
+    )
     with torch.no_grad():
         torch.manual_seed(2)
         first = compiled(x, cond_full, cond_half)
@@ -462,6 +537,7 @@ def test_compile_fullgraph_in_kernel_noise():
 
 
 # ----------------------------------------------------------------------------- edge cases and errors
+
 
 @needs_kernels
 def test_empty_batch():
@@ -478,6 +554,7 @@ def test_unsupported_activation_falls_back_to_composition():
     """An activation the fused kernel lacks keeps the layer correct: torch MLPs + the triton IDA, said by
     the dispatcher's warning (the fallback rule of udm_fast/ops/dispatch.py)."""
     from udm_fast.ops.dispatch import BackendFallbackWarning
+
     with pytest.warns(BackendFallbackWarning, match="not Tanh / Tanh; running torch MLPs around the triton IDA"):
         run_sft_case(1, 16, 8, 8, torch.float32, False, activation=torch.nn.Tanh())
 
@@ -502,14 +579,16 @@ def test_bad_inputs_raise():
 
 
 @needs_kernels
-@pytest.mark.parametrize("make_layer", [lambda: IDA(16, COND, backend="triton"),
-                                        lambda: SFT(COND, 16, backend="triton")], ids=["ida", "sft"])
+@pytest.mark.parametrize(
+    "make_layer", [lambda: IDA(16, COND, backend="triton"), lambda: SFT(COND, 16, backend="triton")], ids=["ida", "sft"]
+)
 def test_double_backward_fails_by_name(make_layer):
     torch.manual_seed(0)
     layer = make_layer().to(DEVICE)
     x = torch.randn(1, 16, 8, 8, device=DEVICE, requires_grad=True)
-    (grad,) = torch.autograd.grad(layer(x, torch.rand(1, COND, 4, 4, device=DEVICE)).square().sum(), x,
-                                  create_graph=True)
+    (grad,) = torch.autograd.grad(
+        layer(x, torch.rand(1, COND, 4, 4, device=DEVICE)).square().sum(), x, create_graph=True
+    )
     with pytest.raises(NotImplementedError, match="double backward .* backend='reference'"):
         grad.square().sum().backward()
 
@@ -538,10 +617,13 @@ def test_int32_guard_counts_strides_and_the_output():
     x, m = torch.empty(1, 16, 8, 8, device="meta"), torch.empty(1, COND, 4, 4, device="meta")
     w_x, w_out = torch.empty(12, 16, 3, 3, device="meta"), torch.empty(12, 16, 2, 2, device="meta")
     assert ida._dims(x, m, w_x, w_out, None, torch.float32)["N_lo"] == 16
-    sparse_view = x.as_strided(x.shape, (1024, 2 ** 28, 8, 1))  # few elements, offsets beyond 2**31
-    wide_out = torch.empty(12, 2 ** 26, 2, 2, device="meta")  # C_out * H * W beyond 2**31
-    for args, maps in (((sparse_view, m, w_x, w_out), ()), ((x, m, w_x, wide_out), ()),
-                       ((x, m, w_x, w_out), (sparse_view,))):
+    sparse_view = x.as_strided(x.shape, (1024, 2**28, 8, 1))  # few elements, offsets beyond 2**31
+    wide_out = torch.empty(12, 2**26, 2, 2, device="meta")  # C_out * H * W beyond 2**31
+    for args, maps in (
+        ((sparse_view, m, w_x, w_out), ()),
+        ((x, m, w_x, wide_out), ()),
+        ((x, m, w_x, w_out), (sparse_view,)),
+    ):
         with pytest.raises(ValueError, match="int32"):
             ida._dims(*args, None, torch.float32, maps=maps)
 
@@ -556,17 +638,22 @@ def test_broken_interpreter_is_reported_by_name(monkeypatch):
 
 def test_auto_backend_prefers_triton_on_cuda_only():
     from udm_fast.ops import backend
+
     assert backend.resolve("auto", torch.device("cpu")) == "reference"
     assert backend.resolve("auto", torch.device("cuda")) == "triton"
 
 
 # ----------------------------------------------------------------------------- GPU code generation without a GPU
 
+
 def _compile_check(*args):
     """Runs compile_check (every kernel variant -> cubin via ptxas) in a process without the interpreter
     (loaded through ``kernels``, so a source checkout on PYTHONPATH works as well as an install)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "import sys; from udm_fast.ops.triton_loader import kernels; sys.exit(kernels('compile_check').main(sys.argv[1:]))"
+    code = (
+        "import sys; from udm_fast.ops.triton_loader import kernels; "
+        "sys.exit(kernels('compile_check').main(sys.argv[1:]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("ok ") >= 14  # every kernel of the SFT and IDA paths, both noise modes

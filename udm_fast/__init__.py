@@ -5,6 +5,7 @@ layers ``IDA`` and ``SFT``, the compressai-compatible ``EntropyBottleneck``, and
 ``set_backend()``. Subpackages: ``models``, ``layers``, ``ops``, ``entropy``, ``synthesis``,
 ``losses``, ``eval``, ``train``, ``cli``, ``utils`` (see the README's layout table).
 """
+
 import importlib
 import importlib.abc
 import importlib.util
@@ -74,5 +75,18 @@ from .models.udm import UDM, UDMConfig  # noqa: E402
 from .ops.backend import build_info, get_backend, set_backend  # noqa: E402
 from .version import __version__  # noqa: E402
 
-__all__ = ["IDA", "SFT", "SFTResBlock", "UDM", "UDMConfig", "EntropyBottleneck", "CheckpointError",
-           "build_info", "default_model", "get_backend", "set_backend", "set_layer_backend", "__version__"]
+__all__ = [
+    "IDA",
+    "SFT",
+    "SFTResBlock",
+    "UDM",
+    "UDMConfig",
+    "EntropyBottleneck",
+    "CheckpointError",
+    "build_info",
+    "default_model",
+    "get_backend",
+    "set_backend",
+    "set_layer_backend",
+    "__version__",
+]

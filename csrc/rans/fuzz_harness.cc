@@ -42,7 +42,7 @@ RandomTables random_tables() {
     for (int64_t i = 1; i < length - 1; ++i) cuts.push_back(static_cast<int32_t>(uniform(1, 65535)));
     std::sort(cuts.begin(), cuts.end());
     cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-    int32_t *row = &t.cdf[r * t.width];
+    int32_t* row = &t.cdf[r * t.width];
     row[0] = 0;
     for (size_t i = 0; i < cuts.size(); ++i) row[i + 1] = cuts[i];
     row[cuts.size() + 1] = 65536;
@@ -54,13 +54,16 @@ RandomTables random_tables() {
 
 int32_t random_symbol() {
   switch (uniform(0, 9)) {
-    case 0: return static_cast<int32_t>(uniform(INT32_MIN, INT32_MAX));
-    case 1: return static_cast<int32_t>(uniform(-5000, 5000));
-    default: return static_cast<int32_t>(uniform(-110, 180));
+    case 0:
+      return static_cast<int32_t>(uniform(INT32_MIN, INT32_MAX));
+    case 1:
+      return static_cast<int32_t>(uniform(-5000, 5000));
+    default:
+      return static_cast<int32_t>(uniform(-110, 180));
   }
 }
 
-void mutate(std::vector<uint8_t> &bytes) {
+void mutate(std::vector<uint8_t>& bytes) {
   switch (uniform(0, 4)) {
     case 0:
       if (!bytes.empty()) bytes[uniform(0, bytes.size() - 1)] ^= static_cast<uint8_t>(1u << uniform(0, 7));
@@ -72,7 +75,8 @@ void mutate(std::vector<uint8_t> &bytes) {
       for (int64_t n = uniform(1, 16); n > 0; --n) bytes.push_back(static_cast<uint8_t>(uniform(0, 255)));
       break;
     case 3:
-      for (int64_t n = uniform(1, 8); n > 0 && !bytes.empty(); --n) bytes[uniform(0, bytes.size() - 1)] = uniform(0, 255);
+      for (int64_t n = uniform(1, 8); n > 0 && !bytes.empty(); --n)
+        bytes[uniform(0, bytes.size() - 1)] = uniform(0, 255);
       break;
     default:
       if (bytes.size() > 8) bytes.erase(bytes.begin() + uniform(0, bytes.size() - 5), bytes.begin() + bytes.size() - 4);
@@ -80,11 +84,11 @@ void mutate(std::vector<uint8_t> &bytes) {
 }
 
 // Rewrites both checksums of a lane container so the decoder's deeper checks are exercised.
-void repair_checksums(std::vector<uint8_t> &bytes) {
+void repair_checksums(std::vector<uint8_t>& bytes) {
   int64_t header = 0;
   try {
     header = lanes_header_size(bytes.data(), static_cast<int64_t>(bytes.size()));
-  } catch (const std::invalid_argument &) {
+  } catch (const std::invalid_argument&) {
     return;
   }
   if (header > static_cast<int64_t>(bytes.size()) || (bytes.size() - header) % 4 != 0) return;
@@ -92,16 +96,16 @@ void repair_checksums(std::vector<uint8_t> &bytes) {
 }
 
 template <class Fn>
-bool rejects(Fn &&fn) {
+bool rejects(Fn&& fn) {
   try {
     fn();
     return false;
-  } catch (const std::invalid_argument &) {
+  } catch (const std::invalid_argument&) {
     return true;
   }
 }
 
-void check(bool ok, const char *what) {
+void check(bool ok, const char* what) {
   if (!ok) {
     std::fprintf(stderr, "FAILED: %s\n", what);
     std::abort();
@@ -110,7 +114,7 @@ void check(bool ok, const char *what) {
 
 }  // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   const int64_t iterations = argc > 1 ? std::atoll(argv[1]) : 2000;
   int64_t rejected = 0, accepted = 0;
   for (int64_t it = 0; it < iterations; ++it) {
@@ -123,7 +127,7 @@ int main(int argc, char **argv) {
     const int64_t items = uniform(1, 3), length = implicit ? channels * per_channel * uniform(0, 4) : uniform(0, 300);
     std::vector<int32_t> symbols(items * length), indexes(items * length), decoded(items * length);
     std::vector<float> values(items * length), medians(rt.rows);
-    for (auto &m : medians) m = static_cast<float>(uniform(-1000, 1000)) / 7.0f;
+    for (auto& m : medians) m = static_cast<float>(uniform(-1000, 1000)) / 7.0f;
     for (int64_t i = 0; i < items * length; ++i) {
       const int64_t row = implicit ? (i / per_channel) % channels : uniform(0, rt.rows - 1);
       indexes[i] = static_cast<int32_t>(row);
@@ -151,18 +155,18 @@ int main(int argc, char **argv) {
     std::vector<CompatStream> streams = compat_encode(tables, layout, source, items, length);
     std::vector<std::vector<uint8_t>> bytes;
     std::vector<ByteSpan> spans;
-    for (const auto &stream : streams) {
+    for (const auto& stream : streams) {
       bytes.emplace_back(stream.byte_size());
       stream.write(bytes.back().data());
     }
-    for (const auto &b : bytes) spans.push_back({b.data(), static_cast<int64_t>(b.size())});
+    for (const auto& b : bytes) spans.push_back({b.data(), static_cast<int64_t>(b.size())});
     compat_decode(tables, layout, sink, spans, length);
     check(decoded == symbols, "compat round trip");
     for (int m = 0; m < 8; ++m) {
       std::vector<std::vector<uint8_t>> mutated = bytes;
       mutate(mutated[uniform(0, items - 1)]);
       std::vector<ByteSpan> mutated_spans;
-      for (const auto &b : mutated) mutated_spans.push_back({b.data(), static_cast<int64_t>(b.size())});
+      for (const auto& b : mutated) mutated_spans.push_back({b.data(), static_cast<int64_t>(b.size())});
       (rejects([&] { compat_decode(tables, layout, sink, mutated_spans, length); }) ? rejected : accepted)++;
     }
 
@@ -186,7 +190,9 @@ int main(int argc, char **argv) {
         Sink mutated_sink;
         mutated_sink.symbols = out.data();
         lanes_decode(tables, mspan, info, info.explicit_indexes ? rows.data() : nullptr, mutated_sink);
-      }) ? rejected : accepted)++;
+      })
+           ? rejected
+           : accepted)++;
     }
   }
   std::printf("%lld iterations: round trips ok; mutated streams rejected %lld, decoded %lld\n",

@@ -25,26 +25,26 @@ namespace lanes_format {
 
 constexpr uint8_t kMagic[4] = {'U', 'D', 'M', 'r'};
 constexpr uint16_t kVersion = 1;
-constexpr uint8_t kCoderLanes32 = 1;       // 32-bit states, 16-bit words, 16-bit CDFs
+constexpr uint8_t kCoderLanes32 = 1;  // 32-bit states, 16-bit words, 16-bit CDFs
 constexpr uint8_t kFlagExplicitIndexes = 1;
 constexpr int kFixedHeaderBytes = 64;
 constexpr int kMaxDims = 16;
 
 // Byte offsets inside the fixed header.
-constexpr int kOffMagic = 0;            // 4 bytes
-constexpr int kOffVersion = 4;          // u16
-constexpr int kOffCoder = 6;            // u8
-constexpr int kOffFlags = 7;            // u8
-constexpr int kOffFingerprint = 8;      // u64 table fingerprint
-constexpr int kOffSymbols = 16;         // u64 n_symbols
-constexpr int kOffPerChannel = 24;      // u64 implicit rows: symbols per channel (0 if explicit)
-constexpr int kOffChannels = 32;        // u32 implicit rows: channels (0 if explicit)
-constexpr int kOffGroups = 36;          // u32 n_groups
-constexpr int kOffGroupSymbols = 40;    // u32 symbols per group (multiple of the lane count)
-constexpr int kOffDims = 44;            // u16 ndim
-constexpr int kOffLanes = 46;           // u16 lanes per group W (32; 1..31 for one small group)
-constexpr int kOffPayloadChecksum = 48; // u64
-constexpr int kOffHeaderChecksum = 56;  // u64
+constexpr int kOffMagic = 0;             // 4 bytes
+constexpr int kOffVersion = 4;           // u16
+constexpr int kOffCoder = 6;             // u8
+constexpr int kOffFlags = 7;             // u8
+constexpr int kOffFingerprint = 8;       // u64 table fingerprint
+constexpr int kOffSymbols = 16;          // u64 n_symbols
+constexpr int kOffPerChannel = 24;       // u64 implicit rows: symbols per channel (0 if explicit)
+constexpr int kOffChannels = 32;         // u32 implicit rows: channels (0 if explicit)
+constexpr int kOffGroups = 36;           // u32 n_groups
+constexpr int kOffGroupSymbols = 40;     // u32 symbols per group (multiple of the lane count)
+constexpr int kOffDims = 44;             // u16 ndim
+constexpr int kOffLanes = 46;            // u16 lanes per group W (32; 1..31 for one small group)
+constexpr int kOffPayloadChecksum = 48;  // u64
+constexpr int kOffHeaderChecksum = 56;   // u64
 
 // --- lane layout, shared by every encoder so they produce the same bytes ------------------
 // The encoder estimates the code length from every estimate_stride-th symbol (from 0): the
@@ -58,9 +58,9 @@ inline int64_t estimate_stride(int64_t n_symbols) { return std::max<int64_t>(1, 
 UDM_RANS_HD uint64_t escape_cost(int nibbles) { return 256ull * kNibbleBits * (1 + nibbles); }
 
 struct LaneLayout {
-  int width;               // lanes per group
+  int width;  // lanes per group
   int64_t groups;
-  int64_t group_symbols;   // symbols per group (a multiple of width; the last group may be shorter)
+  int64_t group_symbols;  // symbols per group (a multiple of width; the last group may be shorter)
 };
 
 // Lanes so their fixed cost is about `overhead` of the estimated size, or `lanes` if > 0:

@@ -7,7 +7,7 @@
 #ifdef UDM_RANS_STANDALONE
 namespace udm_rans {
 template <class Fn>
-void parallel_for(int64_t begin, int64_t end, int64_t, const Fn &fn) {
+void parallel_for(int64_t begin, int64_t end, int64_t, const Fn& fn) {
   if (begin < end) fn(begin, end);
 }
 }  // namespace udm_rans
@@ -15,7 +15,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t, const Fn &fn) {
 #include <ATen/Parallel.h>
 namespace udm_rans {
 template <class Fn>
-void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn &fn) {
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
   at::parallel_for(begin, end, grain, fn);
 }
 }  // namespace udm_rans

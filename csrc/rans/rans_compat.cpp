@@ -10,7 +10,7 @@ namespace udm_rans {
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the rANS streams store host-order words; only little-endian hosts are supported");
 
-void fail(const std::string &message) { throw std::invalid_argument(message); }
+void fail(const std::string& message) { throw std::invalid_argument(message); }
 
 namespace {
 
@@ -26,7 +26,7 @@ class CompatEncoder {
   void reserve(int64_t symbols) { words_.reserve(symbols); }
 
   // Codes one symbol of a row (the escape path for values outside the row's range).
-  void put(const EncodeRow &row, int32_t symbol) {
+  void put(const EncodeRow& row, int32_t symbol) {
     const int64_t value = static_cast<int64_t>(symbol) - row.offset;
     if (static_cast<uint64_t>(value) < static_cast<uint64_t>(row.max_value)) {
       put_symbol(row.symbols[value]);
@@ -49,9 +49,9 @@ class CompatEncoder {
 
   // Encodes symbols[n - 1], ..., symbols[0] of one row for kLockstep streams at once, with the
   // states and output cursors in registers; escapes go through put().
-  static void put_lockstep(CompatEncoder *encoders, const EncodeRow &row, const int32_t *const *symbols, int64_t n) {
+  static void put_lockstep(CompatEncoder* encoders, const EncodeRow& row, const int32_t* const* symbols, int64_t n) {
     uint64_t x[kLockstep];
-    uint32_t *out[kLockstep];
+    uint32_t* out[kLockstep];
     for (int k = 0; k < kLockstep; ++k) {
       x[k] = encoders[k].x_;
       out[k] = encoders[k].words_.cursor();
@@ -68,7 +68,7 @@ class CompatEncoder {
           out[k] = encoders[k].words_.cursor();
           continue;
         }
-        const EncodeSymbol &sym = row.symbols[value];
+        const EncodeSymbol& sym = row.symbols[value];
         const bool emit = x[k] >= (static_cast<uint64_t>(sym.freq) << 47);
         *out[k] = static_cast<uint32_t>(x[k]);
         out[k] += emit;
@@ -82,7 +82,7 @@ class CompatEncoder {
   }
 
  private:
-  void put_symbol(const EncodeSymbol &sym) {
+  void put_symbol(const EncodeSymbol& sym) {
     const bool emit = x_ >= (static_cast<uint64_t>(sym.freq) << 47);  // ((2^31 >> 16) << 32) * freq
     words_.put_if(static_cast<uint32_t>(x_), emit);
     x_ = encode_step(emit ? x_ >> 32 : x_, sym);
@@ -111,7 +111,7 @@ class CompatDecoder {
   }
 
   // Decodes one symbol of a row.
-  int32_t get(const DecodeRow &row) {
+  int32_t get(const DecodeRow& row) {
     const uint32_t cum = static_cast<uint32_t>(x_) & (kProbScale - 1);
     const uint32_t s = row.find(cum);
     x_ = (row.cdf[s + 1] - row.cdf[s]) * (x_ >> kPrecision) + cum - row.cdf[s];
@@ -124,7 +124,7 @@ class CompatDecoder {
   // registers and branch-free, bounds-clamped refills; escapes go through get_escape().
   // Calls put(k, position, symbol).
   template <class Put>
-  static void get_lockstep(CompatDecoder *decoders, const DecodeRow &row, int64_t lo, int64_t hi, const Put &put) {
+  static void get_lockstep(CompatDecoder* decoders, const DecodeRow& row, int64_t lo, int64_t hi, const Put& put) {
     uint64_t x[kLockstep];
     int64_t pos[kLockstep];
     bool truncated[kLockstep] = {};
@@ -134,7 +134,7 @@ class CompatDecoder {
     }
     for (int64_t g = lo; g < hi; ++g) {
       for (int k = 0; k < kLockstep; ++k) {
-        const CompatDecoder &decoder = decoders[k];
+        const CompatDecoder& decoder = decoders[k];
         const uint32_t cum = static_cast<uint32_t>(x[k]) & (kProbScale - 1);
         const uint32_t s = row.find(cum);
         x[k] = (row.cdf[s + 1] - row.cdf[s]) * (x[k] >> kPrecision) + cum - row.cdf[s];
@@ -168,7 +168,9 @@ class CompatDecoder {
   }
 
   void finish() const {
-    if (pos_ != size_) fail(where() + " has " + std::to_string(size_ - pos_) + " bytes left after the last symbol (corrupted, or wrong tables/size)");
+    if (pos_ != size_)
+      fail(where() + " has " + std::to_string(size_ - pos_) +
+           " bytes left after the last symbol (corrupted, or wrong tables/size)");
     if (x_ != kCompatLow) fail(where() + " did not end in the initial state (corrupted, or wrong tables/size)");
   }
 
@@ -190,7 +192,7 @@ class CompatDecoder {
     return nibble;
   }
 
-  int32_t get_escape(const DecodeRow &row) {
+  int32_t get_escape(const DecodeRow& row) {
     const uint32_t nibbles = get_nibble();
     if (nibbles > static_cast<uint32_t>(kMaxEscapeNibbles)) fail(where() + " has an invalid escape length (corrupted)");
     uint64_t raw = 0;
@@ -200,7 +202,7 @@ class CompatDecoder {
     return static_cast<int32_t>(symbol);
   }
 
-  const uint8_t *data_ = nullptr;
+  const uint8_t* data_ = nullptr;
   int64_t size_ = 0, id_ = 0, pos_ = 0;
   uint64_t x_ = 0;
 };
@@ -208,8 +210,8 @@ class CompatDecoder {
 // Streams [first, first + count) (count <= kLockstep) of length `length`, coded together: with
 // implicit rows every stream uses the same row at the same position.
 template <class Reader>
-void encode_block(const Tables &tables, const Layout &layout, const Reader &read, int64_t first, int count,
-                  int64_t length, CompatStream *out) {
+void encode_block(const Tables& tables, const Layout& layout, const Reader& read, int64_t first, int count,
+                  int64_t length, CompatStream* out) {
   CompatEncoder encoders[kLockstep];
   if (layout.indexes != nullptr) {
     for (int k = 0; k < count; ++k) {
@@ -222,7 +224,7 @@ void encode_block(const Tables &tables, const Layout &layout, const Reader &read
     }
   } else {
     std::vector<int32_t> scratch(kLockstep * kChunk);
-    const int32_t *symbols[kLockstep];
+    const int32_t* symbols[kLockstep];
     for_each_row_run<true>(tables, layout, 0, length, [&](int64_t row, int64_t lo, int64_t hi) {
       const EncodeRow view = tables.encode_view(row);
       for (int64_t chunk_end = hi; chunk_end > lo; chunk_end -= kChunk) {
@@ -245,7 +247,7 @@ void encode_block(const Tables &tables, const Layout &layout, const Reader &read
 }
 
 template <class Store>
-void decode_block(const Tables &tables, const Layout &layout, const Store &store, const ByteSpan *streams,
+void decode_block(const Tables& tables, const Layout& layout, const Store& store, const ByteSpan* streams,
                   int64_t first, int count, int64_t length) {
   CompatDecoder decoders[kLockstep];
   for (int k = 0; k < count; ++k) decoders[k] = CompatDecoder(streams[k], first + k);
@@ -276,17 +278,17 @@ void decode_block(const Tables &tables, const Layout &layout, const Store &store
 
 }  // namespace
 
-void CompatStream::write(uint8_t *out) const {
+void CompatStream::write(uint8_t* out) const {
   std::memcpy(out, &state, 8);  // low word first: the little-endian u64
   const int64_t n = static_cast<int64_t>(words.size());
   for (int64_t i = 0; i < n; ++i) std::memcpy(out + 8 + 4 * i, &words[n - 1 - i], 4);
 }
 
-std::vector<CompatStream> compat_encode(const Tables &tables, const Layout &layout, const Source &source,
-                                        int64_t items, int64_t length) {
+std::vector<CompatStream> compat_encode(const Tables& tables, const Layout& layout, const Source& source, int64_t items,
+                                        int64_t length) {
   std::vector<CompatStream> streams(items);
   const int64_t blocks = (items + kLockstep - 1) / kLockstep;
-  with_symbol_reader(source, [&](const auto &read) {
+  with_symbol_reader(source, [&](const auto& read) {
     parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t first = b * kLockstep;
@@ -298,11 +300,11 @@ std::vector<CompatStream> compat_encode(const Tables &tables, const Layout &layo
   return streams;
 }
 
-void compat_decode(const Tables &tables, const Layout &layout, const Sink &sink,
-                   const std::vector<ByteSpan> &streams, int64_t length) {
+void compat_decode(const Tables& tables, const Layout& layout, const Sink& sink, const std::vector<ByteSpan>& streams,
+                   int64_t length) {
   const int64_t items = static_cast<int64_t>(streams.size());
   const int64_t blocks = (items + kLockstep - 1) / kLockstep;
-  with_symbol_store(sink, [&](const auto &store) {
+  with_symbol_store(sink, [&](const auto& store) {
     parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t first = b * kLockstep;
@@ -313,7 +315,7 @@ void compat_decode(const Tables &tables, const Layout &layout, const Sink &sink,
   });
 }
 
-CompatStream compat_encode_segments(const std::vector<Segment> &segments) {
+CompatStream compat_encode_segments(const std::vector<Segment>& segments) {
   CompatEncoder encoder;
   int64_t done = 0;
   for (auto it = segments.rbegin(); it != segments.rend(); ++it) {
@@ -325,11 +327,12 @@ CompatStream compat_encode_segments(const std::vector<Segment> &segments) {
   return encoder.finish();
 }
 
-void compat_decode_segments(ByteSpan stream, const std::vector<Segment> &segments) {
+void compat_decode_segments(ByteSpan stream, const std::vector<Segment>& segments) {
   CompatDecoder decoder(stream, 0);
-  for (const Segment &segment : segments) {
+  for (const Segment& segment : segments) {
     for (int64_t g = 0; g < segment.length; ++g) {
-      segment.symbols[g] = decoder.get(segment.tables->decode_view(checked_row(*segment.tables, segment.indexes[g], g)));
+      segment.symbols[g] =
+          decoder.get(segment.tables->decode_view(checked_row(*segment.tables, segment.indexes[g], g)));
     }
   }
   decoder.finish();

@@ -26,21 +26,20 @@
 
 namespace udm_rans {
 
-constexpr uint32_t kPrecision = 16;               // CDF precision (bits)
+constexpr uint32_t kPrecision = 16;  // CDF precision (bits)
 constexpr uint32_t kProbScale = 1u << kPrecision;
-constexpr uint32_t kNibbleBits = 4;                // escape payload unit
+constexpr uint32_t kNibbleBits = 4;  // escape payload unit
 constexpr uint32_t kNibbleMask = (1u << kNibbleBits) - 1;
-constexpr int kMaxEscapeNibbles = 9;               // raw < 2^36 covers every int32 symbol/offset pair
+constexpr int kMaxEscapeNibbles = 9;  // raw < 2^36 covers every int32 symbol/offset pair
 
-constexpr uint64_t kCompatLow = 1ull << 31;        // rans64 normalisation interval [2^31, 2^63)
-constexpr uint32_t kLaneLow = 1u << 16;            // lane coder interval [2^16, 2^32)
+constexpr uint64_t kCompatLow = 1ull << 31;  // rans64 normalisation interval [2^31, 2^63)
+constexpr uint32_t kLaneLow = 1u << 16;      // lane coder interval [2^16, 2^32)
 
 // --- escape payload -------------------------------------------------------------------------
 
 // Zig-zag payload of an out-of-range value (value < 0 or value >= max_value).
 UDM_RANS_HD uint64_t escape_raw(int64_t value, int32_t max_value) {
-  return value < 0 ? static_cast<uint64_t>(-2 * value - 1)
-                   : static_cast<uint64_t>(2 * (value - max_value));
+  return value < 0 ? static_cast<uint64_t>(-2 * value - 1) : static_cast<uint64_t>(2 * (value - max_value));
 }
 
 UDM_RANS_HD int escape_nibble_count(uint64_t raw) {
@@ -73,7 +72,7 @@ UDM_RANS_HD float bits_float(uint32_t u) {
 // so loops of it vectorise): |d| < 2^23 rounds through (|d| + 2^23) - 2^23 in the default
 // rounding mode, larger |d| is integral already. `ok` is false for results outside int32 and
 // for non-finite values (the symbol is then 0).
-UDM_RANS_HD int32_t quantize_unchecked(float value, float median, bool &ok) {
+UDM_RANS_HD int32_t quantize_unchecked(float value, float median, bool& ok) {
 #if defined(__CUDA_ARCH__)
   const float diff = __fsub_rn(value, median);
 #else
@@ -99,7 +98,7 @@ UDM_RANS_HD int32_t quantize_unchecked(float value, float median, bool &ok) {
 // Encodes (start, freq) at 2^scale_bits into x; returns true and sets *word when a word is
 // emitted (the word stream is written back to front).
 template <typename State, typename Word>
-UDM_RANS_HD bool rans_put(State &x, uint32_t start, uint32_t freq, uint32_t scale_bits, State low, Word *word) {
+UDM_RANS_HD bool rans_put(State& x, uint32_t start, uint32_t freq, uint32_t scale_bits, State low, Word* word) {
   const uint64_t x_max = ((static_cast<uint64_t>(low) >> scale_bits) << (8 * sizeof(Word))) * freq;
   bool emitted = false;
   if (x >= x_max) {
@@ -114,25 +113,25 @@ UDM_RANS_HD bool rans_put(State &x, uint32_t start, uint32_t freq, uint32_t scal
 // Decoder step after the symbol (start, freq) was found from x's low scale_bits bits;
 // returns true when the state needs a refill word (x = (x << word bits) | word).
 template <typename State>
-UDM_RANS_HD bool rans_advance(State &x, uint32_t start, uint32_t freq, uint32_t scale_bits, State low) {
+UDM_RANS_HD bool rans_advance(State& x, uint32_t start, uint32_t freq, uint32_t scale_bits, State low) {
   const State mask = (State(1) << scale_bits) - 1;
   x = freq * (x >> scale_bits) + (x & mask) - start;
   return x < low;
 }
 
-UDM_RANS_HD bool compat_put(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits, uint32_t *word) {
+UDM_RANS_HD bool compat_put(uint64_t& x, uint32_t start, uint32_t freq, uint32_t scale_bits, uint32_t* word) {
   return rans_put<uint64_t, uint32_t>(x, start, freq, scale_bits, kCompatLow, word);
 }
 
-UDM_RANS_HD bool compat_advance(uint64_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
+UDM_RANS_HD bool compat_advance(uint64_t& x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
   return rans_advance<uint64_t>(x, start, freq, scale_bits, kCompatLow);
 }
 
-UDM_RANS_HD bool lane_put(uint32_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits, uint16_t *word) {
+UDM_RANS_HD bool lane_put(uint32_t& x, uint32_t start, uint32_t freq, uint32_t scale_bits, uint16_t* word) {
   return rans_put<uint32_t, uint16_t>(x, start, freq, scale_bits, kLaneLow, word);
 }
 
-UDM_RANS_HD bool lane_advance(uint32_t &x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
+UDM_RANS_HD bool lane_advance(uint32_t& x, uint32_t start, uint32_t freq, uint32_t scale_bits) {
   return rans_advance<uint32_t>(x, start, freq, scale_bits, kLaneLow);
 }
 

@@ -20,25 +20,25 @@
 namespace udm_rans {
 
 struct Layout {
-  const int32_t *indexes = nullptr;  // explicit row per symbol, or nullptr for implicit rows
+  const int32_t* indexes = nullptr;  // explicit row per symbol, or nullptr for implicit rows
   int64_t per_channel = 1;
   int64_t channels = 1;
 };
 
-struct Source {                      // exactly one of symbols / values is set
-  const int32_t *symbols = nullptr;
-  const float *values = nullptr;
-  const float *medians = nullptr;    // [rows], with values
+struct Source {  // exactly one of symbols / values is set
+  const int32_t* symbols = nullptr;
+  const float* values = nullptr;
+  const float* medians = nullptr;  // [rows], with values
 };
 
-struct Sink {                        // exactly one of symbols / values is set
-  int32_t *symbols = nullptr;
-  float *values = nullptr;
-  const float *medians = nullptr;
+struct Sink {  // exactly one of symbols / values is set
+  int32_t* symbols = nullptr;
+  float* values = nullptr;
+  const float* medians = nullptr;
 };
 
 struct ByteSpan {
-  const uint8_t *data;
+  const uint8_t* data;
   int64_t size;
 };
 
@@ -48,31 +48,31 @@ struct CompatStream {
   std::vector<uint32_t> words;
   uint64_t state = 0;
   int64_t byte_size() const { return 8 + 4 * static_cast<int64_t>(words.size()); }
-  void write(uint8_t *out) const;    // compressai's byte layout
+  void write(uint8_t* out) const;  // compressai's byte layout
 };
 
 // Encodes `items` streams; stream n holds symbols [n * length, (n + 1) * length).
-std::vector<CompatStream> compat_encode(const Tables &tables, const Layout &layout,
-                                        const Source &source, int64_t items, int64_t length);
+std::vector<CompatStream> compat_encode(const Tables& tables, const Layout& layout, const Source& source, int64_t items,
+                                        int64_t length);
 // Decodes streams[n] into symbols [n * length, (n + 1) * length) of `sink`.
-void compat_decode(const Tables &tables, const Layout &layout, const Sink &sink,
-                   const std::vector<ByteSpan> &streams, int64_t length);
+void compat_decode(const Tables& tables, const Layout& layout, const Sink& sink, const std::vector<ByteSpan>& streams,
+                   int64_t length);
 
 // One stream made of several segments (compressai's BufferedRansEncoder / decode_stream):
 // each segment has its own tables, explicit rows and symbols.
 struct Segment {
-  const Tables *tables;
-  const int32_t *indexes;
-  int32_t *symbols;                  // encode: input, decode: output
+  const Tables* tables;
+  const int32_t* indexes;
+  int32_t* symbols;  // encode: input, decode: output
   int64_t length;
 };
-CompatStream compat_encode_segments(const std::vector<Segment> &segments);
-void compat_decode_segments(ByteSpan stream, const std::vector<Segment> &segments);
+CompatStream compat_encode_segments(const std::vector<Segment>& segments);
+void compat_decode_segments(ByteSpan stream, const std::vector<Segment>& segments);
 
 // --- parallel (lanes) format -------------------------------------------------------------
 struct LaneOptions {
-  double lane_overhead = 0.003;      // target fixed cost of the lanes, as a fraction of the size
-  int64_t lanes = 0;                 // explicit lane count (groups of 32, or one group if < 32); 0: auto
+  double lane_overhead = 0.003;  // target fixed cost of the lanes, as a fraction of the size
+  int64_t lanes = 0;             // explicit lane count (groups of 32, or one group if < 32); 0: auto
 };
 
 struct LaneHeaderInfo {
@@ -82,38 +82,37 @@ struct LaneHeaderInfo {
   int64_t n_symbols = 0, per_channel = 0, channels = 0, n_groups = 0, group_symbols = 0;
   int lanes_per_group = 0;
   std::vector<int64_t> shape;
-  std::vector<int64_t> word_start;   // [n_groups + 1] prefix sums of the groups' word counts
-  int64_t payload_offset = 0;        // byte offset of the lane states (= header block size)
+  std::vector<int64_t> word_start;  // [n_groups + 1] prefix sums of the groups' word counts
+  int64_t payload_offset = 0;       // byte offset of the lane states (= header block size)
   uint64_t payload_checksum = 0;
 };
 
-std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, const Source &source,
-                                  int64_t n_symbols, const std::vector<int64_t> &shape,
-                                  const LaneOptions &options);
+std::vector<uint8_t> lanes_encode(const Tables& tables, const Layout& layout, const Source& source, int64_t n_symbols,
+                                  const std::vector<int64_t>& shape, const LaneOptions& options);
 // Validates the container (magic, version, sizes, checksums); throws on any mismatch.
 LaneHeaderInfo lanes_parse(ByteSpan data);
 // Pieces of the container for other implementations (the CUDA coder): header block size from
 // the fixed 64-byte header; parse of a full header block of a container of total_size bytes
 // (everything but the payload checksum); checksum of a block; payload size; header block of
 // `info` without checksums; sealing it with both checksums; decode-time compatibility checks.
-int64_t lanes_header_size(const uint8_t *fixed, int64_t available);
-LaneHeaderInfo lanes_parse_header(const uint8_t *header, int64_t total_size);
-uint64_t lanes_checksum(const uint8_t *data, int64_t bytes);
-int64_t lanes_payload_bytes(const LaneHeaderInfo &info);
-std::vector<uint8_t> lanes_header(const LaneHeaderInfo &info);
-void seal_lanes_header(uint8_t *header, int64_t header_bytes, uint64_t payload_checksum);
-void check_lanes_decode_inputs(const Tables &tables, const LaneHeaderInfo &info, bool has_indexes);
+int64_t lanes_header_size(const uint8_t* fixed, int64_t available);
+LaneHeaderInfo lanes_parse_header(const uint8_t* header, int64_t total_size);
+uint64_t lanes_checksum(const uint8_t* data, int64_t bytes);
+int64_t lanes_payload_bytes(const LaneHeaderInfo& info);
+std::vector<uint8_t> lanes_header(const LaneHeaderInfo& info);
+void seal_lanes_header(uint8_t* header, int64_t header_bytes, uint64_t payload_checksum);
+void check_lanes_decode_inputs(const Tables& tables, const LaneHeaderInfo& info, bool has_indexes);
 // Decodes a parsed container; `layout.indexes` must be given iff the stream has explicit rows.
-void lanes_decode(const Tables &tables, ByteSpan data, const LaneHeaderInfo &info,
-                  const int32_t *indexes, const Sink &sink);
+void lanes_decode(const Tables& tables, ByteSpan data, const LaneHeaderInfo& info, const int32_t* indexes,
+                  const Sink& sink);
 
 // --- helpers shared by the implementations -----------------------------------------------
-[[noreturn]] void fail(const std::string &message);
+[[noreturn]] void fail(const std::string& message);
 
-inline int64_t checked_row(const Tables &tables, int32_t row, int64_t position) {
+inline int64_t checked_row(const Tables& tables, int32_t row, int64_t position) {
   if (row < 0 || row >= tables.rows()) {
-    fail("index " + std::to_string(row) + " at position " + std::to_string(position) +
-         " is outside the " + std::to_string(tables.rows()) + " CDF rows");
+    fail("index " + std::to_string(row) + " at position " + std::to_string(position) + " is outside the " +
+         std::to_string(tables.rows()) + " CDF rows");
   }
   return row;
 }
@@ -130,7 +129,7 @@ inline int32_t quantize(float value, float median, int64_t position) {
 }
 
 // quantize() of values[0, n) into out.
-inline void quantize_span(const float *values, float median, int32_t *out, int64_t n, int64_t position) {
+inline void quantize_span(const float* values, float median, int32_t* out, int64_t n, int64_t position) {
   uint32_t all_ok = 1;
   for (int64_t i = 0; i < n; ++i) {
     bool ok;
@@ -145,16 +144,16 @@ inline void quantize_span(const float *values, float median, int32_t *out, int64
 // Symbol readers for the encoders: int32 symbols, or float values quantized per row.
 // span(g, n, row, scratch) returns the n symbols from g (all of `row`), in scratch if needed.
 struct IntSymbols {
-  const int32_t *symbols;
+  const int32_t* symbols;
   int32_t operator()(int64_t g, int64_t) const { return symbols[g]; }
-  const int32_t *span(int64_t g, int64_t, int64_t, int32_t *) const { return symbols + g; }
+  const int32_t* span(int64_t g, int64_t, int64_t, int32_t*) const { return symbols + g; }
 };
 
 struct QuantizedValues {
-  const float *values;
-  const float *medians;
+  const float* values;
+  const float* medians;
   int32_t operator()(int64_t g, int64_t row) const { return quantize(values[g], medians[row], g); }
-  const int32_t *span(int64_t g, int64_t n, int64_t row, int32_t *scratch) const {
+  const int32_t* span(int64_t g, int64_t n, int64_t row, int32_t* scratch) const {
     quantize_span(values + g, medians[row], scratch, n, g);
     return scratch;
   }
@@ -176,8 +175,8 @@ class WordBuffer {
   }
   int64_t size() const { return size_; }
   // Raw access for hot loops: the next free slot, and committing words written through it.
-  Word *cursor() { return words_.data() + size_; }
-  void commit(const Word *cursor) { size_ = cursor - words_.data(); }
+  Word* cursor() { return words_.data() + size_; }
+  void commit(const Word* cursor) { size_ = cursor - words_.data(); }
   std::vector<Word> take() {
     words_.resize(size_);
     size_ = 0;
@@ -194,7 +193,7 @@ constexpr int kMaxOpsPerSymbol = 2 + kMaxEscapeNibbles;
 
 // Calls fn(reader) with the reader matching `source`.
 template <class Fn>
-inline void with_symbol_reader(const Source &source, Fn &&fn) {
+inline void with_symbol_reader(const Source& source, Fn&& fn) {
   if (source.symbols != nullptr) {
     fn(IntSymbols{source.symbols});
   } else {
@@ -204,23 +203,21 @@ inline void with_symbol_reader(const Source &source, Fn &&fn) {
 
 // Calls fn(store) with a store(g, row, symbol) writing into `sink`.
 template <class Fn>
-inline void with_symbol_store(const Sink &sink, Fn &&fn) {
+inline void with_symbol_store(const Sink& sink, Fn&& fn) {
   if (sink.symbols != nullptr) {
-    int32_t *out = sink.symbols;
+    int32_t* out = sink.symbols;
     fn([out](int64_t g, int64_t, int32_t symbol) { out[g] = symbol; });
   } else {
-    float *out = sink.values;
-    const float *medians = sink.medians;
-    fn([out, medians](int64_t g, int64_t row, int32_t symbol) {
-      out[g] = static_cast<float>(symbol) + medians[row];
-    });
+    float* out = sink.values;
+    const float* medians = sink.medians;
+    fn([out, medians](int64_t g, int64_t row, int32_t symbol) { out[g] = static_cast<float>(symbol) + medians[row]; });
   }
 }
 
 // Calls fn(row, lo, hi) for the runs [lo, hi) of [begin, end) that share one row, in
 // ascending (kReverse = false) or descending order.
 template <bool kReverse, class Fn>
-inline void for_each_row_run(const Tables &tables, const Layout &layout, int64_t begin, int64_t end, Fn &&fn) {
+inline void for_each_row_run(const Tables& tables, const Layout& layout, int64_t begin, int64_t end, Fn&& fn) {
   if (layout.indexes != nullptr) {
     for (int64_t k = 0; k < end - begin; ++k) {
       const int64_t g = kReverse ? end - 1 - k : begin + k;

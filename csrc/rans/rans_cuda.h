@@ -21,17 +21,17 @@ struct DeviceTables {
   uint64_t fingerprint = 0;
 };
 
-DeviceTables upload_tables(const Tables &tables, const at::Device &device);
+DeviceTables upload_tables(const Tables& tables, const at::Device& device);
 
 // input: CUDA int32 symbols, or float32 values with CUDA medians [rows]; indexes: CUDA int32 (or
 // implicit rows). Returns the container as a CUDA uint8 tensor.
-at::Tensor lanes_encode_cuda(const DeviceTables &tables, const at::Tensor &input,
-                             const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes,
+at::Tensor lanes_encode_cuda(const DeviceTables& tables, const at::Tensor& input,
+                             const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes,
                              int64_t channels, int64_t per_channel, double lane_overhead, int64_t lanes);
 
 // data: CUDA uint8 container. Returns int32 symbols, or float32 symbol + medians[row], on the
 // data's device in the stored shape.
-at::Tensor lanes_decode_cuda(const Tables &tables, const DeviceTables &device_tables, const at::Tensor &data,
-                             const std::optional<at::Tensor> &medians, const std::optional<at::Tensor> &indexes);
+at::Tensor lanes_decode_cuda(const Tables& tables, const DeviceTables& device_tables, const at::Tensor& data,
+                             const std::optional<at::Tensor>& medians, const std::optional<at::Tensor>& indexes);
 
 }  // namespace udm_rans

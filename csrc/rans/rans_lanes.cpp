@@ -16,26 +16,25 @@ namespace fmt = lanes_format;
 constexpr uint64_t kLaneNibbleRenorm = static_cast<uint64_t>(kLaneLow >> kNibbleBits) << 16;
 
 template <class T>
-void put_le(std::vector<uint8_t> &out, int64_t at, T value) {
+void put_le(std::vector<uint8_t>& out, int64_t at, T value) {
   std::memcpy(out.data() + at, &value, sizeof(T));
 }
 
 template <class T>
-T get_le(const uint8_t *data, int64_t at) {
+T get_le(const uint8_t* data, int64_t at) {
   T value;
   std::memcpy(&value, data + at, sizeof(T));
   return value;
 }
 
-
-int64_t row_of(const Tables &tables, const Layout &layout, int64_t g) {
+int64_t row_of(const Tables& tables, const Layout& layout, int64_t g) {
   if (layout.indexes != nullptr) return checked_row(tables, layout.indexes[g], g);
   return (g / layout.per_channel) % layout.channels;
 }
 
 // Rows of the (up to) 32 symbols [base, base + active) of one lane step; true when they all
 // share rows[0].
-bool step_rows(const Tables &tables, const Layout &layout, int64_t base, int active, int64_t *rows) {
+bool step_rows(const Tables& tables, const Layout& layout, int64_t base, int active, int64_t* rows) {
   if (layout.indexes == nullptr) {
     const int64_t s = layout.per_channel;
     const int64_t q = base / s;
@@ -49,7 +48,7 @@ bool step_rows(const Tables &tables, const Layout &layout, int64_t base, int act
 }
 
 // Checksum of a header block, its own checksum field counted as zero.
-uint64_t header_checksum(const uint8_t *header, int64_t header_bytes) {
+uint64_t header_checksum(const uint8_t* header, int64_t header_bytes) {
   constexpr int64_t kFieldWord = fmt::kOffHeaderChecksum / 4;
   uint64_t total = 0;
   for (int64_t i = 0; i < header_bytes / 4; ++i) {
@@ -62,7 +61,7 @@ uint64_t header_checksum(const uint8_t *header, int64_t header_bytes) {
 // Sampled code length (lanes_format.h) of the input, in 1/256 bits; integer, so every
 // implementation that samples the same symbols gets the same lane layout.
 template <class Reader>
-uint64_t estimate_cost(const Tables &tables, const Layout &layout, const Reader &read, int64_t n_symbols) {
+uint64_t estimate_cost(const Tables& tables, const Layout& layout, const Reader& read, int64_t n_symbols) {
   const int64_t stride = fmt::estimate_stride(n_symbols);
   uint64_t cost = 0;
   for (int64_t g = 0; g < n_symbols; g += stride) {
@@ -90,7 +89,7 @@ class LaneEncoder {
   // Room for `ops` more coding operations (one word each at most).
   void reserve(int64_t ops) { words_.reserve(ops); }
 
-  void put_symbol(int lane, const EncodeSymbol &sym) {
+  void put_symbol(int lane, const EncodeSymbol& sym) {
     const uint64_t x = states_[lane];
     const bool emit = x >= (static_cast<uint64_t>(sym.freq) << 16);
     words_.put_if(static_cast<uint16_t>(x), emit);
@@ -104,7 +103,7 @@ class LaneEncoder {
     states_[lane] = ((emit ? x >> 16 : x) << kNibbleBits) | nibble;
   }
 
-  void finish(GroupCode &code) {
+  void finish(GroupCode& code) {
     code.states = states_;
     code.words = words_.take();
   }
@@ -116,8 +115,8 @@ class LaneEncoder {
 
 // Escape-aware encoding of one lane step with per-lane rows: sub-op 0 is the CDF symbol, 1 the
 // nibble count, 2.. the payload nibbles (LSB first); encoded in reverse (sub-op desc, lane desc).
-void encode_step_general(const Tables &tables, LaneEncoder &encoder, int active, const int64_t *rows,
-                         const int64_t *values) {
+void encode_step_general(const Tables& tables, LaneEncoder& encoder, int active, const int64_t* rows,
+                         const int64_t* values) {
   int ops[kMaxLanes];
   uint64_t raws[kMaxLanes];
   int64_t bins[kMaxLanes];
@@ -148,8 +147,8 @@ void encode_step_general(const Tables &tables, LaneEncoder &encoder, int active,
 }
 
 template <class Reader>
-void encode_group(const Tables &tables, const Layout &layout, const Reader &read, int width, int64_t first,
-                  int64_t count, GroupCode &code) {
+void encode_group(const Tables& tables, const Layout& layout, const Reader& read, int width, int64_t first,
+                  int64_t count, GroupCode& code) {
   LaneEncoder encoder;
   int64_t rows[kMaxLanes], values[kMaxLanes];
   int32_t scratch[kMaxLanes];
@@ -160,7 +159,7 @@ void encode_group(const Tables &tables, const Layout &layout, const Reader &read
     encoder.reserve(active);
     if (step_rows(tables, layout, base, active, rows)) {
       const EncodeRow row = tables.encode_view(rows[0]);
-      const int32_t *symbols = read.span(base, active, rows[0], scratch);
+      const int32_t* symbols = read.span(base, active, rows[0], scratch);
       bool escaped = false;
       for (int j = 0; j < active; ++j) {
         values[j] = static_cast<int64_t>(symbols[j]) - row.offset;
@@ -172,7 +171,8 @@ void encode_group(const Tables &tables, const Layout &layout, const Reader &read
       }
       for (int j = 1; j < active; ++j) rows[j] = rows[0];
     } else {
-      for (int j = 0; j < active; ++j) values[j] = static_cast<int64_t>(read(base + j, rows[j])) - tables.offset(rows[j]);
+      for (int j = 0; j < active; ++j)
+        values[j] = static_cast<int64_t>(read(base + j, rows[j])) - tables.offset(rows[j]);
     }
     encoder.reserve(active * kMaxOpsPerSymbol);
     encode_step_general(tables, encoder, active, rows, values);
@@ -182,7 +182,7 @@ void encode_group(const Tables &tables, const Layout &layout, const Reader &read
 
 class LaneDecoder {
  public:
-  LaneDecoder(const uint8_t *states, int width, const uint8_t *words, int64_t n_words, int64_t group)
+  LaneDecoder(const uint8_t* states, int width, const uint8_t* words, int64_t n_words, int64_t group)
       : width_(width), words_(words), n_words_(n_words), group_(group) {
     for (int j = 0; j < width_; ++j) {
       x_[j] = get_le<uint32_t>(states, 4 * j);
@@ -190,7 +190,7 @@ class LaneDecoder {
     }
   }
 
-  uint32_t get_symbol(int lane, const DecodeRow &row) {
+  uint32_t get_symbol(int lane, const DecodeRow& row) {
     uint32_t x = x_[lane];
     const uint32_t cum = x & (kProbScale - 1);
     const uint32_t s = row.find(cum);
@@ -224,7 +224,7 @@ class LaneDecoder {
 
   uint32_t x_[kMaxLanes];
   int width_;
-  const uint8_t *words_;
+  const uint8_t* words_;
   int64_t n_words_, group_, pos_ = 0;
 };
 
@@ -232,8 +232,8 @@ class LaneDecoder {
 // resolve) with per-lane rows: count nibbles (lane asc), then payload nibbles (nibble asc,
 // lane asc); stores the symbols.
 template <class Store>
-void finish_step_general(const Tables &tables, LaneDecoder &decoder, int64_t base, int active,
-                         const int64_t *rows, const int64_t *values, const Store &store) {
+void finish_step_general(const Tables& tables, LaneDecoder& decoder, int64_t base, int active, const int64_t* rows,
+                         const int64_t* values, const Store& store) {
   uint32_t nibbles[kMaxLanes];
   uint64_t raws[kMaxLanes] = {};
   uint32_t max_nibbles = 0;
@@ -241,7 +241,8 @@ void finish_step_general(const Tables &tables, LaneDecoder &decoder, int64_t bas
     nibbles[j] = 0;
     if (values[j] != tables.max_value(rows[j])) continue;
     nibbles[j] = decoder.get_nibble(j);
-    if (nibbles[j] > static_cast<uint32_t>(kMaxEscapeNibbles)) fail(decoder.where() + " has an invalid escape length (corrupted)");
+    if (nibbles[j] > static_cast<uint32_t>(kMaxEscapeNibbles))
+      fail(decoder.where() + " has an invalid escape length (corrupted)");
     max_nibbles = std::max(max_nibbles, nibbles[j]);
   }
   for (uint32_t k = 0; k < max_nibbles; ++k) {
@@ -259,8 +260,8 @@ void finish_step_general(const Tables &tables, LaneDecoder &decoder, int64_t bas
 }
 
 template <class Store>
-void decode_group(const Tables &tables, const Layout &layout, LaneDecoder &decoder, int width, int64_t first,
-                  int64_t count, const Store &store) {
+void decode_group(const Tables& tables, const Layout& layout, LaneDecoder& decoder, int width, int64_t first,
+                  int64_t count, const Store& store) {
   int64_t rows[kMaxLanes], values[kMaxLanes];
   const int64_t steps = (count + width - 1) / width;
   for (int64_t t = 0; t < steps; ++t) {
@@ -288,13 +289,13 @@ void decode_group(const Tables &tables, const Layout &layout, LaneDecoder &decod
 
 }  // namespace
 
-std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, const Source &source,
-                                  int64_t n_symbols, const std::vector<int64_t> &shape,
-                                  const LaneOptions &options) {
+std::vector<uint8_t> lanes_encode(const Tables& tables, const Layout& layout, const Source& source, int64_t n_symbols,
+                                  const std::vector<int64_t>& shape, const LaneOptions& options) {
   if (static_cast<int>(shape.size()) > fmt::kMaxDims) fail("at most 16 dimensions can be stored");
   uint64_t sampled_cost = 0;
   if (options.lanes <= 0) {
-    with_symbol_reader(source, [&](const auto &read) { sampled_cost = estimate_cost(tables, layout, read, n_symbols); });
+    with_symbol_reader(source,
+                       [&](const auto& read) { sampled_cost = estimate_cost(tables, layout, read, n_symbols); });
   }
   const fmt::LaneLayout lane_layout = fmt::choose_layout(sampled_cost, n_symbols, options.lane_overhead, options.lanes);
   const int width = lane_layout.width;
@@ -302,7 +303,7 @@ std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, co
   if (group_symbols > UINT32_MAX - kMaxLanes) fail("too many symbols per lane group");
 
   std::vector<GroupCode> codes(groups);
-  with_symbol_reader(source, [&](const auto &read) {
+  with_symbol_reader(source, [&](const auto& read) {
     parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
         const int64_t first = g * group_symbols;
@@ -322,14 +323,14 @@ std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, co
   info.lanes_per_group = width;
   info.shape = shape;
   info.word_start.assign(1, 0);
-  for (const GroupCode &code : codes) info.word_start.push_back(info.word_start.back() + code.words.size());
+  for (const GroupCode& code : codes) info.word_start.push_back(info.word_start.back() + code.words.size());
   std::vector<uint8_t> out = lanes_header(info);
   const int64_t header_bytes = static_cast<int64_t>(out.size());
   const int64_t payload_bytes = lanes_payload_bytes(info);
   out.resize(header_bytes + payload_bytes, 0);
-  uint8_t *states = out.data() + header_bytes;
-  uint8_t *words = states + 4 * width * groups;
-  for (const GroupCode &code : codes) {
+  uint8_t* states = out.data() + header_bytes;
+  uint8_t* words = states + 4 * width * groups;
+  for (const GroupCode& code : codes) {
     std::memcpy(states, code.states.data(), 4 * width);
     states += 4 * width;
     const int64_t n = static_cast<int64_t>(code.words.size());
@@ -340,18 +341,18 @@ std::vector<uint8_t> lanes_encode(const Tables &tables, const Layout &layout, co
   return out;
 }
 
-uint64_t lanes_checksum(const uint8_t *data, int64_t bytes) {
+uint64_t lanes_checksum(const uint8_t* data, int64_t bytes) {
   uint64_t total = 0;
   for (int64_t i = 0; i < bytes / 4; ++i) total += checksum_term(i, get_le<uint32_t>(data, 4 * i));
   return total;
 }
 
-int64_t lanes_payload_bytes(const LaneHeaderInfo &info) {
+int64_t lanes_payload_bytes(const LaneHeaderInfo& info) {
   const int64_t words = info.word_start.back();
   return 4 * static_cast<int64_t>(info.lanes_per_group) * info.n_groups + 2 * words + 2 * (words % 2);
 }
 
-std::vector<uint8_t> lanes_header(const LaneHeaderInfo &info) {
+std::vector<uint8_t> lanes_header(const LaneHeaderInfo& info) {
   const int64_t groups = info.n_groups;
   std::vector<uint8_t> out(fmt::kFixedHeaderBytes + 8 * info.shape.size() + 4 * groups, 0);
   std::memcpy(out.data() + fmt::kOffMagic, fmt::kMagic, 4);
@@ -380,13 +381,13 @@ std::vector<uint8_t> lanes_header(const LaneHeaderInfo &info) {
   return out;
 }
 
-void seal_lanes_header(uint8_t *header, int64_t header_bytes, uint64_t payload_checksum) {
+void seal_lanes_header(uint8_t* header, int64_t header_bytes, uint64_t payload_checksum) {
   std::memcpy(header + fmt::kOffPayloadChecksum, &payload_checksum, 8);
   const uint64_t sum = header_checksum(header, header_bytes);
   std::memcpy(header + fmt::kOffHeaderChecksum, &sum, 8);
 }
 
-int64_t lanes_header_size(const uint8_t *fixed, int64_t available) {
+int64_t lanes_header_size(const uint8_t* fixed, int64_t available) {
   if (available < fmt::kFixedHeaderBytes) fail("parallel rANS stream is truncated (no complete header)");
   if (std::memcmp(fixed + fmt::kOffMagic, fmt::kMagic, 4) != 0) fail("not a parallel rANS stream (bad magic)");
   const uint16_t version = get_le<uint16_t>(fixed, fmt::kOffVersion);
@@ -397,10 +398,11 @@ int64_t lanes_header_size(const uint8_t *fixed, int64_t available) {
   if (fixed[fmt::kOffCoder] != fmt::kCoderLanes32) fail("parallel rANS stream uses an unknown coder id");
   const uint16_t ndim = get_le<uint16_t>(fixed, fmt::kOffDims);
   if (ndim > fmt::kMaxDims) fail("parallel rANS stream header is corrupted (too many dimensions)");
-  return fmt::kFixedHeaderBytes + 8 * static_cast<int64_t>(ndim) + 4 * static_cast<int64_t>(get_le<uint32_t>(fixed, fmt::kOffGroups));
+  return fmt::kFixedHeaderBytes + 8 * static_cast<int64_t>(ndim) +
+         4 * static_cast<int64_t>(get_le<uint32_t>(fixed, fmt::kOffGroups));
 }
 
-LaneHeaderInfo lanes_parse_header(const uint8_t *p, int64_t total_size) {
+LaneHeaderInfo lanes_parse_header(const uint8_t* p, int64_t total_size) {
   const int64_t header_bytes = lanes_header_size(p, total_size);
   if (total_size < header_bytes) fail("parallel rANS stream is truncated (incomplete header)");
   if (header_checksum(p, header_bytes) != get_le<uint64_t>(p, fmt::kOffHeaderChecksum)) {
@@ -423,7 +425,8 @@ LaneHeaderInfo lanes_parse_header(const uint8_t *p, int64_t total_size) {
   const uint16_t ndim = get_le<uint16_t>(p, fmt::kOffDims);
   if (n_symbols > (1ull << 62) || per_channel > (1ull << 62)) fail("parallel rANS stream header is invalid (sizes)");
   if (group_symbols == 0 || group_symbols % width != 0) fail("parallel rANS stream header is invalid (group size)");
-  if (groups != (n_symbols + group_symbols - 1) / group_symbols) fail("parallel rANS stream header is invalid (group count)");
+  if (groups != (n_symbols + group_symbols - 1) / group_symbols)
+    fail("parallel rANS stream header is invalid (group count)");
   if (info.explicit_indexes) {
     if (channels != 0 || per_channel != 0) fail("parallel rANS stream header is invalid (rows)");
   } else if (channels == 0 || per_channel == 0 || n_symbols % per_channel != 0 ||
@@ -454,13 +457,13 @@ LaneHeaderInfo lanes_parse_header(const uint8_t *p, int64_t total_size) {
     fail("parallel rANS stream header is invalid (shape does not match the symbol count)");
   }
   // implicit rows: [N, C, *spatial] with row c for channel c (per_channel is 1 for empty spatial dims)
-  if (!info.explicit_indexes && (ndim < 2 || info.shape[1] != channels ||
-                                 (zero_tail ? 1 : item_tail) != per_channel)) {
+  if (!info.explicit_indexes && (ndim < 2 || info.shape[1] != channels || (zero_tail ? 1 : item_tail) != per_channel)) {
     fail("parallel rANS stream header is invalid (shape does not match the channel rows)");
   }
   info.word_start.assign(groups + 1, 0);
   for (uint32_t g = 0; g < groups; ++g) {
-    info.word_start[g + 1] = info.word_start[g] + get_le<uint32_t>(p, fmt::kFixedHeaderBytes + 8 * ndim + 4 * static_cast<int64_t>(g));
+    info.word_start[g + 1] =
+        info.word_start[g] + get_le<uint32_t>(p, fmt::kFixedHeaderBytes + 8 * ndim + 4 * static_cast<int64_t>(g));
   }
   info.n_symbols = static_cast<int64_t>(n_symbols);
   info.per_channel = static_cast<int64_t>(per_channel);
@@ -484,7 +487,7 @@ LaneHeaderInfo lanes_parse(ByteSpan data) {
   return info;
 }
 
-void check_lanes_decode_inputs(const Tables &tables, const LaneHeaderInfo &info, bool has_indexes) {
+void check_lanes_decode_inputs(const Tables& tables, const LaneHeaderInfo& info, bool has_indexes) {
   if (info.fingerprint != tables.fingerprint()) {
     fail("parallel rANS stream was made with different CDF tables (fingerprint mismatch)");
   }
@@ -497,24 +500,26 @@ void check_lanes_decode_inputs(const Tables &tables, const LaneHeaderInfo &info,
   }
 }
 
-void lanes_decode(const Tables &tables, ByteSpan data, const LaneHeaderInfo &info, const int32_t *indexes,
-                  const Sink &sink) {
+void lanes_decode(const Tables& tables, ByteSpan data, const LaneHeaderInfo& info, const int32_t* indexes,
+                  const Sink& sink) {
   check_lanes_decode_inputs(tables, info, indexes != nullptr);
   Layout layout;
   layout.indexes = indexes;
   layout.per_channel = std::max<int64_t>(1, info.per_channel);
   layout.channels = std::max<int64_t>(1, info.channels);
   const int64_t groups = info.n_groups;
-  const std::vector<int64_t> &word_start = info.word_start;
-  const uint8_t *states = data.data + info.payload_offset;
+  const std::vector<int64_t>& word_start = info.word_start;
+  const uint8_t* states = data.data + info.payload_offset;
   const int width = info.lanes_per_group;
-  const uint8_t *words = states + 4 * width * groups;
-  with_symbol_store(sink, [&](const auto &store) {
+  const uint8_t* words = states + 4 * width * groups;
+  with_symbol_store(sink, [&](const auto& store) {
     parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
-        LaneDecoder decoder(states + 4 * width * g, width, words + 2 * word_start[g], word_start[g + 1] - word_start[g], g);
+        LaneDecoder decoder(states + 4 * width * g, width, words + 2 * word_start[g], word_start[g + 1] - word_start[g],
+                            g);
         const int64_t first = g * info.group_symbols;
-        decode_group(tables, layout, decoder, width, first, std::min(info.group_symbols, info.n_symbols - first), store);
+        decode_group(tables, layout, decoder, width, first, std::min(info.group_symbols, info.n_symbols - first),
+                     store);
       }
     });
   });

@@ -39,12 +39,11 @@ uint64_t fnv1a(uint64_t hash, int64_t value) {
 
 }  // namespace
 
-Tables::Tables(const int32_t *cdf, int64_t rows, int64_t width, const int32_t *lengths,
-               const int32_t *offsets)
+Tables::Tables(const int32_t* cdf, int64_t rows, int64_t width, const int32_t* lengths, const int32_t* offsets)
     : rows_(rows), width_(width) {
   if (rows < 1 || width < 2) {
-    throw std::invalid_argument("CDF table must be [rows >= 1, width >= 2], got [" +
-                                std::to_string(rows) + ", " + std::to_string(width) + "]");
+    throw std::invalid_argument("CDF table must be [rows >= 1, width >= 2], got [" + std::to_string(rows) + ", " +
+                                std::to_string(width) + "]");
   }
   if (width > static_cast<int64_t>(kProbScale) + 1) {
     throw std::invalid_argument("CDF table is wider than 2^16 + 1 entries");
@@ -60,17 +59,16 @@ Tables::Tables(const int32_t *cdf, int64_t rows, int64_t width, const int32_t *l
     const int64_t length = lengths[r];
     const std::string where = "CDF row " + std::to_string(r);
     if (length < 2 || length > width) {
-      throw std::invalid_argument(where + ": length " + std::to_string(length) +
-                                  " is outside [2, " + std::to_string(width) + "]");
+      throw std::invalid_argument(where + ": length " + std::to_string(length) + " is outside [2, " +
+                                  std::to_string(width) + "]");
     }
-    const int32_t *src = cdf + r * width;
+    const int32_t* src = cdf + r * width;
     if (src[0] != 0 || src[length - 1] != static_cast<int32_t>(kProbScale)) {
       throw std::invalid_argument(where + " must start at 0 and end at 65536");
     }
     for (int64_t i = 0; i + 1 < length; ++i) {
       if (src[i + 1] <= src[i]) {
-        throw std::invalid_argument(where + " is not strictly increasing at entry " +
-                                    std::to_string(i + 1));
+        throw std::invalid_argument(where + " is not strictly increasing at entry " + std::to_string(i + 1));
       }
     }
     max_values_[r] = static_cast<int32_t>(length - 2);
@@ -78,7 +76,7 @@ Tables::Tables(const int32_t *cdf, int64_t rows, int64_t width, const int32_t *l
       throw std::invalid_argument(where + ": offset + length overflows int32");
     }
     hash = fnv1a(fnv1a(hash, length), offsets[r]);
-    uint32_t *dst = &cdf_[r * width];
+    uint32_t* dst = &cdf_[r * width];
     for (int64_t i = 0; i < length; ++i) {
       dst[i] = static_cast<uint32_t>(src[i]);
       hash = fnv1a(hash, src[i]);
@@ -89,7 +87,7 @@ Tables::Tables(const int32_t *cdf, int64_t rows, int64_t width, const int32_t *l
       cost_[r * (width - 1) + s] =
           static_cast<uint32_t>(std::lround(256.0 * (kPrecision - std::log2(static_cast<double>(freq)))));
     }
-    uint16_t *lookup = &lookup_[r << kLookupBits];
+    uint16_t* lookup = &lookup_[r << kLookupBits];
     uint32_t s = 0;
     for (uint32_t bucket = 0; bucket < (1u << kLookupBits); ++bucket) {
       const uint32_t cum = bucket << (kPrecision - kLookupBits);

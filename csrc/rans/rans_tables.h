@@ -23,15 +23,15 @@ constexpr int kLookupBits = 12;  // decoder bucket table: first symbol of each 2
 
 // What an encoder needs of one row.
 struct EncodeRow {
-  const EncodeSymbol *symbols;  // [max_value + 1], the escape bin last
+  const EncodeSymbol* symbols;  // [max_value + 1], the escape bin last
   int32_t offset;
-  int32_t max_value;            // index of the escape bin
+  int32_t max_value;  // index of the escape bin
 };
 
 // What a decoder needs of one row.
 struct DecodeRow {
-  const uint32_t *cdf;          // [max_value + 2]
-  const uint16_t *lookup;       // [2^kLookupBits]
+  const uint32_t* cdf;     // [max_value + 2]
+  const uint16_t* lookup;  // [2^kLookupBits]
   int32_t offset;
   int32_t max_value;
 
@@ -48,21 +48,20 @@ class Tables {
   // cdf: rows x width int32 (row-major), lengths/offsets: rows int32. Throws
   // std::invalid_argument naming the first malformed row (offset + max_value must fit int32,
   // so in-range symbols never overflow).
-  Tables(const int32_t *cdf, int64_t rows, int64_t width, const int32_t *lengths,
-         const int32_t *offsets);
+  Tables(const int32_t* cdf, int64_t rows, int64_t width, const int32_t* lengths, const int32_t* offsets);
 
   int64_t rows() const { return rows_; }
   int64_t width() const { return width_; }
   uint64_t fingerprint() const { return fingerprint_; }
   int32_t offset(int64_t row) const { return offsets_[row]; }
-  const int32_t *offsets() const { return offsets_.data(); }
-  const int32_t *max_values() const { return max_values_.data(); }
+  const int32_t* offsets() const { return offsets_.data(); }
+  const int32_t* max_values() const { return max_values_.data(); }
   int32_t max_value(int64_t row) const { return max_values_[row]; }  // index of the escape bin
-  const EncodeSymbol *encode_row(int64_t row) const { return &encode_[row * (width_ - 1)]; }
-  const uint32_t *cdf_row(int64_t row) const { return &cdf_[row * width_]; }
-  const uint16_t *lookup_row(int64_t row) const { return &lookup_[row << kLookupBits]; }
+  const EncodeSymbol* encode_row(int64_t row) const { return &encode_[row * (width_ - 1)]; }
+  const uint32_t* cdf_row(int64_t row) const { return &cdf_[row * width_]; }
+  const uint16_t* lookup_row(int64_t row) const { return &lookup_[row << kLookupBits]; }
   // Estimated code length in 1/256 bits of each symbol index of a row (escape bin included).
-  const uint32_t *cost_row(int64_t row) const { return &cost_[row * (width_ - 1)]; }
+  const uint32_t* cost_row(int64_t row) const { return &cost_[row * (width_ - 1)]; }
 
   EncodeRow encode_view(int64_t row) const { return {encode_row(row), offsets_[row], max_values_[row]}; }
   DecodeRow decode_view(int64_t row) const { return {cdf_row(row), lookup_row(row), offsets_[row], max_values_[row]}; }
@@ -78,9 +77,8 @@ class Tables {
 };
 
 // x' after coding the symbol `sym` at kPrecision bits, renormalisation already done.
-inline uint64_t encode_step(uint64_t x, const EncodeSymbol &sym) {
-  const uint64_t q = static_cast<uint64_t>((static_cast<unsigned __int128>(x) * sym.reciprocal) >> 64)
-                     >> sym.shift;
+inline uint64_t encode_step(uint64_t x, const EncodeSymbol& sym) {
+  const uint64_t q = static_cast<uint64_t>((static_cast<unsigned __int128>(x) * sym.reciprocal) >> 64) >> sym.shift;
   return x + sym.bias + q * sym.complement;
 }
 

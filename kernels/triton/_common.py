@@ -9,6 +9,7 @@ Layout conventions used by every kernel:
     w_out -> [4, Cm, C_out] (tap = 3u + v or 2p + q).
 Every tl.dot takes operands cast to the compute dtype ``DOT`` and accumulates in float32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,7 @@ from typing import Optional
 
 import numpy
 import torch
+
 import triton
 import triton.language as tl
 
@@ -79,7 +81,8 @@ def check_runnable(t: torch.Tensor, dot=None) -> None:
         return
     raise RuntimeError(
         f"Triton IDA/SFT kernels need a CUDA tensor (got {t.device.type}); on CPU they run only in the "
-        "Triton interpreter, which must be enabled (TRITON_INTERPRET=1) before triton is first imported")
+        "Triton interpreter, which must be enabled (TRITON_INTERPRET=1) before triton is first imported"
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,9 +94,11 @@ def interpreter_problem() -> Optional[str]:
     try:
         _loop_probe[(1,)](out, 3)
     except Exception as e:  # the interpreter wraps the numpy TypeError in its own InterpreterError
-        return (f"the Triton interpreter (triton {triton.__version__}, numpy {numpy.__version__}) cannot run a loop "
-                f"with a runtime bound: {e!r}. Triton 3.6's interpreter needs numpy < 2.4 "
-                "(pip install 'numpy<2.4'); newer Triton releases (3.8) work with any numpy")
+        return (
+            f"the Triton interpreter (triton {triton.__version__}, numpy {numpy.__version__}) cannot run a loop "
+            f"with a runtime bound: {e!r}. Triton 3.6's interpreter needs numpy < 2.4 "
+            "(pip install 'numpy<2.4'); newer Triton releases (3.8) work with any numpy"
+        )
     if int(out.item()) != 3:
         return f"the Triton interpreter (triton {triton.__version__}) ran a 3-step loop {int(out.item())} times"
     return None
@@ -108,9 +113,11 @@ def interpreter_dot_problem(dot) -> Optional[str]:
     out = torch.zeros(16, 16, dtype=torch.float32)
     _dot_probe[(1,)](a, out, DOT=dot)
     if not bool((out == 16).all()):
-        return (f"the Triton interpreter (triton {triton.__version__}) computes tl.dot on {torch_dtype} operands "
-                f"wrongly (ones(16, 16) @ ones(16, 16) gave values up to {out.abs().max().item():.3g}, not 16): "
-                f"run {torch_dtype} on a GPU, or use float16 / float32 (or the 'cuda' / 'reference' backend) on the CPU")
+        return (
+            f"the Triton interpreter (triton {triton.__version__}) computes tl.dot on {torch_dtype} operands "
+            f"wrongly (ones(16, 16) @ ones(16, 16) gave values up to {out.abs().max().item():.3g}, not 16): "
+            f"run {torch_dtype} on a GPU, or use float16 / float32 (or the 'cuda' / 'reference' backend) on the CPU"
+        )
     return None
 
 
@@ -132,6 +139,7 @@ def _loop_probe(out_ptr, n):
 
 
 # ----------------------------------------------------------------------------- device helpers
+
 
 @triton.jit
 def lowres_coords(n, Hl, Wl):
@@ -162,9 +170,27 @@ def leaky_grad(g, h, slope):
 
 
 @triton.jit
-def load_cond_noise(cond_ptr, noise_ptr, seed_ptr, b, hy, hx, pmask, Cc, H, W,
-                    s_cb, s_cc, s_ch, s_cw, s_nb, s_nh, s_nw,
-                    HAS_NOISE: tl.constexpr, BLOCK_CZ: tl.constexpr):
+def load_cond_noise(
+    cond_ptr,
+    noise_ptr,
+    seed_ptr,
+    b,
+    hy,
+    hx,
+    pmask,
+    Cc,
+    H,
+    W,
+    s_cb,
+    s_cc,
+    s_ch,
+    s_cw,
+    s_nb,
+    s_nh,
+    s_nw,
+    HAS_NOISE: tl.constexpr,
+    BLOCK_CZ: tl.constexpr,
+):
     """[P, BLOCK_CZ] tile of [cond; z] at high-res pixels (b, hy, hx): columns < Cc hold cond,
     column Cc the noise (explicit tensor, or Philox N(0, 1) from (seed, pixel index)), the rest 0."""
     cz = tl.arange(0, BLOCK_CZ)

@@ -12,6 +12,7 @@ if any kernel fails to compile, or if a launchable kernel (``*_kernel``) of the 
 recorded (so a new kernel cannot escape the check: the interpreter accepts code a GPU build refuses).
 Must not run under TRITON_INTERPRET=1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ import tempfile
 import time
 
 import torch
+
 import triton
 from triton.backends.compiler import GPUTarget
 
@@ -51,9 +53,14 @@ def _recorded_launches():
         recorded.append((kernel, args, dict(constexprs, **ida._config(name, dims))))
 
     replacements = [(ida, "_launch", record), (sft, "check_runnable", lambda *args: None)]
-    replacements += [(module, name, _DirectLaunchRecorder(getattr(module, name), recorded))
-                     for module, name in ((sft, "_noise_kernel"), (entropy_likelihood, "_forward_kernel"),
-                                          (entropy_likelihood, "_backward_kernel"))]
+    replacements += [
+        (module, name, _DirectLaunchRecorder(getattr(module, name), recorded))
+        for module, name in (
+            (sft, "_noise_kernel"),
+            (entropy_likelihood, "_forward_kernel"),
+            (entropy_likelihood, "_backward_kernel"),
+        )
+    ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in replacements]
     for module, name, value in replacements:
         setattr(module, name, value)
@@ -80,7 +87,7 @@ def _specialise(kernel, args, constexprs):
         elif isinstance(value, int) and value == 1:
             signature[name], constants[name] = "constexpr", 1
         elif isinstance(value, int):
-            signature[name] = "i64" if abs(value) >= 2 ** 31 else "i32"
+            signature[name] = "i64" if abs(value) >= 2**31 else "i32"
             if value % 16 == 0:
                 attrs[(index,)] = [["tt.divisibility", 16]]
         elif isinstance(value, float):
@@ -108,17 +115,49 @@ def _record_all(channels: int, dtype: torch.dtype) -> list:
     with _recorded_launches() as recorded:
         out = torch.empty_like(x)
         for noise_map, noise_seed in ((None, seed), (noise, None)):
-            a, bx = sft.forward(x, cond_full, cond_half, noise_map, noise_seed, *sft_w, *ida_w, slope=0.01,
-                                compute_dtype=dtype, out=out, save_mid=True)
+            a, bx = sft.forward(
+                x,
+                cond_full,
+                cond_half,
+                noise_map,
+                noise_seed,
+                *sft_w,
+                *ida_w,
+                slope=0.01,
+                compute_dtype=dtype,
+                out=out,
+                save_mid=True,
+            )
             grads = {"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half), "dcond": torch.empty_like(cond_full)}
             if noise_map is not None:
                 grads["dnoise"] = torch.empty_like(noise_map)
-            sft.backward(x, x, cond_full, cond_half, noise_map, noise_seed, *sft_w, *ida_w[:4], a, bx, slope=0.01,
-                         compute_dtype=dtype, grads=grads)
+            sft.backward(
+                x,
+                x,
+                cond_full,
+                cond_half,
+                noise_map,
+                noise_seed,
+                *sft_w,
+                *ida_w[:4],
+                a,
+                bx,
+                slope=0.01,
+                compute_dtype=dtype,
+                grads=grads,
+            )
         ida.forward(x, cond_half, *ida_w, compute_dtype=dtype, out=out, save_mid=False)
         a, bx = ida.forward(x, cond_half, *ida_w, compute_dtype=dtype, out=out, save_mid=True)
-        ida.backward(x, x, cond_half, *ida_w[:4], a, bx, compute_dtype=dtype,
-                     grads={"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half)})
+        ida.backward(
+            x,
+            x,
+            cond_half,
+            *ida_w[:4],
+            a,
+            bx,
+            compute_dtype=dtype,
+            grads={"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half)},
+        )
         sft.noise(seed, b, h, w)
         # the entropy bottleneck's likelihood (float32 whatever the layers' dtype), packed by the module itself
         from udm_fast.entropy.bottleneck import EntropyBottleneck
@@ -139,8 +178,13 @@ def _resources(cubin: bytes) -> str:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    fields = [part for line in usage.splitlines() if "REG:" in line for part in line.split()
-              if part.startswith(("REG:", "STACK:"))]
+    fields = [
+        part
+        for line in usage.splitlines()
+        if "REG:" in line
+        for part in line.split()
+        if part.startswith(("REG:", "STACK:"))
+    ]
     return " ".join(fields)
 
 
@@ -163,15 +207,19 @@ def check(arch: int, dtypes, channels) -> int:
                 flags = {k: v for k, v in constants.items() if k.isupper() and k not in ("DOT", "PREC")}
                 start = time.time()
                 try:
-                    compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constants, attrs),
-                                              target=target, options=options)
+                    compiled = triton.compile(
+                        triton.compiler.ASTSource(kernel, signature, constants, attrs), target=target, options=options
+                    )
                 except Exception as exc:  # report every failing variant, then fail overall
                     failures += 1
                     print(f"FAIL sm_{arch} {dtype} C={c} {kernel.fn.__name__} {flags}: {exc}", flush=True)
                     continue
-                print(f"ok   sm_{arch} {str(dtype)[6:]:8s} C={c:<3d} {kernel.fn.__name__:17s} "
-                      f"{time.time() - start:5.1f}s {_resources(compiled.asm['cubin'])} warps={options['num_warps']} "
-                      f"{flags}", flush=True)
+                print(
+                    f"ok   sm_{arch} {str(dtype)[6:]:8s} C={c:<3d} {kernel.fn.__name__:17s} "
+                    f"{time.time() - start:5.1f}s {_resources(compiled.asm['cubin'])} warps={options['num_warps']} "
+                    f"{flags}",
+                    flush=True,
+                )
     for name in sorted(_launchable_kernels() - launched):  # the interpreter accepts code a GPU build refuses
         failures += 1
         print(f"FAIL {name}: a kernel that _record_all never launches, so it is not compiled here", flush=True)
@@ -180,8 +228,12 @@ def check(arch: int, dtypes, channels) -> int:
 
 def _launchable_kernels() -> set:
     """Names of the package's launchable Triton kernels (``*_kernel``; helpers and probes excluded)."""
-    return {name for module in (ida, sft, entropy_likelihood) for name, obj in vars(module).items()
-            if isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel")}
+    return {
+        name
+        for module in (ida, sft, entropy_likelihood)
+        for name, obj in vars(module).items()
+        if isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel")
+    }
 
 
 def main(argv=None) -> int:

@@ -12,9 +12,11 @@ incoming gradient is negative. One program handles BLOCK values of one channel; 
 gradients are reduced per program and added atomically (float32, order not deterministic: the
 entropy bottleneck uses the torch composition when deterministic algorithms are requested).
 """
+
 from __future__ import annotations
 
 import torch
+
 import triton
 import triton.language as tl
 
@@ -59,8 +61,19 @@ def _logits(v, c, w_ptr, b_ptr, t_ptr, L: tl.constexpr, F: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(v_ptr, out_ptr, w_ptr, b_ptr, t_ptr, bound_ptr, n, USE_BOUND: tl.constexpr, L: tl.constexpr,
-                    F: tl.constexpr, BLOCK_N: tl.constexpr):
+def _forward_kernel(
+    v_ptr,
+    out_ptr,
+    w_ptr,
+    b_ptr,
+    t_ptr,
+    bound_ptr,
+    n,
+    USE_BOUND: tl.constexpr,
+    L: tl.constexpr,
+    F: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     c = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < n
@@ -99,8 +112,23 @@ def _backward_path(v, g, c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr, L: tl.c
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, v_ptr, dv_ptr, w_ptr, b_ptr, t_ptr, bound_ptr, dw_ptr, db_ptr, dt_ptr, n,
-                     USE_BOUND: tl.constexpr, L: tl.constexpr, F: tl.constexpr, BLOCK_N: tl.constexpr):
+def _backward_kernel(
+    grad_ptr,
+    v_ptr,
+    dv_ptr,
+    w_ptr,
+    b_ptr,
+    t_ptr,
+    bound_ptr,
+    dw_ptr,
+    db_ptr,
+    dt_ptr,
+    n,
+    USE_BOUND: tl.constexpr,
+    L: tl.constexpr,
+    F: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     c = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < n
@@ -113,8 +141,7 @@ def _backward_kernel(grad_ptr, v_ptr, dv_ptr, w_ptr, b_ptr, t_ptr, bound_ptr, dw
         passes = ((s_upper - s_lower) >= tl.load(bound_ptr)) | (g < 0)
         g = tl.where(passes, g, 0.0)
     dv = _backward_path(v + 0.5, g * s_upper * (1.0 - s_upper), c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr, L, F)
-    dv += _backward_path(v - 0.5, -g * s_lower * (1.0 - s_lower), c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr,
-                         L, F)
+    dv += _backward_path(v - 0.5, -g * s_lower * (1.0 - s_lower), c, w_ptr, b_ptr, t_ptr, dw_ptr, db_ptr, dt_ptr, L, F)
     tl.store(dv_ptr + row + offs, dv, mask=mask)
 
 
@@ -144,9 +171,19 @@ def likelihood_forward(values, weights, biases, tanh_factors, bound):
     out = torch.empty_like(values)
     if n:
         with on_device(values):
-            _forward_kernel[_grid(channels, n)](values, out, weights, biases, tanh_factors,
-                                                values if bound is None else bound, n,
-                                                USE_BOUND=bound is not None, L=layers, F=width, BLOCK_N=BLOCK)
+            _forward_kernel[_grid(channels, n)](
+                values,
+                out,
+                weights,
+                biases,
+                tanh_factors,
+                values if bound is None else bound,
+                n,
+                USE_BOUND=bound is not None,
+                L=layers,
+                F=width,
+                BLOCK_N=BLOCK,
+            )
     return out
 
 
@@ -159,7 +196,21 @@ def likelihood_backward(grad, values, weights, biases, tanh_factors, bound):
     d_weights, d_biases, d_tanh = (torch.zeros_like(t) for t in (weights, biases, tanh_factors))
     if n:
         with on_device(values):
-            _backward_kernel[_grid(channels, n)](grad, values, d_values, weights, biases, tanh_factors,
-                                                 values if bound is None else bound, d_weights, d_biases, d_tanh, n,
-                                                 USE_BOUND=bound is not None, L=layers, F=width, BLOCK_N=BLOCK)
+            _backward_kernel[_grid(channels, n)](
+                grad,
+                values,
+                d_values,
+                weights,
+                biases,
+                tanh_factors,
+                values if bound is None else bound,
+                d_weights,
+                d_biases,
+                d_tanh,
+                n,
+                USE_BOUND=bound is not None,
+                L=layers,
+                F=width,
+                BLOCK_N=BLOCK,
+            )
     return d_values, d_weights, d_biases, d_tanh

@@ -6,11 +6,13 @@ gamma, beta and the hidden layers never reach memory. The noise z is either an e
 [B, 1, H, W] tensor or Philox N(0, 1) draws keyed by (seed, high-res pixel index), regenerated in
 the backward instead of stored; ``noise`` materialises exactly those draws.
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+
 import triton
 import triton.language as tl
 
@@ -40,27 +42,73 @@ def noise(seed: torch.Tensor, batch: int, height: int, width: int) -> torch.Tens
 
 
 def _sft_args(cond_full, noise_map, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, slope) -> ida.SftArgs:
-    return ida.SftArgs(cond=cond_full, noise=noise_map, seed=seed,
-                       w_gamma1=w_gamma1.reshape(w_gamma1.shape[0], -1).contiguous(), w_gamma2=w_gamma2.reshape(w_gamma2.shape[0], -1).contiguous(),
-                       w_beta1=w_beta1.reshape(w_beta1.shape[0], -1).contiguous(), w_beta2=w_beta2.reshape(w_beta2.shape[0], -1).contiguous(),
-                       slope=slope)
+    return ida.SftArgs(
+        cond=cond_full,
+        noise=noise_map,
+        seed=seed,
+        w_gamma1=w_gamma1.reshape(w_gamma1.shape[0], -1).contiguous(),
+        w_gamma2=w_gamma2.reshape(w_gamma2.shape[0], -1).contiguous(),
+        w_beta1=w_beta1.reshape(w_beta1.shape[0], -1).contiguous(),
+        w_beta2=w_beta2.reshape(w_beta2.shape[0], -1).contiguous(),
+        slope=slope,
+    )
 
 
-def forward(x, cond_full, cond_half, noise_map: Optional[torch.Tensor], seed: Optional[torch.Tensor],
-            w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out, *, slope: float, compute_dtype: torch.dtype,
-            out: torch.Tensor, save_mid: bool):
+def forward(
+    x,
+    cond_full,
+    cond_half,
+    noise_map: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor],
+    w_gamma1,
+    w_gamma2,
+    w_beta1,
+    w_beta2,
+    w_up,
+    w_map,
+    w_x,
+    w_out,
+    b_out,
+    *,
+    slope: float,
+    compute_dtype: torch.dtype,
+    out: torch.Tensor,
+    save_mid: bool,
+):
     """Writes the SFT layer output into ``out``; returns (a, bx) for the backward, or None."""
     sft = _sft_args(cond_full, noise_map, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, slope)
-    return ida.forward(x, cond_half, w_up, w_map, w_x, w_out, b_out, compute_dtype=compute_dtype, out=out,
-                       save_mid=save_mid, sft=sft)
+    return ida.forward(
+        x, cond_half, w_up, w_map, w_x, w_out, b_out, compute_dtype=compute_dtype, out=out, save_mid=save_mid, sft=sft
+    )
 
 
-def backward(grad_out, x, cond_full, cond_half, noise_map: Optional[torch.Tensor], seed: Optional[torch.Tensor],
-             w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, a, bx, *, slope: float, compute_dtype: torch.dtype,
-             grads: dict) -> dict:
+def backward(
+    grad_out,
+    x,
+    cond_full,
+    cond_half,
+    noise_map: Optional[torch.Tensor],
+    seed: Optional[torch.Tensor],
+    w_gamma1,
+    w_gamma2,
+    w_beta1,
+    w_beta2,
+    w_up,
+    w_map,
+    w_x,
+    w_out,
+    a,
+    bx,
+    *,
+    slope: float,
+    compute_dtype: torch.dtype,
+    grads: dict,
+) -> dict:
     """Fills grads["dx"], grads["dm"] (cond_half), grads["dcond"] (cond_full) and grads["dnoise"] (when
-    the noise is explicit); returns the float32 weight gradients keyed w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out
+    the noise is explicit); returns the float32 weight gradients keyed w_gamma1, w_gamma2, w_beta1, w_beta2,
+    w_up, w_map, w_x, w_out, b_out
     (w_gamma1, w_gamma2, w_beta1, w_beta2 as 2-D [out, in])."""
     sft = _sft_args(cond_full, noise_map, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, slope)
-    return ida.backward(grad_out, x, cond_half, w_up, w_map, w_x, w_out, a, bx, compute_dtype=compute_dtype,
-                        grads=grads, sft=sft)
+    return ida.backward(
+        grad_out, x, cond_half, w_up, w_map, w_x, w_out, a, bx, compute_dtype=compute_dtype, grads=grads, sft=sft
+    )

@@ -1,4 +1,5 @@
 """``python -m udm_fast.cli``: the ``udm-fast`` command."""
+
 import sys
 
 from .main import main

@@ -1,5 +1,6 @@
 """What the ``udm-fast`` commands share: the program name, the one-line error and warning display,
 the parent parsers of the common flags, and the helpers that more than one command calls."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ MAX_ERROR_CHARS = 400
 SYNTH_INDEX = "pairs.csv"  # the paired set's index that synth writes and train / eval read
 IMAGE_EXTENSIONS = DataConfig.extensions  # synth and eval read the files that training reads
 TRANSFER_FIRST_SEED = 1_000_000  # the first seed of the transfer evaluation's degradations (eval, demo)
-SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes seeds in 0 .. 2**64 - 1
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes seeds in 0 .. 2**64 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,17 +37,22 @@ class ParentParsers:
 
 def parent_parsers() -> ParentParsers:
     debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show the full traceback of an error")
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--weights", metavar="W", help="model weights: a UDM.save file "
-                       "(default: the bundled model)")
-    model.add_argument("--official", action="store_true",
-                       help="W is the authors' checkpoint (loaded with UDM.from_official)")
+    model.add_argument("--weights", metavar="W", help="model weights: a UDM.save file (default: the bundled model)")
+    model.add_argument(
+        "--official", action="store_true", help="W is the authors' checkpoint (loaded with UDM.from_official)"
+    )
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    run.add_argument("--tile-size", type=int, metavar="N",
-                     help="tile large images in N x N tiles (multiple of 8; 0 = no tiling; default 512)")
+    run.add_argument(
+        "--tile-size",
+        type=int,
+        metavar="N",
+        help="tile large images in N x N tiles (multiple of 8; 0 = no tiling; default 512)",
+    )
     return ParentParsers(debug, model, run)
 
 
@@ -105,10 +111,14 @@ def check_seed(flag: str, seed: int) -> None:
 
 def add_precision_argument(parser) -> None:
     """The ``--precision`` option of the commands that synthesize (transfer, demo, eval)."""
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="CPU inference precision: auto (bfloat16 where the CPU runs it natively, "
-                             "else float32; channels-last), fp32 (float32 eager) or bf16 "
-                             "(default: UDM_FAST_PRECISION, else auto)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="CPU inference precision: auto (bfloat16 where the CPU runs it natively, "
+        "else float32; channels-last), fp32 (float32 eager) or bf16 "
+        "(default: UDM_FAST_PRECISION, else auto)",
+    )
 
 
 def apply_precision_argument(model, args) -> None:

@@ -1,4 +1,5 @@
 """``udm-fast demo``: a transfer grid, e_g traversals and the transfer table on the bundled photos."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from .common import TRANSFER_FIRST_SEED, ParentParsers, add_precision_argument, 
 
 DEMO_GRID_NAME = "transfer_grid.png"
 DEMO_TRAVERSAL_NAME = "traversals.png"
-DEMO_TABLE_DEGRADATIONS = 4   # seeded udm_fast.degrade draws per sample photo for the printed table
+DEMO_TABLE_DEGRADATIONS = 4  # seeded udm_fast.degrade draws per sample photo for the printed table
 DEMO_TABLE_CROP = 128
 
 # The demo's degraded examples: (label, function of (image [1, 3, H, W], generator)).
@@ -31,12 +32,18 @@ DEMO_DEGRADATIONS = (
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
-    demo = commands.add_parser("demo", parents=[parents.debug, parents.model, parents.run],
-                               help="transfer grid, e_g traversals and a quality table on the bundled photos",
-                               description="Degrades bundled photos, transfers each degradation to every photo "
-                                           "(DIR/" + DEMO_GRID_NAME + "), moves single e_g dimensions (DIR/"
-                                           + DEMO_TRAVERSAL_NAME + ") and prints the transfer table against "
-                                           "the identity and mismatched baselines.")
+    demo = commands.add_parser(
+        "demo",
+        parents=[parents.debug, parents.model, parents.run],
+        help="transfer grid, e_g traversals and a quality table on the bundled photos",
+        description="Degrades bundled photos, transfers each degradation to every photo "
+        "(DIR/"
+        + DEMO_GRID_NAME
+        + "), moves single e_g dimensions (DIR/"
+        + DEMO_TRAVERSAL_NAME
+        + ") and prints the transfer table against "
+        "the identity and mismatched baselines.",
+    )
     demo.add_argument("--out", default="udm_fast_demo", metavar="DIR", help="output folder (default ./udm_fast_demo)")
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the noise (default 0)")
     add_precision_argument(demo)
@@ -62,32 +69,47 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with torch.no_grad(), tqdm(total=n_transfers + n_traversals + n_pairs, desc="demo", unit="image") as bar:
         codes = [model.encode(y.to(device)) for y in degraded]
-        grid = transfer_grid(model, cleans, degraded, codes, [label for label, _ in DEMO_DEGRADATIONS],
-                             noise=generator, progress=bar.update,
-                             sources=[k % len(cleans) for k in range(len(degraded))])
-        table_codes = [model.encode(table_degraded[i, j:j + 1].to(device))
-                       for i in range(len(cleans)) for j in range(len(seeds))]
+        grid = transfer_grid(
+            model,
+            cleans,
+            degraded,
+            codes,
+            [label for label, _ in DEMO_DEGRADATIONS],
+            noise=generator,
+            progress=bar.update,
+            sources=[k % len(cleans) for k in range(len(degraded))],
+        )
+        table_codes = [
+            model.encode(table_degraded[i, j : j + 1].to(device)) for i in range(len(cleans)) for j in range(len(seeds))
+        ]
         traversals, dimensions = traversal_grid(model, contents[:1].to(device), codes + table_codes, args.seed)
         bar.update(n_traversals)
-        table = transfer_table(model, contents.to(device), table_degraded.to(device), noise_seed=args.seed,
-                               progress=bar.update)
+        table = transfer_table(
+            model, contents.to(device), table_degraded.to(device), noise_seed=args.seed, progress=bar.update
+        )
     elapsed = time.perf_counter() - start
     out = os.path.join(args.out, DEMO_GRID_NAME)
     save_image(grid.image, out)
     leakage = list(grid.leakage.values())
-    print(f"wrote {out}: rows = {len(cleans)} bundled clean photos, columns = {len(degraded)} degraded examples "
-          f"(top row), {n_transfers} transfers; the {len(leakage)} cross-content cells (the code of another photo) "
-          f"are labelled with the leakage of that photo into the result: mean "
-          f"{sum(leakage) / max(1, len(leakage)):.3f}, max {max(leakage, default=0.0):.3f}")
+    print(
+        f"wrote {out}: rows = {len(cleans)} bundled clean photos, columns = {len(degraded)} degraded examples "
+        f"(top row), {n_transfers} transfers; the {len(leakage)} cross-content cells (the code of another photo) "
+        f"are labelled with the leakage of that photo into the result: mean "
+        f"{sum(leakage) / max(1, len(leakage)):.3f}, max {max(leakage, default=0.0):.3f}"
+    )
     out = os.path.join(args.out, DEMO_TRAVERSAL_NAME)
     save_image(traversals, out)
-    print(f"wrote {out}: the '{DEMO_DEGRADATIONS[0][0]}' code transferred to a crop of the first photo, with e_g "
-          f"dimensions {dimensions} (rows; most varying over the demo's degradations) moved by "
-          f"{TRAVERSAL_OFFSETS[0]}..{TRAVERSAL_OFFSETS[-1]:+d} steps (columns)")
-    print(f"\ntransfer quality on the bundled photos ({DEMO_TABLE_CROP}x{DEMO_TABLE_CROP} central crops) x "
-          f"{len(seeds)} seeded degradations (seeds {seeds[0]}..{seeds[-1]}); the bundled model saw some of these "
-          "photos in training, see the README for its held-out evaluation and `udm-fast eval --clean DIR` to "
-          "run one on your photos:")
+    print(
+        f"wrote {out}: the '{DEMO_DEGRADATIONS[0][0]}' code transferred to a crop of the first photo, with e_g "
+        f"dimensions {dimensions} (rows; most varying over the demo's degradations) moved by "
+        f"{TRAVERSAL_OFFSETS[0]}..{TRAVERSAL_OFFSETS[-1]:+d} steps (columns)"
+    )
+    print(
+        f"\ntransfer quality on the bundled photos ({DEMO_TABLE_CROP}x{DEMO_TABLE_CROP} central crops) x "
+        f"{len(seeds)} seeded degradations (seeds {seeds[0]}..{seeds[-1]}); the bundled model saw some of these "
+        "photos in training, see the README for its held-out evaluation and `udm-fast eval --clean DIR` to "
+        "run one on your photos:"
+    )
     print(format_transfer_table(table))
     print(f"(demo computed on {device} in {elapsed:.1f} s)")
     if args.weights is None and not pretrained.DEFAULT_WEIGHTS.is_file():

@@ -1,5 +1,6 @@
 """``udm-fast eval``: measures how well a model re-applies degradations, on a paired set (--data) or
 by transfer between seeded degradations of clean photos against two baselines (--clean)."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,17 @@ from ..models.loading import load_model
 from ..train.data import DataError, ItemError, decode_image, list_images, read_pairs
 from ..utils.device import parse_device
 from ..utils.files import write_bytes_atomic
-from .common import (IMAGE_EXTENSIONS, SEED_LIMIT, SYNTH_INDEX, TRANSFER_FIRST_SEED, ParentParsers,
-                     add_precision_argument, apply_precision_argument, check_seed, report)
+from .common import (
+    IMAGE_EXTENSIONS,
+    SEED_LIMIT,
+    SYNTH_INDEX,
+    TRANSFER_FIRST_SEED,
+    ParentParsers,
+    add_precision_argument,
+    apply_precision_argument,
+    check_seed,
+    report,
+)
 
 TRANSFER_CROP = 128
 TRANSFER_MIN_CROP = 32
@@ -27,39 +37,66 @@ TRANSFER_MIN_CROP = 32
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
     evaluate = commands.add_parser(
-        "eval", parents=[parents.debug], help="measure how well a model re-applies degradations",
+        "eval",
+        parents=[parents.debug],
+        help="measure how well a model re-applies degradations",
         description="Two modes. --data: for each (clean x, degraded y) pair of a paired set, ŷ = the model "
-                    "re-applies y's degradation to x; reports DISTS and LPIPS (when their weights are available), "
-                    "MS-SSIM and PSNR of ŷ against y, and the bits of the quantised codes. --clean: degrades each "
-                    "clean photo with --degradations seeded draws of udm_fast.degrade and compares the model with "
-                    "two baselines on the same pairs (identity ŷ = x, and the code of another degradation) on "
-                    "measures that do not depend on the noise realisation (power spectrum, noise level, blur "
-                    "width), on content after a low-pass, and on the codes (spread ratio, active dimensions, bits). "
-                    "Prints a table, writes JSON.")
-    evaluate.add_argument("--weights", metavar="W",
-                          help="a model file (model.pt of a run), a training checkpoint, or with --official the "
-                               "authors' checkpoint (default: the bundled model)")
+        "re-applies y's degradation to x; reports DISTS and LPIPS (when their weights are available), "
+        "MS-SSIM and PSNR of ŷ against y, and the bits of the quantised codes. --clean: degrades each "
+        "clean photo with --degradations seeded draws of udm_fast.degrade and compares the model with "
+        "two baselines on the same pairs (identity ŷ = x, and the code of another degradation) on "
+        "measures that do not depend on the noise realisation (power spectrum, noise level, blur "
+        "width), on content after a low-pass, and on the codes (spread ratio, active dimensions, bits). "
+        "Prints a table, writes JSON.",
+    )
+    evaluate.add_argument(
+        "--weights",
+        metavar="W",
+        help="a model file (model.pt of a run), a training checkpoint, or with --official the "
+        "authors' checkpoint (default: the bundled model)",
+    )
     evaluate.add_argument("--official", action="store_true", help="W is the authors' checkpoint")
     source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", metavar="DIR|CSV",
-                        help=f"a paired CSV index, or a folder holding {SYNTH_INDEX} (as written by synth)")
-    source.add_argument("--clean", metavar="DIR", help="a folder of clean photos (held out from training): "
-                        "transfer evaluation against the identity and mismatched baselines, and cross-content "
-                        "codes (another photo's) with the leakage of that photo into the result")
+    source.add_argument(
+        "--data", metavar="DIR|CSV", help=f"a paired CSV index, or a folder holding {SYNTH_INDEX} (as written by synth)"
+    )
+    source.add_argument(
+        "--clean",
+        metavar="DIR",
+        help="a folder of clean photos (held out from training): "
+        "transfer evaluation against the identity and mismatched baselines, and cross-content "
+        "codes (another photo's) with the leakage of that photo into the result",
+    )
     evaluate.add_argument("--distorted-column", default="name", metavar="NAME")
     evaluate.add_argument("--reference-column", default="ref_name", metavar="NAME")
     evaluate.add_argument("--out", default="eval.json", metavar="JSON", help="results file (default eval.json)")
     evaluate.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--crop", type=int, default=0, metavar="N",
-                          help=f"evaluate the central N x N crops, N >= {SSIM_WINDOW} (default: whole images; "
-                               f"--clean: N >= {TRANSFER_MIN_CROP}, default {TRANSFER_CROP})")
-    evaluate.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N pairs (--data) or "
-                          "photos (--clean)")
-    evaluate.add_argument("--degradations", type=int, default=6, metavar="M",
-                          help="--clean: degradations per photo (default 6, at least 2)")
-    evaluate.add_argument("--first-seed", type=int, default=TRANSFER_FIRST_SEED, metavar="S",
-                          help=f"--clean: seed of the first degradation, then S+1, ... (default {TRANSFER_FIRST_SEED}, "
-                               "far from the seeds a training run draws)")
+    evaluate.add_argument(
+        "--crop",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"evaluate the central N x N crops, N >= {SSIM_WINDOW} (default: whole images; "
+        f"--clean: N >= {TRANSFER_MIN_CROP}, default {TRANSFER_CROP})",
+    )
+    evaluate.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="only the first N pairs (--data) or photos (--clean)"
+    )
+    evaluate.add_argument(
+        "--degradations",
+        type=int,
+        default=6,
+        metavar="M",
+        help="--clean: degradations per photo (default 6, at least 2)",
+    )
+    evaluate.add_argument(
+        "--first-seed",
+        type=int,
+        default=TRANSFER_FIRST_SEED,
+        metavar="S",
+        help=f"--clean: seed of the first degradation, then S+1, ... (default {TRANSFER_FIRST_SEED}, "
+        "far from the seeds a training run draws)",
+    )
     evaluate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the generator noise")
     evaluate.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG16 file for DISTS/LPIPS")
     evaluate.add_argument("--no-download", action="store_true", help="never download the VGG16 weights")
@@ -90,12 +127,13 @@ def _central_crop_chw(image: np.ndarray, size: int) -> torch.Tensor:
         raise ItemError(str(exc)) from None
 
 
-def _eval_pairs(index: str, args: argparse.Namespace, device: torch.device,
-                skipped: list) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+def _eval_pairs(
+    index: str, args: argparse.Namespace, device: torch.device, skipped: list
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     root = os.path.dirname(os.path.abspath(index))
     pairs = read_pairs(index, args.distorted_column, args.reference_column)
     if args.limit:
-        pairs = pairs[:args.limit]
+        pairs = pairs[: args.limit]
     for distorted, reference in pairs:
         try:
             y = decode_image(os.path.join(root, distorted))
@@ -132,8 +170,10 @@ def _perceptual_metrics(args: argparse.Namespace, device: torch.device) -> tuple
         except MissingWeightsError as exc:
             reason = exc.problem  # its how-to speaks Python; the VGG16 file's gets a command-line one
             if isinstance(exc, MissingVGG16Error):
-                reason += ("; give --vgg-weights PATH (torchvision's vgg16-397923af.pth) or put that file in the "
-                           "torch hub cache")
+                reason += (
+                    "; give --vgg-weights PATH (torchvision's vgg16-397923af.pth) or put that file in the "
+                    "torch hub cache"
+                )
                 vgg16_problem = reason
             unavailable[name] = reason
     return modules, unavailable
@@ -157,8 +197,10 @@ def _clean_crops(folder: str, crop: int, limit: int, skipped: list) -> tuple[lis
         if len(paths) == limit:
             break
     if len(paths) < 2:
-        raise DataError(f"--clean {folder}: needs at least 2 usable photos of at least {crop}x{crop} (the spread "
-                        f"ratio compares contents), found {len(paths)}")
+        raise DataError(
+            f"--clean {folder}: needs at least 2 usable photos of at least {crop}x{crop} (the spread "
+            f"ratio compares contents), found {len(paths)}"
+        )
     return paths, torch.stack(crops).float() / 255.0
 
 
@@ -175,8 +217,14 @@ def run(args: argparse.Namespace) -> int:
         results, table = _eval_paired(model, index, args, device, perceptual)
     else:
         results, table = _eval_transfer(model, args, device, perceptual)
-    results.update(weights=args.weights or "bundled", weights_hash=model.weights_hash(), data=index or args.clean,
-                   crop=results.get("crop", args.crop or None), seed=args.seed, unavailable=unavailable)
+    results.update(
+        weights=args.weights or "bundled",
+        weights_hash=model.weights_hash(),
+        data=index or args.clean,
+        crop=results.get("crop", args.crop or None),
+        seed=args.seed,
+        unavailable=unavailable,
+    )
     print(table)
     write_bytes_atomic(args.out, json.dumps(results, indent=2).encode("utf-8"))
     print(f"wrote {args.out}")
@@ -190,26 +238,31 @@ def _check_eval_flags(args: argparse.Namespace) -> None:
     check_seed("--seed", args.seed)
     if args.clean is None:
         if args.crop < 0 or 0 < args.crop < SSIM_WINDOW:
-            raise ValueError(f"--crop must be 0 (whole images) or at least {SSIM_WINDOW} (the MS-SSIM window), "
-                             f"got {args.crop}")
+            raise ValueError(
+                f"--crop must be 0 (whole images) or at least {SSIM_WINDOW} (the MS-SSIM window), got {args.crop}"
+            )
         return
     if args.crop < 0 or 0 < args.crop < TRANSFER_MIN_CROP:
-        raise ValueError(f"--clean needs --crop 0 (the default {TRANSFER_CROP}) or at least {TRANSFER_MIN_CROP}, "
-                         f"got {args.crop}")
+        raise ValueError(
+            f"--clean needs --crop 0 (the default {TRANSFER_CROP}) or at least {TRANSFER_MIN_CROP}, got {args.crop}"
+        )
     if args.degradations < 2:
         raise ValueError(f"--clean needs --degradations >= 2, got {args.degradations}")
     last_seed = args.first_seed + args.degradations - 1
     if args.first_seed < 0 or last_seed >= SEED_LIMIT:
-        raise ValueError(f"--clean draws the degradation seeds --first-seed .. --first-seed + --degradations - 1, "
-                         f"which must lie in 0 .. 2**64 - 1; got {args.first_seed} .. {last_seed}")
+        raise ValueError(
+            f"--clean draws the degradation seeds --first-seed .. --first-seed + --degradations - 1, "
+            f"which must lie in 0 .. 2**64 - 1; got {args.first_seed} .. {last_seed}"
+        )
 
 
 def _eval_paired(model, index: str, args: argparse.Namespace, device: torch.device, perceptual: dict):
     from ..eval.metrics import evaluate_pairs
 
     skipped: list = []
-    results = evaluate_pairs(model, _eval_pairs(index, args, device, skipped), perceptual=perceptual,
-                             noise_seed=args.seed)
+    results = evaluate_pairs(
+        model, _eval_pairs(index, args, device, skipped), perceptual=perceptual, noise_seed=args.seed
+    )
     results["skipped"] = skipped
     return results, format_table(results)
 
@@ -226,18 +279,31 @@ def _eval_transfer(model, args: argparse.Namespace, device: torch.device, percep
     degraded, params = degradation_grid(contents, seeds)
     start = time.perf_counter()
     with tqdm(total=len(paths) * len(seeds), desc="pairs", unit="pair", disable=None) as bar:
-        table = transfer_table(model, contents.to(device), degraded.to(device), noise_seed=args.seed,
-                               perceptual=perceptual, progress=bar.update)
+        table = transfer_table(
+            model,
+            contents.to(device),
+            degraded.to(device),
+            noise_seed=args.seed,
+            perceptual=perceptual,
+            progress=bar.update,
+        )
     elapsed = time.perf_counter() - start
-    text = (format_transfer_table(table) + f"\n({len(paths)} photos x {len(seeds)} degradations, {crop}x{crop} "
-            f"central crops, degradation seeds {seeds[0]}..{seeds[-1]}, {elapsed:.1f} s on {device})")
+    text = (
+        format_transfer_table(table) + f"\n({len(paths)} photos x {len(seeds)} degradations, {crop}x{crop} "
+        f"central crops, degradation seeds {seeds[0]}..{seeds[-1]}, {elapsed:.1f} s on {device})"
+    )
     table.update(photos=paths, crop=crop, degradation_seeds=seeds, degradations=params, skipped=skipped)
     return table, text
 
 
-METRIC_LABELS = {"dists": "DISTS (lower is better)", "lpips": "LPIPS (lower is better)",
-                 "ms_ssim": "MS-SSIM (higher is better)", "psnr": "PSNR dB (higher is better)",
-                 "bits_global_per_image": "e_g bits per image", "bits_local_per_pixel": "e_l bits per pixel"}
+METRIC_LABELS = {
+    "dists": "DISTS (lower is better)",
+    "lpips": "LPIPS (lower is better)",
+    "ms_ssim": "MS-SSIM (higher is better)",
+    "psnr": "PSNR dB (higher is better)",
+    "bits_global_per_image": "e_g bits per image",
+    "bits_local_per_pixel": "e_l bits per pixel",
+}
 
 
 def format_table(results: dict) -> str:

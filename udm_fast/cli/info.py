@@ -1,4 +1,5 @@
 """``udm-fast info``: versions, the available backends and the model's configuration and sizes."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ from .common import ParentParsers, describe_model
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
-    info = commands.add_parser("info", parents=[parents.debug, parents.model],
-                               help="versions, available backends and the model's sizes")
+    info = commands.add_parser(
+        "info", parents=[parents.debug, parents.model], help="versions, available backends and the model's sizes"
+    )
     info.set_defaults(run=run)
 
 
@@ -34,8 +36,11 @@ def _count(module: Optional[torch.nn.Module]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    cuda = (f"CUDA {torch.version.cuda} build, {torch.cuda.device_count()} CUDA device(s) visible"
-            if torch.version.cuda else "CPU-only build")
+    cuda = (
+        f"CUDA {torch.version.cuda} build, {torch.cuda.device_count()} CUDA device(s) visible"
+        if torch.version.cuda
+        else "CPU-only build"
+    )
     print(f"udm_fast  {__version__}")
     print(f"torch     {torch.__version__} ({cuda})")
     print(f"triton    {_version_of('triton')}")
@@ -51,8 +56,12 @@ def run(args: argparse.Namespace) -> int:
     print(textwrap.fill(config, width=100, initial_indent="  config: ", subsequent_indent="          "))
     print("  parameters:")
     parts = [(name, _count(child)) for name, child in model.named_children()]
-    parts.append(("(inference, without the MoCo key encoder and critic)",
-                  _count(model) - _count(model.global_encoder.encoder_k) - _count(model.discriminator)))
+    parts.append(
+        (
+            "(inference, without the MoCo key encoder and critic)",
+            _count(model) - _count(model.global_encoder.encoder_k) - _count(model.discriminator),
+        )
+    )
     parts.append(("total", _count(model)))
     width = max(len(name) for name, _ in parts)
     for name, count in parts:

@@ -6,6 +6,7 @@ Every expected failure (missing or corrupt files, mismatched weights, bad device
 sizes) ends with one ``udm-fast: error: ...`` line on stderr and exit code 1; ``--debug`` re-raises
 it with the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ COMMANDS = ("transfer", "encode", "decode", "info", "demo", "train", "synth", "e
 
 def build_parser() -> argparse.ArgumentParser:
     parents = parent_parsers()
-    parser = argparse.ArgumentParser(prog=PROG, parents=[parents.debug],
-                                     description="Universal image degradation model: transfer degradations.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[parents.debug], description="Universal image degradation model: transfer degradations."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

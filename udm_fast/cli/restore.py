@@ -1,5 +1,6 @@
 """``udm-fast restore``: blind restoration of a photo with the deep image prior and the degradation model
 as re-degrader (docs/restore.md). Writes are atomic, so an interrupted run leaves no partial file."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,14 +20,22 @@ from .common import ParentParsers, set_tile_size
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
     p = commands.add_parser(
-        "restore", parents=[parents.debug, parents.model, parents.run], help="restore a degraded photo blindly (deep image prior + the model)",
+        "restore",
+        parents=[parents.debug, parents.model, parents.run],
+        help="restore a degraded photo blindly (deep image prior + the model)",
         description="Fits a deep image prior G so that the model's re-degradation of G's image matches --degraded, "
-                    "optimising G together with the degradation code (started at encode(Y)) and the noise maps, "
-                    "and writes G's image to --out. Images from 16 to 1024 pixels a side.")
+        "optimising G together with the degradation code (started at encode(Y)) and the noise maps, "
+        "and writes G's image to --out. Images from 16 to 1024 pixels a side.",
+    )
     p.add_argument("--degraded", required=True, metavar="Y", help="the degraded photo")
     p.add_argument("--out", required=True, metavar="Z", help="the restoration (.png, .jpg or .jpeg)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",
-                   help=f"optimisation steps in all phases (default {DEFAULT_STEPS})")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        metavar="N",
+        help=f"optimisation steps in all phases (default {DEFAULT_STEPS})",
+    )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the prior and the noise maps (default 0)")
     p.add_argument("--redegraded", metavar="PATH", help="also write the final re-degraded image")
     p.add_argument("--curve", metavar="PATH.png", help="also write the loss curve of every phase as a PNG plot")
@@ -50,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
     distance, distance_name = default_distance(device)
     start = time.perf_counter()
     with tqdm(total=args.steps, desc="restore", unit="step") as bar:
+
         def progress(done: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-        result = restore(y, model, prior=DeepImagePrior(), steps=args.steps, distance=distance, seed=args.seed,
-                         progress=progress)
+
+        result = restore(
+            y, model, prior=DeepImagePrior(), steps=args.steps, distance=distance, seed=args.seed, progress=progress
+        )
     elapsed = time.perf_counter() - start
     save_image(result.image.cpu(), args.out)
     if args.redegraded:
@@ -63,16 +75,19 @@ def run(args: argparse.Namespace) -> int:
         write_bytes_atomic(args.curve, loss_curve_png(result.record, distance_name))
     steps = sum(len(r.losses) for r in result.record)
     early = [r.name for r in result.record if r.stopped_early]
-    print(f"wrote {args.out} ({y.shape[-1]}x{y.shape[-2]}): {steps} steps "
-          f"({', '.join(f'{r.name} {len(r.losses)}' for r in result.record)}"
-          f"{'; stopped early: ' + ', '.join(early) if early else ''}), distance {distance_name}, "
-          f"final loss {result.record[-1].losses[-1]:.4f}, on {device} in {elapsed:.1f} s")
+    print(
+        f"wrote {args.out} ({y.shape[-1]}x{y.shape[-2]}): {steps} steps "
+        f"({', '.join(f'{r.name} {len(r.losses)}' for r in result.record)}"
+        f"{'; stopped early: ' + ', '.join(early) if early else ''}), distance {distance_name}, "
+        f"final loss {result.record[-1].losses[-1]:.4f}, on {device} in {elapsed:.1f} s"
+    )
     return 0
 
 
 def loss_curve_png(record, distance_name: str) -> bytes:
     """A PNG plot of every phase's loss against the global step (phases in colours, log scale)."""
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 

@@ -1,4 +1,5 @@
 """``udm-fast synth``: degrades a folder of clean images into a paired training set (ref/, degraded/, pairs.csv)."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,36 @@ from .common import IMAGE_EXTENSIONS, SYNTH_INDEX, ParentParsers, check_seed, re
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
     synth = commands.add_parser(
-        "synth", parents=[parents.debug], help="make a paired training set from clean images",
+        "synth",
+        parents=[parents.debug],
+        help="make a paired training set from clean images",
         description=f"Degrades every image of --clean --per-image times and writes OUT/ref/STEM.png, "
-                    f"OUT/degraded/STEM-K.png (K = 0 .. N-1) and OUT/{SYNTH_INDEX} (columns name, ref_name, params) "
-                    f"in the reference's format. STEM is the image's path under --clean without its extension; "
-                    f"images that would share a STEM (x.jpg and x.png) keep their extension in it (x_jpg, x_png). "
-                    f"Grayscale, palette, transparent and other non-RGB images are converted to RGB with a note.")
-    synth.add_argument("--clean", required=True, metavar="DIR",
-                       help="folder of clean images (searched recursively, except --out when it lies inside)")
+        f"OUT/degraded/STEM-K.png (K = 0 .. N-1) and OUT/{SYNTH_INDEX} (columns name, ref_name, params) "
+        f"in the reference's format. STEM is the image's path under --clean without its extension; "
+        f"images that would share a STEM (x.jpg and x.png) keep their extension in it (x_jpg, x_png). "
+        f"Grayscale, palette, transparent and other non-RGB images are converted to RGB with a note.",
+    )
+    synth.add_argument(
+        "--clean",
+        required=True,
+        metavar="DIR",
+        help="folder of clean images (searched recursively, except --out when it lies inside)",
+    )
     synth.add_argument("--out", required=True, metavar="DIR", help="output folder (not --clean itself)")
     synth.add_argument("--per-image", type=int, default=1, metavar="N", help="degraded versions per image (default 1)")
     synth.add_argument("--seed", type=int, default=0, metavar="S", help="seed, >= 0 (default 0)")
-    synth.add_argument("--config", metavar="CONFIG", help="take the degradation settings from this training "
-                       "config's data.degrade (default: DegradeConfig defaults)")
-    synth.add_argument("--max-side", type=int, default=0, metavar="N",
-                       help="downscale images whose longer side exceeds N pixels first (default 0: keep sizes)")
+    synth.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="take the degradation settings from this training config's data.degrade (default: DegradeConfig defaults)",
+    )
+    synth.add_argument(
+        "--max-side",
+        type=int,
+        default=0,
+        metavar="N",
+        help="downscale images whose longer side exceeds N pixels first (default 0: keep sizes)",
+    )
     synth.set_defaults(run=run)
 
 
@@ -69,8 +85,9 @@ def _clean_files(clean: str, out: str) -> list:
     read its own earlier output back as clean images."""
     out_under_clean = os.path.relpath(os.path.realpath(out), os.path.realpath(clean))
     if out_under_clean == os.curdir:
-        raise ValueError(f"--out {out} is the --clean folder itself; write to another folder, e.g. "
-                         f"{os.path.join(clean, 'synth')}")
+        raise ValueError(
+            f"--out {out} is the --clean folder itself; write to another folder, e.g. {os.path.join(clean, 'synth')}"
+        )
     files = list_images(clean, IMAGE_EXTENSIONS)
     if out_under_clean == os.pardir or out_under_clean.startswith(os.pardir + os.sep):
         return files
@@ -135,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, ["name", "ref_name", "params"])
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {len(rows)} pairs from {len(files) - len(skipped)} images to {args.out} "
-          f"({time.perf_counter() - start:.1f} s); index {index_path}"
-          + (f"; {len(skipped)} unusable files skipped" if skipped else ""))
+    print(
+        f"wrote {len(rows)} pairs from {len(files) - len(skipped)} images to {args.out} "
+        f"({time.perf_counter() - start:.1f} s); index {index_path}"
+        + (f"; {len(skipped)} unusable files skipped" if skipped else "")
+    )
     return 0

@@ -1,4 +1,5 @@
 """``udm-fast transfer``: applies the degradation of one photo (or of a .udm code) to another."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,15 +10,24 @@ import torch
 from ..models.loading import load_model
 from ..utils.device import parse_device
 from ..utils.io import format_for_path, load_image, save_image
-from .common import (ParentParsers, add_precision_argument, apply_precision_argument, image_size, read_code,
-                     set_tile_size)
+from .common import (
+    ParentParsers,
+    add_precision_argument,
+    apply_precision_argument,
+    image_size,
+    read_code,
+    set_tile_size,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
-    transfer = commands.add_parser("transfer", parents=[parents.debug, parents.model, parents.run],
-                                   help="apply the degradation of one photo to another",
-                                   description="Applies the degradation of --degraded to --clean, writes --out "
-                                               "(PNG or JPEG by extension) with the clean image's size.")
+    transfer = commands.add_parser(
+        "transfer",
+        parents=[parents.debug, parents.model, parents.run],
+        help="apply the degradation of one photo to another",
+        description="Applies the degradation of --degraded to --clean, writes --out "
+        "(PNG or JPEG by extension) with the clean image's size.",
+    )
     transfer.add_argument("--clean", required=True, metavar="X", help="the clean image")
     source = transfer.add_mutually_exclusive_group(required=True)
     source.add_argument("--degraded", metavar="Y", help="the image whose degradation to copy")
@@ -48,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             source = f"{args.degraded} ({image_size(degraded)})"
     elapsed = time.perf_counter() - start
     save_image(out.cpu(), args.out)
-    print(f"wrote {args.out} ({image_size(out)}): degradation of {source} applied to "
-          f"{args.clean} ({image_size(clean)}) on {device} in {elapsed:.2f} s")
+    print(
+        f"wrote {args.out} ({image_size(out)}): degradation of {source} applied to "
+        f"{args.clean} ({image_size(clean)}) on {device} in {elapsed:.2f} s"
+    )
     return 0

@@ -5,6 +5,7 @@ directions (the coder tables ``_quantized_cdf``/``_offset``/``_cdf_length`` are 
 load). ``update()`` builds the quantized CDF tables with compressai's exact algorithm
 (``pmf_to_quantized_cdf``), so the tables, and therefore the bitstreams, are identical.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,6 +65,7 @@ class _FusedLikelihood(torch.autograd.Function):
 
 def _likelihood_kernels():
     from ..ops.triton_loader import kernels  # imports triton on first use only
+
     return kernels("entropy_likelihood")
 
 
@@ -170,7 +172,8 @@ class EntropyBottleneck(nn.Module):
                 self.factors.append(nn.Parameter(torch.zeros(self.channels, widths[i + 1], 1)))
 
         self.quantiles = nn.Parameter(
-            torch.tensor([-self.init_scale, 0.0, self.init_scale]).repeat(self.channels, 1, 1))
+            torch.tensor([-self.init_scale, 0.0, self.init_scale]).repeat(self.channels, 1, 1)
+        )
         target = math.log(2 / self.tail_mass - 1)
         self.register_buffer("target", torch.tensor([-target, 0.0, target]))
 
@@ -250,11 +253,17 @@ class EntropyBottleneck(nn.Module):
             matrix = F.softplus(self.matrices[i])
             weights.append(F.pad(matrix, (0, width - matrix.shape[2], 0, width - matrix.shape[1])))
             biases.append(F.pad(self.biases[i][:, :, 0], (0, width - self.biases[i].shape[1])))
-            factor = torch.tanh(self.factors[i][:, :, 0]) if i < len(self.filters) else torch.zeros_like(
-                self.biases[i][:, :, 0])
+            factor = (
+                torch.tanh(self.factors[i][:, :, 0])
+                if i < len(self.filters)
+                else torch.zeros_like(self.biases[i][:, :, 0])
+            )
             tanh_factors.append(F.pad(factor, (0, width - factor.shape[1])))
-        return (torch.stack(weights, 1).float().contiguous(), torch.stack(biases, 1).float().contiguous(),
-                torch.stack(tanh_factors, 1).float().contiguous())
+        return (
+            torch.stack(weights, 1).float().contiguous(),
+            torch.stack(biases, 1).float().contiguous(),
+            torch.stack(tanh_factors, 1).float().contiguous(),
+        )
 
     def _bounded_likelihood(self, outputs: Tensor) -> Tensor:
         """Bounded likelihood of ``outputs`` [C, 1, N]: fused Triton kernels when the backend
@@ -262,10 +271,14 @@ class EntropyBottleneck(nn.Module):
         composition."""
         bound = self.likelihood_lower_bound.bound if self.use_likelihood_bound else None
         # the fused backward sums parameter gradients with atomics: not under deterministic algorithms
-        if (outputs.dtype == torch.float32 and _backend.resolve(None, outputs.device) == "triton"
-                and not torch.are_deterministic_algorithms_enabled()):
-            likelihood = _FusedLikelihood.apply(outputs.reshape(self.channels, -1).contiguous(),
-                                                *self._packed_density(), bound)
+        if (
+            outputs.dtype == torch.float32
+            and _backend.resolve(None, outputs.device) == "triton"
+            and not torch.are_deterministic_algorithms_enabled()
+        ):
+            likelihood = _FusedLikelihood.apply(
+                outputs.reshape(self.channels, -1).contiguous(), *self._packed_density(), bound
+            )
             return likelihood.reshape(outputs.shape)
         likelihood, _, _ = self._likelihood(outputs)
         return self.likelihood_lower_bound(likelihood) if bound is not None else likelihood
@@ -403,17 +416,30 @@ class EntropyBottleneck(nn.Module):
             return self.dequantize(symbols.to(device), medians)
         return coder.decode_compat_values(strings, self._coding_medians(), tables, shape).to(device)
 
-    def compress_parallel(self, x: Tensor, *, lane_overhead: float = coder.DEFAULT_LANE_OVERHEAD,
-                          lanes: int | None = None, as_tensor: bool = False):
+    def compress_parallel(
+        self,
+        x: Tensor,
+        *,
+        lane_overhead: float = coder.DEFAULT_LANE_OVERHEAD,
+        lanes: int | None = None,
+        as_tensor: bool = False,
+    ):
         """x [N, C, *spatial] -> one parallel-format container (``bytes``, or a uint8 tensor on
         x's device with ``as_tensor``); coded on the GPU when x is on CUDA (same bytes)."""
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected input [N, {self.channels}, ...], got {tuple(x.shape)}")
-        return coder.encode_parallel_values(x, self._coding_medians(), self.coder_tables(),
-                                            lane_overhead=lane_overhead, lanes=lanes, as_tensor=as_tensor)
+        return coder.encode_parallel_values(
+            x,
+            self._coding_medians(),
+            self.coder_tables(),
+            lane_overhead=lane_overhead,
+            lanes=lanes,
+            as_tensor=as_tensor,
+        )
 
     def decompress_parallel(self, data) -> Tensor:
         """Parallel container (bytes or uint8 tensor) -> dequantized float32 tensor in the
         stored shape, decoded on the module's device."""
-        return coder.decode_parallel_values(data, self._coding_medians(), self.coder_tables(),
-                                            device=self._quantized_cdf.device)
+        return coder.decode_parallel_values(
+            data, self._coding_medians(), self.coder_tables(), device=self._quantized_cdf.device
+        )

@@ -19,10 +19,10 @@ symbol (``GaussianConditional`` style). Coding runs on the CPU in C++ with torch
 threads (``torch.set_num_threads``) over streams / lane groups; inputs on other devices are
 copied to the CPU. Malformed tables, symbols or streams raise ``ValueError``.
 """
+
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import torch
@@ -77,8 +77,7 @@ def _as_int32(t: Tensor, name: str, device="cpu") -> Tensor:
         raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
-    if t.dtype == torch.int64 and t.numel() and (
-            t.min() < -2**31 or t.max() >= 2**31):
+    if t.dtype == torch.int64 and t.numel() and (t.min() < -(2**31) or t.max() >= 2**31):
         raise ValueError(f"{name} must fit int32, got values in [{t.min().item()}, {t.max().item()}]")
     return t.detach().to(device=device, dtype=torch.int32).contiguous()
 
@@ -115,8 +114,9 @@ def encode_compat(symbols: Tensor, tables: CoderTables, indexes: Tensor | None =
     return _rans().compat_encode(tables.native, flat, None, index_tensor, channels, per_channel)
 
 
-def decode_compat(strings: Sequence[bytes], tables: CoderTables, shape: Sequence[int] | None = None,
-                  indexes: Tensor | None = None) -> Tensor:
+def decode_compat(
+    strings: Sequence[bytes], tables: CoderTables, shape: Sequence[int] | None = None, indexes: Tensor | None = None
+) -> Tensor:
     """N compat streams -> int32 symbols [N, *shape] (``shape`` = (C, *spatial) of one item),
     or of ``indexes.shape`` ([N, ...]) when explicit rows are given.
 
@@ -135,8 +135,9 @@ def decode_compat(strings: Sequence[bytes], tables: CoderTables, shape: Sequence
             raise ValueError("shape (C, *spatial) of one item is required without indexes")
         full_shape = (len(strings), *(int(d) for d in shape))
     index_tensor, channels, per_channel = _row_layout(full_shape, indexes)
-    out = _rans().compat_decode(tables.native, strings, math.prod(full_shape[1:]), None, index_tensor, channels,
-                                per_channel)
+    out = _rans().compat_decode(
+        tables.native, strings, math.prod(full_shape[1:]), None, index_tensor, channels, per_channel
+    )
     return out.reshape(full_shape)
 
 
@@ -177,8 +178,15 @@ def _cuda_coder_for(t: Tensor) -> bool:
     return t.is_cuda and hasattr(_rans(), "lanes_encode_cuda")
 
 
-def _encode_parallel(inputs: Tensor, medians: Tensor | None, tables: CoderTables, indexes: Tensor | None,
-                     lane_overhead: float, lanes: int | None, as_tensor: bool):
+def _encode_parallel(
+    inputs: Tensor,
+    medians: Tensor | None,
+    tables: CoderTables,
+    indexes: Tensor | None,
+    lane_overhead: float,
+    lanes: int | None,
+    as_tensor: bool,
+):
     """Shared body of encode_parallel / encode_parallel_values (GPU when the input is on CUDA)."""
     shape = inputs.shape
     lanes = int(lanes or 0)
@@ -192,18 +200,40 @@ def _encode_parallel(inputs: Tensor, medians: Tensor | None, tables: CoderTables
             index_tensor, channels, per_channel = _row_layout(shape, None)
         if medians is not None:
             medians = medians.detach().to(device=device, dtype=torch.float32).reshape(-1).contiguous()
-        data = _rans().lanes_encode_cuda(tables.device_tables(device), inputs.detach().contiguous(), medians,
-                                         index_tensor, channels, per_channel, float(lane_overhead), lanes)
+        data = _rans().lanes_encode_cuda(
+            tables.device_tables(device),
+            inputs.detach().contiguous(),
+            medians,
+            index_tensor,
+            channels,
+            per_channel,
+            float(lane_overhead),
+            lanes,
+        )
         return data if as_tensor else data.cpu().numpy().tobytes()
     index_tensor, channels, per_channel = _row_layout(shape, indexes)
-    data = _rans().lanes_encode(tables.native, inputs.cpu().contiguous(), medians, index_tensor, channels,
-                                per_channel, float(lane_overhead), lanes)
+    data = _rans().lanes_encode(
+        tables.native,
+        inputs.cpu().contiguous(),
+        medians,
+        index_tensor,
+        channels,
+        per_channel,
+        float(lane_overhead),
+        lanes,
+    )
     return torch.frombuffer(bytearray(data), dtype=torch.uint8) if as_tensor else data
 
 
-def encode_parallel(symbols: Tensor, tables: CoderTables, indexes: Tensor | None = None, *,
-                    lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None,
-                    as_tensor: bool = False):
+def encode_parallel(
+    symbols: Tensor,
+    tables: CoderTables,
+    indexes: Tensor | None = None,
+    *,
+    lane_overhead: float = DEFAULT_LANE_OVERHEAD,
+    lanes: int | None = None,
+    as_tensor: bool = False,
+):
     """Integer symbols (any shape; [N, C, *spatial] without ``indexes``) -> one parallel-format
     container (``bytes``, or a uint8 tensor on the symbols' device with ``as_tensor``).
 
@@ -216,11 +246,13 @@ def encode_parallel(symbols: Tensor, tables: CoderTables, indexes: Tensor | None
     return _encode_parallel(symbols, None, tables, indexes, lane_overhead, lanes, as_tensor)
 
 
-def _decode_parallel(data, medians: Tensor | None, tables: CoderTables, indexes: Tensor | None,
-                     device) -> Tensor:
+def _decode_parallel(data, medians: Tensor | None, tables: CoderTables, indexes: Tensor | None, device) -> Tensor:
     """Shared body of decode_parallel / decode_parallel_values (GPU for CUDA data or device)."""
-    target = torch.device(device) if device is not None else (
-        data.device if isinstance(data, Tensor) else torch.device("cpu"))
+    target = (
+        torch.device(device)
+        if device is not None
+        else (data.device if isinstance(data, Tensor) else torch.device("cpu"))
+    )
     if target.type == "cuda" and hasattr(_rans(), "lanes_decode_cuda"):
         if not isinstance(data, Tensor):
             data = torch.frombuffer(bytearray(_as_bytes(data)), dtype=torch.uint8)
@@ -270,6 +302,7 @@ def _as_bytes(data) -> bytes:
 # Symbol = round(value - medians[c]) (half to even, as torch.round) and value' = symbol +
 # medians[c], computed in float32 inside the coder: no int32 tensor is materialised.
 
+
 def _values_and_medians(values: Tensor, medians: Tensor, tables: CoderTables):
     if values.dim() < 2:
         raise ValueError(f"values must be [N, C, *spatial], got {tuple(values.shape)}")
@@ -289,21 +322,27 @@ def encode_compat_values(values: Tensor, medians: Tensor, tables: CoderTables) -
     return _rans().compat_encode(tables.native, values.reshape(n, -1), medians, None, channels, per_channel)
 
 
-def decode_compat_values(strings: Sequence[bytes], medians: Tensor, tables: CoderTables,
-                         shape: Sequence[int]) -> Tensor:
+def decode_compat_values(
+    strings: Sequence[bytes], medians: Tensor, tables: CoderTables, shape: Sequence[int]
+) -> Tensor:
     """N compat streams -> float32 [N, *shape] (shape = (C, *spatial)) of symbol + medians[c]."""
     strings = _check_strings(strings)
     full_shape = (len(strings), *(int(d) for d in shape))
     medians = medians.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
     _, channels, per_channel = _row_layout(full_shape, None)
-    out = _rans().compat_decode(tables.native, strings, math.prod(full_shape[1:]), medians, None, channels,
-                                per_channel)
+    out = _rans().compat_decode(tables.native, strings, math.prod(full_shape[1:]), medians, None, channels, per_channel)
     return out.reshape(full_shape)
 
 
-def encode_parallel_values(values: Tensor, medians: Tensor, tables: CoderTables, *,
-                           lane_overhead: float = DEFAULT_LANE_OVERHEAD, lanes: int | None = None,
-                           as_tensor: bool = False):
+def encode_parallel_values(
+    values: Tensor,
+    medians: Tensor,
+    tables: CoderTables,
+    *,
+    lane_overhead: float = DEFAULT_LANE_OVERHEAD,
+    lanes: int | None = None,
+    as_tensor: bool = False,
+):
     """Float values [N, C, *spatial] -> one parallel container of round(values - medians[c])
     (on the GPU for CUDA values)."""
     if values.dim() < 2:

@@ -8,10 +8,12 @@ Layout (little endian)::
 
 Both streams are the coder's parallel containers (``udm_fast.entropy.coder``): the global one holds
 round(head(e_g) - medians), the local one round(e_l - medians), under the compressors' own
-quantized CDF tables (built from the weights when missing). Decoding adds the medians back (and applies the tail MLP), which gives
+quantized CDF tables (built from the weights when missing). Decoding adds the medians back (and applies the tail
+MLP), which gives
 exactly the eval-mode quantized codes ``UDM.encode(y)`` returns. The weights hash ties a file to
 the model that wrote it: another model's file is refused.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,8 +64,9 @@ def compress(model, y: torch.Tensor) -> bytes:
     g_values = gc.head(e_g) if gc.head is not None else e_g
     g_stream = coder.encode_parallel_values(g_values, gc.model._get_medians(), _tables(gc))
     l_stream = coder.encode_parallel_values(e_l, lc.model._get_medians(), _tables(lc))
-    header = _HEADER.pack(MAGIC, VERSION, bytes.fromhex(model.weights_hash()), y.shape[-2], y.shape[-1],
-                          len(g_stream), len(l_stream))
+    header = _HEADER.pack(
+        MAGIC, VERSION, bytes.fromhex(model.weights_hash()), y.shape[-2], y.shape[-1], len(g_stream), len(l_stream)
+    )
     body = header + g_stream + l_stream
     return body + _CRC.pack(zlib.crc32(body))
 
@@ -79,15 +82,23 @@ def parse(data: bytes) -> dict:
     if magic != MAGIC:
         raise DegradationCodeError("not a udm_fast degradation code (bad magic)")
     if version != VERSION:
-        raise DegradationCodeError(f"degradation code version {version} is not supported (this udm_fast reads {VERSION})")
+        raise DegradationCodeError(
+            f"degradation code version {version} is not supported (this udm_fast reads {VERSION})"
+        )
     end = _HEADER.size + len_g + len_l
     if end + _CRC.size != len(data):
         raise DegradationCodeError(f"degradation code has {len(data)} bytes, its header announces {end + _CRC.size}")
     (crc,) = _CRC.unpack_from(data, end)
     if zlib.crc32(data[:end]) != crc:
         raise DegradationCodeError("degradation code is corrupted (checksum mismatch)")
-    return {"version": version, "weights_hash": digest.hex(), "height": height, "width": width,
-            "global_stream": data[_HEADER.size:_HEADER.size + len_g], "local_stream": data[_HEADER.size + len_g:end]}
+    return {
+        "version": version,
+        "weights_hash": digest.hex(),
+        "height": height,
+        "width": width,
+        "global_stream": data[_HEADER.size : _HEADER.size + len_g],
+        "local_stream": data[_HEADER.size + len_g : end],
+    }
 
 
 @torch.no_grad()
@@ -97,7 +108,8 @@ def decompress(model, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     if fields["weights_hash"] != model.weights_hash():
         raise DegradationCodeError(
             f"this code was made by another model (weights {fields['weights_hash'][:12]}...); "
-            f"the loaded model is {model.weights_hash()[:12]}...: decode with the model that encoded it")
+            f"the loaded model is {model.weights_hash()[:12]}...: decode with the model that encoded it"
+        )
     gc, lc = model.global_compressor, model.local_compressor
     try:
         g_latent = coder.decode_parallel_values(fields["global_stream"], gc.model._get_medians(), _tables(gc))
@@ -106,10 +118,17 @@ def decompress(model, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
         raise DegradationCodeError(f"degradation code streams cannot be decoded: {exc}") from exc
     weights = next(model.parameters())  # codes in the model's device and dtype, as encode gives them
     g_latent, e_l = g_latent.to(weights.device, weights.dtype), e_l.to(weights.device, weights.dtype)
-    if g_latent.dim() != 2 or g_latent.shape[1] != gc.channels or e_l.dim() != 4 or e_l.shape[1] != lc.channels \
-            or e_l.shape[0] != g_latent.shape[0]:
-        raise DegradationCodeError(f"degradation code shapes {list(g_latent.shape)} / {list(e_l.shape)} do not fit "
-                                   f"the model ({gc.channels} global, {lc.channels} local channels)")
+    if (
+        g_latent.dim() != 2
+        or g_latent.shape[1] != gc.channels
+        or e_l.dim() != 4
+        or e_l.shape[1] != lc.channels
+        or e_l.shape[0] != g_latent.shape[0]
+    ):
+        raise DegradationCodeError(
+            f"degradation code shapes {list(g_latent.shape)} / {list(e_l.shape)} do not fit "
+            f"the model ({gc.channels} global, {lc.channels} local channels)"
+        )
     with _eval_mode(model):
         return gc.forward_finish(g_latent), e_l
 
@@ -117,6 +136,12 @@ def decompress(model, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
 def info(data: bytes) -> dict:
     """Summary of a code without a model: version, weights hash, y size, stream sizes in bytes and bits."""
     fields = parse(data)
-    return {"version": fields["version"], "weights_hash": fields["weights_hash"],
-            "height": fields["height"], "width": fields["width"], "bytes": len(data),
-            "global_bytes": len(fields["global_stream"]), "local_bytes": len(fields["local_stream"])}
+    return {
+        "version": fields["version"],
+        "weights_hash": fields["weights_hash"],
+        "height": fields["height"],
+        "width": fields["width"],
+        "bytes": len(data),
+        "global_bytes": len(fields["global_stream"]),
+        "local_bytes": len(fields["local_stream"]),
+    }

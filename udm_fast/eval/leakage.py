@@ -15,6 +15,7 @@ from counting as leakage when the two photos happen to share structure. About 0:
 source (the reference is the true degraded pair, y_x - x against the source); 1: the added signal is
 the source's edge map. Images are float tensors [B, 3, H, W] in [0, 1]; the statistics use float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,10 @@ LEAKAGE_SIGMA = 2.0  # pixels: the low-pass that removes noise grain but keeps t
 
 def _check(images: torch.Tensor, where: str) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"content_leakage: {where} must be a float image batch [B, C, H, W], got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
+        raise ValueError(
+            f"content_leakage: {where} must be a float image batch [B, C, H, W], got "
+            f"{getattr(images, 'shape', type(images).__name__)}"
+        )
     if min(images.shape[-2:]) < 8:
         raise ValueError(f"content_leakage: {where} must be at least 8x8, got {tuple(images.shape[-2:])}")
     return images.double()
@@ -58,8 +61,9 @@ def _residual(values: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
     return v - scale * c
 
 
-def content_leakage(y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor,
-                    sigma: float = LEAKAGE_SIGMA) -> torch.Tensor:
+def content_leakage(
+    y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor, sigma: float = LEAKAGE_SIGMA
+) -> torch.Tensor:
     """Leakage [B] of the source photo into the transfer ŷ = transfer(x, code of a degradation of source).
 
     y_hat, x, source [B, 3, H, W] in [0, 1] (source: the clean photo behind the code's image, cut at the
@@ -68,8 +72,10 @@ def content_leakage(y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor,
     with any structure (e.g. ŷ = x)."""
     y_hat, x, source = _check(y_hat, "y_hat"), _check(x, "x"), _check(source, "source")
     if not y_hat.shape == x.shape == source.shape:
-        raise ValueError(f"content_leakage: y_hat, x and source differ in shape: {tuple(y_hat.shape)}, "
-                         f"{tuple(x.shape)}, {tuple(source.shape)}")
+        raise ValueError(
+            f"content_leakage: y_hat, x and source differ in shape: {tuple(y_hat.shape)}, "
+            f"{tuple(x.shape)}, {tuple(source.shape)}"
+        )
     if sigma <= 0:
         raise ValueError(f"content_leakage: sigma must be > 0 pixels, got {sigma}")
     return _partial_correlation(y_hat, x, source, sigma, eps=0.0, tiny=1e-300, flat=1e-24)
@@ -84,21 +90,23 @@ def _partial_correlation(y_hat, x, source, sigma: float, eps: float, tiny: float
     return torch.where(norm > flat, correlation, torch.zeros_like(correlation))
 
 
-def leakage_loss(y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor, sigma: float = LEAKAGE_SIGMA
-                 ) -> torch.Tensor:
+def leakage_loss(
+    y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor, sigma: float = LEAKAGE_SIGMA
+) -> torch.Tensor:
     """Differentiable training term: mean |``content_leakage``| [scalar] in float32 (y_hat [B, 3, H, W]
     is the transfer to x of the code of a degraded ``source``; no range or shape checks beyond torch's)."""
     y_hat, x, source = (t.float() for t in (y_hat, x, source))
     return _partial_correlation(y_hat, x, source, sigma, eps=1e-10, tiny=1e-20, flat=1e-12).abs().mean()
 
 
-
-def content_leakage_resized(y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor,
-                            sigma: float = LEAKAGE_SIGMA) -> torch.Tensor:
+def content_leakage_resized(
+    y_hat: torch.Tensor, x: torch.Tensor, source: torch.Tensor, sigma: float = LEAKAGE_SIGMA
+) -> torch.Tensor:
     """``content_leakage`` of a source photo of another size (y_hat and x [B, 3, H, W], source
     [B, 3, H', W']): the source is resized (bilinear, antialiased) to H x W first, as the model resizes
     the spatial code of y to x's size."""
     if source.dim() == 4 and source.shape[-2:] != x.shape[-2:]:
-        source = F.interpolate(source.double(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False,
-                               antialias=True).clamp(0.0, 1.0)
+        source = F.interpolate(
+            source.double(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(0.0, 1.0)
     return content_leakage(y_hat, x, source, sigma=sigma)

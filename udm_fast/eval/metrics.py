@@ -5,6 +5,7 @@ each distorted image y to its clean reference x (ŷ = synthesize(x, compress(enc
 compares ŷ with y (DISTS and LPIPS when their weights are present, MS-SSIM, PSNR); it also reports
 the coding cost of the quantised codes: bits per image for e_g, bits per pixel of y for e_l.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,10 @@ SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, where: str) -> None:
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape or a.dim() != 4:
-        raise ValueError(f"{where}: expected two image batches [B, C, H, W] of the same shape, got "
-                         f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}")
+        raise ValueError(
+            f"{where}: expected two image batches [B, C, H, W] of the same shape, got "
+            f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}"
+        )
     if not (a.is_floating_point() and b.is_floating_point()):
         raise TypeError(f"{where}: expected floating-point images in [0, 1]")
 
@@ -29,12 +32,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     """Peak signal-to-noise ratio per image [B] in dB (inf for identical images)."""
     _check_pair(a, b, "psnr")
     mse = (a.double() - b.double()).pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(data_range ** 2 / mse)
+    return 10.0 * torch.log10(data_range**2 / mse)
 
 
 def _gaussian_window(dtype: torch.dtype, device) -> torch.Tensor:
     coords = torch.arange(SSIM_WINDOW, dtype=dtype, device=device) - SSIM_WINDOW // 2
-    g = torch.exp(-coords ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
     return g / g.sum()
 
 
@@ -49,11 +52,11 @@ def _ssim_terms(a: torch.Tensor, b: torch.Tensor, data_range: float) -> tuple[to
     taps = _gaussian_window(a.dtype, a.device)
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     mu_a, mu_b = _filter_valid(a, taps), _filter_valid(b, taps)
-    var_a = _filter_valid(a * a, taps) - mu_a ** 2
-    var_b = _filter_valid(b * b, taps) - mu_b ** 2
+    var_a = _filter_valid(a * a, taps) - mu_a**2
+    var_b = _filter_valid(b * b, taps) - mu_b**2
     cov = _filter_valid(a * b, taps) - mu_a * mu_b
     cs_map = (2 * cov + c2) / (var_a + var_b + c2)
-    ssim_map = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1) * cs_map
+    ssim_map = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1) * cs_map
     return ssim_map.mean(dim=(2, 3)), cs_map.mean(dim=(2, 3))
 
 
@@ -95,9 +98,14 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.
 
 
 @torch.no_grad()
-def evaluate_pairs(model, pairs: Iterable[tuple[str, torch.Tensor, torch.Tensor]], *,
-                   perceptual: Optional[dict] = None, noise_seed: int = 0,
-                   progress: Optional[Callable[[str], None]] = None) -> dict:
+def evaluate_pairs(
+    model,
+    pairs: Iterable[tuple[str, torch.Tensor, torch.Tensor]],
+    *,
+    perceptual: Optional[dict] = None,
+    noise_seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Per-image and mean metrics of ŷ against y for (name, x, y) pairs ([1, 3, H, W] in [0, 1]).
 
     ``perceptual`` maps metric names ("dists", "lpips") to distance modules taking ([0, 1] images)
@@ -113,9 +121,13 @@ def evaluate_pairs(model, pairs: Iterable[tuple[str, torch.Tensor, torch.Tensor]
         e_l_hat, _, bits_l = model.local_compressor(e_l)
         generator = torch.Generator(device=x.device).manual_seed(noise_seed)
         y_hat = model.synthesize(x, e_g_hat, e_l_hat, noise=generator).clamp(0.0, 1.0)
-        row = {"image": name, "psnr": float(psnr(y_hat, y)[0]), "ms_ssim": float(ms_ssim(y_hat, y)[0]),
-               "bits_global_per_image": float(bits_g[0]),
-               "bits_local_per_pixel": float(bits_l[0].sum()) / (y.shape[-2] * y.shape[-1])}
+        row = {
+            "image": name,
+            "psnr": float(psnr(y_hat, y)[0]),
+            "ms_ssim": float(ms_ssim(y_hat, y)[0]),
+            "bits_global_per_image": float(bits_g[0]),
+            "bits_local_per_pixel": float(bits_l[0].sum()) / (y.shape[-2] * y.shape[-1]),
+        }
         for metric, module in perceptual.items():
             row[metric] = float(module(y_hat, y, reduction="none")[0])
         rows.append(row)

@@ -1,7 +1,8 @@
 """Transfer-quality measures that do not depend on the noise realisation.
 
 Pixel-wise scores such as PSNR or SSIM of ŷ against y prefer a clean image to one carrying the right
-noise (the generator draws its own, docs/architecture.md §7.4), so the degradation itself is measured through statistics that two
+noise (the generator draws its own, docs/architecture.md §7.4), so the degradation itself is measured through
+statistics that two
 images with the same degradation share even when their noise samples differ:
 
 * ``spectrum_distance``: RMS difference in dB of the radially averaged power spectra;
@@ -18,6 +19,7 @@ cross_content applies the code of *another photo* under the same degradation, an
 
 Images are float tensors [B, 3, H, W] in [0, 1]; the statistics are computed in float64.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,28 +29,30 @@ import numpy as np
 import torch
 
 from ..entropy.degradation_code import parse
-from ..synthesis.degrade import gaussian_blur
 from ..losses.spectral import SPECTRUM_FLOOR
 from ..losses.spectral import radial_power_spectrum as _radial_power_spectrum
-from .metrics import ms_ssim, psnr
+from ..synthesis.degrade import gaussian_blur
 from .leakage import content_leakage
+from .metrics import ms_ssim, psnr
 
 LAPLACIAN = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))  # Immerkaer's noise kernel, norm 6
 MAD_TO_SIGMA = 1.0 / 0.6744897501960817  # median |N(0, 1)| = Phi^-1(3/4)
-LOWPASS_SIGMA = 3.0     # pixels: removes noise and blur differences, keeps layout, shading and colour
-NOISE_MARGIN = 2.0      # spectrum bins used by blur_width: image power above this many noise floors
+LOWPASS_SIGMA = 3.0  # pixels: removes noise and blur differences, keeps layout, shading and colour
+NOISE_MARGIN = 2.0  # spectrum bins used by blur_width: image power above this many noise floors
 MIN_FIT_BINS = 3
-ACTIVE_VARIANCE = 0.1   # quantised e_g: a dimension whose values vary less than this is inactive
+ACTIVE_VARIANCE = 0.1  # quantised e_g: a dimension whose values vary less than this is inactive
 METHODS = ("model", "identity", "mismatched", "cross_content")
 
 
 def _check_batch(images: torch.Tensor, where: str, min_side: int = 8) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"{where}: expected a float image batch [B, C, H, W], got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
+        raise ValueError(
+            f"{where}: expected a float image batch [B, C, H, W], got {getattr(images, 'shape', type(images).__name__)}"
+        )
     if min(images.shape[-2:]) < min_side:
-        raise ValueError(f"{where}: images must be at least {min_side}x{min_side}, got "
-                         f"{images.shape[-2]}x{images.shape[-1]}")
+        raise ValueError(
+            f"{where}: images must be at least {min_side}x{min_side}, got {images.shape[-2]}x{images.shape[-1]}"
+        )
     return images.double()
 
 
@@ -129,10 +133,12 @@ def degradation_measures(y_hat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) 
     _check_same_shape(y_hat, y, "degradation_measures")
     _check_same_shape(x, y, "degradation_measures")
     y_hat = y_hat.clamp(0.0, 1.0)
-    return {"spectrum_db": spectrum_distance(y_hat, y),
-            "noise_error_255": 255.0 * (noise_level(y_hat) - noise_level(y)).abs(),
-            "blur_error_px": (blur_width(y_hat, x) - blur_width(y, x)).abs(),
-            **lowpass_fidelity(y_hat, y)}
+    return {
+        "spectrum_db": spectrum_distance(y_hat, y),
+        "noise_error_255": 255.0 * (noise_level(y_hat) - noise_level(y)).abs(),
+        "blur_error_px": (blur_width(y_hat, x) - blur_width(y, x)).abs(),
+        **lowpass_fidelity(y_hat, y),
+    }
 
 
 # ----------------------------------------------------------------------------- codes
@@ -144,8 +150,10 @@ def code_spread_ratio(codes: torch.Tensor) -> float:
     total variance across degradations. Below 1: the codes follow the degradation more than the content.
     inf when the codes vary only across contents, NaN when they do not vary at all."""
     if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or min(codes.shape[:2]) < 2:
-        raise ValueError("code_spread_ratio: expected codes [n_contents >= 2, n_degradations >= 2, D], got "
-                         f"{getattr(codes, 'shape', type(codes).__name__)}")
+        raise ValueError(
+            "code_spread_ratio: expected codes [n_contents >= 2, n_degradations >= 2, D], got "
+            f"{getattr(codes, 'shape', type(codes).__name__)}"
+        )
     c = codes.double()
     across_contents = c.var(dim=0, unbiased=False).sum(dim=-1).mean()
     across_degradations = c.var(dim=1, unbiased=False).sum(dim=-1).mean()
@@ -157,8 +165,9 @@ def code_spread_ratio(codes: torch.Tensor) -> float:
 def active_dimensions(codes: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> int:
     """Number of code dimensions whose variance over the codes [N, D] (N >= 2) exceeds ``threshold``."""
     if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[0] < 2:
-        raise ValueError("active_dimensions: expected codes [N >= 2, D], got "
-                         f"{getattr(codes, 'shape', type(codes).__name__)}")
+        raise ValueError(
+            f"active_dimensions: expected codes [N >= 2, D], got {getattr(codes, 'shape', type(codes).__name__)}"
+        )
     return int((codes.double().var(dim=0, unbiased=False) > threshold).sum())
 
 
@@ -169,16 +178,26 @@ def code_bits(model, y: torch.Tensor) -> dict:
         raise ValueError(f"code_bits: expected one image [1, 3, H, W], got {tuple(y.shape)}")
     data = model.compress_degradation(y)
     fields = parse(data)
-    return {"total": 8 * len(data), "global": 8 * len(fields["global_stream"]),
-            "local": 8 * len(fields["local_stream"])}
+    return {
+        "total": 8 * len(data),
+        "global": 8 * len(fields["global_stream"]),
+        "local": 8 * len(fields["local_stream"]),
+    }
 
 
 # ----------------------------------------------------------------------------- model vs baselines
 
 
 @torch.no_grad()
-def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_seed: int = 0, *,
-                   perceptual: Optional[dict] = None, progress: Optional[Callable[[], None]] = None) -> dict:
+def transfer_table(
+    model,
+    contents: torch.Tensor,
+    degraded: torch.Tensor,
+    noise_seed: int = 0,
+    *,
+    perceptual: Optional[dict] = None,
+    progress: Optional[Callable[[], None]] = None,
+) -> dict:
     """The model against the identity and mismatched baselines on a grid of pairs.
 
     contents [n, 3, H, W]: clean photos; degraded [n, m, 3, H, W]: degraded[i, j] is content i under
@@ -196,23 +215,30 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
     "codes": {"spread_ratio", "active_dimensions", "global_dim", "bits_total", "bits_global", "bits_local"},
     "pairs": n * m, "per_pair": [{"content": i, "degradation": j, method: {measure: value}}]}.
     """
-    if degraded.dim() != 5 or contents.dim() != 4 or degraded.shape[0] != contents.shape[0] \
-            or degraded.shape[2:] != contents.shape[1:] or degraded.shape[1] < 2:
-        raise ValueError(f"transfer_table: expected contents [n, 3, H, W] and degraded [n, m >= 2, 3, H, W], got "
-                         f"{tuple(contents.shape)} and {tuple(degraded.shape)}")
+    if (
+        degraded.dim() != 5
+        or contents.dim() != 4
+        or degraded.shape[0] != contents.shape[0]
+        or degraded.shape[2:] != contents.shape[1:]
+        or degraded.shape[1] < 2
+    ):
+        raise ValueError(
+            f"transfer_table: expected contents [n, 3, H, W] and degraded [n, m >= 2, 3, H, W], got "
+            f"{tuple(contents.shape)} and {tuple(degraded.shape)}"
+        )
     model.eval()
     n, m = degraded.shape[:2]
     methods_used = METHODS if n >= 2 else METHODS[:-1]
     rows: dict = {method: [] for method in methods_used}
     per_pair, reference = [], []
     raw_codes, codes, bits = [], [], []
-    encoded = [[model.encode(degraded[i, j:j + 1]) for j in range(m)] for i in range(n)]
+    encoded = [[model.encode(degraded[i, j : j + 1]) for j in range(m)] for i in range(n)]
     for i in range(n):
-        x, other = contents[i:i + 1], contents[(i + 1) % n:(i + 1) % n + 1]
+        x, other = contents[i : i + 1], contents[(i + 1) % n : (i + 1) % n + 1]
         codes.append(torch.cat([e_g for e_g, _ in encoded[i]]))
         raw_codes.append(model.encode(degraded[i], quantize=False)[0])
         for j in range(m):
-            y = degraded[i, j:j + 1]
+            y = degraded[i, j : j + 1]
             outputs = {"identity": x}
             sources = [("model", i, j), ("mismatched", i, (j + 1) % m)]
             if n >= 2:
@@ -233,50 +259,74 @@ def transfer_table(model, contents: torch.Tensor, degraded: torch.Tensor, noise_
             bits.append(code_bits(model, y))
             if progress is not None:
                 progress()
-    methods = {method: {key: float(np.nanmean(torch.cat([r[key] for r in per]).cpu().numpy()))
-                        for key in per[0]} for method, per in rows.items()}
+    methods = {
+        method: {key: float(np.nanmean(torch.cat([r[key] for r in per]).cpu().numpy())) for key in per[0]}
+        for method, per in rows.items()
+    }
     codes_grid = torch.stack(codes)  # [n, m, global_dim]
-    by_degradation = [float(np.mean([p["cross_content"]["leakage"] for p in per_pair if p["degradation"] == j]))
-                      for j in range(m)] if n >= 2 else []
-    return {"pairs": n * m, "methods": methods, "per_pair": per_pair,
-            "leakage_reference": float(torch.cat(reference).mean()), "cross_leakage_by_degradation": by_degradation,
-            "codes": {"spread_ratio": code_spread_ratio(torch.stack(raw_codes)),
-                      "active_dimensions": active_dimensions(codes_grid.flatten(0, 1)),
-                      "global_dim": int(codes_grid.shape[-1]),
-                      **{f"bits_{k}": sum(b[k] for b in bits) / len(bits) for k in ("total", "global", "local")}}}
+    by_degradation = (
+        [float(np.mean([p["cross_content"]["leakage"] for p in per_pair if p["degradation"] == j])) for j in range(m)]
+        if n >= 2
+        else []
+    )
+    return {
+        "pairs": n * m,
+        "methods": methods,
+        "per_pair": per_pair,
+        "leakage_reference": float(torch.cat(reference).mean()),
+        "cross_leakage_by_degradation": by_degradation,
+        "codes": {
+            "spread_ratio": code_spread_ratio(torch.stack(raw_codes)),
+            "active_dimensions": active_dimensions(codes_grid.flatten(0, 1)),
+            "global_dim": int(codes_grid.shape[-1]),
+            **{f"bits_{k}": sum(b[k] for b in bits) / len(bits) for k in ("total", "global", "local")},
+        },
+    }
 
 
-MEASURE_LABELS = {"spectrum_db": "spectrum distance dB (lower better)",
-                  "noise_error_255": "|noise σ error| /255 (lower better)",
-                  "blur_error_px": "|blur σ error| px (lower better)",
-                  "psnr_lowpass": "low-pass PSNR dB (higher better)",
-                  "ms_ssim_lowpass": "low-pass MS-SSIM (higher better)",
-                  "leakage": "leakage of the other photo (lower better)",
-                  "dists": "DISTS (lower better)",
-                  "lpips": "LPIPS (lower better)"}
+MEASURE_LABELS = {
+    "spectrum_db": "spectrum distance dB (lower better)",
+    "noise_error_255": "|noise σ error| /255 (lower better)",
+    "blur_error_px": "|blur σ error| px (lower better)",
+    "psnr_lowpass": "low-pass PSNR dB (higher better)",
+    "ms_ssim_lowpass": "low-pass MS-SSIM (higher better)",
+    "leakage": "leakage of the other photo (lower better)",
+    "dists": "DISTS (lower better)",
+    "lpips": "LPIPS (lower better)",
+}
 
 
 def format_transfer_table(table: dict) -> str:
     """``transfer_table``'s result as aligned text: one row per measure, one column per method."""
     width = max(len(label) for label in MEASURE_LABELS.values())
     methods = [m for m in METHODS if m in table["methods"]]
-    lines = [f"{'measure (' + str(table['pairs']) + ' pairs)':<{width}}" + "".join(f"{m:>14}" for m in methods),
-             "-" * (width + 14 * len(methods))]
+    lines = [
+        f"{'measure (' + str(table['pairs']) + ' pairs)':<{width}}" + "".join(f"{m:>14}" for m in methods),
+        "-" * (width + 14 * len(methods)),
+    ]
     for key, label in MEASURE_LABELS.items():
         if key not in table["methods"]["model"]:  # DISTS / LPIPS without their weights
             continue
         lines.append(f"{label:<{width}}" + "".join(f"{table['methods'][m][key]:>14.4f}" for m in methods))
     c = table["codes"]
-    lines += ["", f"leakage of the true degraded pair (y - x against the other photo, the reference level): "
-                  f"{table['leakage_reference']:.4f}",
-              *([f"cross-content leakage per degradation: "
-                 + " ".join(f"{v:.3f}" for v in table["cross_leakage_by_degradation"])
-                 + f" (worst {max(table['cross_leakage_by_degradation']):.3f})"]
-                if table.get("cross_leakage_by_degradation") else []),
-              f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",
-              f"active e_g dimensions (variance > {ACTIVE_VARIANCE}): {c['active_dimensions']} of {c['global_dim']}",
-              f"bits per image of the .udm code: {c['bits_total']:.0f} "
-              f"(e_g stream {c['bits_global']:.0f}, e_l stream {c['bits_local']:.0f})"]
+    lines += [
+        "",
+        f"leakage of the true degraded pair (y - x against the other photo, the reference level): "
+        f"{table['leakage_reference']:.4f}",
+        *(
+            [
+                "cross-content leakage per degradation: "
+                + " ".join(f"{v:.3f}" for v in table["cross_leakage_by_degradation"])
+                + f" (worst {max(table['cross_leakage_by_degradation']):.3f})"
+            ]
+            if table.get("cross_leakage_by_degradation")
+            else []
+        ),
+        f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",
+        f"active e_g dimensions (variance > {ACTIVE_VARIANCE}): {c['active_dimensions']} of {c['global_dim']}",
+        f"bits per image of the .udm code: {c['bits_total']:.0f} "
+        f"(e_g stream {c['bits_global']:.0f}, e_l stream {c['bits_local']:.0f})",
+    ]
     return "\n".join(lines)
 
 
@@ -290,7 +340,7 @@ def degradation_grid(contents: torch.Tensor, seeds: Sequence[int], config=None) 
         raise ValueError("degradation_grid: give at least two seeds")
     rows, params = [], []
     for i in range(contents.shape[0]):
-        results = [degrade(contents[i:i + 1], config=config, generator=int(s)) for s in seeds]
+        results = [degrade(contents[i : i + 1], config=config, generator=int(s)) for s in seeds]
         rows.append(torch.cat([y for y, _ in results]))
         params = [plan[0] for _, plan in results]
     return torch.stack(rows), params

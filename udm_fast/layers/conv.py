@@ -1,4 +1,5 @@
 """Pre-activation convolutions of the reference (activation, then a bias-free conv)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -17,12 +18,19 @@ def _conv_padding(kernel_size: int, stride: int, dilation: int = 1) -> int:
 class PreActConv2d(nn.Module):
     """activation -> Conv2d (no bias): the reference ``Conv2d`` wrapper. Weight at ``conv2d.weight``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 activation: Optional[nn.Module] = nn.ReLU()):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        activation: Optional[nn.Module] = nn.ReLU(),  # noqa: B008 (stateless, safe to share)
+    ):
         super().__init__()
         self.activation = activation
-        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                                _conv_padding(kernel_size, stride), bias=False)
+        self.conv2d = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, _conv_padding(kernel_size, stride), bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation is not None:
@@ -33,12 +41,19 @@ class PreActConv2d(nn.Module):
 class PreActConvTranspose2d(nn.Module):
     """activation -> ConvTranspose2d (no bias), padding (k - stride) // 2. Weight at ``tconv2d.weight``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2,
-                 activation: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 2,
+        activation: Optional[nn.Module] = None,
+    ):
         super().__init__()
         self.activation = activation
-        self.tconv2d = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride,
-                                          (kernel_size - stride) // 2, bias=False)
+        self.tconv2d = nn.ConvTranspose2d(
+            in_channels, out_channels, kernel_size, stride, (kernel_size - stride) // 2, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation is not None:

@@ -3,6 +3,7 @@
 The computation runs on the backend chosen per call (``udm_fast.ops.backend``) through the IDA
 dispatch table (``udm_fast.ops.dispatch``).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,8 +23,15 @@ class IDA(nn.Module):
     H and W must be even.
     """
 
-    def __init__(self, channels_in_x: int, channels_in_map: int, channels_mid: Optional[int] = None,
-                 channels_out: Optional[int] = None, ds_factor: int = 2, backend: Optional[str] = None):
+    def __init__(
+        self,
+        channels_in_x: int,
+        channels_in_map: int,
+        channels_mid: Optional[int] = None,
+        channels_out: Optional[int] = None,
+        ds_factor: int = 2,
+        backend: Optional[str] = None,
+    ):
         super().__init__()
         if ds_factor != 2:
             raise ValueError(f"IDA: only ds_factor=2 is supported (the reference's MAP_RATIO), got {ds_factor}")
@@ -42,8 +50,13 @@ class IDA(nn.Module):
 
     def weights(self) -> tuple:
         """(w_up, w_map, w_x, w_out, b_out): the order every IDA backend takes them in."""
-        return (self.transform_map[0].weight, self.transform_map[2].weight, self.transform_x.weight,
-                self.deconv.weight, self.deconv.bias)
+        return (
+            self.transform_map[0].weight,
+            self.transform_map[2].weight,
+            self.transform_x.weight,
+            self.deconv.weight,
+            self.deconv.bias,
+        )
 
     def forward(self, x, m: Optional[torch.Tensor] = None) -> torch.Tensor:
         if m is None:

@@ -4,6 +4,7 @@ Parameter names follow the reference implementation (``model/blindsrlocal.py``, 
 so its state dicts load with ``strict=True``. ``SFT`` runs on the backend chosen per call through the
 SFT dispatch table (``udm_fast.ops.dispatch``, which also states the one fallback rule).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -34,18 +35,33 @@ class SFT(nn.Module):
     ``noise``: None (fresh draw), a torch.Generator, or the explicit map [B, 1, H, W].
     """
 
-    def __init__(self, cond_dim: int, n_in_out: int, activation: Optional[nn.Module] = None, sn: bool = False,
-                 reduction_ratio: int = 4, backend: Optional[str] = None):
+    def __init__(
+        self,
+        cond_dim: int,
+        n_in_out: int,
+        activation: Optional[nn.Module] = None,
+        sn: bool = False,
+        reduction_ratio: int = 4,
+        backend: Optional[str] = None,
+    ):
         super().__init__()
         if sn:
             raise ValueError("SFT: spectral norm (sn=True) is not supported; the reference model does not use it")
         activation = nn.LeakyReLU(0.01) if activation is None else activation
         reduce_dim = (cond_dim + n_in_out) // reduction_ratio
         self.cond_dim, self.n_in_out = cond_dim, n_in_out
-        self.convs_gamma = nn.ModuleList([PreActConv2d(cond_dim, reduce_dim, 1, activation=None),
-                                          PreActConv2d(reduce_dim, n_in_out, 1, activation=activation)])
-        self.convs_beta = nn.ModuleList([PreActConv2d(cond_dim + 1, reduce_dim, 1, activation=None),
-                                         PreActConv2d(reduce_dim, n_in_out, 1, activation=activation)])
+        self.convs_gamma = nn.ModuleList(
+            [
+                PreActConv2d(cond_dim, reduce_dim, 1, activation=None),
+                PreActConv2d(reduce_dim, n_in_out, 1, activation=activation),
+            ]
+        )
+        self.convs_beta = nn.ModuleList(
+            [
+                PreActConv2d(cond_dim + 1, reduce_dim, 1, activation=None),
+                PreActConv2d(reduce_dim, n_in_out, 1, activation=activation),
+            ]
+        )
         self.spatial_gamma = IDA(n_in_out, cond_dim, (n_in_out + cond_dim) // 2, n_in_out)
         self.backend = None if backend is None else backend_choice.check_name(backend, "SFT")
 
@@ -53,15 +69,18 @@ class SFT(nn.Module):
         if x.dim() != 4 or cond.dim() != 4:
             raise ValueError(f"SFT: x and cond must be 4-D, got {tuple(x.shape)} and {tuple(cond.shape)}")
         if cond.shape[1] != self.cond_dim or x.shape[1] != self.n_in_out:
-            raise ValueError(f"SFT: expected {self.n_in_out} feature and {self.cond_dim} cond channels, "
-                             f"got {x.shape[1]} and {cond.shape[1]}")
+            raise ValueError(
+                f"SFT: expected {self.n_in_out} feature and {self.cond_dim} cond channels, "
+                f"got {x.shape[1]} and {cond.shape[1]}"
+            )
         h, w = x.shape[-2:]
         if h % 2 or w % 2:
             raise ValueError(f"SFT: feature height and width must be even, got {h}x{w}")
         return self.forward_resized(x, resize_cond(cond, (h, w)), resize_cond(cond, (h // 2, w // 2)), noise)
 
-    def forward_resized(self, x: torch.Tensor, cond_full: torch.Tensor, cond_half: torch.Tensor,
-                        noise: NoiseArg = None) -> torch.Tensor:
+    def forward_resized(
+        self, x: torch.Tensor, cond_full: torch.Tensor, cond_half: torch.Tensor, noise: NoiseArg = None
+    ) -> torch.Tensor:
         """forward() with the condition already resized to H x W and H/2 x W/2 (the generator hoists it)."""
         name = backend_choice.resolve(self.backend, x.device)
         return select(SFT_BACKENDS, "SFT", name)(self, x, cond_full, cond_half, noise)
@@ -75,8 +94,12 @@ class SFT(nn.Module):
     def mlp_weights(self) -> tuple:
         """(w_gamma1, w_gamma2, w_beta1, w_beta2): the 1x1 weights of the gamma and beta MLPs, the names
         and order every SFT kernel uses; the IDA weights follow from ``spatial_gamma.weights()``."""
-        return (self.convs_gamma[0].conv2d.weight, self.convs_gamma[1].conv2d.weight,
-                self.convs_beta[0].conv2d.weight, self.convs_beta[1].conv2d.weight)
+        return (
+            self.convs_gamma[0].conv2d.weight,
+            self.convs_gamma[1].conv2d.weight,
+            self.convs_beta[0].conv2d.weight,
+            self.convs_beta[1].conv2d.weight,
+        )
 
     def activation_slope(self) -> Optional[float]:
         """Negative slope of the MLP activation (0.0 for ReLU), or None when the fused kernels cannot
@@ -107,8 +130,15 @@ def set_layer_backend(root: nn.Module, name: Optional[str]) -> nn.Module:
 class SFTResBlock(nn.Module):
     """x + Conv_b(SFT_2(Conv_a(SFT_1(x, cond)), cond)); convs are pre-activation 3x3 (reference ``SFTResBlock``)."""
 
-    def __init__(self, n_in_out: int, kernel_size: int, cond_dim: int, activation: Optional[nn.Module] = None,
-                 sn: bool = False, backend: Optional[str] = None):
+    def __init__(
+        self,
+        n_in_out: int,
+        kernel_size: int,
+        cond_dim: int,
+        activation: Optional[nn.Module] = None,
+        sn: bool = False,
+        backend: Optional[str] = None,
+    ):
         super().__init__()
         activation = nn.LeakyReLU(0.01) if activation is None else activation
         self.sft1 = SFT(cond_dim, n_in_out, activation, sn, backend=backend)
@@ -123,5 +153,4 @@ class SFTResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, noise1: NoiseArg = None, noise2: NoiseArg = None):
         h, w = x.shape[-2:]
-        return self.forward_resized(x, resize_cond(cond, (h, w)), resize_cond(cond, (h // 2, w // 2)),
-                                    noise1, noise2)
+        return self.forward_resized(x, resize_cond(cond, (h, w)), resize_cond(cond, (h // 2, w // 2)), noise1, noise2)

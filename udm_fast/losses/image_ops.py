@@ -1,5 +1,6 @@
 """Helpers the pixel and spectral losses share: input checks, reductions, the statistics dtype,
 autocast off, and the reflect-padded separable filter."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,11 @@ def stat_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def no_autocast(device_type: str):
-    return torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu") \
+    return (
+        torch.autocast(device_type=device_type, enabled=False)
+        if device_type in ("cuda", "cpu")
         else contextlib.nullcontext()
+    )
 
 
 def separable_filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ precision (DISTS means/variances, LPIPS normalisation) are computed in float32.
 Domain note: the reference trainer fed DISTS its [-1, 1] tensors (docs/architecture.md §14), a bug;
 these modules take [0, 1] images, as DISTS and LPIPS were defined.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.checks import check_image_batch
-from .pretrained import (STAGE_CHANNELS, VGG16_CONV_CHANNELS, VGG16_CONV_INDICES, PathArg,
-                         dists_alpha_beta, lpips_linear_weights, vgg16_features_state_dict)
+from .pretrained import (
+    STAGE_CHANNELS,
+    VGG16_CONV_CHANNELS,
+    VGG16_CONV_INDICES,
+    PathArg,
+    dists_alpha_beta,
+    lpips_linear_weights,
+    vgg16_features_state_dict,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,8 +58,11 @@ def _reduce(per_image: torch.Tensor, reduction: str, where: str) -> torch.Tensor
 
 
 def _no_autocast(device_type: str):
-    return torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu") \
+    return (
+        torch.autocast(device_type=device_type, enabled=False)
+        if device_type in ("cuda", "cpu")
         else contextlib.nullcontext()
+    )
 
 
 class VGG16Features(nn.Module):
@@ -125,8 +136,14 @@ class DISTS(nn.Module):
 
     C = 1e-6
 
-    def __init__(self, *, vgg_weights: PathArg = None, dists_weights: PathArg = None,
-                 pretrained: bool = True, download: bool = True):
+    def __init__(
+        self,
+        *,
+        vgg_weights: PathArg = None,
+        dists_weights: PathArg = None,
+        pretrained: bool = True,
+        download: bool = True,
+    ):
         super().__init__()
         self.vgg = VGG16Features()
         channels = 3 + sum(STAGE_CHANNELS)
@@ -158,7 +175,7 @@ class DISTS(nn.Module):
                 vx = ((fx - mx[..., None, None]) ** 2).mean(dim=(2, 3))
                 vy = ((fy - my[..., None, None]) ** 2).mean(dim=(2, 3))
                 cov = (fx * fy).mean(dim=(2, 3)) - mx * my
-                s1 = (2 * mx * my + self.C) / (mx ** 2 + my ** 2 + self.C)
+                s1 = (2 * mx * my + self.C) / (mx**2 + my**2 + self.C)
                 s2 = (2 * cov + self.C) / (vx + vy + self.C)
                 similarity = similarity + (s1 * alpha.to(s1.dtype) + s2 * beta.to(s2.dtype)).sum(dim=1)
         return _reduce(1.0 - similarity, reduction, "DISTS")
@@ -176,8 +193,14 @@ class LPIPS(nn.Module):
     uses random VGG weights and uniform linear weights 1/C (smoke tests only).
     """
 
-    def __init__(self, *, vgg_weights: PathArg = None, lpips_weights: PathArg = None,
-                 pretrained: bool = True, download: bool = True):
+    def __init__(
+        self,
+        *,
+        vgg_weights: PathArg = None,
+        lpips_weights: PathArg = None,
+        pretrained: bool = True,
+        download: bool = True,
+    ):
         super().__init__()
         self.vgg = VGG16Features()
         if pretrained:

@@ -5,6 +5,7 @@ and diversity losses take ``domain="unit"`` ([0, 1], the default) or ``domain="s
 and return the reference's number for the same underlying image either way. The statistics are
 computed in float32 (float64 for float64 inputs), outside autocast.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ def _check_domain(domain: str, where: str) -> None:
 
 
 def _gaussian_taps(positions: torch.Tensor, sigma: float) -> torch.Tensor:
-    g = torch.exp(-positions ** 2 / (2.0 * sigma ** 2))
+    g = torch.exp(-(positions**2) / (2.0 * sigma**2))
     return g / g.sum()
 
 
@@ -39,8 +40,9 @@ def color_kernel1d(dtype: torch.dtype = torch.float64, device=None) -> torch.Ten
 def diversity_kernel1d(dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
     """The diversity loss's 1-D Gaussian, reproducing the reference quirk: 11 taps at -6, -4.9, ..., 5
     (step 1.1, so slightly off-centre), sigma 1.5, summing to 1."""
-    return _gaussian_taps(torch.linspace(-6.0, 5.0, DIVERSITY_KERNEL_SIZE, dtype=torch.float64),
-                          DIVERSITY_SIGMA).to(device=device, dtype=dtype)
+    return _gaussian_taps(torch.linspace(-6.0, 5.0, DIVERSITY_KERNEL_SIZE, dtype=torch.float64), DIVERSITY_SIGMA).to(
+        device=device, dtype=dtype
+    )
 
 
 def l1_loss(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -53,8 +55,9 @@ def l1_loss(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.
     return reduce((a - b).abs(), reduction, "l1_loss")
 
 
-def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, domain: str = "unit", eps: float = 1e-8,
-               reduction: str = "mean") -> torch.Tensor:
+def color_loss(
+    y: torch.Tensor, y_hat: torch.Tensor, *, domain: str = "unit", eps: float = 1e-8, reduction: str = "mean"
+) -> torch.Tensor:
     """The reference colour loss ``rgbn``: mean |blur(n(y)) - blur(n(y_hat))|.
 
     n: per-sample min-max normalisation over all channels and pixels jointly, (t - min) / (max - min);
@@ -79,8 +82,9 @@ def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, domain: str = "unit", ep
         return reduce((blurred[0] - blurred[1]).abs(), reduction, "color_loss")
 
 
-def diversity_loss(y0: torch.Tensor, y1: torch.Tensor, *, domain: str = "unit", c2: float = DIVERSITY_C2,
-                   reduction: str = "mean") -> torch.Tensor:
+def diversity_loss(
+    y0: torch.Tensor, y1: torch.Tensor, *, domain: str = "unit", c2: float = DIVERSITY_C2, reduction: str = "mean"
+) -> torch.Tensor:
     """The reference diversity loss: mean of cs = (2 |s01| + c2) / (s0^2 + s1^2 + c2).
 
     Local variances s0^2, s1^2 and covariance s01 use the depthwise window ``diversity_kernel1d``
@@ -96,8 +100,8 @@ def diversity_loss(y0: torch.Tensor, y1: torch.Tensor, *, domain: str = "unit", 
         if domain == "unit":
             a, b = 2.0 * a - 1.0, 2.0 * b - 1.0
         mu_a, mu_b = separable_filter(a, taps), separable_filter(b, taps)
-        var_a = separable_filter(a * a, taps) - mu_a ** 2
-        var_b = separable_filter(b * b, taps) - mu_b ** 2
+        var_a = separable_filter(a * a, taps) - mu_a**2
+        var_b = separable_filter(b * b, taps) - mu_b**2
         cov = separable_filter(a * b, taps) - mu_a * mu_b
         cs = (2.0 * cov.abs() + c2) / (var_a + var_b + c2)
         return reduce(cs, reduction, "diversity_loss")

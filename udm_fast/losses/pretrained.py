@@ -8,6 +8,7 @@
 
 The packages are located without importing them (both import torchvision at import time).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -66,10 +67,12 @@ def vgg16_cache_path() -> str:
 
 
 def _how_to_get_vgg16() -> str:
-    return (f"provide torchvision's ImageNet VGG16 file {VGG16_FILENAME!r} (from {VGG16_URL}): pass its path "
-            f"(vgg_weights=...), or put it at {vgg16_cache_path()!r} (the torch hub cache, set by TORCH_HOME), "
-            f"or allow a download (download=True) on a machine that is online. For smoke tests without "
-            f"weights use pretrained=False (random weights, meaningless values).")
+    return (
+        f"provide torchvision's ImageNet VGG16 file {VGG16_FILENAME!r} (from {VGG16_URL}): pass its path "
+        f"(vgg_weights=...), or put it at {vgg16_cache_path()!r} (the torch hub cache, set by TORCH_HOME), "
+        f"or allow a download (download=True) on a machine that is online. For smoke tests without "
+        f"weights use pretrained=False (random weights, meaningless values)."
+    )
 
 
 def vgg16_features_state_dict(path: PathArg = None, *, download: bool = True) -> dict:
@@ -90,11 +93,11 @@ def vgg16_features_state_dict(path: PathArg = None, *, download: bool = True) ->
         try:
             state = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", check_hash=True)
         except Exception as exc:
-            raise MissingVGG16Error(f"{what}: the download from {VGG16_URL} failed ({exc})",
-                                    _how_to_get_vgg16()) from exc
+            raise MissingVGG16Error(
+                f"{what}: the download from {VGG16_URL} failed ({exc})", _how_to_get_vgg16()
+            ) from exc
     else:
-        raise MissingVGG16Error(f"{what}: not found in the torch hub cache and download=False",
-                                _how_to_get_vgg16())
+        raise MissingVGG16Error(f"{what}: not found in the torch hub cache and download=False", _how_to_get_vgg16())
     return _features_only(state, what)
 
 
@@ -103,17 +106,20 @@ def _features_only(state, what: str) -> dict:
         raise ValueError(f"{what}: expected a state dict, got {type(state).__name__}")
     features = {}
     for key, value in state.items():
-        name = key[len("features."):] if key.startswith("features.") else key
+        name = key[len("features.") :] if key.startswith("features.") else key
         if name.split(".")[0].isdigit():
             features["features." + name] = value
     for index, channels in zip(VGG16_CONV_INDICES, VGG16_CONV_CHANNELS):
         weight = features.get(f"features.{index}.weight")
         if weight is None or f"features.{index}.bias" not in features:
-            raise ValueError(f"{what}: the state dict has no features.{index}.weight/bias; is it VGG16 "
-                             f"(torchvision naming)?")
+            raise ValueError(
+                f"{what}: the state dict has no features.{index}.weight/bias; is it VGG16 (torchvision naming)?"
+            )
         if weight.shape[0] != channels or weight.shape[2:] != (3, 3):
-            raise ValueError(f"{what}: features.{index}.weight has shape {list(weight.shape)}, expected "
-                             f"[{channels}, *, 3, 3]; is it VGG16 without batch norm?")
+            raise ValueError(
+                f"{what}: features.{index}.weight has shape {list(weight.shape)}, expected "
+                f"[{channels}, *, 3, 3]; is it VGG16 without batch norm?"
+            )
     return features
 
 
@@ -122,8 +128,10 @@ def dists_alpha_beta(path: PathArg = None) -> tuple:
 
     From ``path`` or the ``weights.pt`` of the installed ``dists-pytorch`` package.
     """
-    how = ("`pip install dists-pytorch` (it ships weights.pt with the published DISTS alpha/beta) or pass "
-           "dists_weights=PATH to that file; for smoke tests use pretrained=False")
+    how = (
+        "`pip install dists-pytorch` (it ships weights.pt with the published DISTS alpha/beta) or pass "
+        "dists_weights=PATH to that file; for smoke tests use pretrained=False"
+    )
     if path is None:
         path = _package_file("DISTS_pytorch", "weights.pt")
         if path is None:
@@ -137,8 +145,9 @@ def dists_alpha_beta(path: PathArg = None) -> tuple:
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"DISTS alpha/beta weights: {os.fspath(path)!r} has no 'alpha'/'beta' tensors") from exc
     if alpha.numel() != total or beta.numel() != total:
-        raise ValueError(f"DISTS alpha/beta weights: expected {total} values each, got {alpha.numel()} and "
-                         f"{beta.numel()}")
+        raise ValueError(
+            f"DISTS alpha/beta weights: expected {total} values each, got {alpha.numel()} and {beta.numel()}"
+        )
     return alpha.float(), beta.float()
 
 
@@ -148,8 +157,10 @@ def lpips_linear_weights(path: PathArg = None) -> list:
     From ``path`` or ``weights/v0.1/vgg.pth`` of the installed ``lpips`` package (keys
     ``lin{k}.model.1.weight`` of shape [1, C, 1, 1]).
     """
-    how = ("`pip install lpips` (it ships weights/v0.1/vgg.pth) or pass lpips_weights=PATH to that file; "
-           "for smoke tests use pretrained=False")
+    how = (
+        "`pip install lpips` (it ships weights/v0.1/vgg.pth) or pass lpips_weights=PATH to that file; "
+        "for smoke tests use pretrained=False"
+    )
     if path is None:
         path = _package_file("lpips", "weights", "v0.1", "vgg.pth")
         if path is None:
@@ -161,7 +172,9 @@ def lpips_linear_weights(path: PathArg = None) -> list:
     for k, channels in enumerate(STAGE_CHANNELS):
         w = state.get(f"lin{k}.model.1.weight") if isinstance(state, dict) else None
         if w is None or w.numel() != channels:
-            raise ValueError(f"LPIPS linear-layer weights: {os.fspath(path)!r} lacks lin{k}.model.1.weight "
-                             f"with {channels} values (is it the VGG variant, lpips v0.1?)")
+            raise ValueError(
+                f"LPIPS linear-layer weights: {os.fspath(path)!r} lacks lin{k}.model.1.weight "
+                f"with {channels} values (is it the VGG variant, lpips v0.1?)"
+            )
         weights.append(w.reshape(-1).float())
     return weights

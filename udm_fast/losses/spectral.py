@@ -13,6 +13,7 @@ They stand in for DISTS when its pretrained VGG16 weights are not available (the
 ``configs/embedded.yaml``); the paper's configuration leaves them off. Images are [B, C, H, W] in
 [0, 1]; the statistics are computed in float32 (float64 for float64 inputs), outside autocast.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,20 +21,23 @@ import torch
 from ..synthesis.degrade import gaussian_kernel1d, gaussian_radius
 from .image_ops import check_pair, no_autocast, reduce, separable_filter, stat_dtype
 
-SPECTRUM_FLOOR = 1.0 / (12 * 255 ** 2)  # power of 8-bit rounding noise: weaker detail is not visible
-LOWPASS_SIGMA = 1.5                     # pixels, default of ``lowpass_l1_loss``
+SPECTRUM_FLOOR = 1.0 / (12 * 255**2)  # power of 8-bit rounding noise: weaker detail is not visible
+LOWPASS_SIGMA = 1.5  # pixels, default of ``lowpass_l1_loss``
 
 
 def _windowed_power(images: torch.Tensor, where: str) -> torch.Tensor:
     """[B, H, W]: |FFT(Hann window * (image - its mean))|² averaged over channels, divided by the window's
     energy so that white noise of variance s² has expected power s² at every frequency."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"{where}: expected a float image batch [B, C, H, W], got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
+        raise ValueError(
+            f"{where}: expected a float image batch [B, C, H, W], got {getattr(images, 'shape', type(images).__name__)}"
+        )
     h, w = images.shape[-2:]
     x = images - images.mean(dim=(-2, -1), keepdim=True)
-    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
-                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
+    window = torch.outer(
+        torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
+        torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device),
+    )
     return torch.fft.fft2(x * window).abs().pow(2).mean(dim=1) / window.pow(2).sum()
 
 
@@ -51,8 +55,10 @@ def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         raise ValueError(f"radial_power_spectrum: images must be at least 4x4, got {h}x{w}")
     power = _windowed_power(images, "radial_power_spectrum")
     dtype, device = power.dtype, power.device
-    radius = torch.sqrt(torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
-                        + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2)
+    radius = torch.sqrt(
+        torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
+        + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2
+    )
     ring = torch.floor(radius * 2 * n).long().flatten()
     keep = (ring >= 1) & (ring < n)
     ring = ring[keep] - 1
@@ -74,8 +80,9 @@ def planar_power_spectrum(images: torch.Tensor, pool: int) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(power[:, None], pool)[:, 0]
 
 
-def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTRUM_FLOOR, pool: int = 0,
-                  reduction: str = "mean") -> torch.Tensor:
+def spectrum_loss(
+    y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTRUM_FLOOR, pool: int = 0, reduction: str = "mean"
+) -> torch.Tensor:
     """mean over frequency bins of |log10(P_ŷ + floor) - log10(P_y + floor)| (bels).
 
     P: the ring average of ``radial_power_spectrum`` (pool=0), or the 2-D spectrum pooled in pool x pool
@@ -97,8 +104,9 @@ def spectrum_loss(y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTR
         return reduce((torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
 
 
-def lowpass_l1_loss(y_hat: torch.Tensor, y: torch.Tensor, *, sigma: float = LOWPASS_SIGMA,
-                    reduction: str = "mean") -> torch.Tensor:
+def lowpass_l1_loss(
+    y_hat: torch.Tensor, y: torch.Tensor, *, sigma: float = LOWPASS_SIGMA, reduction: str = "mean"
+) -> torch.Tensor:
     """mean |g * ŷ - g * y| with g the Gaussian of ``sigma`` pixels of ``udm_fast.degrade.gaussian_kernel1d``
     (radius ceil(3 sigma)), reflect padding (H, W > radius). [B] per sample for reduction='none'."""
     if not sigma > 0:

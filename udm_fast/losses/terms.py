@@ -5,6 +5,7 @@
 * ``entropy_aux_loss``: the EntropyBottleneck quantile losses, summed;
 * ``wgan_critic_loss`` / ``wgan_generator_loss``: WGAN-GP as in the reference trainer.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
@@ -13,25 +14,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.compressors import bits_from_likelihoods
 from ..entropy.bottleneck import EntropyBottleneck
+from ..models.compressors import bits_from_likelihoods
 
-__all__ = ["bits_from_likelihoods", "info_nce_loss", "rate_loss", "entropy_aux_loss", "gradient_penalty",
-           "CriticLoss", "wgan_critic_loss", "wgan_generator_loss"]
+__all__ = [
+    "bits_from_likelihoods",
+    "info_nce_loss",
+    "rate_loss",
+    "entropy_aux_loss",
+    "gradient_penalty",
+    "CriticLoss",
+    "wgan_critic_loss",
+    "wgan_generator_loss",
+]
 
 
 def info_nce_loss(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of logits [B, 1 + K] (positive first, already divided by the temperature) with target 0."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"info_nce_loss: expected logits [B, 1 + K] with K >= 1, got "
-                         f"{list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+        raise ValueError(
+            f"info_nce_loss: expected logits [B, 1 + K] with K >= 1, got "
+            f"{list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
+        )
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
-                           target, reduction=reduction)
+    return F.cross_entropy(
+        logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, target, reduction=reduction
+    )
 
 
-def rate_loss(bits_global: Optional[torch.Tensor] = None, bits_local: Optional[torch.Tensor] = None, *,
-              weight_global: float, weight_local: float) -> torch.Tensor:
+def rate_loss(
+    bits_global: Optional[torch.Tensor] = None,
+    bits_local: Optional[torch.Tensor] = None,
+    *,
+    weight_global: float,
+    weight_local: float,
+) -> torch.Tensor:
     """weight_global * mean(bits_global) + weight_local * mean(bits_local); an absent code adds nothing.
 
     bits_global [B]: bits per image of e_g; bits_local [B, h, w]: bits per latent location of e_l
@@ -40,14 +57,18 @@ def rate_loss(bits_global: Optional[torch.Tensor] = None, bits_local: Optional[t
     if bits_global is None and bits_local is None:
         raise ValueError("rate_loss: give bits_global and/or bits_local")
     total = None
-    for name, bits, weight, dims in (("bits_global", bits_global, weight_global, 1),
-                                     ("bits_local", bits_local, weight_local, 3)):
+    for name, bits, weight, dims in (
+        ("bits_global", bits_global, weight_global, 1),
+        ("bits_local", bits_local, weight_local, 3),
+    ):
         if bits is None:
             continue
         if not isinstance(bits, torch.Tensor) or bits.dim() != dims:
-            raise ValueError(f"rate_loss: {name} must be a tensor with {dims} dims "
-                             f"({'[B]' if dims == 1 else '[B, h, w]'}), got "
-                             f"{list(bits.shape) if isinstance(bits, torch.Tensor) else type(bits).__name__}")
+            raise ValueError(
+                f"rate_loss: {name} must be a tensor with {dims} dims "
+                f"({'[B]' if dims == 1 else '[B, h, w]'}), got "
+                f"{list(bits.shape) if isinstance(bits, torch.Tensor) else type(bits).__name__}"
+            )
         term = weight * bits.float().mean()
         total = term if total is None else total + term
     return total
@@ -61,6 +82,7 @@ def entropy_aux_loss(*modules: nn.Module) -> torch.Tensor:
     kinds: tuple = (EntropyBottleneck,)
     try:
         from compressai.entropy_models import EntropyBottleneck as CompressaiBottleneck
+
         kinds += (CompressaiBottleneck,)
     except ImportError:
         pass
@@ -70,16 +92,23 @@ def entropy_aux_loss(*modules: nn.Module) -> torch.Tensor:
     return torch.stack([loss.reshape(()) for loss in losses]).sum()
 
 
-def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, *,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """WGAN-GP penalty: mean over samples of (sqrt(sum g^2 + 1e-12) - 1)^2, g = d critic / d x_mix.
 
     x_mix = a real + (1 - a) fake with a ~ U(0, 1) drawn per sample (from ``generator`` if given, on
     its device). The gradient keeps its graph (create_graph) so the penalty trains the critic.
     """
     if real.shape != fake.shape or real.dim() < 2:
-        raise ValueError(f"gradient_penalty: real and fake must have the same shape [B, ...], got "
-                         f"{list(real.shape)} and {list(fake.shape)}")
+        raise ValueError(
+            f"gradient_penalty: real and fake must have the same shape [B, ...], got "
+            f"{list(real.shape)} and {list(fake.shape)}"
+        )
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     device = generator.device if generator is not None else real.device
     a = torch.rand(shape, generator=generator, device=device, dtype=real.dtype).to(real.device)
@@ -98,9 +127,15 @@ class CriticLoss(NamedTuple):
     gp: torch.Tensor  # the gradient penalty, detached
 
 
-def wgan_critic_loss(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, *,
-                     alpha: float = 1.0, gp_weight: float = 10.0,
-                     generator: Optional[torch.Generator] = None) -> CriticLoss:
+def wgan_critic_loss(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    gp_weight: float = 10.0,
+    generator: Optional[torch.Generator] = None,
+) -> CriticLoss:
     """The critic step (docs/architecture.md §10.2) on critic inputs real/fake [B, ...] (both detached here).
 
     Scores may have any shape per sample (e.g. [B] or [B, n] patch scores); means run over all of them.
@@ -113,7 +148,8 @@ def wgan_critic_loss(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     return CriticLoss(total, (d_real - d_fake).detach(), gp.detach())
 
 
-def wgan_generator_loss(critic: Callable[[torch.Tensor], torch.Tensor], fake: torch.Tensor, *,
-                        alpha: float = 1.0) -> torch.Tensor:
+def wgan_generator_loss(
+    critic: Callable[[torch.Tensor], torch.Tensor], fake: torch.Tensor, *, alpha: float = 1.0
+) -> torch.Tensor:
     """-alpha * mean D(fake): the generator's adversarial term (fake keeps its graph)."""
     return -alpha * critic(fake).mean()

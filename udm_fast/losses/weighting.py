@@ -1,4 +1,5 @@
 """Loss weights of the generator objective and the critic settings (docs/architecture.md §10.2)."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,20 @@ from ..utils.dataclass_dict import checked_fields
 from .spectral import LOWPASS_SIGMA
 
 # names of the generator-loss terms that ``LossWeights.weighted_sum`` accepts (the other fields are critic settings)
-TERMS = ("dists", "lpips", "l1", "lowpass_l1", "spectrum", "color", "contrastive", "bits_global", "bits_local",
-         "diversity", "gan_generator", "aux")
+TERMS = (
+    "dists",
+    "lpips",
+    "l1",
+    "lowpass_l1",
+    "spectrum",
+    "color",
+    "contrastive",
+    "bits_global",
+    "bits_local",
+    "diversity",
+    "gan_generator",
+    "aux",
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +73,7 @@ class LossWeights:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"LossWeights.{f.name} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.spectrum_pool, int) or self.spectrum_pool < 0:
             raise ValueError(f"LossWeights.spectrum_pool must be an int >= 0, got {self.spectrum_pool!r}")
@@ -89,8 +101,10 @@ class LossWeights:
                 continue
             term = terms[name]
             if not isinstance(term, torch.Tensor) or term.dim() != 0:
-                raise ValueError(f"LossWeights.weighted_sum: term {name!r} must be a scalar tensor, got "
-                                 f"{list(term.shape) if isinstance(term, torch.Tensor) else type(term).__name__}")
+                raise ValueError(
+                    f"LossWeights.weighted_sum: term {name!r} must be a scalar tensor, got "
+                    f"{list(term.shape) if isinstance(term, torch.Tensor) else type(term).__name__}"
+                )
             total = weight * term if total is None else total + weight * term
         if total is None:
             raise ValueError("LossWeights.weighted_sum: no term with a non-zero weight was given")

@@ -4,6 +4,7 @@ Official layout: ``{"model": {"netE", "netE_loc", "netG", "netCprs", "netCprs_lo
 with compressai >= 1.2 EntropyBottleneck names; older ``_matrix0`` / ``_bias0`` / ``_factor0``
 names and DataParallel ``module.`` prefixes are converted.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def load_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path} (not a complete file written by torch.save: "
-                              f"{type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (not a complete file written by torch.save: {type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -51,7 +53,7 @@ def normalize_keys(state: Mapping[str, torch.Tensor]) -> dict:
     out = {}
     for key, value in state.items():
         while key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         key = _OLD_EB_NAME.sub(lambda m: f"{m.group(1)}{_OLD_EB_PLURAL[m.group(2)]}.{m.group(3)}", key)
         out[key] = value
     return out
@@ -64,15 +66,19 @@ def official_parts(checkpoint: Any) -> dict:
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"official checkpoint must be a dict, got {type(checkpoint).__name__}")
     if isinstance(checkpoint.get("format"), str) and checkpoint["format"].startswith("udm_fast"):
-        raise CheckpointError(f"this is a udm_fast file ({checkpoint['format']}), not the authors' checkpoint: "
-                              "load it with UDM.load (on the command line: without --official)")
+        raise CheckpointError(
+            f"this is a udm_fast file ({checkpoint['format']}), not the authors' checkpoint: "
+            "load it with UDM.load (on the command line: without --official)"
+        )
     parts = checkpoint.get("model", checkpoint)
     if not isinstance(parts, Mapping):
         raise CheckpointError("official checkpoint: 'model' must be a dict of sub-network state dicts")
     missing = [name for name in OFFICIAL_PARTS if name not in parts]
     if missing:
-        raise CheckpointError(f"official checkpoint lacks the sub-networks {missing} "
-                              f"(found {sorted(parts)}); expected {list(OFFICIAL_PARTS)} and optionally netP")
+        raise CheckpointError(
+            f"official checkpoint lacks the sub-networks {missing} "
+            f"(found {sorted(parts)}); expected {list(OFFICIAL_PARTS)} and optionally netP"
+        )
     return {name: normalize_keys(parts[name]) for name in parts if name in OFFICIAL_PARTS + ("netP",)}
 
 
@@ -81,9 +87,11 @@ def check_and_load(module: torch.nn.Module, state: Mapping[str, torch.Tensor], w
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
-                    for k in set(expected) & set(state)
-                    if tuple(state[k].shape) != tuple(expected[k].shape) and k.rsplit(".", 1)[-1] not in DYNAMIC_BUFFERS)
+    shapes = sorted(
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape) and k.rsplit(".", 1)[-1] not in DYNAMIC_BUFFERS
+    )
     if missing or extra or shapes:
         lines = [f"{where}: checkpoint does not match the model"]
         for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", shapes)):

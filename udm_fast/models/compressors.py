@@ -4,6 +4,7 @@ Pipeline: optional head MLP -> EntropyBottleneck -> optional tail MLP. Bits are
 -sum over channels of log2(likelihood): per image for the global code [B, C],
 per latent location for the local map [B, C, h, w].
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """WGAN-GP critic (reference ``DiscriminatorLinear``): 6 bias-free convs with LeakyReLU(0.2), then a linear head."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Parameter names follow the reference (``model/blindsr.py``, ``model/blindsrlocal
 ``model/common.py``, ``moco/builder.py``).  Inputs are images in the model's
 internal [-1, 1] domain.
 """
+
 from __future__ import annotations
 
 import torch
@@ -94,8 +95,9 @@ class LPEL(nn.Module):
             nn.AvgPool2d(kernel_size=2),
         )
         self.LPE_l = _short_range_branch(dim)
-        self.last_mlp = nn.Sequential(nn.Conv2d(dim * 2, dim, 1), nn.LeakyReLU(0.1), nn.Conv2d(dim, out_dim, 1),
-                                      nn.Sigmoid())
+        self.last_mlp = nn.Sequential(
+            nn.Conv2d(dim * 2, dim, 1), nn.LeakyReLU(0.1), nn.Conv2d(dim, out_dim, 1), nn.Sigmoid()
+        )
         self.out_dim = out_dim
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,8 @@ class LPEL(nn.Module):
 
 
 class MoCo(nn.Module):
-    """Momentum-contrast wrapper of the global encoder (reference ``moco/builder.py``), fixed as docs/architecture.md §14 says.
+    """Momentum-contrast wrapper of the global encoder (reference ``moco/builder.py``), fixed as
+    docs/architecture.md §14 says.
 
     Only ``encoder_q`` is trained by gradient. ``encoder_k`` follows it by momentum and the queue holds the
     L2-normalised keys of past batches. Unlike the reference, the key encoder and the queue are persistent
@@ -114,8 +117,15 @@ class MoCo(nn.Module):
     gather keys from every rank before enqueueing.
     """
 
-    def __init__(self, encoder_q: nn.Module, encoder_k: nn.Module, dim: int = 256, K: int = 120, m: float = 0.999,
-                 T: float = 0.07):
+    def __init__(
+        self,
+        encoder_q: nn.Module,
+        encoder_k: nn.Module,
+        dim: int = 256,
+        K: int = 120,
+        m: float = 0.999,
+        T: float = 0.07,
+    ):
         super().__init__()
         self.K, self.m, self.T = K, m, T
         self.encoder_q = encoder_q

@@ -10,6 +10,7 @@ parity.  Every SFT layer draws a noise map; ``noise`` controls it:
   (blocks1[0].sft1, blocks1[0].sft2, blocks1[1].sft1, ..., blocks1_[3].sft2):
   the generator is then deterministic and differentiable w.r.t. the noise.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Union
@@ -39,12 +40,15 @@ class NoiseStream:
             self._maps = None
         elif isinstance(noise, (list, tuple)):
             if len(noise) != N_SFT_LAYERS or not all(isinstance(n, torch.Tensor) for n in noise):
-                raise ValueError(f"noise must be a list of {N_SFT_LAYERS} tensors [B, 1, h, w] (one per SFT layer), "
-                                 f"got {len(noise)} items")
+                raise ValueError(
+                    f"noise must be a list of {N_SFT_LAYERS} tensors [B, 1, h, w] (one per SFT layer), "
+                    f"got {len(noise)} items"
+                )
             self._maps = list(noise)
         else:
-            raise TypeError(f"noise must be None, a torch.Generator or a list of {N_SFT_LAYERS} tensors, "
-                            f"got {type(noise).__name__}")
+            raise TypeError(
+                f"noise must be None, a torch.Generator or a list of {N_SFT_LAYERS} tensors, got {type(noise).__name__}"
+            )
         self._noise = noise
         self._window = window
         self._index = 0
@@ -61,7 +65,7 @@ class NoiseStream:
             return z
         scale = full_res_height // like.shape[-2]
         r, c = self._window[0] // scale, self._window[1] // scale
-        return z[..., r:r + like.shape[-2], c:c + like.shape[-1]]
+        return z[..., r : r + like.shape[-2], c : c + like.shape[-1]]
 
 
 class VUNet(nn.Module):
@@ -106,8 +110,14 @@ class VUNet(nn.Module):
         sizes = [scale for scale, n in zip(DOWNSCALE, N_BLOCKS) for _ in range(2 * n)]
         return [(batch, 1, height // s, width // s) for s in sizes]
 
-    def forward(self, clean: torch.Tensor, cond: torch.Tensor, noise: Noise = None,
-                cond_at: Optional[CondAt] = None, noise_window: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        clean: torch.Tensor,
+        cond: torch.Tensor,
+        noise: Noise = None,
+        cond_at: Optional[CondAt] = None,
+        noise_window: Optional[tuple[int, int]] = None,
+    ) -> torch.Tensor:
         """``cond_at(h, w)`` overrides how the mapped condition is resampled to a level (tiling, padded
         images); each level size is resampled once per call either way."""
         h, w = clean.shape[-2:]
@@ -173,7 +183,9 @@ class Generator(nn.Module):
 
     def forward(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] not in (3, 4):
-            raise ValueError(f"Generator: x must be [B, 3, H, W] (or 4 channels with a random state), got {list(x.shape)}")
+            raise ValueError(
+                f"Generator: x must be [B, 3, H, W] (or 4 channels with a random state), got {list(x.shape)}"
+            )
         x = x[:, :3]
         cond = self.condition(e_g, e_l)
         if cond.shape[0] != x.shape[0]:

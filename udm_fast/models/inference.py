@@ -18,6 +18,7 @@ Tolerance of bfloat16 against float32 (outputs in [0, 1], the bundled model and 
 random images): mean |difference| <= ``BF16_TOLERANCE["mean_abs"]`` and max <= ``BF16_TOLERANCE["max_abs"]``
 (about 1/255 and 8/255), tested in tests/test_inference_policy.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,12 +46,18 @@ def cpu_has_native_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def synthesis_autocast_dtype(precision: str, device: torch.device, model_dtype: torch.dtype,
-                             training: bool) -> Optional[torch.dtype]:
+def synthesis_autocast_dtype(
+    precision: str, device: torch.device, model_dtype: torch.dtype, training: bool
+) -> Optional[torch.dtype]:
     """The autocast dtype ``synthesize`` runs under for these settings, or None (as called)."""
     check_precision(precision)
-    if (precision == "fp32" or device.type != "cpu" or training or model_dtype != torch.float32
-            or autocast_dtype("cpu") is not None):
+    if (
+        precision == "fp32"
+        or device.type != "cpu"
+        or training
+        or model_dtype != torch.float32
+        or autocast_dtype("cpu") is not None
+    ):
         return None
     if precision == "bf16" or cpu_has_native_bf16():
         return torch.bfloat16
@@ -72,8 +79,9 @@ def set_generator_layout(generator: torch.nn.Module, channels_last: bool) -> Non
 
 
 @contextlib.contextmanager
-def synthesis_precision(precision: str, x: torch.Tensor, generator: torch.nn.Module, model_dtype: torch.dtype,
-                        training: bool) -> Iterator[tuple]:
+def synthesis_precision(
+    precision: str, x: torch.Tensor, generator: torch.nn.Module, model_dtype: torch.dtype, training: bool
+) -> Iterator[tuple]:
     """Runs the block under the policy: yields (x in the layout to use, autocast dtype or None)."""
     if x.device.type == "cpu":
         channels_last = uses_channels_last(precision, x.device, model_dtype, training)

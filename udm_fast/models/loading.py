@@ -1,4 +1,5 @@
 """Loading a model for inference from whatever file the user has (the commands' ``--weights``)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -25,6 +26,8 @@ def load_model(weights: Optional[str], official: bool, device: torch.device) -> 
         ckpt.check_and_load(model, payload["model"], weights)
         return model.to(device).eval()
     if not UDM.is_saved(payload):
-        raise ckpt.CheckpointError(f"{weights} is neither a udm_fast model file (model.pt) nor a training "
-                                   "checkpoint; for the authors' checkpoint add --official")
+        raise ckpt.CheckpointError(
+            f"{weights} is neither a udm_fast model file (model.pt) nor a training "
+            "checkpoint; for the authors' checkpoint add --official"
+        )
     return UDM.from_saved(payload, weights).to(device)

@@ -6,6 +6,7 @@ one; ``assets/default_model.json`` describes how it was trained (config, log sum
 Without the weights file it returns a deterministic, untrained placeholder so that the command-line
 tools and the demo still run end to end; a ``PlaceholderModelWarning`` says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,12 @@ def default_model(device: str | torch.device = "cpu") -> UDM:
     """The packaged model in eval mode on ``device``: ``DEFAULT_WEIGHTS`` if present, else the placeholder."""
     if DEFAULT_WEIGHTS.is_file():
         return UDM.load(DEFAULT_WEIGHTS, map_location=device)
-    warnings.warn("no trained weights are bundled yet: using an untrained placeholder model "
-                  f"(UDM(filters={PLACEHOLDER_FILTERS}), random weights), so outputs are not real transfers",
-                  PlaceholderModelWarning, stacklevel=2)
+    warnings.warn(
+        "no trained weights are bundled yet: using an untrained placeholder model "
+        f"(UDM(filters={PLACEHOLDER_FILTERS}), random weights), so outputs are not real transfers",
+        PlaceholderModelWarning,
+        stacklevel=2,
+    )
     return placeholder_model().to(device)
 
 
@@ -55,8 +59,10 @@ def default_model_source() -> str:
         if meta is None:
             return str(DEFAULT_WEIGHTS)
         log = meta["training_log"]
-        return (f"{DEFAULT_WEIGHTS} (trained {log['steps']} steps on {meta['config']['run']['device']}, "
-                f"commit {meta['commit'][:12]}; record in {DEFAULT_METADATA.name})")
+        return (
+            f"{DEFAULT_WEIGHTS} (trained {log['steps']} steps on {meta['config']['run']['device']}, "
+            f"commit {meta['commit'][:12]}; record in {DEFAULT_METADATA.name})"
+        )
     return f"untrained placeholder, UDM(filters={PLACEHOLDER_FILTERS}) initialised with seed {PLACEHOLDER_SEED}"
 
 

@@ -3,6 +3,7 @@
 Public image domain: float tensors in [0, 1], NCHW.  Internally the sub-modules work in the
 reference's [-1, 1] domain (and the generator keeps its 2x - 1 quirk) for checkpoint parity.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
 from ..entropy import degradation_code
+from ..layers import set_layer_backend
+from ..ops.operands import autocast_dtype
 from ..utils.checks import check_image_batch
-from .compressors import Compressor
 from ..utils.dataclass_dict import checked_fields
+from . import checkpoint as ckpt
+from .compressors import Compressor
 from .discriminator import Discriminator
 from .encoders import LPE, LPEL, MoCo
 from .generator import Generator, Noise, NoiseStream
-from ..layers import set_layer_backend
-from ..ops.operands import autocast_dtype
 from .inference import synthesis_precision
 
 FORMAT_NAME = "udm_fast"
@@ -34,21 +35,21 @@ FORMAT_VERSION = 1
 class UDMConfig:
     """Sizes of a UDM. Defaults are the reference model (docs/architecture.md §3-§9)."""
 
-    filters: int = 64            # generator width K1 (K2 = 2 K1, K3 = 4 K1)
-    local_channels: int = 4      # c_l, channels of e_l
-    cond_dim: int = 8            # condition map channels (proj_dim_noise)
-    global_dim: int = 256        # channels of e_g
-    encoder_dim: int = 256       # LPE / LPEL internal width
-    encoder_kernel: int = 3      # LPE first-kernel size (moco_enc_kernel)
-    head_layers: int = 2         # residual MLP blocks before the global entropy bottleneck
-    tail_layers: int = 2         # ... and after it
-    queue_size: int = 120        # MoCo negatives K
+    filters: int = 64  # generator width K1 (K2 = 2 K1, K3 = 4 K1)
+    local_channels: int = 4  # c_l, channels of e_l
+    cond_dim: int = 8  # condition map channels (proj_dim_noise)
+    global_dim: int = 256  # channels of e_g
+    encoder_dim: int = 256  # LPE / LPEL internal width
+    encoder_kernel: int = 3  # LPE first-kernel size (moco_enc_kernel)
+    head_layers: int = 2  # residual MLP blocks before the global entropy bottleneck
+    tail_layers: int = 2  # ... and after it
+    queue_size: int = 120  # MoCo negatives K
     moco_momentum: float = 0.999
     moco_temperature: float = 0.07
     discriminator: bool = False  # build the WGAN-GP critic
-    disc_channels: int = 3       # 3 = plain strategy, 6 = conditioned
+    disc_channels: int = 3  # 3 = plain strategy, 6 = conditioned
     disc_ndf: int = 64
-    disc_in_width: int = 128     # training patch width (selects the first convs' strides)
+    disc_in_width: int = 128  # training patch width (selects the first convs' strides)
 
     @classmethod
     def from_dict(cls, values: dict) -> "UDMConfig":
@@ -61,8 +62,10 @@ def _check_images(name: str, t: torch.Tensor, model_dtype: torch.dtype) -> None:
     (up to 0.5 beyond is let through, e.g. for overshooting synthesised images)."""
     check_image_batch(t, name)
     if t.dtype != model_dtype and autocast_dtype(t.device.type) is None:
-        raise TypeError(f"{name} has dtype {t.dtype} but the model's weights are {model_dtype}: convert one "
-                        f"(e.g. {name}.to({model_dtype})) or run under torch.autocast")
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but the model's weights are {model_dtype}: convert one "
+            f"(e.g. {name}.to({model_dtype})) or run under torch.autocast"
+        )
     if not torch.compiler.is_compiling() and t.numel():
         lo, hi = torch.aminmax(t.detach())
         if not (lo >= -0.5 and hi <= 1.5):  # also catches NaN
@@ -79,8 +82,9 @@ def _pad_to_multiple(t: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(t, (0, pw, 0, ph), mode=mode)
 
 
-def _resize_window(m: torch.Tensor, out_h: int, out_w: int, rows: slice, cols: slice,
-                   extent: Optional[tuple[float, float]] = None) -> torch.Tensor:
+def _resize_window(
+    m: torch.Tensor, out_h: int, out_w: int, rows: slice, cols: slice, extent: Optional[tuple[float, float]] = None
+) -> torch.Tensor:
     """Window [rows, cols] of bilinear(align_corners=True) resize of m to out_h x out_w, computed directly.
 
     ``extent`` (h, w): the part of the output that m spans, when it is smaller than out_h x out_w
@@ -117,9 +121,14 @@ class UDM(nn.Module):
         config = dataclasses.replace(config or UDMConfig(), **overrides)
         self.config = config
         c = config
-        self.global_encoder = MoCo(LPE(c.encoder_dim, c.global_dim, c.encoder_kernel),
-                                   LPE(c.encoder_dim, c.global_dim, c.encoder_kernel),
-                                   dim=c.global_dim, K=c.queue_size, m=c.moco_momentum, T=c.moco_temperature)
+        self.global_encoder = MoCo(
+            LPE(c.encoder_dim, c.global_dim, c.encoder_kernel),
+            LPE(c.encoder_dim, c.global_dim, c.encoder_kernel),
+            dim=c.global_dim,
+            K=c.queue_size,
+            m=c.moco_momentum,
+            T=c.moco_temperature,
+        )
         self.local_encoder = LPEL(c.encoder_dim, c.local_channels, 3)
         self.global_compressor = Compressor(c.global_dim, c.head_layers, c.tail_layers)
         self.local_compressor = Compressor(c.local_channels)
@@ -171,7 +180,9 @@ class UDM(nn.Module):
             out = self._synthesize_as_called(x, e_g, e_l, noise)
         return out if autocast is None else out.to(self.dtype)
 
-    def _synthesize_as_called(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise) -> torch.Tensor:
+    def _synthesize_as_called(
+        self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise
+    ) -> torch.Tensor:
         h, w = x.shape[-2:]
         x_int = _pad_to_multiple(x * 2 - 1, 8)
         if self._tiled(x_int):
@@ -225,8 +236,13 @@ class UDM(nn.Module):
 
         The coder tables are left out: ``update_entropy_tables`` derives them from the weights.
         """
-        prefixes = ("global_encoder.encoder_q.", "local_encoder.", "global_compressor.", "local_compressor.",
-                    "generator.")
+        prefixes = (
+            "global_encoder.encoder_q.",
+            "local_encoder.",
+            "global_compressor.",
+            "local_compressor.",
+            "generator.",
+        )
         digest = hashlib.sha256()
         for key, value in sorted(self.state_dict().items()):
             if key.startswith(prefixes) and key.rsplit(".", 1)[-1] not in ckpt.DYNAMIC_BUFFERS:
@@ -239,8 +255,11 @@ class UDM(nn.Module):
     def _tiled(self, t: torch.Tensor) -> bool:
         if self.tile_size is not None and (not isinstance(self.tile_size, int) or self.tile_size <= 0):
             raise ValueError(f"tile_size must be None (no tiling) or a positive multiple of 8, got {self.tile_size!r}")
-        return (self.tile_size is not None and not self.training
-                and max(t.shape[-2:]) > self.tile_size + 2 * self.generator_halo)
+        return (
+            self.tile_size is not None
+            and not self.training
+            and max(t.shape[-2:]) > self.tile_size + 2 * self.generator_halo
+        )
 
     def _windows(self, h: int, w: int, halo: int):
         """(rows, cols, crop_rows, crop_cols) for every tile: the tile and its crop with halo."""
@@ -270,8 +289,9 @@ class UDM(nn.Module):
             hr = slice((rows.start - cr.start) // 2, (rows.stop - cr.start) // 2)
             hc = slice((cols.start - cc.start) // 2, (cols.stop - cc.start) // 2)
             sum_l = sum_l + fl[..., hr, hc].sum(dim=(2, 3))
-            e_l[..., rows.start // 2:rows.stop // 2, cols.start // 2:cols.stop // 2] = \
-                self.local_encoder(crop)[..., hr, hc]
+            e_l[..., rows.start // 2 : rows.stop // 2, cols.start // 2 : cols.stop // 2] = self.local_encoder(crop)[
+                ..., hr, hc
+            ]
         pooled = torch.cat((sum_p / ((h - 2) * (w - 2)), sum_l / ((h // 2) * (w // 2))), dim=1)
         return lpe.head(pooled), e_l
 
@@ -283,8 +303,9 @@ class UDM(nn.Module):
             raise ValueError(f"x has batch {batch} but the codes have batch {mapped.shape[0]}")
         return mapped
 
-    def _synthesize_tiled(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise,
-                          image_size: tuple[int, int]) -> torch.Tensor:
+    def _synthesize_tiled(
+        self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise, image_size: tuple[int, int]
+    ) -> torch.Tensor:
         """Generator over tiles with halo (overlap-discard) on x padded from ``image_size``; the condition
         is resampled for the whole image."""
         if self.tile_size % 8 or self.generator_halo % 8:
@@ -298,13 +319,20 @@ class UDM(nn.Module):
 
             def cond_at(hh: int, ww: int, cr=cr, cc=cc, crop=crop) -> torch.Tensor:
                 s = crop.shape[-2] // hh
-                return _resize_window(mapped, h // s, w // s, slice(cr.start // s, cr.start // s + hh),
-                                      slice(cc.start // s, cc.start // s + ww), (image_size[0] / s, image_size[1] / s))
+                return _resize_window(
+                    mapped,
+                    h // s,
+                    w // s,
+                    slice(cr.start // s, cr.start // s + hh),
+                    slice(cc.start // s, cc.start // s + ww),
+                    (image_size[0] / s, image_size[1] / s),
+                )
 
             stream = NoiseStream(noise, window=(cr.start, cc.start))
             tile_out = gen.net(crop, None, stream, cond_at=cond_at)
-            out[..., rows, cols] = tile_out[..., rows.start - cr.start:rows.stop - cr.start,
-                                            cols.start - cc.start:cols.stop - cc.start]
+            out[..., rows, cols] = tile_out[
+                ..., rows.start - cr.start : rows.stop - cr.start, cols.start - cc.start : cols.stop - cc.start
+            ]
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -331,17 +359,25 @@ class UDM(nn.Module):
 
     def official_state_dict(self) -> dict:
         """Our weights in the official layout {"model": {netE, netE_loc, netG, netCprs, netCprs_loc[, netP]}}."""
-        parts = {"netE": self.global_encoder.encoder_q.state_dict(), "netE_loc": self.local_encoder.state_dict(),
-                 "netG": self.generator.state_dict(), "netCprs": self.global_compressor.state_dict(),
-                 "netCprs_loc": self.local_compressor.state_dict()}
+        parts = {
+            "netE": self.global_encoder.encoder_q.state_dict(),
+            "netE_loc": self.local_encoder.state_dict(),
+            "netG": self.generator.state_dict(),
+            "netCprs": self.global_compressor.state_dict(),
+            "netCprs_loc": self.local_compressor.state_dict(),
+        }
         if self.discriminator is not None:
             parts["netP"] = self.discriminator.state_dict()
         return {"model": parts}
 
     def save(self, path: str | os.PathLike, extra: Optional[dict] = None) -> None:
         """Writes {format, version, config, state_dict[, extra]} atomically."""
-        payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": dataclasses.asdict(self.config),
-                   "state_dict": self.state_dict()}
+        payload = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "config": dataclasses.asdict(self.config),
+            "state_dict": self.state_dict(),
+        }
         if extra:
             payload["extra"] = extra
         ckpt.save_atomic(payload, path)
@@ -360,11 +396,13 @@ class UDM(nn.Module):
     def from_saved(cls, payload: Any, where: str) -> "UDM":
         """The model (eval mode, CPU) from the loaded contents of a ``save`` file; ``where`` names it in errors."""
         if not cls.is_saved(payload):
-            raise ckpt.CheckpointError(f"{where} is not a udm_fast model file "
-                                       "(for the authors' checkpoints use UDM.from_official)")
+            raise ckpt.CheckpointError(
+                f"{where} is not a udm_fast model file (for the authors' checkpoints use UDM.from_official)"
+            )
         if payload.get("version") != FORMAT_VERSION:
-            raise ckpt.CheckpointError(f"{where} has format version {payload.get('version')}, "
-                                       f"this udm_fast reads version {FORMAT_VERSION}")
+            raise ckpt.CheckpointError(
+                f"{where} has format version {payload.get('version')}, this udm_fast reads version {FORMAT_VERSION}"
+            )
         state = payload["state_dict"]
         dtypes = {t.dtype for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()}
         model = cls(UDMConfig.from_dict(payload["config"]))
@@ -392,14 +430,17 @@ def infer_official_config(parts: dict) -> UDMConfig:
         if "netP" in parts:
             p = parts["netP"]
             first = [p[f"main.{2 * i}.weight"].shape[-1] for i in range(3)]
-            values.update(discriminator=True, disc_channels=p["main.0.weight"].shape[1],
-                          disc_ndf=p["main.0.weight"].shape[0],
-                          disc_in_width=next((w for k, w in zip(first, (128, 64, 32)) if k == 4), 16))
+            values.update(
+                discriminator=True,
+                disc_channels=p["main.0.weight"].shape[1],
+                disc_ndf=p["main.0.weight"].shape[0],
+                disc_in_width=next((w for k, w in zip(first, (128, 64, 32)) if k == 4), 16),
+            )
     except KeyError as exc:
         raise ckpt.CheckpointError(f"official checkpoint lacks the key {exc} needed to infer the model sizes") from exc
     return UDMConfig(**values)
 
 
 def _count_layers(state: dict, prefix: str) -> int:
-    indices = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix)}
+    indices = {int(k[len(prefix) :].split(".", 1)[0]) for k in state if k.startswith(prefix)}
     return max(indices) + 1 if indices else 0

@@ -7,6 +7,7 @@ Importing this package loads ``udm_fast._C`` (which defines the ``torch.ops.udm_
 it loaded, registers their fake kernels and autograd (``ida_cuda``); without it the ``cuda`` backend
 raises saying why.
 """
+
 from . import extension
 
 AVAILABLE = extension.load() is not None

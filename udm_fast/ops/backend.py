@@ -9,6 +9,7 @@ The backend is chosen per call from, in order: a module's ``backend=`` argument,
 ``set_backend(name)``, the environment variable ``UDM_FAST_BACKEND``, and
 otherwise the fastest one available for the input's device (``auto``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -63,10 +64,15 @@ def _triton_status() -> tuple[bool, str]:
 def build_info() -> dict:
     """Which backends can run here, and why not. Returns {name: {"available": bool, "detail": str}}."""
     compiled = _ext.load()
-    info = {"cpu": {"available": compiled is not None,
-                    "detail": "udm_fast._C loaded (on CPU tensors the cuda backend's tile code is a test vehicle "
-                              "for the CUDA kernels, slower than reference; auto never selects it)"
-                    if compiled is not None else _ext.error()}}
+    info = {
+        "cpu": {
+            "available": compiled is not None,
+            "detail": "udm_fast._C loaded (on CPU tensors the cuda backend's tile code is a test vehicle "
+            "for the CUDA kernels, slower than reference; auto never selects it)"
+            if compiled is not None
+            else _ext.error(),
+        }
+    }
     if compiled is None:
         info["cuda"] = {"available": False, "detail": _ext.error()}
     else:

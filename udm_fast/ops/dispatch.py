@@ -9,6 +9,7 @@ beta MLPs with a ReLU or LeakyReLU activation only. For another activation the l
 torch MLPs and epilogue around the same backend's IDA kernel, and a ``BackendFallbackWarning``
 names the layer's activation. Any other call a backend cannot serve raises and says why.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,6 +31,7 @@ def _cuda_ops():
     if extension.load() is None:
         raise RuntimeError(f"backend 'cuda' cannot run: {extension.error()}")
     from . import ida_cuda
+
     return ida_cuda
 
 
@@ -58,10 +60,14 @@ def _fused_slope(layer, backend: str):
     """The slope the fused kernels use for ``layer``, or None after warning that it falls back."""
     slope = layer.activation_slope()
     if slope is None:
-        warnings.warn(f"SFT (backend {backend!r}): the fused kernel supports ReLU / LeakyReLU MLPs only, not "
-                      f"{type(layer.convs_gamma[1].activation).__name__} / "
-                      f"{type(layer.convs_beta[1].activation).__name__}; running torch MLPs around the "
-                      f"{backend} IDA kernel", BackendFallbackWarning, stacklevel=4)
+        warnings.warn(
+            f"SFT (backend {backend!r}): the fused kernel supports ReLU / LeakyReLU MLPs only, not "
+            f"{type(layer.convs_gamma[1].activation).__name__} / "
+            f"{type(layer.convs_beta[1].activation).__name__}; running torch MLPs around the "
+            f"{backend} IDA kernel",
+            BackendFallbackWarning,
+            stacklevel=4,
+        )
     return slope
 
 
@@ -70,16 +76,24 @@ def _sft_cuda(layer, x, cond_full, cond_half, noise: NoiseArg = None) -> torch.T
     slope = _fused_slope(layer, "cuda")
     if slope is None:
         return _composed(layer, x, cond_full, cond_half, noise, ops.ida)
-    return ops.sft(x, cond_full, cond_half, draw_noise(noise, x, cond_full.dtype), *layer.mlp_weights(),
-                   *layer.spatial_gamma.weights(), slope)
+    return ops.sft(
+        x,
+        cond_full,
+        cond_half,
+        draw_noise(noise, x, cond_full.dtype),
+        *layer.mlp_weights(),
+        *layer.spatial_gamma.weights(),
+        slope,
+    )
 
 
 def _sft_triton(layer, x, cond_full, cond_half, noise: NoiseArg = None) -> torch.Tensor:
     slope = _fused_slope(layer, "triton")
     if slope is None:
         return _composed(layer, x, cond_full, cond_half, noise, ida_triton.ida_triton)
-    return sft_triton.sft_triton(x, cond_full, cond_half, *layer.mlp_weights(), *layer.spatial_gamma.weights(),
-                                 slope=slope, noise=noise)
+    return sft_triton.sft_triton(
+        x, cond_full, cond_half, *layer.mlp_weights(), *layer.spatial_gamma.weights(), slope=slope, noise=noise
+    )
 
 
 SFT_BACKENDS: dict[str, Callable] = {

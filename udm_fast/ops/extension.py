@@ -1,4 +1,5 @@
 """Loads the compiled extension ``udm_fast._C`` (it registers the ``torch.ops.udm_fast`` ops)."""
+
 from __future__ import annotations
 
 import importlib

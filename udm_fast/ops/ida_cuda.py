@@ -6,13 +6,19 @@ Per low-res pixel they evaluate the IDA as GEMM -> Hadamard -> GEMM; the SFT op 
 gamma / beta MLPs, the noise channel and the epilogue x * (1 + gamma) + beta + IDA.
 The SFT backward composes ``ida_backward`` with torch ops for the MLP parts.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .operands import (alert_not_deterministic, check_ida_shapes, check_same_device, compute_dtype_for,
-                       refuse_double_backward)
+from .operands import (
+    alert_not_deterministic,
+    check_ida_shapes,
+    check_same_device,
+    compute_dtype_for,
+    refuse_double_backward,
+)
 
 
 def _layout_of(t: torch.Tensor) -> torch.memory_format:
@@ -29,11 +35,15 @@ def _empty_like_layout(shape, like: torch.Tensor) -> torch.Tensor:
 def _fake_ida_shapes(op: str, x, m, w_up, w_out):
     """The shape facts the fake kernels need, as symbolic torch._check (the user-facing checks with
     messages are ``operands.check_ida_shapes``)."""
-    torch._check(x.dim() == 4 and m.dim() == 4 and w_up.dim() == 4 and w_out.dim() == 4,
-                 lambda: f"{op}: x, m, w_up and w_out must be 4-D")
+    torch._check(
+        x.dim() == 4 and m.dim() == 4 and w_up.dim() == 4 and w_out.dim() == 4,
+        lambda: f"{op}: x, m, w_up and w_out must be 4-D",
+    )
     torch._check(x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0, lambda: f"{op}: x height and width must be even")
-    torch._check(tuple(m.shape) == (x.shape[0], w_up.shape[0], x.shape[2] // 2, x.shape[3] // 2),
-                 lambda: f"{op}: m must be [B, Cc, H/2, W/2]")
+    torch._check(
+        tuple(m.shape) == (x.shape[0], w_up.shape[0], x.shape[2] // 2, x.shape[3] // 2),
+        lambda: f"{op}: m must be [B, Cc, H/2, W/2]",
+    )
 
 
 @torch.library.register_fake("udm_fast::ida_forward")
@@ -51,8 +61,9 @@ def _ida_backward_fake(grad_out, x, m, w_up, w_map, w_x, w_out):
 
 
 @torch.library.register_fake("udm_fast::sft_forward")
-def _sft_forward_fake(x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out,
-                      b_out, slope):
+def _sft_forward_fake(
+    x, cond, cond_half, noise, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out, slope
+):
     _fake_ida_shapes("sft_forward", x, cond_half, w_up, w_out)
     torch._check(w_out.shape[1] == x.shape[1], lambda: "sft_forward: the IDA must keep the channel count")
     return _empty_like_layout(x.shape, x)
@@ -100,7 +111,8 @@ def _sft_backward(ctx, grad_out):
     if grad_out.is_cuda:
         alert_not_deterministic("the cuda backend's SFT backward")
     dx_ida, d_cond_half, dw_up, dw_map, dw_x, dw_out, db_out = torch.ops.udm_fast.ida_backward(
-        grad_out, x, cond_half, w_up, w_map, w_x, w_out)
+        grad_out, x, cond_half, w_up, w_map, w_x, w_out
+    )
     cond_noise = torch.cat((cond, noise), dim=1)
     h_gamma = F.conv2d(cond, w_gamma1)
     a_gamma = F.leaky_relu(h_gamma, slope)
@@ -119,8 +131,22 @@ def _sft_backward(ctx, grad_out):
     d_cond_noise = _conv1x1_input_grad(dh_beta, w_beta1)
     d_cond = _conv1x1_input_grad(dh_gamma, w_gamma1) + d_cond_noise[:, :-1]
     d_noise = d_cond_noise[:, -1:]
-    return (dx, d_cond, d_cond_half, d_noise, dw_gamma1, dw_gamma2, dw_beta1, dw_beta2,
-            dw_up, dw_map, dw_x, dw_out, db_out, None)
+    return (
+        dx,
+        d_cond,
+        d_cond_half,
+        d_noise,
+        dw_gamma1,
+        dw_gamma2,
+        dw_beta1,
+        dw_beta2,
+        dw_up,
+        dw_map,
+        dw_x,
+        dw_out,
+        db_out,
+        None,
+    )
 
 
 torch.library.register_autograd("udm_fast::sft_forward", _sft_backward, setup_context=_sft_setup_context)
@@ -135,8 +161,15 @@ def _operand_dtype(where: str, tensors: tuple) -> torch.dtype:
     return compute_dtype_for(where, tensors[0], tensors[1:], _COMPUTE_DTYPES)
 
 
-def ida(x: torch.Tensor, m: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tensor, w_x: torch.Tensor,
-        w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
+def ida(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    w_up: torch.Tensor,
+    w_map: torch.Tensor,
+    w_x: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+) -> torch.Tensor:
     """Fused IDA forward (same arguments and result as ``udm_fast.ops.reference.ida_reference``).
 
     x [B, C, H, W] (H, W even), m [B, Cc, H/2, W/2], w_up [Cc, Cm, 2, 2], w_map [Cm, Cm, 3, 3],
@@ -150,9 +183,22 @@ def ida(x: torch.Tensor, m: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tenso
     return torch.ops.udm_fast.ida_forward(*(t.to(dtype) for t in tensors))
 
 
-def sft(x: torch.Tensor, cond: torch.Tensor, cond_half: torch.Tensor, noise: torch.Tensor, w_gamma1: torch.Tensor,
-        w_gamma2: torch.Tensor, w_beta1: torch.Tensor, w_beta2: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tensor,
-        w_x: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, slope: float) -> torch.Tensor:
+def sft(
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    cond_half: torch.Tensor,
+    noise: torch.Tensor,
+    w_gamma1: torch.Tensor,
+    w_gamma2: torch.Tensor,
+    w_beta1: torch.Tensor,
+    w_beta2: torch.Tensor,
+    w_up: torch.Tensor,
+    w_map: torch.Tensor,
+    w_x: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    slope: float,
+) -> torch.Tensor:
     """Fused SFT layer: x * (1 + gamma) + beta + IDA(x, cond_half).
 
     gamma = W_gamma2 * act(W_gamma1 * cond), beta = W_beta2 * act(W_beta1 * [cond; noise]) (1x1 convs,

@@ -10,6 +10,7 @@ Dtypes: float32, bfloat16, float16. Under ``torch.autocast`` the GEMM operands a
 autocast dtype inside the kernels (float32 accumulation) and the output has the autocast dtype,
 as the reference's ConvTranspose2d would; outside autocast every tensor must share x's dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,13 +41,23 @@ def weight_grads(raw: dict, weights: dict) -> list:
 
 
 @torch.library.custom_op("udm_fast::ida_triton_fwd", mutates_args=())
-def ida_triton_fwd(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor, b_out: Tensor,
-                   compute_dtype: torch.dtype, save_mid: bool) -> tuple[Tensor, Tensor, Tensor]:
+def ida_triton_fwd(
+    x: Tensor,
+    m: Tensor,
+    w_up: Tensor,
+    w_map: Tensor,
+    w_x: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+    compute_dtype: torch.dtype,
+    save_mid: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """IDA forward. Returns (out [B, C_out, H, W] in compute_dtype, A, Bx), A / Bx being the
     [N_lo, Cm] mid tensors the backward needs (empty when ``save_mid`` is False)."""
     out = new_output(x, compute_dtype)
-    mids = kernels("ida").forward(x, m, w_up, w_map, w_x, w_out, b_out, compute_dtype=compute_dtype, out=out,
-                                  save_mid=save_mid)
+    mids = kernels("ida").forward(
+        x, m, w_up, w_map, w_x, w_out, b_out, compute_dtype=compute_dtype, out=out, save_mid=save_mid
+    )
     a, bx = mids if save_mid else new_mid(x, w_x, compute_dtype, False)
     return out, a, bx
 
@@ -57,13 +68,24 @@ def _ida_triton_fwd_fake(x, m, w_up, w_map, w_x, w_out, b_out, compute_dtype, sa
 
 
 @torch.library.custom_op("udm_fast::ida_triton_bwd", mutates_args=())
-def ida_triton_bwd(grad_out: Tensor, x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
-                   b_out: Tensor, a: Tensor, bx: Tensor,
-                   compute_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def ida_triton_bwd(
+    grad_out: Tensor,
+    x: Tensor,
+    m: Tensor,
+    w_up: Tensor,
+    w_map: Tensor,
+    w_x: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+    a: Tensor,
+    bx: Tensor,
+    compute_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """IDA backward: (dx, dm, dw_up, dw_map, dw_x, dw_out, db_out), each like its input."""
     grads = {"dx": torch.empty_like(x), "dm": torch.empty_like(m)}
-    raw = kernels("ida").backward(grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, compute_dtype=compute_dtype,
-                                  grads=grads)
+    raw = kernels("ida").backward(
+        grad_out, x, m, w_up, w_map, w_x, w_out, a, bx, compute_dtype=compute_dtype, grads=grads
+    )
     weights = {"w_up": w_up, "w_map": w_map, "w_x": w_x, "w_out": w_out, "b_out": b_out}
     return (grads["dx"], grads["dm"], *weight_grads(raw, weights))
 
@@ -92,8 +114,7 @@ torch.library.register_autograd("udm_fast::ida_triton_fwd", _ida_backward, setup
 refuse_double_backward("udm_fast::ida_triton_bwd", "IDA (triton)")
 
 
-def ida_triton(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor,
-               b_out: Tensor) -> Tensor:
+def ida_triton(x: Tensor, m: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
     """IDA(x, m) with the Triton kernels; same signature and result as ``layers.ida_reference``."""
     tensors = (x, m, w_up, w_map, w_x, w_out, b_out)
     check_ida_shapes("IDA (triton)", *tensors)

@@ -1,4 +1,5 @@
 """The ``reference`` backend: IDA and SFT composed of torch ops (runs everywhere; the ground truth)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,15 @@ import torch.nn.functional as F
 from .operands import NoiseArg
 
 
-def ida_reference(x: torch.Tensor, m: torch.Tensor, w_up: torch.Tensor, w_map: torch.Tensor,
-                  w_x: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
+def ida_reference(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    w_up: torch.Tensor,
+    w_map: torch.Tensor,
+    w_x: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+) -> torch.Tensor:
     """IDA(x, m) = ConvT2x2( Conv3x3s2(LReLU_0.1(ConvT2x2(m))) * Conv3x3s2(x) ) + b.
 
     x: [B, C, H, W] (H, W even), m: [B, Cc, H/2, W/2]; weights as in ``udm_fast.IDA``. Returns [B, C_out, H, W].

@@ -9,6 +9,7 @@ noise, and the noise gets a gradient), or a Philox seed (int64 tensor of 1 eleme
 the kernels draw N(0, 1) per pixel in the forward and draw the same values again in the
 backward; ``sft_triton_noise`` materialises those draws.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -20,7 +21,7 @@ from .ida_triton import TRITON_DTYPES, new_mid, new_output, weight_grads
 from .operands import NoiseArg, check_ida_shapes, check_same_device, compute_dtype_for, refuse_double_backward
 from .triton_loader import kernels
 
-_SEED_HIGH = 2 ** 62
+_SEED_HIGH = 2**62
 
 
 def _out_dtype(x: Tensor, compute_dtype: torch.dtype) -> torch.dtype:
@@ -44,22 +45,72 @@ def _sft_triton_noise_fake(seed, batch, height, width):
 
 
 @torch.library.custom_op("udm_fast::sft_triton_fwd", mutates_args=())
-def sft_triton_fwd(x: Tensor, cond_full: Tensor, cond_half: Tensor, noise: Optional[Tensor], seed: Optional[Tensor],
-                   w_gamma1: Tensor, w_gamma2: Tensor, w_beta1: Tensor, w_beta2: Tensor, w_up: Tensor, w_map: Tensor, w_x: Tensor,
-                   w_out: Tensor, b_out: Tensor, slope: float, compute_dtype: torch.dtype,
-                   save_mid: bool) -> tuple[Tensor, Tensor, Tensor]:
+def sft_triton_fwd(
+    x: Tensor,
+    cond_full: Tensor,
+    cond_half: Tensor,
+    noise: Optional[Tensor],
+    seed: Optional[Tensor],
+    w_gamma1: Tensor,
+    w_gamma2: Tensor,
+    w_beta1: Tensor,
+    w_beta2: Tensor,
+    w_up: Tensor,
+    w_map: Tensor,
+    w_x: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+    slope: float,
+    compute_dtype: torch.dtype,
+    save_mid: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """SFT forward. Exactly one of ``noise`` / ``seed`` is given. Returns (out like x, A, Bx), A / Bx
     being the IDA mid tensors the backward needs (empty when ``save_mid`` is False)."""
     out = new_output(x, _out_dtype(x, compute_dtype))
-    mids = kernels("sft").forward(x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out,
-                                  b_out, slope=slope, compute_dtype=compute_dtype, out=out, save_mid=save_mid)
+    mids = kernels("sft").forward(
+        x,
+        cond_full,
+        cond_half,
+        noise,
+        seed,
+        w_gamma1,
+        w_gamma2,
+        w_beta1,
+        w_beta2,
+        w_up,
+        w_map,
+        w_x,
+        w_out,
+        b_out,
+        slope=slope,
+        compute_dtype=compute_dtype,
+        out=out,
+        save_mid=save_mid,
+    )
     a, bx = mids if save_mid else new_mid(x, w_x, compute_dtype, False)
     return out, a, bx
 
 
 @sft_triton_fwd.register_fake
-def _sft_triton_fwd_fake(x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out,
-                         slope, compute_dtype, save_mid):
+def _sft_triton_fwd_fake(
+    x,
+    cond_full,
+    cond_half,
+    noise,
+    seed,
+    w_gamma1,
+    w_gamma2,
+    w_beta1,
+    w_beta2,
+    w_up,
+    w_map,
+    w_x,
+    w_out,
+    b_out,
+    slope,
+    compute_dtype,
+    save_mid,
+):
     return (new_output(x, _out_dtype(x, compute_dtype)),) + new_mid(x, w_x, compute_dtype, save_mid)
 
 
@@ -67,28 +118,88 @@ _SFT_WEIGHTS = ("w_gamma1", "w_gamma2", "w_beta1", "w_beta2", "w_up", "w_map", "
 
 
 @torch.library.custom_op("udm_fast::sft_triton_bwd", mutates_args=())
-def sft_triton_bwd(grad_out: Tensor, x: Tensor, cond_full: Tensor, cond_half: Tensor, noise: Optional[Tensor],
-                   seed: Optional[Tensor], w_gamma1: Tensor, w_gamma2: Tensor, w_beta1: Tensor, w_beta2: Tensor, w_up: Tensor,
-                   w_map: Tensor, w_x: Tensor, w_out: Tensor, b_out: Tensor, a: Tensor, bx: Tensor, slope: float,
-                   compute_dtype: torch.dtype) -> list[Tensor]:
+def sft_triton_bwd(
+    grad_out: Tensor,
+    x: Tensor,
+    cond_full: Tensor,
+    cond_half: Tensor,
+    noise: Optional[Tensor],
+    seed: Optional[Tensor],
+    w_gamma1: Tensor,
+    w_gamma2: Tensor,
+    w_beta1: Tensor,
+    w_beta2: Tensor,
+    w_up: Tensor,
+    w_map: Tensor,
+    w_x: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+    a: Tensor,
+    bx: Tensor,
+    slope: float,
+    compute_dtype: torch.dtype,
+) -> list[Tensor]:
     """SFT backward: [dx, dcond_full, dcond_half, dnoise (empty without explicit noise), dw_gamma1, dw_gamma2, dw_beta1,
     dw_beta2, dw_up, dw_map, dw_x, dw_out, db_out], each like its input."""
     grads = {"dx": torch.empty_like(x), "dm": torch.empty_like(cond_half), "dcond": torch.empty_like(cond_full)}
     if noise is not None:
         grads["dnoise"] = torch.empty_like(noise)
-    raw = kernels("sft").backward(grad_out, x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x,
-                                  w_out, a, bx, slope=slope, compute_dtype=compute_dtype, grads=grads)
+    raw = kernels("sft").backward(
+        grad_out,
+        x,
+        cond_full,
+        cond_half,
+        noise,
+        seed,
+        w_gamma1,
+        w_gamma2,
+        w_beta1,
+        w_beta2,
+        w_up,
+        w_map,
+        w_x,
+        w_out,
+        a,
+        bx,
+        slope=slope,
+        compute_dtype=compute_dtype,
+        grads=grads,
+    )
     weights = dict(zip(_SFT_WEIGHTS, (w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out)))
     dnoise = grads["dnoise"] if noise is not None else x.new_empty((0,))
     return [grads["dx"], grads["dcond"], grads["dm"], dnoise, *weight_grads(raw, weights)]
 
 
 @sft_triton_bwd.register_fake
-def _sft_triton_bwd_fake(grad_out, x, cond_full, cond_half, noise, seed, w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out,
-                         b_out, a, bx, slope, compute_dtype):
+def _sft_triton_bwd_fake(
+    grad_out,
+    x,
+    cond_full,
+    cond_half,
+    noise,
+    seed,
+    w_gamma1,
+    w_gamma2,
+    w_beta1,
+    w_beta2,
+    w_up,
+    w_map,
+    w_x,
+    w_out,
+    b_out,
+    a,
+    bx,
+    slope,
+    compute_dtype,
+):
     dnoise = torch.empty_like(noise) if noise is not None else x.new_empty((0,))
-    return [torch.empty_like(x), torch.empty_like(cond_full), torch.empty_like(cond_half), dnoise,
-            *(w.new_empty(w.shape) for w in (w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out))]
+    return [
+        torch.empty_like(x),
+        torch.empty_like(cond_full),
+        torch.empty_like(cond_half),
+        dnoise,
+        *(w.new_empty(w.shape) for w in (w_gamma1, w_gamma2, w_beta1, w_beta2, w_up, w_map, w_x, w_out, b_out)),
+    ]
 
 
 def _sft_setup_context(ctx, inputs, output):
@@ -109,7 +220,8 @@ def _sft_backward(ctx, grad_out, _grad_a, _grad_bx):
     noise = optional.pop(0) if ctx.has_noise else None
     seed = optional.pop(0) if ctx.has_seed else None
     dx, dcond_full, dcond_half, dnoise, *dweights = torch.ops.udm_fast.sft_triton_bwd(
-        grad_out, x, cond_full, cond_half, noise, seed, *weights, a, bx, ctx.slope, ctx.compute_dtype)
+        grad_out, x, cond_full, cond_half, noise, seed, *weights, a, bx, ctx.slope, ctx.compute_dtype
+    )
     return (dx, dcond_full, dcond_half, dnoise if ctx.has_noise else None, None, *dweights, None, None, None)
 
 
@@ -125,13 +237,28 @@ def draw_seed(noise: NoiseArg, device: torch.device) -> Tensor:
     return torch.randint(0, _SEED_HIGH, (1,), device=device, dtype=torch.int64)
 
 
-def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w_gamma1: Tensor, w_gamma2: Tensor, w_beta1: Tensor, w_beta2: Tensor,
-               w_up: Tensor, w_map: Tensor, w_x: Tensor, w_out: Tensor, b_out: Tensor, *, slope: float,
-               noise: NoiseArg = None) -> Tensor:
+def sft_triton(
+    x: Tensor,
+    cond_full: Tensor,
+    cond_half: Tensor,
+    w_gamma1: Tensor,
+    w_gamma2: Tensor,
+    w_beta1: Tensor,
+    w_beta2: Tensor,
+    w_up: Tensor,
+    w_map: Tensor,
+    w_x: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+    *,
+    slope: float,
+    noise: NoiseArg = None,
+) -> Tensor:
     """The SFT layer with the Triton kernels.
 
     x [B, C, H, W] (H, W even); cond_full [B, Cc, H, W]; cond_half [B, Cc, H/2, W/2]; 1x1 weights
-    w_gamma1 [rd, Cc, 1, 1], w_gamma2 [C, rd, 1, 1], w_beta1 [rd, Cc + 1, 1, 1], w_beta2 [C, rd, 1, 1]; IDA weights as in
+    w_gamma1 [rd, Cc, 1, 1], w_gamma2 [C, rd, 1, 1], w_beta1 [rd, Cc + 1, 1, 1], w_beta2 [C, rd, 1, 1]; IDA
+    weights as in
     ``ida_triton``; ``slope`` of the MLP activation (0.0 for ReLU). ``noise``: an explicit [B, 1, H, W]
     map, or None / a torch.Generator to draw the Philox seed from."""
     where = "SFT (triton)"
@@ -142,8 +269,12 @@ def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w_gamma1: Tensor
     if tuple(cond_full.shape) != (b, cc, h, w):
         raise ValueError(f"{where}: cond_full must be [{b}, {cc}, {h}, {w}], got {list(cond_full.shape)}")
     rd = w_gamma1.shape[0]
-    for name, t, shape in (("w_gamma1", w_gamma1, (rd, cc, 1, 1)), ("w_gamma2", w_gamma2, (c, rd, 1, 1)), ("w_beta1", w_beta1, (rd, cc + 1, 1, 1)),
-                           ("w_beta2", w_beta2, (c, rd, 1, 1))):
+    for name, t, shape in (
+        ("w_gamma1", w_gamma1, (rd, cc, 1, 1)),
+        ("w_gamma2", w_gamma2, (c, rd, 1, 1)),
+        ("w_beta1", w_beta1, (rd, cc + 1, 1, 1)),
+        ("w_beta2", w_beta2, (c, rd, 1, 1)),
+    ):
         if tuple(t.shape) != shape:
             raise ValueError(f"{where}: {name} must have shape {list(shape)}, got {list(t.shape)}")
     if w_out.shape[1] != c:
@@ -163,5 +294,6 @@ def sft_triton(x: Tensor, cond_full: Tensor, cond_half: Tensor, w_gamma1: Tensor
     check_same_device(where, tensors + explicit)
     dtype = compute_dtype_for(where, x, tensors[1:], TRITON_DTYPES)
     save_mid = torch.is_grad_enabled() and any(t.requires_grad for t in tensors + explicit)
-    return torch.ops.udm_fast.sft_triton_fwd(x, cond_full, cond_half, noise, seed, *weights, float(slope), dtype,
-                                             save_mid)[0]
+    return torch.ops.udm_fast.sft_triton_fwd(
+        x, cond_full, cond_half, noise, seed, *weights, float(slope), dtype, save_mid
+    )[0]

@@ -1,5 +1,6 @@
 """Imports the Triton kernels (``udm_fast.triton_kernels``, the folder kernels/triton) on first use,
 so that importing an op module needs neither triton nor a GPU."""
+
 from __future__ import annotations
 
 import importlib
@@ -19,8 +20,9 @@ def ensure_kernel_package() -> None:
     folder = Path(__file__).resolve().parents[2] / "kernels" / "triton"
     if not (folder / "__init__.py").is_file():
         raise ImportError(f"{KERNEL_PACKAGE} is not installed and {folder} does not exist")
-    spec = importlib.util.spec_from_file_location(KERNEL_PACKAGE, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        KERNEL_PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[KERNEL_PACKAGE] = module
     spec.loader.exec_module(module)

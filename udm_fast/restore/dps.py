@@ -7,6 +7,7 @@ x_t of the measurement error ``|y - A(x0_hat(x_t))|``, where x0_hat is Tweedie's
 (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t). ``diffusers`` models plug in through ``diffusers_denoiser``
 (the library is optional; nothing here imports it).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -18,10 +19,18 @@ from .invert import LearnedRedegrader
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def dps_sample(y: torch.Tensor, denoiser: Denoiser, alphas_cumprod: torch.Tensor,
-               measurement: Callable[[torch.Tensor], torch.Tensor], shape: tuple, *,
-               zeta: float = 1.0, sigma_y: Optional[float] = None, generator: Optional[torch.Generator] = None,
-               progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+def dps_sample(
+    y: torch.Tensor,
+    denoiser: Denoiser,
+    alphas_cumprod: torch.Tensor,
+    measurement: Callable[[torch.Tensor], torch.Tensor],
+    shape: tuple,
+    *,
+    zeta: float = 1.0,
+    sigma_y: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> torch.Tensor:
     """A sample x_0 [shape] of p(x | y) by DPS over all T steps of ``alphas_cumprod`` (decreasing, in (0, 1]).
 
     Guidance: with ``sigma_y`` (the measurement noise's standard deviation) the Gaussian likelihood
@@ -30,8 +39,12 @@ def dps_sample(y: torch.Tensor, denoiser: Denoiser, alphas_cumprod: torch.Tensor
     ``progress(i)`` is called after step i (0-based).
     """
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    if abar.dim() != 1 or len(abar) < 2 or not bool(((abar > 0) & (abar <= 1)).all()) \
-            or not bool((abar[1:] <= abar[:-1]).all()):
+    if (
+        abar.dim() != 1
+        or len(abar) < 2
+        or not bool(((abar > 0) & (abar <= 1)).all())
+        or not bool((abar[1:] <= abar[:-1]).all())
+    ):
         raise ValueError("alphas_cumprod must be a decreasing 1-D schedule in (0, 1] with at least 2 entries")
     if sigma_y is not None and sigma_y <= 0:
         raise ValueError(f"sigma_y must be positive, got {sigma_y}")
@@ -45,28 +58,29 @@ def dps_sample(y: torch.Tensor, denoiser: Denoiser, alphas_cumprod: torch.Tensor
         beta = 1.0 - alpha
         x = x.detach().requires_grad_(True)
         eps = denoiser(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
-        x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+        x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
         residual = (y - measurement(x0)).flatten()
         if sigma_y is not None:
-            objective = residual.pow(2).sum() / (2 * sigma_y ** 2)
-            scale = beta / alpha ** 0.5
+            objective = residual.pow(2).sum() / (2 * sigma_y**2)
+            scale = beta / alpha**0.5
         else:
             objective = residual.norm()
             scale = zeta
-        grad, = torch.autograd.grad(objective, x)
+        (grad,) = torch.autograd.grad(objective, x)
         with torch.no_grad():
             # DDPM posterior q(x_{t-1} | x_t, x0_hat): mean and variance
-            mean = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + (alpha ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
+            mean = (a_prev**0.5 * beta / (1 - a_t)) * x0 + (alpha**0.5 * (1 - a_prev) / (1 - a_t)) * x
             var = beta * (1 - a_prev) / (1 - a_t)
             z = torch.randn(shape, generator=generator, dtype=dtype).to(device) if t > 0 else torch.zeros_like(x)
-            x = mean + var ** 0.5 * z - scale * grad
+            x = mean + var**0.5 * z - scale * grad
         if progress is not None:
             progress(i)
     return x.detach()
 
 
-def redegrader_measurement(model, y: torch.Tensor, generator: Optional[torch.Generator] = None,
-                           signed: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+def redegrader_measurement(
+    model, y: torch.Tensor, generator: Optional[torch.Generator] = None, signed: bool = True
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The degradation model as DPS measurement operator for y [B, 3, H, W] in [0, 1]: x0 ->
     synthesize(x0, encode(y), n) with fixed noise maps n ~ N(0, I). With ``signed`` (the usual diffusion
     domain) x0 is in [-1, 1] and the output is mapped to [-1, 1] too, so pass y as 2 y - 1 to the sampler.

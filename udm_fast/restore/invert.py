@@ -10,6 +10,7 @@ random state n ~ N(0, I) (explicit noise maps, ``model.noise_shapes``). The opti
 phases: V (the prior's first space, code frozen), then one phase per prior space with the code
 optimised too (W, W+, W++ for a StyleGAN-like prior; "theta" for the deep image prior).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,8 @@ from torch.nn import functional as F
 
 from .prior import DeepImagePrior, Prior
 
-MIN_SIDE = 16           # smallest image side restore accepts (the pyramid distance and the DIP need it)
-MAX_SIDE = 1024         # largest image side restore accepts (cost grows with the pixel count; see docs/restore.md)
+MIN_SIDE = 16  # smallest image side restore accepts (the pyramid distance and the DIP need it)
+MAX_SIDE = 1024  # largest image side restore accepts (cost grows with the pixel count; see docs/restore.md)
 PYRAMID_LEVELS = 4
 
 
@@ -115,8 +116,10 @@ class LearnedRedegrader(Redegrader):
         self.e_g = e_g.detach().clone().requires_grad_(True)
         self.e_l = e_l.detach().clone().requires_grad_(True)
         b, _, h, w = y.shape
-        self.noise = [torch.randn(shape, generator=generator, dtype=y.dtype).to(y.device).requires_grad_(True)
-                      for shape in model.noise_shapes(b, h, w)]
+        self.noise = [
+            torch.randn(shape, generator=generator, dtype=y.dtype).to(y.device).requires_grad_(True)
+            for shape in model.noise_shapes(b, h, w)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.synthesize(x, self.e_g, self.e_l, self.noise)
@@ -125,13 +128,17 @@ class LearnedRedegrader(Redegrader):
         return [self.e_g, self.e_l, *self.noise]
 
     def code(self) -> dict:
-        return {"e_g": self.e_g.detach().clone(), "e_l": self.e_l.detach().clone(),
-                "noise": [n.detach().clone() for n in self.noise]}
+        return {
+            "e_g": self.e_g.detach().clone(),
+            "e_l": self.e_l.detach().clone(),
+            "noise": [n.detach().clone() for n in self.noise],
+        }
 
 
 @contextlib.contextmanager
 def _frozen(*modules: nn.Module):
-    """Turns off requires_grad on the parameters of those arguments that are modules for the block, then restores the flags."""
+    """Turns off requires_grad on the parameters of those arguments that are modules for the block, then
+    restores the flags."""
     params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters()]
     flags = [p.requires_grad for p in params]
     for p in params:
@@ -153,6 +160,7 @@ class Phase:
 
     Early stopping: the phase ends once its loss has not fallen below ``(1 - tol)`` times its best value
     for ``patience`` consecutive steps (``patience=0`` never stops early)."""
+
     name: str
     space: str
     steps: int
@@ -162,8 +170,7 @@ class Phase:
     tol: float = 1e-3
 
 
-def default_phases(prior: Prior, steps: int, lr: float = 0.01, code_lr: float = 0.001,
-                   patience: int = 0) -> list:
+def default_phases(prior: Prior, steps: int, lr: float = 0.01, code_lr: float = 0.001, patience: int = 0) -> list:
     """The report's schedule for ``prior.spaces``: V (first space, code frozen) then one phase per space
     with the code optimised, named by the space; ``steps`` split as 1/4 for V and the rest evenly."""
     if steps < len(prior.spaces) + 1:
@@ -188,6 +195,7 @@ class Restoration:
     """What ``invert`` returns: the restoration G(latent) [B, 3, H, W], the re-degraded image
     f(G(latent)) (both detached, clamped to [0, 1]), the prior's latent, the re-degrader's code and the
     per-phase loss curves; ``snapshots``: (global step, restoration) every ``snapshot_every`` steps."""
+
     image: torch.Tensor
     redegraded: torch.Tensor
     latent: dict
@@ -201,13 +209,23 @@ class Restoration:
 
 def _check_image(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != 3 or not t.is_floating_point():
-        raise ValueError(f"{name} must be a float image batch [B, 3, H, W], got "
-                         f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")
+        raise ValueError(
+            f"{name} must be a float image batch [B, 3, H, W], got "
+            f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}"
+        )
 
 
-def invert(y: torch.Tensor, prior: Prior, redegrader: Redegrader, phases: Sequence[Phase], *,
-           distance: Optional[nn.Module] = None, generator: Optional[torch.Generator] = None,
-           progress: Optional[Callable[[int, float], None]] = None, snapshot_every: int = 0) -> Restoration:
+def invert(
+    y: torch.Tensor,
+    prior: Prior,
+    redegrader: Redegrader,
+    phases: Sequence[Phase],
+    *,
+    distance: Optional[nn.Module] = None,
+    generator: Optional[torch.Generator] = None,
+    progress: Optional[Callable[[int, float], None]] = None,
+    snapshot_every: int = 0,
+) -> Restoration:
     """Fits ``redegrader(prior())`` to y [B, 3, H, W] in [0, 1] phase by phase (see ``Phase``).
 
     ``distance(a, b)`` -> scalar (default ``PyramidL1``); ``progress(steps_done, loss)`` is called after
@@ -235,8 +253,9 @@ def invert(y: torch.Tensor, prior: Prior, redegrader: Redegrader, phases: Sequen
             for _ in range(phase.steps):
                 image = prior()
                 if image.shape != y.shape:
-                    raise ValueError(f"the prior returned an image of shape {list(image.shape)}, expected y's "
-                                     f"{list(y.shape)}")
+                    raise ValueError(
+                        f"the prior returned an image of shape {list(image.shape)}, expected y's {list(y.shape)}"
+                    )
                 loss = distance(redegrader(image), y)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -264,8 +283,7 @@ def invert(y: torch.Tensor, prior: Prior, redegrader: Redegrader, phases: Sequen
             redegraded = redegrader(image)
     for v in redegrader.variables():
         v.grad = None
-    return Restoration(image.clamp(0, 1), redegraded.clamp(0, 1), prior.latent(), redegrader.code(), record,
-                       snapshots)
+    return Restoration(image.clamp(0, 1), redegraded.clamp(0, 1), prior.latent(), redegrader.code(), record, snapshots)
 
 
 def check_size(y: torch.Tensor) -> None:
@@ -274,16 +292,26 @@ def check_size(y: torch.Tensor) -> None:
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"the degraded image is {w}x{h}; restore needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
     if max(h, w) > MAX_SIDE:
-        raise ValueError(f"the degraded image is {w}x{h}; restore works on sides up to {MAX_SIDE} pixels "
-                         f"(the cost grows with the pixel count): downscale or crop it first")
+        raise ValueError(
+            f"the degraded image is {w}x{h}; restore works on sides up to {MAX_SIDE} pixels "
+            f"(the cost grows with the pixel count): downscale or crop it first"
+        )
 
 
 DEFAULT_STEPS = 80
 
 
-def restore(y: torch.Tensor, model=None, *, prior: Optional[Prior] = None, steps: int = DEFAULT_STEPS,
-            phases: Optional[Sequence[Phase]] = None, distance: Optional[nn.Module] = None,
-            seed: int = 0, progress: Optional[Callable[[int, float], None]] = None) -> Restoration:
+def restore(
+    y: torch.Tensor,
+    model=None,
+    *,
+    prior: Optional[Prior] = None,
+    steps: int = DEFAULT_STEPS,
+    phases: Optional[Sequence[Phase]] = None,
+    distance: Optional[nn.Module] = None,
+    seed: int = 0,
+    progress: Optional[Callable[[int, float], None]] = None,
+) -> Restoration:
     """Blind restoration of y [B, 3, H, W] in [0, 1]: ``invert`` with the degradation model (default: the
     bundled one) as re-degrader and ``prior`` (default: ``DeepImagePrior()``) under ``default_phases``
     with ``steps`` in all (or explicit ``phases``); ``distance`` default from ``default_distance``."""

@@ -3,6 +3,7 @@ are compared with): Gaussian blur, additive Gaussian noise and JPEG through stra
 
 Each builder returns ``operator(x) -> y_hat`` for x [B, 3, H, W] in [0, 1].
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -29,6 +30,7 @@ def noise(sigma: float, generator: Optional[torch.Generator] = None) -> Operator
         if "n" not in state or state["n"].shape != x.shape:
             state["n"] = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         return x + sigma * state["n"]
+
     return apply
 
 
@@ -43,13 +45,16 @@ def jpeg(quality: int) -> Operator:
         q = torch.full((x.shape[0],), int(quality), dtype=torch.int64, device=x.device)
         coded = jpeg_codec.round_trip(pixels, q).to(x.dtype) / 255
         return x + (coded - x).detach()
+
     return apply
 
 
 def chain(operators: Sequence[Operator]) -> Operator:
     """The operators applied in order."""
+
     def apply(x: torch.Tensor) -> torch.Tensor:
         for op in operators:
             x = op(x)
         return x
+
     return apply

@@ -6,6 +6,7 @@ to ``initialise`` for a degraded image, to ``enter`` each space in order, for th
 in the current space (``variables``) and for the image (``forward``). Any user generator that
 implements these five members works; see ``tests/test_restore.py`` for a small StyleGAN-like one.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -44,13 +45,15 @@ class Prior(nn.Module):
 
 
 def _conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(c_out),
-                         nn.LeakyReLU(0.2))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)
+    )
 
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2),
-                         _conv(c_out, c_out))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2), _conv(c_out, c_out)
+    )
 
 
 class DeepImagePrior(Prior):
@@ -76,16 +79,18 @@ class DeepImagePrior(Prior):
 
     def _build(self) -> nn.ModuleDict:
         c = self.width
-        return nn.ModuleDict({
-            "stem": _conv(self.input_channels, c // 2),
-            "down1": _down(c // 2, c),
-            "down2": _down(c, c),
-            "down3": _down(c, c),
-            "up2": _conv(2 * c, c),
-            "up1": _conv(2 * c, c),
-            "up0": _conv(c + c // 2, c // 2),
-            "rgb": nn.Conv2d(c // 2, 3, 1),
-        })
+        return nn.ModuleDict(
+            {
+                "stem": _conv(self.input_channels, c // 2),
+                "down1": _down(c // 2, c),
+                "down2": _down(c, c),
+                "down3": _down(c, c),
+                "up2": _conv(2 * c, c),
+                "up1": _conv(2 * c, c),
+                "up0": _conv(c + c // 2, c // 2),
+                "rgb": nn.Conv2d(c // 2, 3, 1),
+            }
+        )
 
     def initialise(self, y: torch.Tensor, generator: Optional[torch.Generator] = None) -> None:
         if y.dim() != 4 or min(y.shape[-2:]) < 8:
@@ -93,7 +98,7 @@ class DeepImagePrior(Prior):
         b, _, h, w = y.shape
         self.size = (h, w)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             self.net = self._build().to(device=y.device, dtype=y.dtype)
         shape = (b, self.input_channels, h + (-h) % 8, w + (-w) % 8)
         self.z = 0.1 * torch.rand(shape, generator=generator, dtype=y.dtype).to(y.device)

@@ -20,6 +20,7 @@ Results are deterministic for a seed. The parameter ranges are ours (the paper p
 Conventions: blurs are correlations with reflect padding (torch ``reflect``, scipy ``mirror``);
 the kernels built here are point-symmetric, so correlation equals convolution.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import jpeg as jpeg_codec
 from ..utils.checks import check_image_batch
 from ..utils.dataclass_dict import checked_fields
+from . import jpeg as jpeg_codec
 
 OPS = ("noise", "gaussian_blur", "motion_blur", "contrast")
 MASK_KINDS = ("ramp", "ellipse", "field")
@@ -117,8 +118,9 @@ def _check_range(name, value, minimum=None, maximum=None, positive=False, intege
         raise ValueError(f"DegradeConfig.{name} must be a (low, high) pair, got {value!r}")
     kinds = (int,) if integer else (int, float)
     if not all(isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-        raise ValueError(f"DegradeConfig.{name} must hold two finite {'integers' if integer else 'numbers'}, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"DegradeConfig.{name} must hold two finite {'integers' if integer else 'numbers'}, got {value!r}"
+        )
     low, high = value
     if low > high:
         raise ValueError(f"DegradeConfig.{name}: low {low} is above high {high}")
@@ -138,8 +140,9 @@ def _check_images(x, where: str) -> None:
     if x.numel():
         low, high = (float(v) for v in torch.aminmax(x.detach()))
         if not (low >= 0.0 and high <= 1.0):  # also false for NaN
-            raise ValueError(f"{where}: image values must lie in [0, 1] (NaN is not allowed); "
-                             f"got min {low:.4g}, max {high:.4g}")
+            raise ValueError(
+                f"{where}: image values must lie in [0, 1] (NaN is not allowed); got min {low:.4g}, max {high:.4g}"
+            )
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -165,10 +168,17 @@ def _per_image(value: Scalar, batch: int, name: str, minimum: Optional[float] = 
 def _check_mask(mask: Optional[torch.Tensor], x: torch.Tensor, where: str) -> Optional[torch.Tensor]:
     if mask is None:
         return None
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[0] != x.shape[0] \
-            or mask.shape[1] not in (1, 3) or mask.shape[2:] != x.shape[2:]:
-        raise ValueError(f"{where}: mask must be [B, 1 or 3, H, W] matching the images {list(x.shape)}, "
-                         f"got {list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    if (
+        not isinstance(mask, torch.Tensor)
+        or mask.dim() != 4
+        or mask.shape[0] != x.shape[0]
+        or mask.shape[1] not in (1, 3)
+        or mask.shape[2:] != x.shape[2:]
+    ):
+        raise ValueError(
+            f"{where}: mask must be [B, 1 or 3, H, W] matching the images {list(x.shape)}, "
+            f"got {list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}"
+        )
     if not bool(((mask >= 0) & (mask <= 1)).all()):
         raise ValueError(f"{where}: mask values must lie in [0, 1]")
     return mask.to(device=x.device, dtype=_work_dtype(x))
@@ -187,8 +197,9 @@ def gaussian_radius(sigma: float) -> int:
     return int(math.ceil(3.0 * sigma))
 
 
-def gaussian_kernel1d(sigma: Scalar, radius: Optional[int] = None, *, device=None,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gaussian_kernel1d(
+    sigma: Scalar, radius: Optional[int] = None, *, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Sampled, sum-normalised 1-D Gaussians: sigma [B] (pixels) -> [B, 2 radius + 1].
 
     Each kernel is truncated at its own ``gaussian_radius(sigma)`` and zero-padded to ``radius``
@@ -198,19 +209,27 @@ def gaussian_kernel1d(sigma: Scalar, radius: Optional[int] = None, *, device=Non
     needed = gaussian_radius(float(sigma.max())) if sigma.numel() else 0
     radius = needed if radius is None else radius
     if radius < needed:
-        raise ValueError(f"gaussian_kernel1d: radius {radius} is too small for sigma {float(sigma.max())} "
-                         f"(needs {needed})")
+        raise ValueError(
+            f"gaussian_kernel1d: radius {radius} is too small for sigma {float(sigma.max())} (needs {needed})"
+        )
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     s = sigma[:, None]
     support = offsets.abs() <= torch.ceil(3.0 * s)
-    weights = torch.where(s > 0, torch.exp(-offsets ** 2 / (2.0 * s.clamp_min(1e-12) ** 2)),
-                          (offsets == 0).to(torch.float64).expand(len(sigma), -1)) * support
+    weights = (
+        torch.where(
+            s > 0,
+            torch.exp(-(offsets**2) / (2.0 * s.clamp_min(1e-12) ** 2)),
+            (offsets == 0).to(torch.float64).expand(len(sigma), -1),
+        )
+        * support
+    )
     weights = weights / weights.sum(dim=1, keepdim=True)
     return weights.to(device=device, dtype=dtype)
 
 
-def gaussian_kernel(sigma: Scalar, radius: Optional[int] = None, *, device=None,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gaussian_kernel(
+    sigma: Scalar, radius: Optional[int] = None, *, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Isotropic 2-D Gaussian kernels (outer products of ``gaussian_kernel1d``): [B, 2r + 1, 2r + 1]."""
     k = gaussian_kernel1d(sigma, radius, device=device, dtype=dtype)
     return k[:, :, None] * k[:, None, :]
@@ -221,8 +240,9 @@ def motion_radius(length: float) -> int:
     return int(math.ceil(length / 2.0)) + 1
 
 
-def motion_kernel(length: Scalar, angle: Scalar, radius: Optional[int] = None, *, device=None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def motion_kernel(
+    length: Scalar, angle: Scalar, radius: Optional[int] = None, *, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Antialiased straight-line blur kernels: length, angle [B] -> [B, 2r + 1, 2r + 1], each summing to 1.
 
     The kernel is a centred segment of ``length`` pixels at ``angle`` radians counter-clockwise from
@@ -238,8 +258,9 @@ def motion_kernel(length: Scalar, angle: Scalar, radius: Optional[int] = None, *
     if radius is None:
         radius = motion_radius(max_length)
     elif radius < motion_radius(max_length):
-        raise ValueError(f"motion_kernel: radius {radius} is too small for length {max_length} "
-                         f"(needs {motion_radius(max_length)})")
+        raise ValueError(
+            f"motion_kernel: radius {radius} is too small for length {max_length} (needs {motion_radius(max_length)})"
+        )
     # 16 samples per pixel of each image's own length (so a kernel does not depend on the other images)
     samples = 16 * torch.ceil(length) + 1
     position = torch.arange(int(samples.max()) if samples.numel() else 1, dtype=torch.float64)[None, :]
@@ -257,8 +278,10 @@ def motion_kernel(length: Scalar, angle: Scalar, radius: Optional[int] = None, *
 
 def _reflect_pad(x: torch.Tensor, radius: int, where: str) -> torch.Tensor:
     if radius >= min(x.shape[-2:]):
-        raise ValueError(f"{where}: images of {x.shape[-2]}x{x.shape[-1]} are too small for a kernel of radius "
-                         f"{radius} (reflect padding needs H and W > {radius})")
+        raise ValueError(
+            f"{where}: images of {x.shape[-2]}x{x.shape[-1]} are too small for a kernel of radius "
+            f"{radius} (reflect padding needs H and W > {radius})"
+        )
     return F.pad(x, (radius, radius, radius, radius), mode="reflect") if radius else x
 
 
@@ -267,10 +290,15 @@ def filter2d(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
     Every channel of image b is filtered with kernels[b]. Computed in float32 (float64 for float64 x).
     """
-    if kernels.dim() != 3 or kernels.shape[0] != x.shape[0] or kernels.shape[1] != kernels.shape[2] \
-            or kernels.shape[1] % 2 == 0:
-        raise ValueError(f"filter2d: kernels must be [B, k, k] with k odd and B = {x.shape[0]}, "
-                         f"got {list(kernels.shape)}")
+    if (
+        kernels.dim() != 3
+        or kernels.shape[0] != x.shape[0]
+        or kernels.shape[1] != kernels.shape[2]
+        or kernels.shape[1] % 2 == 0
+    ):
+        raise ValueError(
+            f"filter2d: kernels must be [B, k, k] with k odd and B = {x.shape[0]}, got {list(kernels.shape)}"
+        )
     b, c, h, w = x.shape
     dtype = _work_dtype(x)
     radius = kernels.shape[1] // 2
@@ -294,8 +322,9 @@ def _filter_separable(x: torch.Tensor, kernels1d: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- per-op functions
 
 
-def gaussian_noise(x: torch.Tensor, sigma: Scalar, *, mask: Optional[torch.Tensor] = None,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def gaussian_noise(
+    x: torch.Tensor, sigma: Scalar, *, mask: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """clip(x + sigma * mask * n, 0, 1) with n ~ N(0, 1) i.i.d. per pixel and channel.
 
     x [B, 3, H, W] in [0, 1]; sigma: number or [B] (in [0, 1] units, e.g. 10/255); mask [B, 1|3, H, W]
@@ -319,8 +348,9 @@ def _blur(x, kernel_in, kernel_out, mask, apply):
     return _blend(base, out_in, mask).clamp_(0.0, 1.0).to(x.dtype)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: Scalar, *, mask: Optional[torch.Tensor] = None,
-                  sigma_outside: Optional[Scalar] = None) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, sigma: Scalar, *, mask: Optional[torch.Tensor] = None, sigma_outside: Optional[Scalar] = None
+) -> torch.Tensor:
     """Isotropic Gaussian blur (defocus), sigma in pixels: number or [B]; kernel radius ``gaussian_radius``.
 
     With a mask [B, 1|3, H, W] the per-pixel kernel is ``mask * k(sigma) + (1 - mask) * k(sigma_outside)``,
@@ -334,16 +364,24 @@ def gaussian_blur(x: torch.Tensor, sigma: Scalar, *, mask: Optional[torch.Tensor
         sigma_outside = _per_image(sigma_outside, b, "gaussian_blur: sigma_outside", minimum=0.0)
         if mask is None:
             raise ValueError("gaussian_blur: sigma_outside needs a mask")
-    radius = gaussian_radius(max(float(sigma.max()) if b else 0.0,
-                                 float(sigma_outside.max()) if sigma_outside is not None and b else 0.0))
+    radius = gaussian_radius(
+        max(float(sigma.max()) if b else 0.0, float(sigma_outside.max()) if sigma_outside is not None and b else 0.0)
+    )
     dtype = _work_dtype(x)
     k_in = gaussian_kernel1d(sigma, radius, device=x.device, dtype=dtype)
     k_out = None if sigma_outside is None else gaussian_kernel1d(sigma_outside, radius, device=x.device, dtype=dtype)
     return _blur(x, k_in, k_out, mask, _filter_separable)
 
 
-def motion_blur(x: torch.Tensor, length: Scalar, angle: Scalar, *, mask: Optional[torch.Tensor] = None,
-                length_outside: Optional[Scalar] = None, angle_outside: Optional[Scalar] = None) -> torch.Tensor:
+def motion_blur(
+    x: torch.Tensor,
+    length: Scalar,
+    angle: Scalar,
+    *,
+    mask: Optional[torch.Tensor] = None,
+    length_outside: Optional[Scalar] = None,
+    angle_outside: Optional[Scalar] = None,
+) -> torch.Tensor:
     """Straight-line motion blur (camera shake), see ``motion_kernel`` for length (pixels) and angle (radians).
 
     With a mask the per-pixel kernel is ``mask * k(length, angle) + (1 - mask) * k(length_outside,
@@ -361,21 +399,26 @@ def motion_blur(x: torch.Tensor, length: Scalar, angle: Scalar, *, mask: Optiona
             raise ValueError("motion_blur: length_outside/angle_outside need a mask")
         length_outside = _per_image(length_outside, b, "motion_blur: length_outside", minimum=0.0)
         angle_outside = _per_image(angle_outside, b, "motion_blur: angle_outside")
-    longest = max(float(length.max()) if b else 0.0,
-                  float(length_outside.max()) if length_outside is not None and b else 0.0)
+    longest = max(
+        float(length.max()) if b else 0.0, float(length_outside.max()) if length_outside is not None and b else 0.0
+    )
     radius = motion_radius(longest)
     dtype = _work_dtype(x)
     k_in = motion_kernel(length, angle, radius, device=x.device, dtype=dtype)
-    k_out = None if length_outside is None else motion_kernel(length_outside, angle_outside, radius,
-                                                              device=x.device, dtype=dtype)
+    k_out = (
+        None
+        if length_outside is None
+        else motion_kernel(length_outside, angle_outside, radius, device=x.device, dtype=dtype)
+    )
     return _blur(x, k_in, k_out, mask, filter2d)
 
 
 LUMA = (0.299, 0.587, 0.114)
 
 
-def adjust_contrast(x: torch.Tensor, contrast: Scalar, exposure_ev: Scalar = 0.0, *,
-                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def adjust_contrast(
+    x: torch.Tensor, contrast: Scalar, exposure_ev: Scalar = 0.0, *, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Contrast and exposure change: clip(2**(ev / 2.2) * (mu + contrast * (x - mu)), 0, 1).
 
     mu is the per-image mean luminance (Rec. 601 weights 0.299, 0.587, 0.114) over all pixels;
@@ -435,8 +478,9 @@ def _smoothstep(t: torch.Tensor) -> torch.Tensor:
     return t * t * (3.0 - 2.0 * t)
 
 
-def render_masks(descriptions: Sequence[dict], height: int, width: int, *, device=None,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def render_masks(
+    descriptions: Sequence[dict], height: int, width: int, *, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Renders mask descriptions (as found in ``degrade``'s params) to [N, 1, H, W] in [0, 1].
 
     Coordinates u (columns) and v (rows) run over pixel centres in (-1, 1), so a mask looks the same
@@ -461,7 +505,7 @@ def render_masks(descriptions: Sequence[dict], height: int, width: int, *, devic
             du, dv = u - d["center"][0], v - d["center"][1]
             ru = (du * math.cos(a) + dv * math.sin(a)) / d["radii"][0]
             rv = (-du * math.sin(a) + dv * math.cos(a)) / d["radii"][1]
-            m = 1.0 - _smoothstep((torch.sqrt(ru ** 2 + rv ** 2) - 1.0) / d["softness"] + 0.5)
+            m = 1.0 - _smoothstep((torch.sqrt(ru**2 + rv**2) - 1.0) / d["softness"] + 0.5)
         elif kind == "field":
             grid = torch.tensor(d["grid"], dtype=torch.float64)[None, None]
             m = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=True)[0, 0].clamp(0.0, 1.0)
@@ -507,12 +551,20 @@ _DRAWS_PER_IMAGE = 160  # more than one image can consume (4 ops with kernel-cha
 
 def _random_mask(r: _Uniforms, kind: str) -> dict:
     if kind == "ramp":
-        return {"kind": "ramp", "angle": r.uniform(0.0, 2.0 * math.pi), "offset": r.uniform(-0.5, 0.5),
-                "width": r.uniform(0.5, 2.0)}
+        return {
+            "kind": "ramp",
+            "angle": r.uniform(0.0, 2.0 * math.pi),
+            "offset": r.uniform(-0.5, 0.5),
+            "width": r.uniform(0.5, 2.0),
+        }
     if kind == "ellipse":
-        return {"kind": "ellipse", "center": [r.uniform(-0.4, 0.4), r.uniform(-0.4, 0.4)],
-                "radii": [r.uniform(0.3, 0.8), r.uniform(0.3, 0.8)], "angle": r.uniform(0.0, math.pi),
-                "softness": r.uniform(0.3, 0.8)}
+        return {
+            "kind": "ellipse",
+            "center": [r.uniform(-0.4, 0.4), r.uniform(-0.4, 0.4)],
+            "radii": [r.uniform(0.3, 0.8), r.uniform(0.3, 0.8)],
+            "angle": r.uniform(0.0, math.pi),
+            "softness": r.uniform(0.3, 0.8),
+        }
     return {"kind": "field", "grid": [[r.uniform() for _ in range(FIELD_GRID)] for _ in range(FIELD_GRID)]}
 
 
@@ -539,8 +591,11 @@ def _random_op(r: _Uniforms, name: str, cfg: DegradeConfig) -> dict:
 
 
 def _sample_plan(batch: int, cfg: DegradeConfig, generator: torch.Generator) -> list:
-    draws = torch.rand(batch, _DRAWS_PER_IMAGE, generator=generator, dtype=torch.float64,
-                       device=generator.device).cpu().tolist()
+    draws = (
+        torch.rand(batch, _DRAWS_PER_IMAGE, generator=generator, dtype=torch.float64, device=generator.device)
+        .cpu()
+        .tolist()
+    )
     probabilities = (cfg.p_noise, cfg.p_gaussian_blur, cfg.p_motion_blur, cfg.p_contrast)
     plan = []
     for row in draws:
@@ -560,8 +615,9 @@ def _apply_group(x: torch.Tensor, ops: list, generator: torch.Generator) -> torc
     variation = [op.get("inhomogeneous") for op in ops]
     mask = None
     if variation[0] is not None:
-        mask = render_masks([v["mask"] for v in variation], x.shape[2], x.shape[3], device=x.device,
-                            dtype=_work_dtype(x))
+        mask = render_masks(
+            [v["mask"] for v in variation], x.shape[2], x.shape[3], device=x.device, dtype=_work_dtype(x)
+        )
     outside = variation[0] is not None and variation[0]["mode"] == "kernel"
     values = lambda key: [op[key] for op in ops]  # noqa: E731
     out_values = lambda key: [v[key + "_outside"] for v in variation]  # noqa: E731
@@ -570,9 +626,14 @@ def _apply_group(x: torch.Tensor, ops: list, generator: torch.Generator) -> torc
     if name == "gaussian_blur":
         return gaussian_blur(x, values("sigma"), mask=mask, sigma_outside=out_values("sigma") if outside else None)
     if name == "motion_blur":
-        return motion_blur(x, values("length"), values("angle"), mask=mask,
-                           length_outside=out_values("length") if outside else None,
-                           angle_outside=out_values("angle") if outside else None)
+        return motion_blur(
+            x,
+            values("length"),
+            values("angle"),
+            mask=mask,
+            length_outside=out_values("length") if outside else None,
+            angle_outside=out_values("angle") if outside else None,
+        )
     return adjust_contrast(x, values("contrast"), values("exposure_ev"), mask=mask)
 
 
@@ -585,14 +646,15 @@ def _as_generator(generator: GeneratorArg) -> torch.Generator:
     if isinstance(generator, torch.Generator):
         return generator
     if generator is None:
-        seed = int(torch.randint(0, 2 ** 62, (1,)))  # from the global RNG, so torch.manual_seed applies
+        seed = int(torch.randint(0, 2**62, (1,)))  # from the global RNG, so torch.manual_seed applies
     elif isinstance(generator, int) and not isinstance(generator, bool):
-        if not -2 ** 63 <= generator < 2 ** 64:
+        if not -(2**63) <= generator < 2**64:
             raise ValueError(f"degrade: an int seed must lie in [-2**63, 2**64), got {generator}")
         seed = generator
     else:
-        raise TypeError(f"degrade: generator must be None, an int seed or a torch.Generator, "
-                        f"got {type(generator).__name__}")
+        raise TypeError(
+            f"degrade: generator must be None, an int seed or a torch.Generator, got {type(generator).__name__}"
+        )
     return torch.Generator().manual_seed(seed)
 
 
@@ -607,8 +669,7 @@ def largest_radius(config: DegradeConfig) -> int:
     return max(radii)
 
 
-def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
-            generator: GeneratorArg = None) -> tuple:
+def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None, generator: GeneratorArg = None) -> tuple:
     """Degrades a batch of clean images: x [B, 3, H, W] in [0, 1] -> (y, params).
 
     y has x's shape, dtype and device. params[b] describes image b::
@@ -634,13 +695,15 @@ def degrade(x: torch.Tensor, *, config: Optional[DegradeConfig] = None,
     _check_images(x, "degrade")
     radius = largest_radius(config)
     if x.shape[0] and min(x.shape[-2:]) <= radius:
-        raise ValueError(f"degrade: images of {x.shape[-2]}x{x.shape[-1]} are too small for this config, whose blur "
-                         f"kernels reach radius {radius}: H and W must exceed it (or lower blur_sigma / "
-                         f"motion_length, or the blur probabilities to 0)")
+        raise ValueError(
+            f"degrade: images of {x.shape[-2]}x{x.shape[-1]} are too small for this config, whose blur "
+            f"kernels reach radius {radius}: H and W must exceed it (or lower blur_sigma / "
+            f"motion_length, or the blur probabilities to 0)"
+        )
     generator = _as_generator(generator)
     plan = _sample_plan(x.shape[0], config, generator)
     noise_generator = torch.Generator(device=x.device)
-    noise_generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device)))
+    noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
 
     y = x.to(_work_dtype(x)).clone()
     for slot in range(len(OPS)):

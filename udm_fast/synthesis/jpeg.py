@@ -11,18 +11,28 @@ samples wide, as libjpeg-turbo) and the range limiting. Entropy coding is lossle
 follow libjpeg too: planes are padded to whole blocks by edge replication (chroma rows after the
 downsampling, columns before it), and the decoder upsamples the chroma of the visible area only.
 """
+
 from __future__ import annotations
 
 import torch
 
 # JPEG Annex K tables (natural order), quality 50
 LUMA_TABLE = (
-    (16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55),
-    (14, 13, 16, 24, 40, 57, 69, 56), (14, 17, 22, 29, 51, 87, 80, 62),
-    (18, 22, 37, 56, 68, 109, 103, 77), (24, 35, 55, 64, 81, 104, 113, 92),
-    (49, 64, 78, 87, 103, 121, 120, 101), (72, 92, 95, 98, 112, 100, 103, 99))
-CHROMA_TABLE = ((17, 18, 24, 47, 99, 99, 99, 99), (18, 21, 26, 66, 99, 99, 99, 99),
-                (24, 26, 56, 99, 99, 99, 99, 99), (47, 66, 99, 99, 99, 99, 99, 99)) + ((99,) * 8,) * 4
+    (16, 11, 10, 16, 24, 40, 51, 61),
+    (12, 12, 14, 19, 26, 58, 60, 55),
+    (14, 13, 16, 24, 40, 57, 69, 56),
+    (14, 17, 22, 29, 51, 87, 80, 62),
+    (18, 22, 37, 56, 68, 109, 103, 77),
+    (24, 35, 55, 64, 81, 104, 113, 92),
+    (49, 64, 78, 87, 103, 121, 120, 101),
+    (72, 92, 95, 98, 112, 100, 103, 99),
+)
+CHROMA_TABLE = (
+    (17, 18, 24, 47, 99, 99, 99, 99),
+    (18, 21, 26, 66, 99, 99, 99, 99),
+    (24, 26, 56, 99, 99, 99, 99, 99),
+    (47, 66, 99, 99, 99, 99, 99, 99),
+) + ((99,) * 8,) * 4
 
 _COLOR_BITS = 16  # jccolor.c / jdcolor.c fixed point
 _CONST_BITS, _PASS1_BITS = 13, 2  # jfdctint.c / jidctint.c
@@ -89,8 +99,19 @@ def _idct_1d(v: list, shift: int) -> list:
     tmp0, tmp1 = (v[0] + v[4]) * (1 << _CONST_BITS), (v[0] - v[4]) * (1 << _CONST_BITS)
     tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
     tmp0, tmp1, tmp2, tmp3 = _rotate_odd(v[7], v[5], v[3], v[1])
-    return [_descale(a, shift) for a in (tmp10 + tmp3, tmp11 + tmp2, tmp12 + tmp1, tmp13 + tmp0,
-                                         tmp13 - tmp0, tmp12 - tmp1, tmp11 - tmp2, tmp10 - tmp3)]
+    return [
+        _descale(a, shift)
+        for a in (
+            tmp10 + tmp3,
+            tmp11 + tmp2,
+            tmp12 + tmp1,
+            tmp13 + tmp0,
+            tmp13 - tmp0,
+            tmp12 - tmp1,
+            tmp11 - tmp2,
+            tmp10 - tmp3,
+        )
+    ]
 
 
 def _along_rows(blocks: torch.Tensor, transform, *args) -> torch.Tensor:
@@ -164,6 +185,7 @@ def _rgb_to_ycc(rgb: torch.Tensor) -> tuple:
 
     def f(v):
         return _fix(v, _COLOR_BITS)
+
     y = (f(0.29900) * r + f(0.58700) * g + f(0.11400) * b + half) >> _COLOR_BITS
     cb = (-f(0.16874) * r - f(0.33126) * g + f(0.5) * b + offset + half - 1) >> _COLOR_BITS
     cr = (f(0.5) * r - f(0.41869) * g - f(0.08131) * b + offset + half - 1) >> _COLOR_BITS
@@ -176,6 +198,7 @@ def _ycc_to_rgb(y: torch.Tensor, cb: torch.Tensor, cr: torch.Tensor) -> torch.Te
 
     def f(v):
         return _fix(v, _COLOR_BITS)
+
     r = y + ((f(1.40200) * cr + half) >> _COLOR_BITS)
     g = y + ((-f(0.34414) * cb + half - f(0.71414) * cr) >> _COLOR_BITS)
     b = y + ((f(1.77200) * cb + half) >> _COLOR_BITS)
@@ -187,8 +210,10 @@ def round_trip(pixels: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:
         raise ValueError(f"jpeg.round_trip: expected uint8 [B, 3, H, W], got {pixels.dtype} {list(pixels.shape)}")
     if quality.shape != (pixels.shape[0],) or quality.is_floating_point() or quality.is_complex():
-        raise ValueError(f"jpeg.round_trip: quality must be integers [B] = [{pixels.shape[0]}], got "
-                         f"{quality.dtype} {list(quality.shape)}")
+        raise ValueError(
+            f"jpeg.round_trip: quality must be integers [B] = [{pixels.shape[0]}], got "
+            f"{quality.dtype} {list(quality.shape)}"
+        )
     if quality.numel() and not bool(((quality >= 1) & (quality <= 100)).all()):
         raise ValueError(f"jpeg.round_trip: quality must be in 1..100, got {quality.tolist()}")
     b, _, h, w = pixels.shape

@@ -6,10 +6,21 @@ Typical use: ``udm-fast train configs/default.yaml --data PHOTOS --out runs/x``,
     from udm_fast.train import Trainer, load_config
     Trainer(load_config("configs/tiny.yaml", {"log.out_dir": "runs/tiny"})).run()
 """
+
 from ..eval.metrics import ms_ssim, psnr
 from .config import ConfigError, TrainingConfig, load_config
 from .data import DataError, FolderTriples, PairedTriples, ResumableSampler
 from .trainer import Trainer
 
-__all__ = ["ConfigError", "TrainingConfig", "load_config", "DataError", "FolderTriples", "PairedTriples",
-           "ResumableSampler", "ms_ssim", "psnr", "Trainer"]
+__all__ = [
+    "ConfigError",
+    "TrainingConfig",
+    "load_config",
+    "DataError",
+    "FolderTriples",
+    "PairedTriples",
+    "ResumableSampler",
+    "ms_ssim",
+    "psnr",
+    "Trainer",
+]

@@ -6,6 +6,7 @@ Layout of a run folder: ``config.yaml``, ``log.csv``, ``checkpoints/step_<n>.pt`
 ``checkpoints/latest.pt`` (the same state), ``model.pt`` (``model_ema.pt``) once finished, and
 ``.run.lock`` while a run writes into it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,10 @@ def exclusive_output(out_dir: str) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             owner = f.read().strip() or "another process"
-            raise RuntimeError(f"{out_dir} is being written by another run ({owner}): let it finish, stop it, "
-                               "or choose another output folder") from None
+            raise RuntimeError(
+                f"{out_dir} is being written by another run ({owner}): let it finish, stop it, "
+                "or choose another output folder"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -73,8 +76,10 @@ class RunFolder:
     def check_fresh(self) -> None:
         """Raises FileExistsError when the folder already holds a run's checkpoints."""
         if self.step_checkpoints() or os.path.isfile(self.latest):
-            raise FileExistsError(f"{self.out_dir} already holds a run (checkpoints/): resume it with --resume "
-                                  f"or choose another output folder")
+            raise FileExistsError(
+                f"{self.out_dir} already holds a run (checkpoints/): resume it with --resume "
+                f"or choose another output folder"
+            )
 
     def load_newest(self) -> tuple[str, dict]:
         """(path, contents) of the newest readable checkpoint: the last step_<n>.pt (written before
@@ -116,8 +121,9 @@ def check_training_checkpoint(state, path: str) -> None:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ckpt.CheckpointError(f"{path} is not a udm_fast training checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
-        raise ckpt.CheckpointError(f"{path} has training-checkpoint version {state.get('version')}, "
-                                   f"this udm_fast reads {CHECKPOINT_VERSION}")
+        raise ckpt.CheckpointError(
+            f"{path} has training-checkpoint version {state.get('version')}, this udm_fast reads {CHECKPOINT_VERSION}"
+        )
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list:
@@ -138,8 +144,10 @@ def check_resumed_config(saved: dict, config: TrainingConfig, path: str) -> None
     changed = _changed_keys(TrainingConfig.from_dict(saved).to_dict(), config.to_dict())
     model_changes = [c for c in changed if c.startswith("model.")]
     if model_changes:
-        raise ckpt.CheckpointError(f"{path} was trained with another model (checkpoint -> config now: "
-                                   f"{', '.join(model_changes)}); the model settings cannot change on resume")
+        raise ckpt.CheckpointError(
+            f"{path} was trained with another model (checkpoint -> config now: "
+            f"{', '.join(model_changes)}); the model settings cannot change on resume"
+        )
     if changed:
         log.warning("resuming with changed settings: %s", ", ".join(changed))
 
@@ -149,8 +157,9 @@ def param_group(optimizer: torch.optim.Optimizer, name: str) -> dict:
     for group in optimizer.param_groups:
         if group.get("name") == name:
             return group
-    raise KeyError(f"no parameter group {name!r}; the optimiser has "
-                   f"{[group.get('name') for group in optimizer.param_groups]}")
+    raise KeyError(
+        f"no parameter group {name!r}; the optimiser has {[group.get('name') for group in optimizer.param_groups]}"
+    )
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, path: str) -> None:
@@ -162,8 +171,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, path: str) -> 
     positional = all(name is None for name in saved_names)
     if len(saved_names) != len(names) or not (positional or saved_names == names):
         shown = [f"group {i}" if name is None else name for i, name in enumerate(saved_names)]
-        raise ckpt.CheckpointError(f"{path}: the optimiser's parameter groups are {shown} in the checkpoint "
-                                   f"and {names} now")
+        raise ckpt.CheckpointError(
+            f"{path}: the optimiser's parameter groups are {shown} in the checkpoint and {names} now"
+        )
     optimizer.load_state_dict(saved)
     for group, name in zip(optimizer.param_groups, names):
         group["name"] = name

@@ -6,6 +6,7 @@ a value of the wrong type is an error that names the key. ``configs/default.yaml
 key; the sections ``model``, ``loss.weights`` and ``data.degrade`` are ``UDMConfig``,
 ``LossWeights`` and ``DegradeConfig``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
-from ..synthesis.degrade import DegradeConfig
 from ..losses import LossWeights
 from ..models.udm import UDMConfig
+from ..synthesis.degrade import DegradeConfig
 
 
 class ConfigError(ValueError):
@@ -32,10 +33,10 @@ class ScheduleConfig:
 
     kind: Literal["constant", "step", "cosine"] = "step"
     interval: Literal["epoch", "step"] = "step"  # the unit in which the schedule advances
-    step_size: int = 200000      # step: multiply the rate by gamma every step_size intervals
+    step_size: int = 200000  # step: multiply the rate by gamma every step_size intervals
     gamma: float = 0.5
-    length: int = 0              # cosine: intervals from the base rate to the floor (0 = the whole run)
-    min_lr_ratio: float = 0.0    # cosine: floor as a fraction of the base rate
+    length: int = 0  # cosine: intervals from the base rate to the floor (0 = the whole run)
+    min_lr_ratio: float = 0.0  # cosine: floor as a fraction of the base rate
 
     def __post_init__(self):
         if self.step_size < 1:
@@ -53,21 +54,21 @@ class DataConfig:
     """Where the training images come from and how they are cut (docs/architecture.md §10.1)."""
 
     kind: Literal["folder", "csv", "lmdb"] = "folder"
-    root: Optional[str] = None   # folder: clean images (None = the bundled samples); csv: base of relative paths
-    csv: Optional[str] = None    # csv / lmdb: the index with one row per distorted image
-    lmdb: Optional[str] = None   # lmdb: database whose keys are the CSV path strings
+    root: Optional[str] = None  # folder: clean images (None = the bundled samples); csv: base of relative paths
+    csv: Optional[str] = None  # csv / lmdb: the index with one row per distorted image
+    lmdb: Optional[str] = None  # lmdb: database whose keys are the CSV path strings
     distorted_column: str = "name"
     reference_column: str = "ref_name"
     crop_size: int = 128
-    min_size: int = 0            # csv / lmdb: images with a shorter side are upscaled to it (0 = off)
-    batch_size: int = 24         # global batch, split evenly over DDP ranks
-    workers: int = 8             # DataLoader worker processes per rank (0 = load in the main process)
+    min_size: int = 0  # csv / lmdb: images with a shorter side are upscaled to it (0 = off)
+    batch_size: int = 24  # global batch, split evenly over DDP ranks
+    workers: int = 8  # DataLoader worker processes per rank (0 = load in the main process)
     degrade_on: Literal["auto", "loader", "device"] = "auto"  # folder: where the degradations are synthesised
-    degrade_window: int = 0      # folder: side of the region degraded per item (0 = 2 * crop_size)
+    degrade_window: int = 0  # folder: side of the region degraded per item (0 = 2 * crop_size)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     extensions: tuple = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-    max_retries: int = 32        # unreadable files tried in a row before giving up
-    flips: bool = False          # folder: random horizontal flip and 90-degree rotation of each clean region
+    max_retries: int = 32  # unreadable files tried in a row before giving up
+    flips: bool = False  # folder: random horizontal flip and 90-degree rotation of each clean region
     rescale: tuple = (1.0, 1.0)  # folder: the clean photo is first reduced by a factor drawn from this range
 
     def __post_init__(self):
@@ -82,8 +83,10 @@ class DataConfig:
         if self.degrade_window and self.degrade_window < self.crop_size:
             raise ValueError(f"degrade_window ({self.degrade_window}) must be 0 or >= crop_size ({self.crop_size})")
         if len(self.rescale) != 2 or not 0.0 < self.rescale[0] <= self.rescale[1] <= 1.0:
-            raise ValueError(f"rescale must be [low, high] with 0 < low <= high <= 1 (photos are only reduced, "
-                             f"an enlargement would blur them), got {list(self.rescale)}")
+            raise ValueError(
+                f"rescale must be [low, high] with 0 < low <= high <= 1 (photos are only reduced, "
+                f"an enlargement would blur them), got {list(self.rescale)}"
+            )
         if self.kind in ("csv", "lmdb") and not self.csv:
             raise ValueError(f"kind '{self.kind}' needs csv (the index file)")
         if self.kind == "lmdb" and not self.lmdb:
@@ -99,13 +102,13 @@ class LossConfig:
     """Weights of the objective and where the perceptual networks find their weights."""
 
     weights: LossWeights = field(default_factory=LossWeights)  # film-grain defaults
-    pretrained: bool = True      # false: random VGG16 for DISTS/LPIPS (smoke tests only, meaningless values)
-    vgg_weights: Optional[str] = None    # torchvision vgg16-397923af.pth (else the torch hub cache)
+    pretrained: bool = True  # false: random VGG16 for DISTS/LPIPS (smoke tests only, meaningless values)
+    vgg_weights: Optional[str] = None  # torchvision vgg16-397923af.pth (else the torch hub cache)
     dists_weights: Optional[str] = None  # DISTS alpha/beta weights.pt (else the dists-pytorch package)
     lpips_weights: Optional[str] = None  # LPIPS v0.1 vgg.pth (else the lpips package)
-    download: bool = True        # fetch the VGG16 file when it is not cached (needs a network)
+    download: bool = True  # fetch the VGG16 file when it is not cached (needs a network)
     global_code_from: Literal["y", "y_key"] = "y"  # y_key: the generator's e_g is encoded from the other crop
-    cross_leakage: float = 0.0   # weight of leakage_loss on a second pass: x of another batch item, y's codes
+    cross_leakage: float = 0.0  # weight of leakage_loss on a second pass: x of another batch item, y's codes
 
     def __post_init__(self):
         if not self.cross_leakage >= 0:
@@ -122,11 +125,11 @@ class OptimConfig:
     lr_global_compressor: float = 1e-3
     lr_local_compressor: float = 1e-3
     lr_critic: float = 1e-4
-    lr_quantiles: float = 0.0       # the entropy models' quantiles in their own group (0 = the compressors' rates)
+    lr_quantiles: float = 0.0  # the entropy models' quantiles in their own group (0 = the compressors' rates)
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-3
-    grad_clip: float = 0.0          # max global gradient norm of the generator side (0 = off)
-    critic_grad_clip: float = 0.0   # the same for the critic
+    grad_clip: float = 0.0  # max global gradient norm of the generator side (0 = off)
+    critic_grad_clip: float = 0.0  # the same for the critic
     generator_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     critic_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -144,16 +147,16 @@ class OptimConfig:
 class RunConfig:
     """How the run executes."""
 
-    device: str = "auto"         # auto (cuda if available) | cpu | cuda | cuda:N; under torchrun: cuda:LOCAL_RANK
-    epochs: int = 0              # passes over the data (0 = no limit)
-    max_steps: int = 500000      # iterations (0 = no limit); the run stops at the first limit reached
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N; under torchrun: cuda:LOCAL_RANK
+    epochs: int = 0  # passes over the data (0 = no limit)
+    max_steps: int = 500000  # iterations (0 = no limit); the run stops at the first limit reached
     amp: Literal["none", "bf16", "fp16"] = "none"
-    compile: bool = False        # torch.compile the generator
+    compile: bool = False  # torch.compile the generator
     channels_last: bool = False
     backend: Optional[str] = None  # IDA/SFT kernels: reference | cuda | triton | auto (None = library default)
-    ema_decay: float = 0.0       # EMA of the generator weights (0 = off, else e.g. 0.999)
+    ema_decay: float = 0.0  # EMA of the generator weights (0 = off, else e.g. 0.999)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    threads: int = 0             # torch CPU threads (0 = leave torch's choice)
+    threads: int = 0  # torch CPU threads (0 = leave torch's choice)
 
     def __post_init__(self):
         if self.epochs < 0 or self.max_steps < 0 or self.threads < 0:
@@ -169,13 +172,13 @@ class LogConfig:
     """Outputs of the run: checkpoints, CSV / TensorBoard logs and image grids under out_dir."""
 
     out_dir: str = "runs/udm"
-    log_every: int = 20          # a CSV (and TensorBoard) row every N steps
-    save_every: int = 5000       # a checkpoint every N steps (0 = only at the end)
-    keep_checkpoints: int = 2    # step checkpoints kept besides latest.pt (0 = keep all)
-    image_every: int = 500       # a PNG grid x | y | y_hat every N steps (0 = off)
-    image_count: int = 4         # rows of the grid
+    log_every: int = 20  # a CSV (and TensorBoard) row every N steps
+    save_every: int = 5000  # a checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2  # step checkpoints kept besides latest.pt (0 = keep all)
+    image_every: int = 500  # a PNG grid x | y | y_hat every N steps (0 = off)
+    image_count: int = 4  # rows of the grid
     tensorboard: Literal["auto", "on", "off"] = "auto"  # auto: when the tensorboard package is importable
-    progress: bool = True        # tqdm progress bar on the main rank
+    progress: bool = True  # tqdm progress bar on the main rank
 
     def __post_init__(self):
         for name in ("log_every", "image_count"):
@@ -200,18 +203,25 @@ class TrainingConfig:
 
     def __post_init__(self):
         if self.loss.weights.gan_generator > 0 and not self.model.discriminator:
-            raise ValueError("loss.weights.gan_generator > 0 needs a critic: set model.discriminator: true "
-                             "(or the weight to 0)")
+            raise ValueError(
+                "loss.weights.gan_generator > 0 needs a critic: set model.discriminator: true (or the weight to 0)"
+            )
         if self.model.discriminator:
             if self.model.disc_channels not in (3, 6):
-                raise ValueError(f"model.disc_channels must be 3 (plain critic on y) or 6 (conditioned on x), "
-                                 f"got {self.model.disc_channels}")
+                raise ValueError(
+                    f"model.disc_channels must be 3 (plain critic on y) or 6 (conditioned on x), "
+                    f"got {self.model.disc_channels}"
+                )
             if self.model.disc_in_width != self.data.crop_size:
-                raise ValueError(f"model.disc_in_width ({self.model.disc_in_width}) must equal data.crop_size "
-                                 f"({self.data.crop_size}): it selects the critic's strides for that patch width")
+                raise ValueError(
+                    f"model.disc_in_width ({self.model.disc_in_width}) must equal data.crop_size "
+                    f"({self.data.crop_size}): it selects the critic's strides for that patch width"
+                )
         if self.model.queue_size < self.data.batch_size:
-            raise ValueError(f"model.queue_size ({self.model.queue_size}) must be >= data.batch_size "
-                             f"({self.data.batch_size}): every step enqueues one key per image")
+            raise ValueError(
+                f"model.queue_size ({self.model.queue_size}) must be >= data.batch_size "
+                f"({self.data.batch_size}): every step enqueues one key per image"
+            )
 
     @classmethod
     def from_dict(cls, values: Optional[Mapping]) -> "TrainingConfig":
@@ -286,8 +296,9 @@ def _build(cls: type, values: Any, path: str, base: Any = None) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown key '{_where(path, str(key))}'{hint}; valid keys in "
-                              f"'{path or 'config'}': {names}")
+            raise ConfigError(
+                f"unknown key '{_where(path, str(key))}'{hint}; valid keys in '{path or 'config'}': {names}"
+            )
     hints = typing.get_type_hints(cls)
     defaults = {f.name: _field_default(f) for f in dataclasses.fields(cls) if f.init}
     kwargs = {key: _coerce(hints[key], value, _where(path, key), defaults[key]) for key, value in values.items()}

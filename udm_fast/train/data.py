@@ -20,6 +20,7 @@ Unreadable or missing files are not fatal: the item falls back to the next index
 carries ``skipped`` = ["path: reason", ...] so the trainer reports and counts them. ``max_retries``
 failures in a row raise ``DataError``.
 """
+
 from __future__ import annotations
 
 import abc
@@ -69,13 +70,15 @@ class ResumableSampler(Sampler):
     (epoch, batch) of the next batch; the trainer sets it from the number of batches consumed.
     """
 
-    def __init__(self, size: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+    def __init__(
+        self, size: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ):
         if size < 1:
             raise DataError("the dataset is empty")
         if batch_size < 1 or batch_size % world_size:
-            raise DataError(f"the global batch size {batch_size} must be a positive multiple of the number of "
-                            f"ranks ({world_size})")
+            raise DataError(
+                f"the global batch size {batch_size} must be a positive multiple of the number of ranks ({world_size})"
+            )
         if size < batch_size:
             raise DataError(f"the dataset has {size} items, fewer than one batch ({batch_size})")
         self.size, self.batch_size, self.seed = size, batch_size, seed
@@ -88,14 +91,22 @@ class ResumableSampler(Sampler):
         self.epoch, self.batch = divmod(batches_consumed, self.batches_per_epoch)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "size": self.size, "batch_size": self.batch_size,
-                "seed": self.seed, "world_size": self.world_size}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "size": self.size,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "world_size": self.world_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("size", "batch_size", "seed"):
             if state[key] != getattr(self, key):
-                raise DataError(f"cannot resume the data position: the checkpoint's {key} is {state[key]}, "
-                                f"now {getattr(self, key)} (the data or the config changed)")
+                raise DataError(
+                    f"cannot resume the data position: the checkpoint's {key} is {state[key]}, "
+                    f"now {getattr(self, key)} (the data or the config changed)"
+                )
         self.epoch, self.batch = state["epoch"], state["batch"]
 
     def order(self, epoch: int) -> np.ndarray:
@@ -136,8 +147,9 @@ def decode_image(data: bytes | str, min_side: int = 0) -> np.ndarray:
         raise ItemError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
     if min_side and min(rgb.size) < min_side:
         scale = min_side / min(rgb.size)
-        rgb = rgb.resize((max(min_side, round(rgb.width * scale)), max(min_side, round(rgb.height * scale))),
-                         Image.BICUBIC)
+        rgb = rgb.resize(
+            (max(min_side, round(rgb.width * scale)), max(min_side, round(rgb.height * scale))), Image.BICUBIC
+        )
     return np.asarray(rgb)
 
 
@@ -152,7 +164,7 @@ def random_position(rng: np.random.Generator, height: int, width: int, size: int
 
 def crop(t: torch.Tensor, position: Sequence[int], size: int) -> torch.Tensor:
     i, j = int(position[0]), int(position[1])
-    return t[..., i:i + size, j:j + size]
+    return t[..., i : i + size, j : j + size]
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -215,9 +227,19 @@ class FolderTriples(_SkippingDataset):
     below the window are upscaled to it (their content is clean, so this only changes its scale).
     """
 
-    def __init__(self, root: Optional[str], *, crop_size: int, window: int, degrade_config: DegradeConfig,
-                 degrade_on: str = "loader", extensions: Sequence[str] = (".jpg", ".jpeg", ".png"),
-                 max_retries: int = 32, flips: bool = False, rescale: Sequence[float] = (1.0, 1.0)):
+    def __init__(
+        self,
+        root: Optional[str],
+        *,
+        crop_size: int,
+        window: int,
+        degrade_config: DegradeConfig,
+        degrade_on: str = "loader",
+        extensions: Sequence[str] = (".jpg", ".jpeg", ".png"),
+        max_retries: int = 32,
+        flips: bool = False,
+        rescale: Sequence[float] = (1.0, 1.0),
+    ):
         super().__init__(max_retries)
         self.flips, self.rescale = flips, (float(rescale[0]), float(rescale[1]))
         self.root = SAMPLES_DIR if root is None else os.fspath(root)
@@ -240,18 +262,23 @@ class FolderTriples(_SkippingDataset):
         if self.rescale != (1.0, 1.0):
             image = reduce_randomly(image, rng, self.rescale, self.window)
         top, left = random_position(rng, image.shape[0], image.shape[1], self.window)
-        region = image[top:top + self.window, left:left + self.window]
+        region = image[top : top + self.window, left : left + self.window]
         if self.flips:
             region = np.rot90(region, k=int(rng.integers(0, 4)))
             if rng.integers(0, 2):
                 region = region[:, ::-1]
         region = _chw(region)
         positions = torch.tensor([random_position(rng, self.window, self.window, self.crop_size) for _ in range(2)])
-        degrade_seed = int(rng.integers(0, 2 ** 62))
+        degrade_seed = int(rng.integers(0, 2**62))
         if self.degrade_on == "device":
             return {"window": region, "positions": positions, "degrade_seed": degrade_seed}
-        x, y, y_key = make_triples(region[None], positions[None], self.crop_size, self.degrade_config,
-                                   torch.Generator().manual_seed(degrade_seed))
+        x, y, y_key = make_triples(
+            region[None],
+            positions[None],
+            self.crop_size,
+            self.degrade_config,
+            torch.Generator().manual_seed(degrade_seed),
+        )
         return {"x": x[0], "y": y[0], "y_key": y_key[0]}
 
 
@@ -265,8 +292,9 @@ def reduce_randomly(image: np.ndarray, rng: np.random.Generator, scale_range: tu
     return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC, reducing_gap=2.0))
 
 
-def make_triples(windows: torch.Tensor, positions: torch.Tensor, crop_size: int, config: DegradeConfig,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_triples(
+    windows: torch.Tensor, positions: torch.Tensor, crop_size: int, config: DegradeConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Degrades clean regions and cuts the triples.
 
     windows uint8 [B, 3, W, W] (any device), positions int [B, 2, 2] (rows: the (x, y) crop, the
@@ -289,8 +317,10 @@ def read_pairs(csv_path: str, distorted_column: str, reference_column: str) -> l
         columns = reader.fieldnames or []
         missing = [c for c in (distorted_column, reference_column) if c not in columns]
         if missing:
-            raise DataError(f"{csv_path}: no column(s) {missing}; the header has {columns} "
-                            f"(set data.distorted_column / data.reference_column)")
+            raise DataError(
+                f"{csv_path}: no column(s) {missing}; the header has {columns} "
+                f"(set data.distorted_column / data.reference_column)"
+            )
         pairs = [(row[distorted_column], row[reference_column]) for row in reader]
     if not pairs:
         raise DataError(f"{csv_path}: the index has no rows")
@@ -302,8 +332,9 @@ class LmdbImages:
 
     def __init__(self, path: str):
         if importlib.util.find_spec("lmdb") is None:
-            raise DataError("data.kind 'lmdb' needs the lmdb package: pip install lmdb "
-                            "(or pip install 'udm_fast[lmdb]')")
+            raise DataError(
+                "data.kind 'lmdb' needs the lmdb package: pip install lmdb (or pip install 'udm_fast[lmdb]')"
+            )
         if not os.path.exists(path):
             raise DataError(f"LMDB database not found: {path}")
         self.path = path
@@ -317,8 +348,9 @@ class LmdbImages:
             self._env.close()  # inherited through fork: read-only and lock-free, so closing touches only this copy
             self._env = None
         if self._env is None:
-            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False,
-                                  subdir=os.path.isdir(self.path))
+            self._env = lmdb.open(
+                self.path, readonly=True, lock=False, readahead=False, meminit=False, subdir=os.path.isdir(self.path)
+            )
             self._pid = os.getpid()
         with self._env.begin(buffers=False) as txn:
             value = txn.get(key.encode("utf-8"))
@@ -339,9 +371,18 @@ class PairedTriples(_SkippingDataset):
     its degradation).
     """
 
-    def __init__(self, csv_path: str, *, root: Optional[str] = None, crop_size: int,
-                 distorted_column: str = "name", reference_column: str = "ref_name", min_size: int = 0,
-                 lmdb_path: Optional[str] = None, max_retries: int = 32):
+    def __init__(
+        self,
+        csv_path: str,
+        *,
+        root: Optional[str] = None,
+        crop_size: int,
+        distorted_column: str = "name",
+        reference_column: str = "ref_name",
+        min_size: int = 0,
+        lmdb_path: Optional[str] = None,
+        max_retries: int = 32,
+    ):
         super().__init__(max_retries)
         self.pairs = read_pairs(csv_path, distorted_column, reference_column)
         self.root = os.path.dirname(os.path.abspath(csv_path)) if root is None else os.fspath(root)
@@ -368,21 +409,28 @@ class PairedTriples(_SkippingDataset):
         except ItemError as exc:
             raise ItemError(f"its reference {reference_name}: {exc}") from exc
         if min(a.shape[:2]) < self.crop_size:
-            raise ItemError(f"{a.shape[1]}x{a.shape[0]} is smaller than the crop {self.crop_size} "
-                            f"(set data.min_size to upscale)")
+            raise ItemError(
+                f"{a.shape[1]}x{a.shape[0]} is smaller than the crop {self.crop_size} (set data.min_size to upscale)"
+            )
         if b.shape != a.shape:
             b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.BICUBIC))
         first = random_position(rng, a.shape[0], a.shape[1], self.crop_size)
         second = random_position(rng, a.shape[0], a.shape[1], self.crop_size)
         a_t, b_t = _chw(a), _chw(b)
-        return {"x": crop(b_t, first, self.crop_size), "y": crop(a_t, first, self.crop_size),
-                "y_key": crop(a_t, second, self.crop_size)}
+        return {
+            "x": crop(b_t, first, self.crop_size),
+            "y": crop(a_t, first, self.crop_size),
+            "y_key": crop(a_t, second, self.crop_size),
+        }
 
 
 def collate(items: list) -> dict:
     """Stacks the tensors of the items; concatenates their ``skipped`` lists; seeds become a tensor."""
-    batch = {key: torch.stack([it[key] for it in items]) for key, value in items[0].items()
-             if isinstance(value, torch.Tensor)}
+    batch = {
+        key: torch.stack([it[key] for it in items])
+        for key, value in items[0].items()
+        if isinstance(value, torch.Tensor)
+    }
     for key in ("seed", "degrade_seed"):
         if key in items[0]:
             batch[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
@@ -409,9 +457,24 @@ def build_dataset(data_config, *, kind: Optional[str] = None, device: Optional[t
     kind = kind or c.kind
     if kind == "folder":
         degrade_on = resolve_degrade_on(c.degrade_on, device or torch.device("cpu"))
-        return FolderTriples(c.root, crop_size=c.crop_size, window=c.window, degrade_config=c.degrade,
-                             degrade_on=degrade_on, extensions=c.extensions, max_retries=c.max_retries,
-                             flips=c.flips, rescale=c.rescale)
-    return PairedTriples(c.csv, root=c.root, crop_size=c.crop_size, distorted_column=c.distorted_column,
-                         reference_column=c.reference_column, min_size=c.min_size,
-                         lmdb_path=c.lmdb if kind == "lmdb" else None, max_retries=c.max_retries)
+        return FolderTriples(
+            c.root,
+            crop_size=c.crop_size,
+            window=c.window,
+            degrade_config=c.degrade,
+            degrade_on=degrade_on,
+            extensions=c.extensions,
+            max_retries=c.max_retries,
+            flips=c.flips,
+            rescale=c.rescale,
+        )
+    return PairedTriples(
+        c.csv,
+        root=c.root,
+        crop_size=c.crop_size,
+        distorted_column=c.distorted_column,
+        reference_column=c.reference_column,
+        min_size=c.min_size,
+        lmdb_path=c.lmdb if kind == "lmdb" else None,
+        max_retries=c.max_retries,
+    )

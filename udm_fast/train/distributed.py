@@ -8,6 +8,7 @@ gradients to the same parameters, so the replicas stay identical; ``average_batc
 the BatchNorm running statistics equal too, and the MoCo keys are gathered from every rank
 (``gather_rows``) before each enqueue.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -80,7 +81,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
         flat.div_(world)
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
 
@@ -88,8 +89,13 @@ def average_batchnorm_stats(module: nn.Module) -> None:
     """Replaces every BatchNorm running mean / variance by its mean over ranks."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    stats = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             for b in (m.running_mean, m.running_var) if b is not None]
+    stats = [
+        b
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in (m.running_mean, m.running_var)
+        if b is not None
+    ]
     if not stats:
         return
     flat = torch.cat([s.reshape(-1) for s in stats])
@@ -97,7 +103,7 @@ def average_batchnorm_stats(module: nn.Module) -> None:
     flat.div_(dist.get_world_size())
     offset = 0
     for s in stats:
-        s.copy_(flat[offset:offset + s.numel()].view_as(s))
+        s.copy_(flat[offset : offset + s.numel()].view_as(s))
         offset += s.numel()
 
 

@@ -1,4 +1,5 @@
 """What a training run writes as it goes: log.csv, optional TensorBoard scalars and PNG image grids."""
+
 from __future__ import annotations
 
 import csv
@@ -31,16 +32,24 @@ class RunLogger:
         if log_config.tensorboard != "off":
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.tensorboard = SummaryWriter(os.path.join(out_dir, "tensorboard"))
             except ImportError:
                 if log_config.tensorboard == "on":
-                    raise ConfigError("log.tensorboard is 'on' but the tensorboard package is not installed "
-                                      "(pip install tensorboard, or set it to auto)") from None
+                    raise ConfigError(
+                        "log.tensorboard is 'on' but the tensorboard package is not installed "
+                        "(pip install tensorboard, or set it to auto)"
+                    ) from None
 
     def row(self, step: int, epoch: float, losses: dict, lrs: dict, images_per_s: float, skipped: int) -> None:
-        values = {"step": step, "epoch": f"{epoch:.4f}", **{k: f"{v:.6g}" for k, v in losses.items()},
-                  **{k: f"{v:.6g}" for k, v in lrs.items()}, "images_per_s": f"{images_per_s:.2f}",
-                  "skipped": skipped}
+        values = {
+            "step": step,
+            "epoch": f"{epoch:.4f}",
+            **{k: f"{v:.6g}" for k, v in losses.items()},
+            **{k: f"{v:.6g}" for k, v in lrs.items()},
+            "images_per_s": f"{images_per_s:.2f}",
+            "skipped": skipped,
+        }
         new = self.fields is None
         if new:
             self.fields = list(values)

@@ -1,4 +1,5 @@
 """Learning-rate schedules of the two optimisers: the LambdaLR factor and its restore on resume."""
+
 from __future__ import annotations
 
 import math
@@ -25,12 +26,14 @@ class ScheduleFactor:
         return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, total_steps: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The scheduler of ``optimizer``; its length is ``schedule.length`` or the run's, in steps or epochs
     as ``schedule.interval`` counts them."""
-    length = schedule.length or (total_steps if schedule.interval == "step"
-                                 else math.ceil(total_steps / steps_per_epoch))
+    length = schedule.length or (
+        total_steps if schedule.interval == "step" else math.ceil(total_steps / steps_per_epoch)
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule, length))
 
 

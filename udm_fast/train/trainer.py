@@ -15,6 +15,7 @@ checkpointed; resume restores everything (see ``Trainer.state_dict``).
 
 Images are uint8 from the loader, [0, 1] for the losses and metrics, [-1, 1] inside the model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,14 +32,33 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..eval.leakage import leakage_loss
-from ..losses import (DISTS, LPIPS, color_loss, diversity_loss, entropy_aux_loss, info_nce_loss, l1_loss,
-                      lowpass_l1_loss, spectrum_loss, wgan_critic_loss, wgan_generator_loss)
+from ..losses import (
+    DISTS,
+    LPIPS,
+    color_loss,
+    diversity_loss,
+    entropy_aux_loss,
+    info_nce_loss,
+    l1_loss,
+    lowpass_l1_loss,
+    spectrum_loss,
+    wgan_critic_loss,
+    wgan_generator_loss,
+)
 from ..models import checkpoint as ckpt
 from ..models.udm import UDM
 from ..utils.device import parse_device
 from . import distributed as dist_utils
-from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RunFolder, check_resumed_config,
-                            check_training_checkpoint, exclusive_output, load_optimizer, param_group)
+from .checkpointing import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    RunFolder,
+    check_resumed_config,
+    check_training_checkpoint,
+    exclusive_output,
+    load_optimizer,
+    param_group,
+)
 from .config import ConfigError, TrainingConfig
 from .data import ResumableSampler, batch_generator, build_dataset, collate, make_triples
 from .rng import rng_state, seed_everything, set_rng_state
@@ -78,11 +98,15 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         if c.run.amp == "fp16" and self.device.type == "cpu":
-            log.warning("run.amp is fp16 on the CPU: slow, and the loss scaler skips the steps whose scaled "
-                        "gradients overflow (the schedules still advance); bf16 needs no scaler")
+            log.warning(
+                "run.amp is fp16 on the CPU: slow, and the loss scaler skips the steps whose scaled "
+                "gradients overflow (the schedules still advance); bf16 needs no scaler"
+            )
         if c.data.batch_size % self.dist.world_size:
-            raise ConfigError(f"data.batch_size ({c.data.batch_size}) must be divisible by the number of "
-                              f"processes ({self.dist.world_size})")
+            raise ConfigError(
+                f"data.batch_size ({c.data.batch_size}) must be divisible by the number of "
+                f"processes ({self.dist.world_size})"
+            )
         self.out_dir = c.log.out_dir
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise ConfigError(f"the output folder {self.out_dir} (log.out_dir / --out) is a file")
@@ -108,13 +132,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if c.run.amp == "fp16" else None
 
         self.dataset = build_dataset(c.data, device=self.device)
-        self.sampler = ResumableSampler(len(self.dataset), c.data.batch_size, seed=c.seed, rank=self.dist.rank,
-                                        world_size=self.dist.world_size)
+        self.sampler = ResumableSampler(
+            len(self.dataset), c.data.batch_size, seed=c.seed, rank=self.dist.rank, world_size=self.dist.world_size
+        )
         self.total_steps = self._total_steps()
         per_epoch = self.sampler.batches_per_epoch
         self.scheduler_g = build_scheduler(self.optimizer_g, c.optim.generator_schedule, self.total_steps, per_epoch)
-        self.scheduler_d = (build_scheduler(self.optimizer_d, c.optim.critic_schedule, self.total_steps, per_epoch)
-                            if self.optimizer_d is not None else None)
+        self.scheduler_d = (
+            build_scheduler(self.optimizer_d, c.optim.critic_schedule, self.total_steps, per_epoch)
+            if self.optimizer_d is not None
+            else None
+        )
 
         self.step = 0
         self.skipped = 0
@@ -137,11 +165,13 @@ class Trainer:
         c = self.config.loss
         modules = {}
         if self.weights.dists > 0:
-            modules["dists"] = DISTS(vgg_weights=c.vgg_weights, dists_weights=c.dists_weights,
-                                     pretrained=c.pretrained, download=c.download)
+            modules["dists"] = DISTS(
+                vgg_weights=c.vgg_weights, dists_weights=c.dists_weights, pretrained=c.pretrained, download=c.download
+            )
         if self.weights.lpips > 0:
-            modules["lpips"] = LPIPS(vgg_weights=c.vgg_weights, lpips_weights=c.lpips_weights,
-                                     pretrained=c.pretrained, download=c.download)
+            modules["lpips"] = LPIPS(
+                vgg_weights=c.vgg_weights, lpips_weights=c.lpips_weights, pretrained=c.pretrained, download=c.download
+            )
         if modules and not c.pretrained:
             log.warning("loss.pretrained is false: DISTS/LPIPS use random VGG16 weights (smoke test only)")
         return {name: m.to(self.device).eval() for name, m in modules.items()}
@@ -152,15 +182,21 @@ class Trainer:
 
     def _build_optimizers(self):
         o, m = self.config.optim, self.model
-        groups = [("global_encoder", m.global_encoder.encoder_q, o.lr_global_encoder),
-                  ("local_encoder", m.local_encoder, o.lr_local_encoder),
-                  ("generator", m.generator, o.lr_generator),
-                  ("global_compressor", m.global_compressor, o.lr_global_compressor),
-                  ("local_compressor", m.local_compressor, o.lr_local_compressor)]
+        groups = [
+            ("global_encoder", m.global_encoder.encoder_q, o.lr_global_encoder),
+            ("local_encoder", m.local_encoder, o.lr_local_encoder),
+            ("generator", m.generator, o.lr_generator),
+            ("global_compressor", m.global_compressor, o.lr_global_compressor),
+            ("local_compressor", m.local_compressor, o.lr_local_compressor),
+        ]
         param_groups = [{"params": list(module.parameters()), "lr": lr, "name": name} for name, module, lr in groups]
         if o.lr_quantiles > 0:  # the quantiles only follow the auxiliary loss: their own rate lets it converge
-            quantiles = [p for module in (m.global_compressor, m.local_compressor)
-                         for name, p in module.named_parameters() if name.endswith("quantiles")]
+            quantiles = [
+                p
+                for module in (m.global_compressor, m.local_compressor)
+                for name, p in module.named_parameters()
+                if name.endswith("quantiles")
+            ]
             ids = {id(p) for p in quantiles}
             for group in param_groups:
                 if group["name"] in ("global_compressor", "local_compressor"):
@@ -169,8 +205,12 @@ class Trainer:
         optimizer_g = torch.optim.Adam(param_groups, betas=tuple(o.betas), eps=o.eps)
         optimizer_d = None
         if self.critic is not None:
-            optimizer_d = torch.optim.Adam([{"params": list(self.critic.parameters()), "name": "critic"}],
-                                           lr=o.lr_critic, betas=tuple(o.betas), eps=o.eps)
+            optimizer_d = torch.optim.Adam(
+                [{"params": list(self.critic.parameters()), "name": "critic"}],
+                lr=o.lr_critic,
+                betas=tuple(o.betas),
+                eps=o.eps,
+            )
         return optimizer_g, optimizer_d
 
     def _total_steps(self) -> int:
@@ -183,15 +223,19 @@ class Trainer:
     # ------------------------------------------------------------------ one iteration
 
     def _autocast(self, enabled: bool = True):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype,
-                              enabled=enabled and self.amp_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled and self.amp_dtype is not None)
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 batch -> float (x, y, y_key) in [0, 1] on the device (degraded here for degrade_on=device)."""
         if "window" in batch:
             windows = batch["window"].to(self.device, non_blocking=True)
-            x, y, y_key = make_triples(windows, batch["positions"], self.config.data.crop_size,
-                                       self.config.data.degrade, batch_generator(batch["degrade_seed"], self.device))
+            x, y, y_key = make_triples(
+                windows,
+                batch["positions"],
+                self.config.data.crop_size,
+                self.config.data.degrade,
+                batch_generator(batch["degrade_seed"], self.device),
+            )
         else:
             x, y, y_key = (batch[k].to(self.device, non_blocking=True) for k in ("x", "y", "y_key"))
         fmt = torch.channels_last if self.config.run.channels_last else torch.contiguous_format
@@ -228,8 +272,12 @@ class Trainer:
                 y_cross = self.generator_fn(other * 2 - 1, e_g_hat, e_l_hat)
             extra["cross_leakage"] = leakage_loss((y_cross.float() + 1) / 2, other, x01)
         y_hat01 = (y_hat.float() + 1) / 2
-        terms = {"aux": entropy_aux_loss(m.global_compressor, m.local_compressor),
-                 "contrastive": info_nce_loss(logits), "bits_global": bits_g.mean(), "bits_local": bits_l.mean()}
+        terms = {
+            "aux": entropy_aux_loss(m.global_compressor, m.local_compressor),
+            "contrastive": info_nce_loss(logits),
+            "bits_global": bits_g.mean(),
+            "bits_local": bits_l.mean(),
+        }
         if w.l1 > 0:
             terms["l1"] = l1_loss(y_hat01, y01)
         if w.lowpass_l1 > 0:
@@ -244,12 +292,14 @@ class Trainer:
             for name, module in self.perceptual.items():
                 terms[name] = module(y_hat01, y01)
             if w.gan_generator > 0:
-                terms["gan_generator"] = wgan_generator_loss(self.critic, self._critic_input(x, y_hat),
-                                                             alpha=w.critic_alpha)
+                terms["gan_generator"] = wgan_generator_loss(
+                    self.critic, self._critic_input(x, y_hat), alpha=w.critic_alpha
+                )
         return terms, {"keys": keys, "x": x, "y": y, "y_hat": y_hat.detach().float(), **extra}
 
-    def _optimizer_step(self, optimizer, params: list, loss: torch.Tensor, clip: float,
-                        scaler: Optional[torch.amp.GradScaler]) -> Optional[torch.Tensor]:
+    def _optimizer_step(
+        self, optimizer, params: list, loss: torch.Tensor, clip: float, scaler: Optional[torch.amp.GradScaler]
+    ) -> Optional[torch.Tensor]:
         """Backward, gradient averaging over ranks, clipping at ``clip`` (0: off), step. Returns the
         gradient norm before clipping when clipping is on (logged), else None."""
         optimizer.zero_grad(set_to_none=True)
@@ -284,8 +334,9 @@ class Trainer:
         loss = self.weights.weighted_sum(terms)
         if "cross_leakage" in extra:
             loss = loss + self.config.loss.cross_leakage * extra["cross_leakage"]
-        grad_norm = self._optimizer_step(self.optimizer_g, self.generator_side_parameters(), loss, o.grad_clip,
-                                         self.scaler)
+        grad_norm = self._optimizer_step(
+            self.optimizer_g, self.generator_side_parameters(), loss, o.grad_clip, self.scaler
+        )
         if self.ema is not None:
             self._update_ema()
         self.model.global_encoder.enqueue(dist_utils.gather_rows(extra["keys"]))
@@ -301,10 +352,12 @@ class Trainer:
             fake = self._critic_input(extra["x"], extra["y_hat"])
             # fp16 gradient penalties underflow: with amp fp16 the critic step runs in fp32
             with self._autocast(enabled=self.amp_dtype == torch.bfloat16):
-                critic = wgan_critic_loss(self.critic, real, fake, alpha=self.weights.critic_alpha,
-                                          gp_weight=self.weights.gradient_penalty)
-            critic_norm = self._optimizer_step(self.optimizer_d, list(self.critic.parameters()), critic.total,
-                                               o.critic_grad_clip, None)
+                critic = wgan_critic_loss(
+                    self.critic, real, fake, alpha=self.weights.critic_alpha, gp_weight=self.weights.gradient_penalty
+                )
+            critic_norm = self._optimizer_step(
+                self.optimizer_d, list(self.critic.parameters()), critic.total, o.critic_grad_clip, None
+            )
             logged.update(critic_loss=critic.total.detach(), wasserstein=critic.wasserstein, gp=critic.gp)
             if critic_norm is not None:
                 logged["critic_grad_norm"] = critic_norm
@@ -314,9 +367,16 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         c = self.config.data
-        return DataLoader(self.dataset, batch_size=self.sampler.per_rank, sampler=self.sampler,
-                          num_workers=c.workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, generator=torch.Generator().manual_seed(self.config.seed))
+        return DataLoader(
+            self.dataset,
+            batch_size=self.sampler.per_rank,
+            sampler=self.sampler,
+            num_workers=c.workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
 
     def _request_stop(self, signum, frame) -> None:
         log.warning("signal %d: stopping after this step (a checkpoint will be written)", signum)
@@ -355,8 +415,13 @@ class Trainer:
         per_epoch = self.sampler.batches_per_epoch
         sums: dict = {}
         window_start, window_steps, last = time.perf_counter(), 0, {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and c.log.progress),
-                   dynamic_ncols=True, desc="train")
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (main and c.log.progress),
+            dynamic_ncols=True,
+            desc="train",
+        )
         try:
             batches = iter(self._loader())
             while self.step < self.total_steps and not self._stop_agreed():
@@ -391,8 +456,14 @@ class Trainer:
                 signal.signal(s, handler)
             if logger is not None:
                 logger.close()
-        return {"step": self.step, "epoch": self.step / per_epoch, "losses": last, "out_dir": self.out_dir,
-                "skipped": self.skipped, "finished": self.step >= self.total_steps}
+        return {
+            "step": self.step,
+            "epoch": self.step / per_epoch,
+            "losses": last,
+            "out_dir": self.out_dir,
+            "skipped": self.skipped,
+            "finished": self.step >= self.total_steps,
+        }
 
     def _advance_schedulers(self, per_epoch: int) -> None:
         """Advances each scheduler at its interval (every step, or when an epoch completes)."""
@@ -421,9 +492,14 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue on the same trajectory (this rank's RNG included)."""
         return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
-            "step": self.step, "skipped": self.skipped, "sampler": self.sampler.state_dict(),
-            "model": self.model.state_dict(), "ema": None if self.ema is None else self.ema.state_dict(),
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "skipped": self.skipped,
+            "sampler": self.sampler.state_dict(),
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "optimizer_g": self.optimizer_g.state_dict(),
             "optimizer_d": None if self.optimizer_d is None else self.optimizer_d.state_dict(),
             "scheduler_g": self.scheduler_g.state_dict(),
@@ -448,8 +524,10 @@ class Trainer:
         check_resumed_config(state["config"], self.config, path)
         ckpt.check_and_load(self.model, state["model"], path)
         if (self.ema is None) != (state["ema"] is None):
-            raise ckpt.CheckpointError(f"{path}: run.ema_decay was {'off' if state['ema'] is None else 'on'} "
-                                       f"in the checkpoint and is {'off' if self.ema is None else 'on'} now")
+            raise ckpt.CheckpointError(
+                f"{path}: run.ema_decay was {'off' if state['ema'] is None else 'on'} "
+                f"in the checkpoint and is {'off' if self.ema is None else 'on'} now"
+            )
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         load_optimizer(self.optimizer_g, state["optimizer_g"], path)
@@ -466,8 +544,11 @@ class Trainer:
         if len(rng) == self.dist.world_size:
             set_rng_state(rng[self.dist.rank])
         else:
-            log.warning("the checkpoint has %d ranks, this run %d: the random streams restart (the data "
-                        "order is kept)", len(rng), self.dist.world_size)
+            log.warning(
+                "the checkpoint has %d ranks, this run %d: the random streams restart (the data order is kept)",
+                len(rng),
+                self.dist.world_size,
+            )
             seed_everything(self.config.seed * 1000003 + self.dist.rank + 7919 * self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -479,4 +560,3 @@ class Trainer:
             ema_model = copy.deepcopy(self.model)
             ema_model.generator.load_state_dict(self.ema.state_dict())
             ema_model.save(os.path.join(self.out_dir, "model_ema.pt"), extra=extra)
-

@@ -1,4 +1,5 @@
 """Input checks shared by the public functions that take image batches."""
+
 from __future__ import annotations
 
 import torch
@@ -14,5 +15,6 @@ def check_image_batch(t, what: str) -> None:
     if t.dim() != 4 or t.shape[1] != 3:
         raise ValueError(f"{what} must be an image batch [B, 3, H, W], got shape {list(t.shape)}")
     if not t.is_floating_point():
-        raise TypeError(f"{what} must be a float tensor with values in [0, 1], got {t.dtype} "
-                        "(divide 8-bit images by 255)")
+        raise TypeError(
+            f"{what} must be a float tensor with values in [0, 1], got {t.dtype} (divide 8-bit images by 255)"
+        )

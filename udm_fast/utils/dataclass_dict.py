@@ -1,4 +1,5 @@
 """Strict construction of config dataclasses from mappings (YAML, JSON, checkpoints)."""
+
 from __future__ import annotations
 
 import dataclasses

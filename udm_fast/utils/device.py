@@ -1,4 +1,5 @@
 """Device names given on the command line or in a config: one parsing rule for every caller."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,8 +9,14 @@ import torch
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def parse_device(name: str, *, what: str = "device", option: str = "--device",
-                 types: Sequence[str] = DEVICE_TYPES, error: type[Exception] = ValueError) -> torch.device:
+def parse_device(
+    name: str,
+    *,
+    what: str = "device",
+    option: str = "--device",
+    types: Sequence[str] = DEVICE_TYPES,
+    error: type[Exception] = ValueError,
+) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked to exist.
 
     Messages name the value as ``what`` (``device``, ``run.device``) and say how to change it through

@@ -2,6 +2,7 @@
 
 A crash or an exception mid-write never leaves a half-written file at the target path.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ layout to RGB; each lossy or non-obvious conversion is reported with an ``ImageN
 ``save_image`` writes PNG (8 or 16 bits per channel) or JPEG, chosen by the file extension,
 atomically.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,9 @@ def format_for_path(path: str | os.PathLike) -> str:
     """Pillow format name ("PNG" or "JPEG") that ``save_image`` writes for the extension of ``path``."""
     extension = os.path.splitext(os.fspath(path))[1].lower()
     if extension not in SAVE_FORMATS:
-        raise ImageError(path, f"unsupported output extension {extension or '(none)'!r}; "
-                               f"use one of {', '.join(SAVE_FORMATS)}")
+        raise ImageError(
+            path, f"unsupported output extension {extension or '(none)'!r}; use one of {', '.join(SAVE_FORMATS)}"
+        )
     return SAVE_FORMATS[extension]
 
 
@@ -121,8 +123,9 @@ def _samples(img: Image.Image, path: str, notes: list) -> tuple[np.ndarray, str]
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(img).astype(np.float32)
         if values.min() < 0 or values.max() > 65535:
-            raise ValueError(f"{mode} image values span [{values.min():.0f}, {values.max():.0f}], "
-                             "outside the 16-bit range")
+            raise ValueError(
+                f"{mode} image values span [{values.min():.0f}, {values.max():.0f}], outside the 16-bit range"
+            )
         return values[..., None] / 65535.0, "L"
     if mode in ("1", "L"):
         return _as_unit(img.convert("L")), "L"
@@ -231,5 +234,9 @@ def _encode_png16(pixels: np.ndarray) -> bytes:
     rows = pixels.astype(">u2").reshape(height, width * 3).view(np.uint8)  # 6 bytes per pixel
     scanlines = np.concatenate((np.zeros((height, 1), np.uint8), rows), axis=1)  # filter type 0 per row
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, truecolour, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6))
+        + _png_chunk(b"IEND", b"")
+    )
