@@ -1,10 +1,12 @@
 """Blind image restoration by inversion with the degradation model as re-degrader (docs/restore.md)."""
 from .dps import diffusers_denoiser, dps_sample, redegrader_measurement
 from .invert import (
+                     DEFAULT_LOW_BAND_SIGMA,
                      DEFAULT_STEPS,
                      Identity,
                      KnownOperator,
                      LearnedRedegrader,
+                     LowBandCorrected,
                      Phase,
                      PhaseRecord,
                      PyramidL1,
@@ -12,11 +14,13 @@ from .invert import (
                      Restoration,
                      default_distance,
                      default_phases,
+                     gaussian_lowpass,
                      invert,
                      restore,
 )
 from .prior import DeepImagePrior, Prior
 
-__all__ = ["DEFAULT_STEPS", "DeepImagePrior", "Identity", "KnownOperator", "LearnedRedegrader", "Phase",
+__all__ = ["DEFAULT_LOW_BAND_SIGMA", "DEFAULT_STEPS", "DeepImagePrior", "Identity", "KnownOperator",
+           "LearnedRedegrader", "LowBandCorrected", "Phase",
            "PhaseRecord", "Prior", "PyramidL1", "Redegrader", "Restoration", "default_distance", "default_phases",
-           "diffusers_denoiser", "dps_sample", "invert", "redegrader_measurement", "restore"]
+           "diffusers_denoiser", "dps_sample", "gaussian_lowpass", "invert", "redegrader_measurement", "restore"]

@@ -26,6 +26,7 @@ from .prior import DeepImagePrior, Prior
 MIN_SIDE = 16           # smallest image side restore accepts (the pyramid distance and the DIP need it)
 MAX_SIDE = 1024         # largest image side restore accepts (cost grows with the pixel count; see docs/restore.md)
 PYRAMID_LEVELS = 4
+DEFAULT_LOW_BAND_SIGMA = 2.0   # pixels; the band the learned re-degrader's fit ignores (docs/restore.md)
 
 
 # ----------------------------------------------------------------------------- distances
@@ -127,6 +128,54 @@ class LearnedRedegrader(Redegrader):
     def code(self) -> dict:
         return {"e_g": self.e_g.detach().clone(), "e_l": self.e_l.detach().clone(),
                 "noise": [n.detach().clone() for n in self.noise]}
+
+
+def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of width ``sigma`` pixels (radius ceil(3 sigma)) with reflected borders,
+    [B, C, H, W] -> same shape; any real values (unlike ``udm_fast.degrade.gaussian_blur``, which checks
+    for [0, 1] images), differentiable."""
+    if not sigma > 0:
+        raise ValueError(f"gaussian_lowpass: sigma must be positive, got {sigma}")
+    radius = max(1, math.ceil(3 * sigma))
+    if min(x.shape[-2:]) <= radius:
+        raise ValueError(f"gaussian_lowpass: sigma {sigma} needs images larger than {radius} pixels, got "
+                         f"{list(x.shape[-2:])}")
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+class LowBandCorrected(Redegrader):
+    """A re-degrader whose low band is replaced by that of its input:
+    x -> r(x) - lowpass(r(x)) + lowpass(x), Gaussian ``sigma`` pixels; same code as r.
+
+    The degradations the model handles (noise, blur, JPEG) keep an image's low frequencies, so the low
+    band of y is the low band of the clean image; what a learned re-degrader changes there (a colour or
+    contrast shift of a few percent with the bundled model) is its bias, not information about y, and
+    the prior would compensate it with a shifted restoration. With the correction the low band of the
+    restoration is fitted to y's directly and the re-degrader only explains the band above ``sigma``
+    (docs/restore.md).
+    """
+
+    def __init__(self, inner: Redegrader, sigma: float = DEFAULT_LOW_BAND_SIGMA):
+        super().__init__()
+        if not sigma > 0:
+            raise ValueError(f"LowBandCorrected: sigma must be positive, got {sigma}")
+        self.inner, self.sigma = inner, float(sigma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        degraded = self.inner(x)
+        return degraded - gaussian_lowpass(degraded, self.sigma) + gaussian_lowpass(x, self.sigma)
+
+    def variables(self) -> list:
+        return self.inner.variables()
+
+    def code(self) -> dict:
+        return self.inner.code()
 
 
 @contextlib.contextmanager
@@ -283,10 +332,12 @@ DEFAULT_STEPS = 80
 
 def restore(y: torch.Tensor, model=None, *, prior: Optional[Prior] = None, steps: int = DEFAULT_STEPS,
             phases: Optional[Sequence[Phase]] = None, distance: Optional[nn.Module] = None,
-            seed: int = 0, progress: Optional[Callable[[int, float], None]] = None) -> Restoration:
+            seed: int = 0, low_band_sigma: float = DEFAULT_LOW_BAND_SIGMA,
+            progress: Optional[Callable[[int, float], None]] = None) -> Restoration:
     """Blind restoration of y [B, 3, H, W] in [0, 1]: ``invert`` with the degradation model (default: the
     bundled one) as re-degrader and ``prior`` (default: ``DeepImagePrior()``) under ``default_phases``
-    with ``steps`` in all (or explicit ``phases``); ``distance`` default from ``default_distance``."""
+    with ``steps`` in all (or explicit ``phases``); ``distance`` default from ``default_distance``.
+    ``low_band_sigma`` > 0 wraps the re-degrader in ``LowBandCorrected`` of that width; 0 uses it as is."""
     from ..models.pretrained import default_model
 
     _check_image("y", y)
@@ -296,6 +347,10 @@ def restore(y: torch.Tensor, model=None, *, prior: Optional[Prior] = None, steps
     prior = DeepImagePrior() if prior is None else prior
     distance = default_distance(y.device)[0] if distance is None else distance
     generator = torch.Generator().manual_seed(seed)
+    if low_band_sigma < 0:
+        raise ValueError(f"low_band_sigma must be >= 0 (0 turns the correction off), got {low_band_sigma}")
     redegrader = LearnedRedegrader(model, y, generator)
+    if low_band_sigma > 0:
+        redegrader = LowBandCorrected(redegrader, low_band_sigma)
     phases = default_phases(prior, steps) if phases is None else phases
     return invert(y, prior, redegrader, phases, distance=distance, generator=generator, progress=progress)
