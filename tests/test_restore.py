@@ -331,7 +331,8 @@ def test_cli_restore_writes_the_outputs(tmp_path, capsys):
     from PIL import Image
     assert Image.open(tmp_path / "z.png").size == (20, 24) and Image.open(tmp_path / "r.png").size == (20, 24)
     assert Image.open(tmp_path / "c.png").format == "PNG"
-    assert "4 steps (V 1, theta 3)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 steps (V 1, theta 3)" in out and "low-band correction 2 px" in out
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     early = [r.name for r in result.record if r.stopped_early]
     print(f"wrote {args.out} ({y.shape[-1]}x{y.shape[-2]}): {steps} steps "
           f"({', '.join(f'{r.name} {len(r.losses)}' for r in result.record)}"
-          f"{'; stopped early: ' + ', '.join(early) if early else ''}), distance {distance_name}, "
+          f"{'; stopped early: ' + ', '.join(early) if early else ''}), distance {distance_name}, low-band "
+          f"correction {f'{args.low_band_sigma:g} px' if args.low_band_sigma > 0 else 'off'}, "
           f"final loss {result.record[-1].losses[-1]:.4f}, on {device} in {elapsed:.1f} s")
     return 0
 
