@@ -249,6 +249,30 @@ def test_low_band_correction_undoes_a_biased_re_degrader_in_inversion():
     assert mse(fixed.image, x) < 0.5 * mse(raw.image, x)
 
 
+def test_noise_maps_have_their_own_learning_rate():
+    """noise_lr moves only the noise maps (code_lr 0 keeps e_g, e_l); noise_lr 0 freezes them while the code
+    moves; Adam's first step moves every entry by about its learning rate; default_phases freezes both in V."""
+    model = default_model()
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prior = DeepImagePrior(width=8, input_channels=4)
+    red = LearnedRedegrader(model, y, torch.Generator().manual_seed(0))
+    wrapped = LowBandCorrected(red)
+    assert wrapped.noise_variables() == red.noise and len(red.noise) > 0
+    start = red.code()
+    only_noise = invert(y, prior, wrapped, [Phase("theta", "theta", 1, lr=0.01, code_lr=0.0, noise_lr=0.02)],
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.equal(only_noise.code["e_g"], start["e_g"]) and torch.equal(only_noise.code["e_l"], start["e_l"])
+    step = (only_noise.code["noise"][0] - start["noise"][0]).abs()
+    assert step.max() <= 0.02 * 1.001 and step.median() > 0.01
+    only_code = invert(y, prior, wrapped, [Phase("theta", "theta", 1, lr=0.01, code_lr=0.001, noise_lr=0.0)],
+                       generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(only_code.code["noise"], only_noise.code["noise"]))
+    assert not torch.equal(only_code.code["e_g"], only_noise.code["e_g"])
+    phases = default_phases(prior, 8)
+    assert phases[0].code_lr == 0 and phases[0].noise_lr == 0
+    assert all(p.noise_lr == 0.02 and p.code_lr == 0.001 for p in phases[1:])
+
+
 def test_deep_image_prior_fits_an_image_and_crops_odd_sizes():
     y = torch.rand(1, 3, 21, 27, generator=torch.Generator().manual_seed(0))
     y = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), 3, stride=1)  # smooth content the prior can fit

@@ -2,6 +2,7 @@
 from .dps import diffusers_denoiser, dps_sample, redegrader_measurement
 from .invert import (
                      DEFAULT_LOW_BAND_SIGMA,
+                     DEFAULT_NOISE_LR,
                      DEFAULT_STEPS,
                      Identity,
                      KnownOperator,
@@ -20,7 +21,7 @@ from .invert import (
 )
 from .prior import DeepImagePrior, Prior
 
-__all__ = ["DEFAULT_LOW_BAND_SIGMA", "DEFAULT_STEPS", "DeepImagePrior", "Identity", "KnownOperator",
+__all__ = ["DEFAULT_LOW_BAND_SIGMA", "DEFAULT_NOISE_LR", "DEFAULT_STEPS", "DeepImagePrior", "Identity", "KnownOperator",
            "LearnedRedegrader", "LowBandCorrected", "Phase",
            "PhaseRecord", "Prior", "PyramidL1", "Redegrader", "Restoration", "default_distance", "default_phases",
            "diffusers_denoiser", "dps_sample", "gaussian_lowpass", "invert", "redegrader_measurement", "restore"]

@@ -27,6 +27,7 @@ MIN_SIDE = 16           # smallest image side restore accepts (the pyramid dista
 MAX_SIDE = 1024         # largest image side restore accepts (cost grows with the pixel count; see docs/restore.md)
 PYRAMID_LEVELS = 4
 DEFAULT_LOW_BAND_SIGMA = 2.0   # pixels; the band the learned re-degrader's fit ignores (docs/restore.md)
+DEFAULT_NOISE_LR = 0.02        # Adam step of the noise maps, 20x the code's: they take y's noise over (docs/restore.md)
 
 
 # ----------------------------------------------------------------------------- distances
@@ -73,9 +74,14 @@ def default_distance(device: torch.device | str = "cpu") -> tuple[nn.Module, str
 
 class Redegrader(nn.Module):
     """Maps the prior's image x [B, 3, H, W] to a degraded image like y; ``variables()`` are the leaf
-    tensors of its code (optimised in the phases that optimise the code), ``code()`` their values."""
+    tensors of its code (optimised in the phases that optimise the code), ``noise_variables()`` the
+    subset that are random-state maps (their own learning rate, ``Phase.noise_lr``), ``code()`` their
+    values."""
 
     def variables(self) -> list:
+        return []
+
+    def noise_variables(self) -> list:
         return []
 
     def code(self) -> dict:
@@ -124,6 +130,9 @@ class LearnedRedegrader(Redegrader):
 
     def variables(self) -> list:
         return [self.e_g, self.e_l, *self.noise]
+
+    def noise_variables(self) -> list:
+        return list(self.noise)
 
     def code(self) -> dict:
         return {"e_g": self.e_g.detach().clone(), "e_l": self.e_l.detach().clone(),
@@ -174,6 +183,9 @@ class LowBandCorrected(Redegrader):
     def variables(self) -> list:
         return self.inner.variables()
 
+    def noise_variables(self) -> list:
+        return self.inner.noise_variables()
+
     def code(self) -> dict:
         return self.inner.code()
 
@@ -198,7 +210,8 @@ def _frozen(*modules: nn.Module):
 @dataclasses.dataclass
 class Phase:
     """One optimisation phase: the prior ``space``, Adam ``steps`` at learning rate ``lr`` for the prior's
-    variables and ``code_lr`` for the re-degrader's (0 freezes the code, as in the V phase).
+    variables and ``code_lr`` for the re-degrader's (0 freezes the code, as in the V phase);
+    ``noise_lr`` for its noise maps (None: ``code_lr``; 0 freezes them).
 
     Early stopping: the phase ends once its loss has not fallen below ``(1 - tol)`` times its best value
     for ``patience`` consecutive steps (``patience=0`` never stops early)."""
@@ -207,21 +220,23 @@ class Phase:
     steps: int
     lr: float
     code_lr: float = 0.0
+    noise_lr: Optional[float] = None
     patience: int = 0
     tol: float = 1e-3
 
 
 def default_phases(prior: Prior, steps: int, lr: float = 0.01, code_lr: float = 0.001,
-                   patience: int = 0) -> list:
-    """The report's schedule for ``prior.spaces``: V (first space, code frozen) then one phase per space
-    with the code optimised, named by the space; ``steps`` split as 1/4 for V and the rest evenly."""
+                   patience: int = 0, noise_lr: float = DEFAULT_NOISE_LR) -> list:
+    """The report's schedule for ``prior.spaces``: V (first space, code and noise maps frozen) then one
+    phase per space with the code (``code_lr``) and the noise maps (``noise_lr``) optimised, named by the
+    space; ``steps`` split as 1/4 for V and the rest evenly."""
     if steps < len(prior.spaces) + 1:
         raise ValueError(f"need at least {len(prior.spaces) + 1} steps for {len(prior.spaces) + 1} phases, got {steps}")
     v_steps = max(1, steps // 4)
     rest = steps - v_steps
     per_space = [rest // len(prior.spaces) + (i < rest % len(prior.spaces)) for i in range(len(prior.spaces))]
-    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, patience)]
-    phases += [Phase(space, space, n, lr, code_lr, patience) for space, n in zip(prior.spaces, per_space)]
+    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, 0.0, patience)]
+    phases += [Phase(space, space, n, lr, code_lr, noise_lr, patience) for space, n in zip(prior.spaces, per_space)]
     return phases
 
 
@@ -276,9 +291,13 @@ def invert(y: torch.Tensor, prior: Prior, redegrader: Redegrader, phases: Sequen
                 prior.enter(phase.space)
                 entered = phase.space
             groups = [{"params": prior.variables(), "lr": phase.lr}]
-            code = redegrader.variables()
+            noise = redegrader.noise_variables()
+            code = [v for v in redegrader.variables() if not any(v is n for n in noise)]
+            noise_lr = phase.code_lr if phase.noise_lr is None else phase.noise_lr
             if phase.code_lr > 0 and code:
                 groups.append({"params": code, "lr": phase.code_lr})
+            if noise_lr > 0 and noise:
+                groups.append({"params": noise, "lr": noise_lr})
             optimiser = torch.optim.Adam(groups)
             losses, best, since_best, stopped = [], math.inf, 0, False
             for _ in range(phase.steps):
