@@ -6,7 +6,8 @@
 Columns (PSNR / MS-SSIM of the restoration against the clean crop, averaged over the photos):
 degraded input; naive blind inversion (the deep image prior fits y directly; its final result, and
 its best snapshot by PSNR against the clean image, an oracle early stop that favours it);
-ours (blind, the bundled model as learned re-degrader, ``udm_fast.restore.restore`` phases); the
+ours (blind, the bundled model as learned re-degrader with the low-band correction of
+``udm_fast.restore.restore``, its phases; ``--raw`` adds the uncorrected re-degrader as a column); the
 non-blind inversion through the true operator (blur, noise with a fixed draw, JPEG by
 straight-through rounding). Same prior, optimiser, steps and seed for every method.
 """
@@ -22,10 +23,12 @@ import torch
 from udm_fast import default_model
 from udm_fast.eval.metrics import ms_ssim, psnr
 from udm_fast.restore import (
+    DEFAULT_LOW_BAND_SIGMA,
     DeepImagePrior,
     Identity,
     KnownOperator,
     LearnedRedegrader,
+    LowBandCorrected,
     default_phases,
     invert,
     operators,
@@ -66,12 +69,19 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N photos (0 = all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tasks", default="", help="comma-separated tasks such as noise,blur+noise (default: all)")
+    parser.add_argument("--raw", action="store_true", help="also run ours without the low-band correction")
     args = parser.parse_args()
+    tasks = TASKS if not args.tasks else [tuple(t.split("+")) for t in args.tasks.split(",")]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown tasks {['+'.join(t) for t in unknown]}; known: {['+'.join(t) for t in TASKS]}")
     torch.set_num_threads(args.threads)
     names = sorted(os.listdir(args.photos))[: args.limit or None]
     cleans = [center_crop(load_image(os.path.join(args.photos, n)), args.size) for n in names]
     model = default_model()
-    methods = ("degraded", "naive", "naive_oracle", "ours", "non_blind")
+    methods = ("degraded", "naive", "naive_oracle", *(("ours_raw",) if args.raw else ()), "ours", "non_blind")
+    inverted = [m for m in methods if m not in ("degraded", "naive_oracle")]
     print(
         f"# {len(cleans)} photos ({', '.join(names)}), {args.size}x{args.size} crops, {args.steps} steps, "
         f"{args.threads} thread(s); PSNR dB / MS-SSIM"
@@ -79,18 +89,20 @@ def main() -> int:
     print("| task | level | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
     start = time.perf_counter()
-    for task in TASKS:
+    for task in tasks:
         for level in range(3):
             scores = {m: [] for m in methods}
             for i, x in enumerate(cleans):
                 y, operator = degrade_with(x, task, level, torch.Generator().manual_seed(1000 + i))
                 results = {"degraded": y}
-                for name in ("naive", "ours", "non_blind"):
+                for name in inverted:
                     g = torch.Generator().manual_seed(0)
                     if name == "naive":
                         redegrader = Identity()
-                    elif name == "ours":
+                    elif name == "ours_raw":
                         redegrader = LearnedRedegrader(model, y, g)
+                    elif name == "ours":
+                        redegrader = LowBandCorrected(LearnedRedegrader(model, y, g), DEFAULT_LOW_BAND_SIGMA)
                     else:
                         redegrader = KnownOperator(operator)
                     prior = DeepImagePrior()

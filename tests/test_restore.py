@@ -16,11 +16,13 @@ from udm_fast.restore import (
     Identity,
     KnownOperator,
     LearnedRedegrader,
+    LowBandCorrected,
     Phase,
     Prior,
     PyramidL1,
     default_phases,
     dps_sample,
+    gaussian_lowpass,
     invert,
     operators,
     redegrader_measurement,
@@ -200,6 +202,101 @@ def test_learned_redegrader_v_phase_freezes_the_code_and_later_phases_move_it():
     assert w.image.shape == y.shape and w.redegraded.shape == y.shape
 
 
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 1.5])
+def test_gaussian_lowpass_matches_scipy_with_mirrored_borders(sigma):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = torch.randn(2, 3, 17, 23, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    # torch's "reflect" padding is scipy's "mirror" (the edge pixel not repeated); truncate=3 gives the
+    # same radius ceil(3 sigma) for these widths
+    expected = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+    torch.testing.assert_close(gaussian_lowpass(x, sigma), torch.from_numpy(expected), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="larger than"):
+        gaussian_lowpass(x[..., :6, :6], 2.0)
+
+
+def test_low_band_correction_removes_a_colour_offset_and_keeps_the_high_band():
+    """r(x) = x + per-channel offset + a pixel checkerboard: the corrected re-degrader returns x plus the
+    checkerboard (whose low band is ~0) and no offset; gradients reach the inner code."""
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    offset = torch.tensor([0.08, -0.05, 0.03], dtype=torch.float64).view(1, 3, 1, 1)
+    i, j = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = 0.1 * (1 - 2 * ((i + j) % 2)).to(torch.float64)
+
+    class Biased(KnownOperator):
+        def __init__(self):
+            super().__init__(lambda t: t + self.offset + checker)
+            self.offset = offset.clone().requires_grad_(True)
+
+        def variables(self):
+            return [self.offset]
+
+    inner = Biased()
+    corrected = LowBandCorrected(inner, sigma=2.0)
+    out = corrected(x)
+    torch.testing.assert_close(out, x + checker, rtol=0, atol=1e-6)
+    assert (inner(x) - x - checker).abs().max() > 0.04  # the offset is there uncorrected
+    assert corrected.variables() == [inner.offset]
+    out.sum().backward()
+    assert inner.offset.grad is not None and inner.offset.grad.abs().max() < 1e-8  # the low band ignores it
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        LowBandCorrected(inner, sigma=0.0)
+
+
+def test_low_band_correction_undoes_a_biased_re_degrader_in_inversion():
+    """y = blur(x*), the re-degrader blur(x) + a colour offset (a biased model): inverting through it
+    shifts the restoration's colours by the offset; with the low-band correction its colours match x*'s."""
+    prior = TinyStyleGAN(layers=3)
+    _, x = _target(prior, seed=5)
+    blur = operators.blur(1.0)
+    y = blur(x)
+    offset = torch.tensor([0.06, -0.04, 0.03], dtype=x.dtype).view(1, 3, 1, 1)
+    biased = KnownOperator(lambda t: blur(t) + offset)
+    phases = [Phase("W", "W", 150, lr=0.05), Phase("W+", "W+", 150, lr=0.02)]
+    mse = lambda a, b: (a - b).pow(2).mean()
+    raw = invert(y, prior, biased, phases, distance=mse, generator=torch.Generator().manual_seed(0))
+    fixed = invert(
+        y, prior, LowBandCorrected(biased, 1.5), phases, distance=mse, generator=torch.Generator().manual_seed(0)
+    )
+    colour_error = lambda im: (im - x).mean((2, 3)).abs().max()
+    assert colour_error(raw.image) > 0.02
+    assert colour_error(fixed.image) < 0.25 * colour_error(raw.image)
+    assert mse(fixed.image, x) < 0.5 * mse(raw.image, x)
+
+
+def test_noise_maps_have_their_own_learning_rate():
+    """noise_lr moves only the noise maps (code_lr 0 keeps e_g, e_l); noise_lr 0 freezes them while the code
+    moves; Adam's first step moves every entry by about its learning rate; default_phases freezes both in V."""
+    model = default_model()
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prior = DeepImagePrior(width=8, input_channels=4)
+    red = LearnedRedegrader(model, y, torch.Generator().manual_seed(0))
+    wrapped = LowBandCorrected(red)
+    assert wrapped.noise_variables() == red.noise and len(red.noise) > 0
+    start = red.code()
+    only_noise = invert(
+        y,
+        prior,
+        wrapped,
+        [Phase("theta", "theta", 1, lr=0.01, code_lr=0.0, noise_lr=0.02)],
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.equal(only_noise.code["e_g"], start["e_g"]) and torch.equal(only_noise.code["e_l"], start["e_l"])
+    step = (only_noise.code["noise"][0] - start["noise"][0]).abs()
+    assert step.max() <= 0.02 * 1.001 and step.median() > 0.01
+    only_code = invert(
+        y,
+        prior,
+        wrapped,
+        [Phase("theta", "theta", 1, lr=0.01, code_lr=0.001, noise_lr=0.0)],
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert all(torch.equal(a, b) for a, b in zip(only_code.code["noise"], only_noise.code["noise"]))
+    assert not torch.equal(only_code.code["e_g"], only_noise.code["e_g"])
+    phases = default_phases(prior, 8)
+    assert phases[0].code_lr == 0 and phases[0].noise_lr == 0
+    assert all(p.noise_lr == 0.02 and p.code_lr == 0.001 for p in phases[1:])
+
+
 def test_deep_image_prior_fits_an_image_and_crops_odd_sizes():
     y = torch.rand(1, 3, 21, 27, generator=torch.Generator().manual_seed(0))
     y = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), 3, stride=1)  # smooth content the prior can fit
@@ -328,7 +425,31 @@ def test_cli_restore_writes_the_outputs(tmp_path, capsys):
 
     assert Image.open(tmp_path / "z.png").size == (20, 24) and Image.open(tmp_path / "r.png").size == (20, 24)
     assert Image.open(tmp_path / "c.png").format == "PNG"
-    assert "4 steps (V 1, theta 3)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 steps (V 1, theta 3)" in out and "low-band correction 2 px" in out
+
+
+def test_cli_restore_curve_without_matplotlib_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    save_image(torch.rand(1, 3, 16, 16), tmp_path / "y.png")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a)
+    )
+    args = [
+        "restore",
+        "--degraded",
+        str(tmp_path / "y.png"),
+        "--out",
+        str(tmp_path / "z.png"),
+        "--curve",
+        str(tmp_path / "c.png"),
+    ]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "pip install matplotlib" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "z.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -357,6 +478,31 @@ def test_cli_restore_errors_are_one_line(tmp_path, capsys, setup, message):
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("udm-fast: error:") and message in err
+    assert not os.path.exists(tmp_path / "z.png")
+
+
+def test_cli_restore_refuses_a_negative_low_band_sigma(tmp_path, capsys):
+    save_image(torch.rand(1, 3, 16, 16), tmp_path / "y.png")
+    assert (
+        cli.main(
+            [
+                "restore",
+                "--degraded",
+                str(tmp_path / "y.png"),
+                "--out",
+                str(tmp_path / "z.png"),
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--low-band-sigma",
+                "-1",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--low-band-sigma must be >= 0" in err
     assert not os.path.exists(tmp_path / "z.png")
 
 

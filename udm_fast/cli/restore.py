@@ -4,13 +4,14 @@ as re-degrader (docs/restore.md). Writes are atomic, so an interrupted run leave
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import time
 
 from tqdm import tqdm
 
 from ..models.loading import load_model
-from ..restore.invert import DEFAULT_STEPS, check_size, default_distance, restore
+from ..restore.invert import DEFAULT_LOW_BAND_SIGMA, DEFAULT_STEPS, check_size, default_distance, restore
 from ..restore.prior import DeepImagePrior
 from ..utils.device import parse_device
 from ..utils.files import write_bytes_atomic
@@ -37,6 +38,14 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
         help=f"optimisation steps in all phases (default {DEFAULT_STEPS})",
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the prior and the noise maps (default 0)")
+    p.add_argument(
+        "--low-band-sigma",
+        type=float,
+        default=DEFAULT_LOW_BAND_SIGMA,
+        metavar="PX",
+        help="fit the restoration's low band (Gaussian, PX pixels) to the photo's and let the model "
+        f"re-degrade only the band above (default {DEFAULT_LOW_BAND_SIGMA:g}; 0 turns it off)",
+    )
     p.add_argument("--redegraded", metavar="PATH", help="also write the final re-degraded image")
     p.add_argument("--curve", metavar="PATH.png", help="also write the loss curve of every phase as a PNG plot")
     p.set_defaults(run=run)
@@ -48,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
             format_for_path(path)
     if args.curve is not None and not args.curve.lower().endswith(".png"):
         raise ValueError(f"--curve must name a .png file, got {args.curve!r}")
+    if args.curve is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--curve draws with matplotlib, which is not installed: pip install matplotlib")
+    if args.low_band_sigma < 0:
+        raise ValueError(f"--low-band-sigma must be >= 0 (0 turns the correction off), got {args.low_band_sigma:g}")
     if args.steps < 2:
         raise ValueError(f"--steps must be at least 2 (one per phase), got {args.steps}")
     device = parse_device(args.device)
@@ -65,7 +78,14 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{loss:.4f}")
 
         result = restore(
-            y, model, prior=DeepImagePrior(), steps=args.steps, distance=distance, seed=args.seed, progress=progress
+            y,
+            model,
+            prior=DeepImagePrior(),
+            steps=args.steps,
+            distance=distance,
+            seed=args.seed,
+            low_band_sigma=args.low_band_sigma,
+            progress=progress,
         )
     elapsed = time.perf_counter() - start
     save_image(result.image.cpu(), args.out)
@@ -78,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out} ({y.shape[-1]}x{y.shape[-2]}): {steps} steps "
         f"({', '.join(f'{r.name} {len(r.losses)}' for r in result.record)}"
-        f"{'; stopped early: ' + ', '.join(early) if early else ''}), distance {distance_name}, "
+        f"{'; stopped early: ' + ', '.join(early) if early else ''}), distance {distance_name}, low-band "
+        f"correction {f'{args.low_band_sigma:g} px' if args.low_band_sigma > 0 else 'off'}, "
         f"final loss {result.record[-1].losses[-1]:.4f}, on {device} in {elapsed:.1f} s"
     )
     return 0

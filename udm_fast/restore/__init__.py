@@ -2,10 +2,13 @@
 
 from .dps import diffusers_denoiser, dps_sample, redegrader_measurement
 from .invert import (
+    DEFAULT_LOW_BAND_SIGMA,
+    DEFAULT_NOISE_LR,
     DEFAULT_STEPS,
     Identity,
     KnownOperator,
     LearnedRedegrader,
+    LowBandCorrected,
     Phase,
     PhaseRecord,
     PyramidL1,
@@ -13,17 +16,21 @@ from .invert import (
     Restoration,
     default_distance,
     default_phases,
+    gaussian_lowpass,
     invert,
     restore,
 )
 from .prior import DeepImagePrior, Prior
 
 __all__ = [
+    "DEFAULT_LOW_BAND_SIGMA",
+    "DEFAULT_NOISE_LR",
     "DEFAULT_STEPS",
     "DeepImagePrior",
     "Identity",
     "KnownOperator",
     "LearnedRedegrader",
+    "LowBandCorrected",
     "Phase",
     "PhaseRecord",
     "Prior",
@@ -34,6 +41,7 @@ __all__ = [
     "default_phases",
     "diffusers_denoiser",
     "dps_sample",
+    "gaussian_lowpass",
     "invert",
     "redegrader_measurement",
     "restore",

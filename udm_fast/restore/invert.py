@@ -27,6 +27,8 @@ from .prior import DeepImagePrior, Prior
 MIN_SIDE = 16  # smallest image side restore accepts (the pyramid distance and the DIP need it)
 MAX_SIDE = 1024  # largest image side restore accepts (cost grows with the pixel count; see docs/restore.md)
 PYRAMID_LEVELS = 4
+DEFAULT_LOW_BAND_SIGMA = 2.0  # pixels; the band the learned re-degrader's fit ignores (docs/restore.md)
+DEFAULT_NOISE_LR = 0.02  # Adam step of the noise maps, 20x the code's: they take y's noise over (docs/restore.md)
 
 
 # ----------------------------------------------------------------------------- distances
@@ -73,9 +75,14 @@ def default_distance(device: torch.device | str = "cpu") -> tuple[nn.Module, str
 
 class Redegrader(nn.Module):
     """Maps the prior's image x [B, 3, H, W] to a degraded image like y; ``variables()`` are the leaf
-    tensors of its code (optimised in the phases that optimise the code), ``code()`` their values."""
+    tensors of its code (optimised in the phases that optimise the code), ``noise_variables()`` the
+    subset that are random-state maps (their own learning rate, ``Phase.noise_lr``), ``code()`` their
+    values."""
 
     def variables(self) -> list:
+        return []
+
+    def noise_variables(self) -> list:
         return []
 
     def code(self) -> dict:
@@ -127,12 +134,67 @@ class LearnedRedegrader(Redegrader):
     def variables(self) -> list:
         return [self.e_g, self.e_l, *self.noise]
 
+    def noise_variables(self) -> list:
+        return list(self.noise)
+
     def code(self) -> dict:
         return {
             "e_g": self.e_g.detach().clone(),
             "e_l": self.e_l.detach().clone(),
             "noise": [n.detach().clone() for n in self.noise],
         }
+
+
+def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of width ``sigma`` pixels (radius ceil(3 sigma)) with reflected borders,
+    [B, C, H, W] -> same shape; any real values (unlike ``udm_fast.degrade.gaussian_blur``, which checks
+    for [0, 1] images), differentiable."""
+    if not sigma > 0:
+        raise ValueError(f"gaussian_lowpass: sigma must be positive, got {sigma}")
+    radius = max(1, math.ceil(3 * sigma))
+    if min(x.shape[-2:]) <= radius:
+        raise ValueError(
+            f"gaussian_lowpass: sigma {sigma} needs images larger than {radius} pixels, got {list(x.shape[-2:])}"
+        )
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+class LowBandCorrected(Redegrader):
+    """A re-degrader whose low band is replaced by that of its input:
+    x -> r(x) - lowpass(r(x)) + lowpass(x), Gaussian ``sigma`` pixels; same code as r.
+
+    The degradations the model handles (noise, blur, JPEG) keep an image's low frequencies, so the low
+    band of y is the low band of the clean image; what a learned re-degrader changes there (a colour or
+    contrast shift of a few percent with the bundled model) is its bias, not information about y, and
+    the prior would compensate it with a shifted restoration. With the correction the low band of the
+    restoration is fitted to y's directly and the re-degrader only explains the band above ``sigma``
+    (docs/restore.md).
+    """
+
+    def __init__(self, inner: Redegrader, sigma: float = DEFAULT_LOW_BAND_SIGMA):
+        super().__init__()
+        if not sigma > 0:
+            raise ValueError(f"LowBandCorrected: sigma must be positive, got {sigma}")
+        self.inner, self.sigma = inner, float(sigma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        degraded = self.inner(x)
+        return degraded - gaussian_lowpass(degraded, self.sigma) + gaussian_lowpass(x, self.sigma)
+
+    def variables(self) -> list:
+        return self.inner.variables()
+
+    def noise_variables(self) -> list:
+        return self.inner.noise_variables()
+
+    def code(self) -> dict:
+        return self.inner.code()
 
 
 @contextlib.contextmanager
@@ -156,7 +218,8 @@ def _frozen(*modules: nn.Module):
 @dataclasses.dataclass
 class Phase:
     """One optimisation phase: the prior ``space``, Adam ``steps`` at learning rate ``lr`` for the prior's
-    variables and ``code_lr`` for the re-degrader's (0 freezes the code, as in the V phase).
+    variables and ``code_lr`` for the re-degrader's (0 freezes the code, as in the V phase);
+    ``noise_lr`` for its noise maps (None: ``code_lr``; 0 freezes them).
 
     Early stopping: the phase ends once its loss has not fallen below ``(1 - tol)`` times its best value
     for ``patience`` consecutive steps (``patience=0`` never stops early)."""
@@ -166,20 +229,29 @@ class Phase:
     steps: int
     lr: float
     code_lr: float = 0.0
+    noise_lr: Optional[float] = None
     patience: int = 0
     tol: float = 1e-3
 
 
-def default_phases(prior: Prior, steps: int, lr: float = 0.01, code_lr: float = 0.001, patience: int = 0) -> list:
-    """The report's schedule for ``prior.spaces``: V (first space, code frozen) then one phase per space
-    with the code optimised, named by the space; ``steps`` split as 1/4 for V and the rest evenly."""
+def default_phases(
+    prior: Prior,
+    steps: int,
+    lr: float = 0.01,
+    code_lr: float = 0.001,
+    patience: int = 0,
+    noise_lr: float = DEFAULT_NOISE_LR,
+) -> list:
+    """The report's schedule for ``prior.spaces``: V (first space, code and noise maps frozen) then one
+    phase per space with the code (``code_lr``) and the noise maps (``noise_lr``) optimised, named by the
+    space; ``steps`` split as 1/4 for V and the rest evenly."""
     if steps < len(prior.spaces) + 1:
         raise ValueError(f"need at least {len(prior.spaces) + 1} steps for {len(prior.spaces) + 1} phases, got {steps}")
     v_steps = max(1, steps // 4)
     rest = steps - v_steps
     per_space = [rest // len(prior.spaces) + (i < rest % len(prior.spaces)) for i in range(len(prior.spaces))]
-    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, patience)]
-    phases += [Phase(space, space, n, lr, code_lr, patience) for space, n in zip(prior.spaces, per_space)]
+    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, 0.0, patience)]
+    phases += [Phase(space, space, n, lr, code_lr, noise_lr, patience) for space, n in zip(prior.spaces, per_space)]
     return phases
 
 
@@ -245,9 +317,13 @@ def invert(
                 prior.enter(phase.space)
                 entered = phase.space
             groups = [{"params": prior.variables(), "lr": phase.lr}]
-            code = redegrader.variables()
+            noise = redegrader.noise_variables()
+            code = [v for v in redegrader.variables() if not any(v is n for n in noise)]
+            noise_lr = phase.code_lr if phase.noise_lr is None else phase.noise_lr
             if phase.code_lr > 0 and code:
                 groups.append({"params": code, "lr": phase.code_lr})
+            if noise_lr > 0 and noise:
+                groups.append({"params": noise, "lr": noise_lr})
             optimiser = torch.optim.Adam(groups)
             losses, best, since_best, stopped = [], math.inf, 0, False
             for _ in range(phase.steps):
@@ -310,11 +386,13 @@ def restore(
     phases: Optional[Sequence[Phase]] = None,
     distance: Optional[nn.Module] = None,
     seed: int = 0,
+    low_band_sigma: float = DEFAULT_LOW_BAND_SIGMA,
     progress: Optional[Callable[[int, float], None]] = None,
 ) -> Restoration:
     """Blind restoration of y [B, 3, H, W] in [0, 1]: ``invert`` with the degradation model (default: the
     bundled one) as re-degrader and ``prior`` (default: ``DeepImagePrior()``) under ``default_phases``
-    with ``steps`` in all (or explicit ``phases``); ``distance`` default from ``default_distance``."""
+    with ``steps`` in all (or explicit ``phases``); ``distance`` default from ``default_distance``.
+    ``low_band_sigma`` > 0 wraps the re-degrader in ``LowBandCorrected`` of that width; 0 uses it as is."""
     from ..models.pretrained import default_model
 
     _check_image("y", y)
@@ -324,6 +402,10 @@ def restore(
     prior = DeepImagePrior() if prior is None else prior
     distance = default_distance(y.device)[0] if distance is None else distance
     generator = torch.Generator().manual_seed(seed)
+    if low_band_sigma < 0:
+        raise ValueError(f"low_band_sigma must be >= 0 (0 turns the correction off), got {low_band_sigma}")
     redegrader = LearnedRedegrader(model, y, generator)
+    if low_band_sigma > 0:
+        redegrader = LowBandCorrected(redegrader, low_band_sigma)
     phases = default_phases(prior, steps) if phases is None else phases
     return invert(y, prior, redegrader, phases, distance=distance, generator=generator, progress=progress)
