@@ -11,6 +11,7 @@ import types
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_training import tiny
 
 from udm_fast.losses import MissingWeightsError
 from udm_fast.models import checkpoint as ckpt
@@ -20,29 +21,6 @@ from udm_fast.train.config import ConfigError, ScheduleConfig, load_config
 from udm_fast.train.data import DataError
 from udm_fast.train.schedules import ScheduleFactor
 from udm_fast.train.trainer import Trainer
-
-TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(out_dir, **overrides):
-    """configs/tiny.yaml on the bundled photos, single-threaded, one CSV row per step, no grids."""
-    base = {
-        "log.out_dir": str(out_dir),
-        "log.progress": False,
-        "log.log_every": 1,
-        "log.image_every": 0,
-        "log.save_every": 0,
-        "run.threads": 1,
-        "data.degrade_window": 48,
-    }
-    return load_config(TINY, {**base, **overrides})
 
 
 def read_log(out_dir):

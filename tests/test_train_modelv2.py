@@ -1,12 +1,12 @@
 """Training options of the bundled model v2: augmentation (flips, 90-degree rotations, reductions), e_g from
 y_key, the quantiles' own optimiser group and the cross-content leakage term."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_training import TINY
+from tiny_training import tiny as tiny_config
 
 from udm_fast.eval.leakage import leakage_loss
 from udm_fast.synthesis.degrade import DegradeConfig
@@ -14,29 +14,10 @@ from udm_fast.train.config import ConfigError, load_config
 from udm_fast.train.data import FolderTriples, reduce_randomly
 from udm_fast.train.trainer import Trainer
 
-TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(out_dir, **overrides):
-    base = {
-        "log.out_dir": str(out_dir),
-        "log.progress": False,
-        "log.log_every": 1,
-        "log.image_every": 0,
-        "log.save_every": 0,
-        "run.threads": 1,
-        "data.degrade_window": 48,
-        "model.discriminator": False,
-        "loss.weights.gan_generator": 0.0,
-    }
-    return load_config(TINY, {**base, **overrides})
+    """The tiny config without the critic (its terms are covered in test_train.py)."""
+    return tiny_config(out_dir, **{"model.discriminator": False, "loss.weights.gan_generator": 0.0, **overrides})
 
 
 def test_reduce_randomly_scales_within_the_range_and_keeps_the_minimum_side():
