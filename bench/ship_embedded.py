@@ -21,7 +21,8 @@ import sys
 import yaml
 
 from udm_fast import UDM
-from udm_fast.models.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS
+from udm_fast.models.loading import load_model
+from udm_fast.models.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS, default_model, default_model_metadata
 from udm_fast.utils.files import write_bytes_atomic
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -65,6 +66,22 @@ def git_commit() -> str:
     return commit + ("+uncommitted-changes" if dirty else "")
 
 
+def starting_point(init_weights) -> dict | None:
+    """What a fine-tuned run started from (run.init_weights): for "bundled", the record of the bundled model it
+    replaces (hash, commit, steps), else the file's path and weights hash; None for a run from scratch."""
+    if not init_weights:
+        return None
+    if init_weights == "bundled":
+        record = default_model_metadata()
+        return {
+            "source": "bundled",
+            "weights_hash": default_model("cpu").weights_hash(),
+            "commit": record["commit"] if record else None,
+            "steps": record["training_log"]["steps"] if record else None,
+        }
+    return {"source": init_weights, "weights_hash": load_model(init_weights, False, "cpu").weights_hash()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="the training run's output folder")
@@ -78,6 +95,7 @@ def main(argv=None) -> int:
     if not os.path.isfile(model_path):
         raise SystemExit(f"{model_path} missing: the run has not finished")
     model = UDM.load(model_path).update_entropy_tables(force=True)
+    initialised_from = starting_point(config["run"].get("init_weights"))  # before the bundled file is replaced
     summary = log_summary(os.path.join(args.run, "log.csv"), config["data"]["batch_size"])
     model.save(DEFAULT_WEIGHTS, extra={"step": summary["steps"]})
     size = os.path.getsize(DEFAULT_WEIGHTS)
@@ -93,6 +111,7 @@ def main(argv=None) -> int:
         "config": config,
         "training_photos": args.photos,
         "training_log": summary,
+        "initialised_from": initialised_from,
         "note": args.note,
     }
     write_bytes_atomic(DEFAULT_METADATA, json.dumps(metadata, indent=2).encode("utf-8"))

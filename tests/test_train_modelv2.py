@@ -9,6 +9,7 @@ from tiny_training import TINY
 from tiny_training import tiny as tiny_config
 
 from udm_fast.eval.leakage import leakage_loss
+from udm_fast.models.checkpoint import CheckpointError
 from udm_fast.synthesis.degrade import DegradeConfig
 from udm_fast.train.config import ConfigError, load_config
 from udm_fast.train.data import FolderTriples, reduce_randomly
@@ -97,3 +98,23 @@ def test_leakage_loss_of_a_pasted_source_exceeds_that_of_noise():
     pasted = leakage_loss(x + 0.2 * (source - 0.5), x, source)
     noisy = leakage_loss(x + 0.05 * torch.randn(x.shape, generator=g), x, source)
     assert float(pasted) > 0.5 > 0.2 > float(noisy)
+
+
+def test_init_weights_starts_a_fresh_run_from_a_model_file_and_checks_its_shapes(tmp_path):
+    source = Trainer(tiny(tmp_path / "source", seed=7)).model  # another seed: other weights
+    source.save(tmp_path / "start.pt")
+    config = tiny(tmp_path / "run", **{"run.init_weights": str(tmp_path / "start.pt"), "run.max_steps": 1})
+    trainer = Trainer(config)
+    started = trainer.model.state_dict()
+    assert all(torch.equal(started[k], v) for k, v in source.state_dict().items())
+    key = "generator.net.conv_first.conv2d.weight"
+    assert not torch.equal(started[key], Trainer(tiny(tmp_path / "plain")).model.state_dict()[key])
+
+    trainer.run()
+    (tmp_path / "start.pt").unlink()  # a resumed run takes its weights from the checkpoint, not from the file
+    assert Trainer(config, resume=True).step == 1
+    source.save(tmp_path / "start.pt")
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        Trainer(tiny(tmp_path / "wide", **{"model.filters": 16, "run.init_weights": str(tmp_path / "start.pt")}))
+    with pytest.raises(ConfigError, match="no file at"):
+        Trainer(tiny(tmp_path / "missing", **{"run.init_weights": str(tmp_path / "nothing.pt")}))

@@ -157,6 +157,7 @@ class RunConfig:
     ema_decay: float = 0.0  # EMA of the generator weights (0 = off, else e.g. 0.999)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     threads: int = 0  # torch CPU threads (0 = leave torch's choice)
+    init_weights: Optional[str] = None  # a fresh run starts from these weights: "bundled", a model file or a checkpoint
 
     def __post_init__(self):
         if self.epochs < 0 or self.max_steps < 0 or self.threads < 0:

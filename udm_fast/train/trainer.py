@@ -46,6 +46,8 @@ from ..losses import (
     wgan_generator_loss,
 )
 from ..models import checkpoint as ckpt
+from ..models import pretrained
+from ..models.loading import load_model
 from ..models.udm import UDM
 from ..utils.device import parse_device
 from . import distributed as dist_utils
@@ -76,6 +78,21 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
+
+
+def load_initial_weights(model: UDM, source: str) -> None:
+    """Fine-tuning: ``model``'s weights from ``source`` (``"bundled"``, a model file or a training checkpoint);
+    the shapes must match ``model``'s config (CheckpointError listing the keys otherwise)."""
+    if source == "bundled":
+        if not pretrained.DEFAULT_WEIGHTS.is_file():
+            raise ConfigError("run.init_weights is 'bundled' but this install has no bundled weights")
+        weights = None
+    elif not os.path.isfile(source):
+        raise ConfigError(f"run.init_weights: no file at {source}")
+    else:
+        weights = source
+    initial = load_model(weights, official=False, device=torch.device("cpu"))
+    ckpt.check_and_load(model, initial.state_dict(), f"run.init_weights ({source})")
 
 
 class Trainer:
@@ -113,7 +130,10 @@ class Trainer:
         self.run_folder = RunFolder(self.out_dir)
 
         seed_everything(c.seed)  # identical initial weights on every rank
-        self.model = UDM(c.model).to(self.device)
+        self.model = UDM(c.model)
+        if c.run.init_weights and not resume:
+            load_initial_weights(self.model, c.run.init_weights)
+        self.model.to(self.device)
         if c.run.backend is not None:
             self.model.set_backend(c.run.backend)
         if c.run.channels_last:
