@@ -1,6 +1,6 @@
 """Blind image restoration by inversion with the degradation model as re-degrader (docs/restore.md)."""
 
-from .dps import diffusers_denoiser, dps_sample, redegrader_measurement
+from .dps import DiffusersDenoiser, dps_sample, redegrader_measurement
 from .invert import (
     DEFAULT_LOW_BAND_SIGMA,
     DEFAULT_NOISE_LR,
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_NOISE_LR",
     "DEFAULT_STEPS",
     "DeepImagePrior",
+    "DiffusersDenoiser",
     "Identity",
     "KnownOperator",
     "LearnedRedegrader",
@@ -39,7 +40,6 @@ __all__ = [
     "Restoration",
     "default_distance",
     "default_phases",
-    "diffusers_denoiser",
     "dps_sample",
     "gaussian_lowpass",
     "invert",
