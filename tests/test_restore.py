@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from udm_fast import cli, default_model
+from udm_fast.models.pretrained import DEFAULT_WEIGHTS
 from udm_fast.restore import (
     DeepImagePrior,
     Identity,
@@ -518,32 +519,49 @@ def test_cli_restore_curve_without_matplotlib_fails_before_any_work(tmp_path, ca
     assert not (tmp_path / "z.png").exists()
 
 
+def _good_photo(d):
+    save_image(torch.rand(1, 3, 16, 16), d / "bad.png")
+
+
+def _weights_of_another_architecture(d):
+    """A udm_fast model file whose config no longer fits its tensors (filters 8 against the saved ones)."""
+    _good_photo(d)
+    payload = torch.load(DEFAULT_WEIGHTS, weights_only=True)
+    payload["config"]["filters"] = 8
+    torch.save(payload, d / "w.pt")
+
+
 @pytest.mark.parametrize(
-    "setup, message",
+    "setup, extra, message",
     [
-        (lambda d: (d / "bad.png").write_bytes(b"not an image"), "not an image file"),
-        (lambda d: save_image(torch.rand(1, 3, 8, 8), d / "bad.png"), "at least 16x16"),
-        (lambda d: (save_image(torch.rand(1, 3, 16, 16), d / "bad.png"), (d / "w.pt").write_bytes(b"xx")), "w.pt"),
+        (lambda d: (d / "bad.png").write_bytes(b"not an image"), [], "not an image file"),
+        (lambda d: save_image(torch.rand(1, 3, 8, 8), d / "bad.png"), [], "at least 16x16"),
+        (lambda d: (_good_photo(d), (d / "w.pt").write_bytes(b"xx")), ["--weights", "w.pt"], "w.pt"),
+        (
+            lambda d: (_good_photo(d), torch.save({"weights": torch.zeros(2)}, d / "w.pt")),
+            ["--weights", "w.pt"],
+            "is neither a udm_fast model file (model.pt) nor a training checkpoint",
+        ),
+        (_weights_of_another_architecture, ["--weights", "w.pt"], "w.pt: checkpoint does not match the model"),
+        (_good_photo, ["--seed", str(2**64)], "--seed must be an integer from 0 to 2**64 - 1"),
+        (_good_photo, ["--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1"),
     ],
 )
-def test_cli_restore_errors_are_one_line(tmp_path, capsys, setup, message):
+def test_cli_restore_errors_are_one_line(tmp_path, capsys, monkeypatch, setup, extra, message):
+    """One error line, exit code 1, nothing written; a bad --seed is refused before the model is loaded."""
+    from udm_fast.cli import restore as command
+
     setup(tmp_path)
-    args = [
-        "restore",
-        "--degraded",
-        str(tmp_path / "bad.png"),
-        "--out",
-        str(tmp_path / "z.png"),
-        "--steps",
-        "2",
-        "--device",
-        "cpu",
-    ]
-    if (tmp_path / "w.pt").exists():
-        args += ["--weights", str(tmp_path / "w.pt")]
+    monkeypatch.chdir(tmp_path)
+    if "--seed" in extra:
+        monkeypatch.setattr(
+            command, "load_model", lambda *a: pytest.fail("the model was loaded before --seed was checked")
+        )
+    args = ["restore", "--degraded", "bad.png", "--out", "z.png", "--steps", "2", "--device", "cpu", *extra]
     assert cli.main(args) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("udm-fast: error:") and message in err
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("udm-fast: error:") and message in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
     assert not os.path.exists(tmp_path / "z.png")
 
 

@@ -16,7 +16,7 @@ from ..restore.prior import DeepImagePrior
 from ..utils.device import parse_device
 from ..utils.files import write_bytes_atomic
 from ..utils.io import format_for_path, load_image, save_image
-from .common import ParentParsers, set_tile_size
+from .common import ParentParsers, check_seed, set_tile_size
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
@@ -52,6 +52,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    check_seed("--seed", args.seed)
     for path in (args.out, args.redegraded):
         if path is not None:
             format_for_path(path)
