@@ -605,3 +605,30 @@ def test_cli_restore_interrupted_writes_nothing(tmp_path, capsys, monkeypatch):
         == 130
     )
     assert sorted(os.listdir(tmp_path)) == ["y.png"]
+
+
+def test_cli_restore_interrupted_between_writes_keeps_the_old_set(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the second output (the re-degraded image) is written: no output is replaced, the old
+    restoration stays as it was and no temporary file is left."""
+    from udm_fast.utils import files
+
+    save_image(torch.rand(1, 3, 16, 16), tmp_path / "y.png")
+    (tmp_path / "z.png").write_bytes(b"old restoration")
+    real_fsync, synced = files.os.fsync, []
+
+    def fsync_then_interrupt(fd):
+        synced.append(fd)
+        if len(synced) == 2:
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync_then_interrupt)
+    argv = ["restore", "--degraded", str(tmp_path / "y.png"), "--out", str(tmp_path / "z.png"), "--steps", "2"]
+    argv += ["--device", "cpu", "--redegraded", str(tmp_path / "r.png"), "--curve", str(tmp_path / "c.png")]
+    assert cli.main(argv) == 130
+    assert len(synced) == 2
+    assert sorted(os.listdir(tmp_path)) == ["y.png", "z.png"]
+    assert (tmp_path / "z.png").read_bytes() == b"old restoration"
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    assert cli.main(argv) == 0
+    assert sorted(os.listdir(tmp_path)) == ["c.png", "r.png", "y.png", "z.png"]

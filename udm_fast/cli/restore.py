@@ -1,5 +1,6 @@
 """``udm-fast restore``: blind restoration of a photo with the deep image prior and the degradation model
-as re-degrader (docs/restore.md). Writes are atomic, so an interrupted run leaves no partial file."""
+as re-degrader (docs/restore.md). The outputs are written all or nothing (``write_all_atomic``), so an
+interrupted run leaves neither a partial file nor a partial set."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from ..models.loading import load_model
 from ..restore.invert import DEFAULT_LOW_BAND_SIGMA, DEFAULT_STEPS, check_size, default_distance, restore
 from ..restore.prior import DeepImagePrior
 from ..utils.device import parse_device
-from ..utils.files import write_bytes_atomic
-from ..utils.io import format_for_path, load_image, save_image
+from ..utils.files import write_all_atomic
+from ..utils.io import format_for_path, image_writer, load_image
 from .common import ParentParsers, check_seed, set_tile_size
 
 
@@ -89,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     elapsed = time.perf_counter() - start
-    save_image(result.image.cpu(), args.out)
+    outputs = {args.out: image_writer(result.image.cpu(), args.out)}
     if args.redegraded:
-        save_image(result.redegraded.cpu(), args.redegraded)
+        outputs[args.redegraded] = image_writer(result.redegraded.cpu(), args.redegraded)
     if args.curve:
-        write_bytes_atomic(args.curve, loss_curve_png(result.record, distance_name))
+        curve = loss_curve_png(result.record, distance_name)
+        outputs[args.curve] = lambda f: f.write(curve)
+    write_all_atomic(outputs)
     steps = sum(len(r.losses) for r in result.record)
     early = [r.name for r in result.record if r.stopped_early]
     print(
