@@ -27,6 +27,7 @@ from udm_fast.restore import (
     invert,
     operators,
     redegrader_measurement,
+    restore,
 )
 from udm_fast.utils.io import save_image
 
@@ -181,6 +182,23 @@ def test_early_stopping_ends_a_phase_on_a_plateau():
     assert record.stopped_early and 20 <= len(record.losses) < 2000
     best = min(record.losses)
     assert all(v >= best * (1 - 1e-2) for v in record.losses[-20:])
+
+
+def test_restore_stops_early_by_patience_and_tol():
+    """tol 0.5 asks every step to halve the best loss, which the fit never does: each phase ends after its
+    first step and ``patience`` more; patience 0 runs every step; bad values are refused."""
+    model = default_model()
+    y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    prior = DeepImagePrior(width=8, input_channels=4)
+    early = restore(y, model, prior=prior, steps=20, distance=PyramidL1(), patience=2, tol=0.5)
+    assert [(r.name, len(r.losses), r.stopped_early) for r in early.record] == [("V", 3, True), ("theta", 3, True)]
+    full = restore(y, model, prior=prior, steps=20, distance=PyramidL1())
+    assert [(len(r.losses), r.stopped_early) for r in full.record] == [(5, False), (15, False)]
+    assert all(p.tol == 0.25 and p.patience == 4 for p in default_phases(prior, 8, patience=4, tol=0.25))
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        restore(y, model, prior=prior, steps=20, patience=-1)
+    with pytest.raises(ValueError, match=r"tol must be in \[0, 1\)"):
+        restore(y, model, prior=prior, steps=20, patience=2, tol=1.0)
 
 
 def test_learned_redegrader_v_phase_freezes_the_code_and_later_phases_move_it():
@@ -496,6 +514,14 @@ def test_cli_restore_writes_the_outputs(tmp_path, capsys):
     assert "4 steps (V 1, theta 3)" in out and "low-band correction 2 px" in out
 
 
+def test_cli_restore_patience_stops_the_phases_early(tmp_path, capsys):
+    save_image(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)), tmp_path / "y.png")
+    argv = ["restore", "--degraded", str(tmp_path / "y.png"), "--out", str(tmp_path / "z.png"), "--device", "cpu"]
+    assert cli.main(argv + ["--steps", "40", "--patience", "2", "--tol", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "6 steps (V 3, theta 3; stopped early: V, theta)" in out
+
+
 def test_cli_restore_curve_without_matplotlib_fails_before_any_work(tmp_path, capsys, monkeypatch):
     import importlib.util
 
@@ -545,6 +571,8 @@ def _weights_of_another_architecture(d):
         (_weights_of_another_architecture, ["--weights", "w.pt"], "w.pt: checkpoint does not match the model"),
         (_good_photo, ["--seed", str(2**64)], "--seed must be an integer from 0 to 2**64 - 1"),
         (_good_photo, ["--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1"),
+        (_good_photo, ["--patience", "-1"], "patience must be >= 0"),
+        (_good_photo, ["--patience", "3", "--tol", "1.5"], "tol must be in [0, 1)"),
     ],
 )
 def test_cli_restore_errors_are_one_line(tmp_path, capsys, monkeypatch, setup, extra, message):

@@ -12,7 +12,15 @@ import time
 from tqdm import tqdm
 
 from ..models.loading import load_model
-from ..restore.invert import DEFAULT_LOW_BAND_SIGMA, DEFAULT_STEPS, check_size, default_distance, restore
+from ..restore.invert import (
+    DEFAULT_LOW_BAND_SIGMA,
+    DEFAULT_STEPS,
+    DEFAULT_TOL,
+    check_early_stopping,
+    check_size,
+    default_distance,
+    restore,
+)
 from ..restore.prior import DeepImagePrior
 from ..utils.device import parse_device
 from ..utils.files import write_all_atomic
@@ -47,6 +55,20 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
         help="fit the restoration's low band (Gaussian, PX pixels) to the photo's and let the model "
         f"re-degrade only the band above (default {DEFAULT_LOW_BAND_SIGMA:g}; 0 turns it off)",
     )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        metavar="N",
+        help="end a phase once its loss has not improved by the relative --tol for N steps (default 0: never)",
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=DEFAULT_TOL,
+        metavar="T",
+        help=f"relative improvement that counts for --patience (default {DEFAULT_TOL:g})",
+    )
     p.add_argument("--redegraded", metavar="PATH", help="also write the final re-degraded image")
     p.add_argument("--curve", metavar="PATH.png", help="also write the loss curve of every phase as a PNG plot")
     p.set_defaults(run=run)
@@ -63,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--curve draws with matplotlib, which is not installed: pip install matplotlib")
     if args.low_band_sigma < 0:
         raise ValueError(f"--low-band-sigma must be >= 0 (0 turns the correction off), got {args.low_band_sigma:g}")
+    check_early_stopping(args.patience, args.tol)
     if args.steps < 2:
         raise ValueError(f"--steps must be at least 2 (one per phase), got {args.steps}")
     device = parse_device(args.device)
@@ -87,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             distance=distance,
             seed=args.seed,
             low_band_sigma=args.low_band_sigma,
+            patience=args.patience,
+            tol=args.tol,
             progress=progress,
         )
     elapsed = time.perf_counter() - start

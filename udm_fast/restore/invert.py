@@ -28,6 +28,7 @@ MIN_SIDE = 16  # smallest image side restore accepts (the pyramid distance and t
 MAX_SIDE = 1024  # largest image side restore accepts (cost grows with the pixel count; see docs/restore.md)
 PYRAMID_LEVELS = 4
 DEFAULT_LOW_BAND_SIGMA = 2.0  # pixels; the band the learned re-degrader's fit ignores (docs/restore.md)
+DEFAULT_TOL = 1e-3  # relative improvement that resets the early-stopping patience (Phase)
 DEFAULT_NOISE_LR = 0.02  # Adam step of the noise maps, 20x the code's: they take y's noise over (docs/restore.md)
 
 
@@ -231,7 +232,15 @@ class Phase:
     code_lr: float = 0.0
     noise_lr: Optional[float] = None
     patience: int = 0
-    tol: float = 1e-3
+    tol: float = DEFAULT_TOL
+
+
+def check_early_stopping(patience: int, tol: float) -> None:
+    """Raises ValueError unless ``patience`` >= 0 and 0 <= ``tol`` < 1."""
+    if patience < 0:
+        raise ValueError(f"patience must be >= 0 (0 never stops early), got {patience}")
+    if not 0 <= tol < 1:
+        raise ValueError(f"tol must be in [0, 1), got {tol:g}")
 
 
 def default_phases(
@@ -241,17 +250,22 @@ def default_phases(
     code_lr: float = 0.001,
     patience: int = 0,
     noise_lr: float = DEFAULT_NOISE_LR,
+    tol: float = DEFAULT_TOL,
 ) -> list:
     """The report's schedule for ``prior.spaces``: V (first space, code and noise maps frozen) then one
     phase per space with the code (``code_lr``) and the noise maps (``noise_lr``) optimised, named by the
-    space; ``steps`` split as 1/4 for V and the rest evenly."""
+    space; ``steps`` split as 1/4 for V and the rest evenly; every phase stops early by ``patience`` and
+    ``tol`` (see ``Phase``)."""
+    check_early_stopping(patience, tol)
     if steps < len(prior.spaces) + 1:
         raise ValueError(f"need at least {len(prior.spaces) + 1} steps for {len(prior.spaces) + 1} phases, got {steps}")
     v_steps = max(1, steps // 4)
     rest = steps - v_steps
     per_space = [rest // len(prior.spaces) + (i < rest % len(prior.spaces)) for i in range(len(prior.spaces))]
-    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, 0.0, patience)]
-    phases += [Phase(space, space, n, lr, code_lr, noise_lr, patience) for space, n in zip(prior.spaces, per_space)]
+    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, 0.0, patience, tol)]
+    phases += [
+        Phase(space, space, n, lr, code_lr, noise_lr, patience, tol) for space, n in zip(prior.spaces, per_space)
+    ]
     return phases
 
 
@@ -387,11 +401,14 @@ def restore(
     distance: Optional[nn.Module] = None,
     seed: int = 0,
     low_band_sigma: float = DEFAULT_LOW_BAND_SIGMA,
+    patience: int = 0,
+    tol: float = DEFAULT_TOL,
     progress: Optional[Callable[[int, float], None]] = None,
 ) -> Restoration:
     """Blind restoration of y [B, 3, H, W] in [0, 1]: ``invert`` with the degradation model (default: the
     bundled one) as re-degrader and ``prior`` (default: ``DeepImagePrior()``) under ``default_phases``
-    with ``steps`` in all (or explicit ``phases``); ``distance`` default from ``default_distance``.
+    with ``steps`` in all and early stopping by ``patience``, ``tol`` (or explicit ``phases``, which
+    carry their own); ``distance`` default from ``default_distance``.
     ``low_band_sigma`` > 0 wraps the re-degrader in ``LowBandCorrected`` of that width; 0 uses it as is."""
     from ..models.pretrained import default_model
 
@@ -407,5 +424,5 @@ def restore(
     redegrader = LearnedRedegrader(model, y, generator)
     if low_band_sigma > 0:
         redegrader = LowBandCorrected(redegrader, low_band_sigma)
-    phases = default_phases(prior, steps) if phases is None else phases
+    phases = default_phases(prior, steps, patience=patience, tol=tol) if phases is None else phases
     return invert(y, prior, redegrader, phases, distance=distance, generator=generator, progress=progress)
