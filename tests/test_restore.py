@@ -19,8 +19,8 @@ from udm_fast.restore import (
     LearnedRedegrader,
     LowBandCorrected,
     Phase,
-    Prior,
     PyramidL1,
+    StyleGANPrior,
     default_phases,
     dps_sample,
     gaussian_lowpass,
@@ -32,91 +32,70 @@ from udm_fast.restore import (
 from udm_fast.utils.io import save_image
 
 
-class TinyStyleGAN(Prior):
-    """Mapping MLP z -> w, a learned 4x4 constant, N_L layers (2x upsampling) of N_F style-modulated 3x3
-    convolutions, each style s = A_i^l(w) an affine map of its own copy of the latent. Spaces: W [B, D],
-    W+ [B, N_L, D] (one w per layer), W++ [B, N_L, N_F, D] (one per convolution). Weights frozen."""
+class TinySynthesis(nn.Module):
+    """A learned 4x4 constant, ``layers`` layers (2x upsampling) of ``convs`` style-modulated 3x3
+    convolutions, each modulated by s = A_k(w_k), an affine map of its own style input; with ``noise`` each
+    layer adds a learned multiple of its noise input [B, 1, 2^(l+3), 2^(l+3)]. styles [B, layers * convs, D]."""
 
-    spaces = ("W", "W+", "W++")
-
-    def __init__(self, dim: int = 8, channels: int = 8, layers: int = 2, convs: int = 2, seed: int = 0):
+    def __init__(self, dim: int, channels: int, layers: int, convs: int, noise: bool, generator: torch.Generator):
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.dim, self.layers, self.convs = dim, layers, convs
-        self.mapping = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
-        self.const = nn.Parameter(torch.randn(1, channels, 4, 4, generator=g))
+        self.layers, self.convs, self.noise = layers, convs, noise
+        self.const = nn.Parameter(torch.randn(1, channels, 4, 4, generator=generator))
         self.affine = nn.ModuleList(nn.Linear(dim, channels) for _ in range(layers * convs))
         self.conv = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(layers * convs))
         self.rgb = nn.Conv2d(channels, 3, 1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(
-                    torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 1.0 / max(1, p[0].numel()) ** 0.5)
-                )
-            for a in self.affine:
-                a.bias += 1.0
-        self.requires_grad_(False)
-        self.w: torch.Tensor = torch.zeros(0)
-        self.space = "W"
+        self.noise_strength = nn.Parameter(torch.full((layers,), 0.3)) if noise else None
 
-    def styles_latent(self) -> torch.Tensor:
-        """The latent as W++ [B, N_L, N_F, D] (W and W+ are expanded by copying)."""
-        if self.space == "W":
-            return self.w[:, None, None].expand(-1, self.layers, self.convs, -1)
-        if self.space == "W+":
-            return self.w[:, :, None].expand(-1, -1, self.convs, -1)
-        return self.w
+    def noise_shapes(self, batch: int) -> list:
+        return [(batch, 1, 2 ** (layer + 3), 2 ** (layer + 3)) for layer in range(self.layers)]
 
-    def initialise(self, y, generator=None):
-        with torch.no_grad():
-            z = torch.randn(256, self.dim, generator=generator, dtype=y.dtype)
-            w_mean = self.mapping.to(y.dtype)(z).mean(0, keepdim=True)
-        self.to(y.dtype)
-        self.w = w_mean.expand(y.shape[0], -1).clone().requires_grad_(True)
-        self.space = "W"
-
-    def enter(self, space):
-        if self.spaces.index(space) < self.spaces.index(self.space):
-            raise ValueError("spaces are entered coarse to fine")
-        w = self.styles_latent()
-        if space == "W+":
-            w = w[:, :, 0]
-        elif space == "W":
-            w = w[:, 0, 0]
-        self.w = w.detach().clone().requires_grad_(True)
-        self.space = space
-
-    def variables(self):
-        return [self.w]
-
-    def latent(self):
-        return {self.space: self.w.detach().clone()}
-
-    def render(self, wpp: torch.Tensor) -> torch.Tensor:
-        h = self.const.expand(wpp.shape[0], -1, -1, -1)
+    def forward(self, styles: torch.Tensor, noise: list = ()) -> torch.Tensor:
+        h = self.const.expand(styles.shape[0], -1, -1, -1)
         for layer in range(self.layers):
             h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            if self.noise:
+                h = h + self.noise_strength[layer] * noise[layer]
             for i in range(self.convs):
                 k = layer * self.convs + i
-                s = self.affine[k](wpp[:, layer, i])
+                s = self.affine[k](styles[:, k])
                 h = F.leaky_relu(self.conv[k](h * s[:, :, None, None]), 0.2)
         return torch.sigmoid(self.rgb(h))
 
-    def forward(self):
-        return self.render(self.styles_latent())
+
+def tiny_stylegan(
+    dim: int = 8, channels: int = 8, layers: int = 2, convs: int = 2, seed: int = 0, noise: bool = False
+) -> StyleGANPrior:
+    """A random StyleGAN-like generator (mapping MLP z -> w, ``TinySynthesis``) through ``StyleGANPrior``:
+    W [B, D], W+ [B, layers, D], W++ [B, layers, convs, D]; images of 4 * 2^layers pixels a side."""
+    g = torch.Generator().manual_seed(seed)
+    mapping = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
+    synthesis = TinySynthesis(dim, channels, layers, convs, noise, g)
+    with torch.no_grad():
+        for p in [*mapping.parameters(), *synthesis.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 1.0 / max(1, p[0].numel()) ** 0.5))
+        for a in synthesis.affine:
+            a.bias += 1.0
+    return StyleGANPrior(
+        mapping,
+        synthesis,
+        layers,
+        z_dim=dim,
+        styles_per_layer=convs,
+        noise_shapes=synthesis.noise_shapes if noise else None,
+    )
 
 
-def _target(prior: TinyStyleGAN, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w*, G(w*)): a latent from the mapping network and its image."""
+def _target(prior: StyleGANPrior, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w*, G(w*)): a latent from the mapping network and its image (a prior without noise inputs)."""
     prior.to(dtype)
     with torch.no_grad():
-        z = torch.randn(1, prior.dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        z = torch.randn(1, prior.z_dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
         w = prior.mapping(z)
-        return w, prior.render(w[:, None, None].expand(-1, prior.layers, prior.convs, -1))
+        return w, prior.synthesis(w[:, None].expand(-1, prior.num_layers * prior.styles_per_layer, -1))
 
 
 def test_expansion_keeps_the_image_and_phases_visit_every_space():
-    prior = TinyStyleGAN()
+    prior = tiny_stylegan()
     y = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     prior.initialise(y, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -134,10 +113,56 @@ def test_expansion_keeps_the_image_and_phases_visit_every_space():
     assert phases[0].code_lr == 0 and all(p.code_lr > 0 for p in phases[1:]) and sum(p.steps for p in phases) == 40
 
 
+def test_stylegan_prior_optimises_noise_inputs_in_w_plus_plus_only_and_never_its_weights():
+    """Noise inputs: fixed through V/W and W+, optimised in W++ (the image is kept on entering it); the
+    networks' weights do not move, get no gradient and keep their requires_grad flags; start="z" draws one
+    w per image (the mean start gives every image the same); spaces are entered coarse to fine only."""
+    prior = tiny_stylegan(noise=True)
+    y = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = [p.detach().clone() for p in prior.parameters()]
+    seen = []
+    phases = [Phase("W", "W", 4, lr=0.05), Phase("W+", "W+", 4, lr=0.05), Phase("W++", "W++", 4, lr=0.05)]
+    mse = lambda a, b: (a - b).pow(2).mean()
+    result = invert(
+        y,
+        prior,
+        Identity(),
+        phases,
+        distance=mse,
+        generator=torch.Generator().manual_seed(0),
+        progress=lambda done, loss: seen.append([n.detach().clone() for n in prior.noise]),
+    )
+    start = seen[0]
+    assert all(all(torch.equal(a, b) for a, b in zip(step, start)) for step in seen[:8])
+    assert all(not torch.equal(a, b) for a, b in zip(seen[-1], start))
+    assert set(result.latent) == {"W++", "noise"} and result.latent["W++"].shape == (2, 2, 2, 8)
+    for before, after in zip(weights, prior.parameters()):
+        assert torch.equal(before, after) and after.grad is None and after.requires_grad
+    with torch.no_grad():
+        before = prior()
+        prior.enter("W++")
+        torch.testing.assert_close(prior(), before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cannot enter 'W' from 'W\\+\\+'"):
+        prior.enter("W")
+    prior.initialise(y, torch.Generator().manual_seed(0))
+    assert torch.equal(prior.w[0], prior.w[1])
+    drawn = StyleGANPrior(
+        prior.mapping,
+        prior.synthesis,
+        2,
+        z_dim=8,
+        styles_per_layer=2,
+        start="z",
+        noise_shapes=prior.synthesis.noise_shapes,
+    )
+    drawn.initialise(y, torch.Generator().manual_seed(0))
+    assert not torch.equal(drawn.w[0], drawn.w[1]) and drawn().shape == y.shape
+
+
 def test_inverter_recovers_a_known_latent():
     """y = G(w*): the image is matched to 1e-3 of the start's error; the latent (not identifiable exactly: the
     tiny generator maps nearby w to nearly the same image) ends much closer to w* than it started."""
-    prior = TinyStyleGAN()
+    prior = tiny_stylegan()
     w_true, y = _target(prior, seed=3)
     result = invert(
         y,
@@ -160,7 +185,7 @@ def test_inverter_recovers_a_known_latent():
 
 def test_non_blind_inversion_through_a_known_blur_beats_fitting_y():
     """With the true blur as operator the latent of the sharp image is found; fitting y itself finds a blurry one."""
-    prior = TinyStyleGAN(layers=3)
+    prior = tiny_stylegan(layers=3)
     _, x = _target(prior, seed=5)
     blur = operators.blur(1.5)
     y = blur(x)
@@ -174,7 +199,7 @@ def test_non_blind_inversion_through_a_known_blur_beats_fitting_y():
 
 
 def test_early_stopping_ends_a_phase_on_a_plateau():
-    prior = TinyStyleGAN()
+    prior = tiny_stylegan()
     _, y = _target(prior, seed=3)
     phase = Phase("W", "W", 2000, lr=0.05, patience=20, tol=1e-2)
     result = invert(y, prior, Identity(), [phase], distance=lambda a, b: (a - b).pow(2).mean())
@@ -264,7 +289,7 @@ def test_low_band_correction_removes_a_colour_offset_and_keeps_the_high_band():
 def test_low_band_correction_undoes_a_biased_re_degrader_in_inversion():
     """y = blur(x*), the re-degrader blur(x) + a colour offset (a biased model): inverting through it
     shifts the restoration's colours by the offset; with the low-band correction its colours match x*'s."""
-    prior = TinyStyleGAN(layers=3)
+    prior = tiny_stylegan(layers=3)
     _, x = _target(prior, seed=5)
     blur = operators.blur(1.0)
     y = blur(x)

@@ -21,7 +21,7 @@ from .invert import (
     invert,
     restore,
 )
-from .prior import DeepImagePrior, Prior
+from .prior import DeepImagePrior, Prior, StyleGANPrior
 
 __all__ = [
     "DEFAULT_LOW_BAND_SIGMA",
@@ -40,6 +40,7 @@ __all__ = [
     "PyramidL1",
     "Redegrader",
     "Restoration",
+    "StyleGANPrior",
     "default_distance",
     "default_phases",
     "dps_sample",

@@ -199,10 +199,10 @@ class LowBandCorrected(Redegrader):
 
 
 @contextlib.contextmanager
-def _frozen(*modules: nn.Module):
-    """Turns off requires_grad on the parameters of those arguments that are modules for the block, then
-    restores the flags."""
-    params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters()]
+def _frozen(*modules: nn.Module, keep: Sequence[torch.Tensor] = ()):
+    """Turns off requires_grad on the parameters of those arguments that are modules, except the
+    tensors in ``keep``, for the block, then restores the flags."""
+    params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters() if not any(p is k for k in keep)]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -315,7 +315,10 @@ def invert(
     """Fits ``redegrader(prior())`` to y [B, 3, H, W] in [0, 1] phase by phase (see ``Phase``).
 
     ``distance(a, b)`` -> scalar (default ``PyramidL1``); ``progress(steps_done, loss)`` is called after
-    every step. A prior whose image differs in shape from y raises ValueError.
+    every step. Only the prior's ``variables()`` and the re-degrader's code are optimised: the parameters
+    of the distance, of the re-degrader's modules and of the prior (those that are not its variables)
+    have requires_grad off during the phases and get their flags back after. A prior whose image
+    differs in shape from y raises ValueError.
     """
     _check_image("y", y)
     distance = PyramidL1() if distance is None else distance
@@ -330,7 +333,8 @@ def invert(
             if phase.space != entered:
                 prior.enter(phase.space)
                 entered = phase.space
-            groups = [{"params": prior.variables(), "lr": phase.lr}]
+            variables = prior.variables()
+            groups = [{"params": variables, "lr": phase.lr}]
             noise = redegrader.noise_variables()
             code = [v for v in redegrader.variables() if not any(v is n for n in noise)]
             noise_lr = phase.code_lr if phase.noise_lr is None else phase.noise_lr
@@ -340,33 +344,34 @@ def invert(
                 groups.append({"params": noise, "lr": noise_lr})
             optimiser = torch.optim.Adam(groups)
             losses, best, since_best, stopped = [], math.inf, 0, False
-            for _ in range(phase.steps):
-                image = prior()
-                if image.shape != y.shape:
-                    raise ValueError(
-                        f"the prior returned an image of shape {list(image.shape)}, expected y's {list(y.shape)}"
-                    )
-                loss = distance(redegrader(image), y)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise RuntimeError(f"phase {phase.name!r}: the loss became {value} (lower the learning rates)")
-                losses.append(value)
-                done += 1
-                if progress is not None:
-                    progress(done, value)
-                if snapshot_every and done % snapshot_every == 0:
-                    with torch.no_grad():
-                        snapshots.append((done, prior().clamp(0, 1)))
-                if value < best * (1 - phase.tol):
-                    best, since_best = value, 0
-                else:
-                    since_best += 1
-                    if phase.patience and since_best >= phase.patience:
-                        stopped = True
-                        break
+            with _frozen(prior, keep=variables):  # the prior's own weights, unless they are its latent
+                for _ in range(phase.steps):
+                    image = prior()
+                    if image.shape != y.shape:
+                        raise ValueError(
+                            f"the prior returned an image of shape {list(image.shape)}, expected y's {list(y.shape)}"
+                        )
+                    loss = distance(redegrader(image), y)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise RuntimeError(f"phase {phase.name!r}: the loss became {value} (lower the learning rates)")
+                    losses.append(value)
+                    done += 1
+                    if progress is not None:
+                        progress(done, value)
+                    if snapshot_every and done % snapshot_every == 0:
+                        with torch.no_grad():
+                            snapshots.append((done, prior().clamp(0, 1)))
+                    if value < best * (1 - phase.tol):
+                        best, since_best = value, 0
+                    else:
+                        since_best += 1
+                        if phase.patience and since_best >= phase.patience:
+                            stopped = True
+                            break
             record.append(PhaseRecord(phase.name, losses, stopped))
         with torch.no_grad():
             image = prior()
