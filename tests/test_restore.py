@@ -246,6 +246,40 @@ def test_learned_redegrader_v_phase_freezes_the_code_and_later_phases_move_it():
     assert w.image.shape == y.shape and w.redegraded.shape == y.shape
 
 
+def test_default_schedule_with_a_stylegan_prior_and_the_learned_redegrader():
+    """default_phases on a StyleGAN-like prior with a tiny random UDM as re-degrader: the record is V, W,
+    W+, W++ with the planned steps; the code and the noise maps stay at their start through V and move in
+    the phases after; the prior's latent ends in W++."""
+    from udm_fast.models.udm import UDM, UDMConfig
+
+    torch.manual_seed(0)
+    model = UDM(UDMConfig(filters=8, encoder_dim=32, global_dim=16, queue_size=16)).eval()
+    prior = tiny_stylegan(noise=True)
+    y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    redegrader = LearnedRedegrader(model, y, torch.Generator().manual_seed(0))
+    start = redegrader.code()
+    phases = default_phases(prior, 16)
+    codes = []
+    result = invert(
+        y,
+        prior,
+        redegrader,
+        phases,
+        generator=torch.Generator().manual_seed(0),
+        progress=lambda done, loss: codes.append(redegrader.code()),
+    )
+    assert [(r.name, len(r.losses)) for r in result.record] == [("V", 4), ("W", 4), ("W+", 4), ("W++", 4)]
+    assert [p.name for p in phases] == ["V", "W", "W+", "W++"]
+
+    def unchanged(code):
+        same = [torch.equal(code[k], start[k]) for k in ("e_g", "e_l")]
+        return same + [torch.equal(a, b) for a, b in zip(code["noise"], start["noise"])]
+
+    assert all(all(unchanged(code)) for code in codes[:4])
+    assert not any(unchanged(codes[-1]))
+    assert set(result.latent) == {"W++", "noise"} and result.image.shape == y.shape
+
+
 @pytest.mark.parametrize("sigma", [1.0, 2.0, 1.5])
 def test_gaussian_lowpass_matches_scipy_with_mirrored_borders(sigma):
     ndimage = pytest.importorskip("scipy.ndimage")
