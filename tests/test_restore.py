@@ -14,6 +14,7 @@ from udm_fast import cli, default_model
 from udm_fast.models.pretrained import DEFAULT_WEIGHTS
 from udm_fast.restore import (
     DeepImagePrior,
+    DiffusersDenoiser,
     Identity,
     KnownOperator,
     LearnedRedegrader,
@@ -246,14 +247,19 @@ def test_learned_redegrader_v_phase_freezes_the_code_and_later_phases_move_it():
     assert w.image.shape == y.shape and w.redegraded.shape == y.shape
 
 
+def _tiny_udm():
+    """A small randomly initialised degradation model (eval mode)."""
+    from udm_fast.models.udm import UDM, UDMConfig
+
+    torch.manual_seed(0)
+    return UDM(UDMConfig(filters=8, encoder_dim=32, global_dim=16, queue_size=16)).eval()
+
+
 def test_default_schedule_with_a_stylegan_prior_and_the_learned_redegrader():
     """default_phases on a StyleGAN-like prior with a tiny random UDM as re-degrader: the record is V, W,
     W+, W++ with the planned steps; the code and the noise maps stay at their start through V and move in
     the phases after; the prior's latent ends in W++."""
-    from udm_fast.models.udm import UDM, UDMConfig
-
-    torch.manual_seed(0)
-    model = UDM(UDMConfig(filters=8, encoder_dim=32, global_dim=16, queue_size=16)).eval()
+    model = _tiny_udm()
     prior = tiny_stylegan(noise=True)
     y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     redegrader = LearnedRedegrader(model, y, torch.Generator().manual_seed(0))
@@ -574,6 +580,43 @@ def test_dps_with_the_degradation_model_as_measurement():
     with pytest.raises(ValueError, match=r"measurement\(x0\) has shape \[1, 3, 8, 8\], y has \[1, 3, 16, 16\]"):
         dps_sample(y, _gaussian_toy(0.0, 1.0, abar), abar, lambda x0: x0[..., :8, :8], (1, 3, 16, 16), zeta=0.5)
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_dps_with_a_diffusers_unet_end_to_end():
+    """A tiny random diffusers UNet2DModel through DiffusersDenoiser, a DDPMScheduler's 10-step schedule and
+    a tiny random UDM as measurement: one measurement call per step, a finite sample of the asked shape,
+    the UNet's weights untouched, without gradients and with their requires_grad flags back."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=10)
+    weights = [p.detach().clone() for p in unet.parameters()]
+    y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    measure = redegrader_measurement(_tiny_udm(), y, torch.Generator().manual_seed(0))
+    measured = []
+    measure.register_forward_hook(lambda module, inputs, output: measured.append(tuple(output.shape)))
+    x = dps_sample(
+        2 * y - 1,
+        DiffusersDenoiser(unet),
+        scheduler.alphas_cumprod,
+        measure,
+        (1, 3, 16, 16),
+        zeta=0.5,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert x.shape == (1, 3, 16, 16) and torch.isfinite(x).all()
+    assert measured == [(1, 3, 16, 16)] * 10
+    for before, after in zip(weights, unet.parameters()):
+        assert torch.equal(before, after) and after.grad is None and after.requires_grad
 
 
 # ----------------------------------------------------------------------------- the command

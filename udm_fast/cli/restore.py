@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if args.curve is not None and not args.curve.lower().endswith(".png"):
         raise ValueError(f"--curve must name a .png file, got {args.curve!r}")
     if args.curve is not None and importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--curve draws with matplotlib, which is not installed: pip install matplotlib")
+        raise ValueError(
+            "--curve draws with matplotlib, which is not installed: pip install matplotlib (or the plot extra)"
+        )
     if args.low_band_sigma < 0:
         raise ValueError(f"--low-band-sigma must be >= 0 (0 turns the correction off), got {args.low_band_sigma:g}")
     check_early_stopping(args.patience, args.tol)
