@@ -20,6 +20,7 @@ from udm_fast.restore import (
     LearnedRedegrader,
     LowBandCorrected,
     Phase,
+    Prior,
     PyramidL1,
     StyleGANPrior,
     default_phases,
@@ -225,6 +226,59 @@ def test_restore_stops_early_by_patience_and_tol():
         restore(y, model, prior=prior, steps=20, patience=-1)
     with pytest.raises(ValueError, match=r"tol must be in \[0, 1\)"):
         restore(y, model, prior=prior, steps=20, patience=2, tol=1.0)
+
+
+class PixelPrior(Prior):
+    """The image itself as latent, sigmoid(logits) with logits started at 0: fits anything, noise included."""
+
+    spaces = ("pixels",)
+
+    def initialise(self, y, generator=None):
+        self.logits = torch.zeros_like(y, requires_grad=True)
+
+    def enter(self, space):
+        pass
+
+    def variables(self):
+        return [self.logits]
+
+    def latent(self):
+        return {"pixels": self.logits.detach().clone()}
+
+    def forward(self):
+        return torch.sigmoid(self.logits)
+
+
+def test_discrepancy_principle_stops_at_the_first_iterate_with_residual_sigma_squared():
+    """y = blur(x) + sigma n, the known blur as operator (no noise), a prior that can fit the noise too and
+    the pyramid distance (so the loss is not the residual): the inversion ends at the first iterate whose
+    mean squared residual |y - blur(G)|^2 per pixel is <= sigma^2, returns that iterate, and runs no later
+    phase; without the rule the fit goes on well below sigma^2 (into the noise)."""
+    sigma = 0.05
+    x = F.avg_pool2d(torch.rand(1, 3, 36, 36, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 5, 1)
+    blur = operators.blur(1.0)
+    y = blur(x) + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    prior = PixelPrior()
+    residuals = []
+    phases = [Phase("a", "pixels", 400, lr=0.05), Phase("b", "pixels", 400, lr=0.05)]
+    result = invert(
+        y,
+        prior,
+        KnownOperator(blur),
+        phases,
+        distance=PyramidL1(),
+        discrepancy_sigma=sigma,
+        progress=lambda done, loss: residuals.append(float((y - blur(prior().detach())).pow(2).mean())),
+    )
+    assert [(r.name, r.stopped_early, r.discrepancy_reached) for r in result.record] == [("a", True, True)]
+    assert 5 < len(residuals) < 400
+    # progress runs after the step: entry k is the iterate that step k + 1 evaluates; the last one took no step
+    assert residuals[-1] == residuals[-2] <= sigma**2 and all(r > sigma**2 for r in residuals[:-2])
+    assert float((y - blur(result.image)).pow(2).mean()) == pytest.approx(residuals[-1], rel=1e-12)
+    unstopped = invert(y, PixelPrior(), KnownOperator(blur), phases, distance=PyramidL1())
+    assert float((y - blur(unstopped.image)).pow(2).mean()) < 0.75 * sigma**2
+    with pytest.raises(ValueError, match="discrepancy_sigma must be positive"):
+        invert(y, PixelPrior(), Identity(), phases, discrepancy_sigma=0.0)
 
 
 def test_learned_redegrader_v_phase_freezes_the_code_and_later_phases_move_it():

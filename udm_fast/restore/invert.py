@@ -271,9 +271,13 @@ def default_phases(
 
 @dataclasses.dataclass
 class PhaseRecord:
+    """A phase's loss at every step it ran; ``stopped_early``: it ended before its steps (by patience or
+    by the discrepancy principle); ``discrepancy_reached``: by the latter, which ends the inversion."""
+
     name: str
     losses: list
     stopped_early: bool
+    discrepancy_reached: bool = False
 
 
 @dataclasses.dataclass
@@ -311,6 +315,7 @@ def invert(
     generator: Optional[torch.Generator] = None,
     progress: Optional[Callable[[int, float], None]] = None,
     snapshot_every: int = 0,
+    discrepancy_sigma: Optional[float] = None,
 ) -> Restoration:
     """Fits ``redegrader(prior())`` to y [B, 3, H, W] in [0, 1] phase by phase (see ``Phase``).
 
@@ -319,11 +324,18 @@ def invert(
     of the distance, of the re-degrader's modules and of the prior (those that are not its variables)
     have requires_grad off during the phases and get their flags back after. A prior whose image
     differs in shape from y raises ValueError.
+
+    ``discrepancy_sigma`` (the known standard deviation of y's noise, for a re-degrader without that
+    noise): the discrepancy principle; the inversion ends at the first iterate whose mean squared
+    residual per pixel, mean((y - redegrader(G))^2), is at most sigma^2, and returns that iterate.
     """
     _check_image("y", y)
+    if discrepancy_sigma is not None and not discrepancy_sigma > 0:
+        raise ValueError(f"discrepancy_sigma must be positive, got {discrepancy_sigma}")
     distance = PyramidL1() if distance is None else distance
     prior.initialise(y, generator)
-    record, snapshots, done = [], [], 0
+    record, snapshots = [], []
+    run = _PhaseRun(y, prior, redegrader, distance, discrepancy_sigma, progress, snapshot_every, snapshots)
     spaces = list(prior.spaces)
     entered = None
     with _frozen(distance, *(m for m in redegrader.children())):
@@ -342,43 +354,69 @@ def invert(
                 groups.append({"params": code, "lr": phase.code_lr})
             if noise_lr > 0 and noise:
                 groups.append({"params": noise, "lr": noise_lr})
-            optimiser = torch.optim.Adam(groups)
-            losses, best, since_best, stopped = [], math.inf, 0, False
             with _frozen(prior, keep=variables):  # the prior's own weights, unless they are its latent
-                for _ in range(phase.steps):
-                    image = prior()
-                    if image.shape != y.shape:
-                        raise ValueError(
-                            f"the prior returned an image of shape {list(image.shape)}, expected y's {list(y.shape)}"
-                        )
-                    loss = distance(redegrader(image), y)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise RuntimeError(f"phase {phase.name!r}: the loss became {value} (lower the learning rates)")
-                    losses.append(value)
-                    done += 1
-                    if progress is not None:
-                        progress(done, value)
-                    if snapshot_every and done % snapshot_every == 0:
-                        with torch.no_grad():
-                            snapshots.append((done, prior().clamp(0, 1)))
-                    if value < best * (1 - phase.tol):
-                        best, since_best = value, 0
-                    else:
-                        since_best += 1
-                        if phase.patience and since_best >= phase.patience:
-                            stopped = True
-                            break
-            record.append(PhaseRecord(phase.name, losses, stopped))
+                record.append(run.steps(phase, torch.optim.Adam(groups), sum(len(r.losses) for r in record)))
+            if record[-1].discrepancy_reached:
+                break
         with torch.no_grad():
             image = prior()
             redegraded = redegrader(image)
     for v in redegrader.variables():
         v.grad = None
     return Restoration(image.clamp(0, 1), redegraded.clamp(0, 1), prior.latent(), redegrader.code(), record, snapshots)
+
+
+@dataclasses.dataclass
+class _PhaseRun:
+    """The optimisation loop of ``invert``'s phases, with its fixed arguments."""
+
+    y: torch.Tensor
+    prior: Prior
+    redegrader: Redegrader
+    distance: nn.Module
+    discrepancy_sigma: Optional[float]
+    progress: Optional[Callable[[int, float], None]]
+    snapshot_every: int
+    snapshots: list
+
+    def steps(self, phase: Phase, optimiser: torch.optim.Optimizer, done: int) -> PhaseRecord:
+        """Runs ``phase``'s steps with ``optimiser``, ``done`` steps having run before."""
+        losses, best, since_best = [], math.inf, 0
+        for _ in range(phase.steps):
+            image = self.prior()
+            if image.shape != self.y.shape:
+                raise ValueError(
+                    f"the prior returned an image of shape {list(image.shape)}, expected y's {list(self.y.shape)}"
+                )
+            degraded = self.redegrader(image)
+            loss = self.distance(degraded, self.y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RuntimeError(f"phase {phase.name!r}: the loss became {value} (lower the learning rates)")
+            reached = (
+                self.discrepancy_sigma is not None
+                and float((degraded.detach() - self.y).pow(2).mean()) <= self.discrepancy_sigma**2
+            )
+            if not reached:  # the iterate that meets the discrepancy principle is kept as it is
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+            losses.append(value)
+            done += 1
+            if self.progress is not None:
+                self.progress(done, value)
+            if reached:
+                return PhaseRecord(phase.name, losses, True, discrepancy_reached=True)
+            if self.snapshot_every and done % self.snapshot_every == 0:
+                with torch.no_grad():
+                    self.snapshots.append((done, self.prior().clamp(0, 1)))
+            if value < best * (1 - phase.tol):
+                best, since_best = value, 0
+            else:
+                since_best += 1
+                if phase.patience and since_best >= phase.patience:
+                    return PhaseRecord(phase.name, losses, True)
+        return PhaseRecord(phase.name, losses, False)
 
 
 def check_size(y: torch.Tensor) -> None:
