@@ -673,6 +673,81 @@ def test_dps_with_a_diffusers_unet_end_to_end():
         assert torch.equal(before, after) and after.grad is None and after.requires_grad
 
 
+# ----------------------------------------------------------------------------- bench/restore_table.py
+
+
+@pytest.fixture
+def restore_table():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "restore_table.py")
+    spec = importlib.util.spec_from_file_location("restore_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_restore_table_non_blind_operators_leave_the_noise_to_the_discrepancy_principle(restore_table):
+    """The known operator has no noise (blur for blur+noise, the identity for noise); sigma is the noise
+    level where noise is the last degradation and None otherwise."""
+    from udm_fast.synthesis import degrade
+
+    x = F.avg_pool2d(torch.rand(1, 3, 36, 36, generator=torch.Generator().manual_seed(0)), 5, 1)
+    for task, level, expected_operator, expected_sigma in (
+        (("noise",), 1, lambda t: t, 25 / 255),
+        (("blur", "noise"), 2, operators.blur(3.0), 50 / 255),
+        (("noise", "jpeg"), 0, lambda t: degrade.jpeg(t, 50, impl="tensor"), None),
+        (("blur",), 0, operators.blur(1.0), None),
+    ):
+        y, operator, sigma = restore_table.degrade_with(x, task, level, torch.Generator().manual_seed(0))
+        assert sigma == expected_sigma and y.shape == x.shape
+        torch.testing.assert_close(operator(x), expected_operator(x), rtol=0, atol=1e-6)
+
+
+def test_restore_table_metrics_add_lpips_and_dists_where_their_weights_load(restore_table, monkeypatch):
+    from udm_fast.losses.pretrained import MissingWeightsError
+
+    def missing(**kwargs):
+        raise MissingWeightsError("VGG16 weights: not found")
+
+    monkeypatch.setattr(restore_table, "LPIPS", missing)
+    monkeypatch.setattr(restore_table, "DISTS", missing)
+    assert list(restore_table.quality_metrics()) == ["psnr", "ms_ssim"]
+    from udm_fast.losses import perceptual  # the package's own networks, with random weights
+
+    monkeypatch.setattr(restore_table, "LPIPS", lambda **kwargs: perceptual.LPIPS(pretrained=False))
+    monkeypatch.setattr(restore_table, "DISTS", lambda **kwargs: perceptual.DISTS(pretrained=False))
+    metrics = restore_table.quality_metrics()
+    assert list(metrics) == ["psnr", "ms_ssim", "lpips", "dists"]
+    a = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert all(isinstance(metric(a, a.flip(-1)), float) for metric in metrics.values())
+    assert metrics["lpips"](a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_restore_table_methods_share_the_distance_and_only_non_blind_stops_by_discrepancy(restore_table, monkeypatch):
+    from udm_fast.restore import Restoration
+
+    calls = []
+
+    def fake_invert(y, prior, redegrader, phases, **kwargs):
+        calls.append((type(redegrader).__name__, kwargs["distance"], kwargs["discrepancy_sigma"]))
+        return Restoration(y, y, {}, {}, [], [(5, y)])
+
+    monkeypatch.setattr(restore_table, "invert", fake_invert)
+    distance = PyramidL1()
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    results = restore_table.restore_methods(
+        y, y, lambda t: t, 0.1, default_model(), ("naive", "ours_raw", "ours", "non_blind"), 8, distance
+    )
+    assert set(results) == {"naive", "naive_oracle", "ours_raw", "ours", "non_blind"}
+    assert [(name, d is distance, sigma) for name, d, sigma in calls] == [
+        ("Identity", True, None),
+        ("LearnedRedegrader", True, None),
+        ("LowBandCorrected", True, None),
+        ("KnownOperator", True, 0.1),
+    ]
+
+
 # ----------------------------------------------------------------------------- the command
 
 
