@@ -144,6 +144,8 @@ setup(
         "weights": ["dists-pytorch", "lpips"],
         "lmdb": ["lmdb"],
         "tensorboard": ["tensorboard"],
+        "plot": ["matplotlib"],  # udm-fast restore --curve
+        "diffusers": ["diffusers"],  # udm_fast.restore.DiffusersDenoiser (DPS with a diffusers UNet)
         "test": [
             "pytest",
             "pytest-benchmark",
@@ -156,6 +158,7 @@ setup(
             "dists-pytorch",
             "lpips",
             "lmdb",
+            "matplotlib",
             "ruff==0.17.6",  # make lint
             "clang-format==23.1.5",
         ],

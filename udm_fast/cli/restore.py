@@ -1,5 +1,6 @@
 """``udm-fast restore``: blind restoration of a photo with the deep image prior and the degradation model
-as re-degrader (docs/restore.md). Writes are atomic, so an interrupted run leaves no partial file."""
+as re-degrader (docs/restore.md). The outputs are written all or nothing (``write_all_atomic``), so an
+interrupted run leaves neither a partial file nor a partial set."""
 
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ import time
 from tqdm import tqdm
 
 from ..models.loading import load_model
-from ..restore.invert import DEFAULT_LOW_BAND_SIGMA, DEFAULT_STEPS, check_size, default_distance, restore
+from ..restore.invert import (
+    DEFAULT_LOW_BAND_SIGMA,
+    DEFAULT_STEPS,
+    DEFAULT_TOL,
+    check_early_stopping,
+    check_size,
+    default_distance,
+    restore,
+)
 from ..restore.prior import DeepImagePrior
 from ..utils.device import parse_device
-from ..utils.files import write_bytes_atomic
-from ..utils.io import format_for_path, load_image, save_image
-from .common import ParentParsers, set_tile_size
+from ..utils.files import write_all_atomic
+from ..utils.io import format_for_path, image_writer, load_image
+from .common import ParentParsers, check_seed, set_tile_size
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> None:
@@ -46,21 +55,39 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
         help="fit the restoration's low band (Gaussian, PX pixels) to the photo's and let the model "
         f"re-degrade only the band above (default {DEFAULT_LOW_BAND_SIGMA:g}; 0 turns it off)",
     )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        metavar="N",
+        help="end a phase once its loss has not improved by the relative --tol for N steps (default 0: never)",
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=DEFAULT_TOL,
+        metavar="T",
+        help=f"relative improvement that counts for --patience (default {DEFAULT_TOL:g})",
+    )
     p.add_argument("--redegraded", metavar="PATH", help="also write the final re-degraded image")
     p.add_argument("--curve", metavar="PATH.png", help="also write the loss curve of every phase as a PNG plot")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_seed("--seed", args.seed)
     for path in (args.out, args.redegraded):
         if path is not None:
             format_for_path(path)
     if args.curve is not None and not args.curve.lower().endswith(".png"):
         raise ValueError(f"--curve must name a .png file, got {args.curve!r}")
     if args.curve is not None and importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--curve draws with matplotlib, which is not installed: pip install matplotlib")
+        raise ValueError(
+            "--curve draws with matplotlib, which is not installed: pip install matplotlib (or the plot extra)"
+        )
     if args.low_band_sigma < 0:
         raise ValueError(f"--low-band-sigma must be >= 0 (0 turns the correction off), got {args.low_band_sigma:g}")
+    check_early_stopping(args.patience, args.tol)
     if args.steps < 2:
         raise ValueError(f"--steps must be at least 2 (one per phase), got {args.steps}")
     device = parse_device(args.device)
@@ -85,14 +112,18 @@ def run(args: argparse.Namespace) -> int:
             distance=distance,
             seed=args.seed,
             low_band_sigma=args.low_band_sigma,
+            patience=args.patience,
+            tol=args.tol,
             progress=progress,
         )
     elapsed = time.perf_counter() - start
-    save_image(result.image.cpu(), args.out)
+    outputs = {args.out: image_writer(result.image.cpu(), args.out)}
     if args.redegraded:
-        save_image(result.redegraded.cpu(), args.redegraded)
+        outputs[args.redegraded] = image_writer(result.redegraded.cpu(), args.redegraded)
     if args.curve:
-        write_bytes_atomic(args.curve, loss_curve_png(result.record, distance_name))
+        curve = loss_curve_png(result.record, distance_name)
+        outputs[args.curve] = lambda f: f.write(curve)
+    write_all_atomic(outputs)
     steps = sum(len(r.losses) for r in result.record)
     early = [r.name for r in result.record if r.stopped_early]
     print(

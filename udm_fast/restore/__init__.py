@@ -1,10 +1,11 @@
 """Blind image restoration by inversion with the degradation model as re-degrader (docs/restore.md)."""
 
-from .dps import diffusers_denoiser, dps_sample, redegrader_measurement
+from .dps import DiffusersDenoiser, dps_sample, redegrader_measurement
 from .invert import (
     DEFAULT_LOW_BAND_SIGMA,
     DEFAULT_NOISE_LR,
     DEFAULT_STEPS,
+    DEFAULT_TOL,
     Identity,
     KnownOperator,
     LearnedRedegrader,
@@ -20,13 +21,15 @@ from .invert import (
     invert,
     restore,
 )
-from .prior import DeepImagePrior, Prior
+from .prior import DeepImagePrior, Prior, StyleGANPrior
 
 __all__ = [
     "DEFAULT_LOW_BAND_SIGMA",
     "DEFAULT_NOISE_LR",
     "DEFAULT_STEPS",
+    "DEFAULT_TOL",
     "DeepImagePrior",
+    "DiffusersDenoiser",
     "Identity",
     "KnownOperator",
     "LearnedRedegrader",
@@ -37,9 +40,9 @@ __all__ = [
     "PyramidL1",
     "Redegrader",
     "Restoration",
+    "StyleGANPrior",
     "default_distance",
     "default_phases",
-    "diffusers_denoiser",
     "dps_sample",
     "gaussian_lowpass",
     "invert",

@@ -28,6 +28,7 @@ MIN_SIDE = 16  # smallest image side restore accepts (the pyramid distance and t
 MAX_SIDE = 1024  # largest image side restore accepts (cost grows with the pixel count; see docs/restore.md)
 PYRAMID_LEVELS = 4
 DEFAULT_LOW_BAND_SIGMA = 2.0  # pixels; the band the learned re-degrader's fit ignores (docs/restore.md)
+DEFAULT_TOL = 1e-3  # relative improvement that resets the early-stopping patience (Phase)
 DEFAULT_NOISE_LR = 0.02  # Adam step of the noise maps, 20x the code's: they take y's noise over (docs/restore.md)
 
 
@@ -198,10 +199,10 @@ class LowBandCorrected(Redegrader):
 
 
 @contextlib.contextmanager
-def _frozen(*modules: nn.Module):
-    """Turns off requires_grad on the parameters of those arguments that are modules for the block, then
-    restores the flags."""
-    params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters()]
+def _frozen(*modules: nn.Module, keep: Sequence[torch.Tensor] = ()):
+    """Turns off requires_grad on the parameters of those arguments that are modules, except the
+    tensors in ``keep``, for the block, then restores the flags."""
+    params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters() if not any(p is k for k in keep)]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -231,7 +232,15 @@ class Phase:
     code_lr: float = 0.0
     noise_lr: Optional[float] = None
     patience: int = 0
-    tol: float = 1e-3
+    tol: float = DEFAULT_TOL
+
+
+def check_early_stopping(patience: int, tol: float) -> None:
+    """Raises ValueError unless ``patience`` >= 0 and 0 <= ``tol`` < 1."""
+    if patience < 0:
+        raise ValueError(f"patience must be >= 0 (0 never stops early), got {patience}")
+    if not 0 <= tol < 1:
+        raise ValueError(f"tol must be in [0, 1), got {tol:g}")
 
 
 def default_phases(
@@ -241,25 +250,34 @@ def default_phases(
     code_lr: float = 0.001,
     patience: int = 0,
     noise_lr: float = DEFAULT_NOISE_LR,
+    tol: float = DEFAULT_TOL,
 ) -> list:
     """The report's schedule for ``prior.spaces``: V (first space, code and noise maps frozen) then one
     phase per space with the code (``code_lr``) and the noise maps (``noise_lr``) optimised, named by the
-    space; ``steps`` split as 1/4 for V and the rest evenly."""
+    space; ``steps`` split as 1/4 for V and the rest evenly; every phase stops early by ``patience`` and
+    ``tol`` (see ``Phase``)."""
+    check_early_stopping(patience, tol)
     if steps < len(prior.spaces) + 1:
         raise ValueError(f"need at least {len(prior.spaces) + 1} steps for {len(prior.spaces) + 1} phases, got {steps}")
     v_steps = max(1, steps // 4)
     rest = steps - v_steps
     per_space = [rest // len(prior.spaces) + (i < rest % len(prior.spaces)) for i in range(len(prior.spaces))]
-    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, 0.0, patience)]
-    phases += [Phase(space, space, n, lr, code_lr, noise_lr, patience) for space, n in zip(prior.spaces, per_space)]
+    phases = [Phase("V", prior.spaces[0], v_steps, lr, 0.0, 0.0, patience, tol)]
+    phases += [
+        Phase(space, space, n, lr, code_lr, noise_lr, patience, tol) for space, n in zip(prior.spaces, per_space)
+    ]
     return phases
 
 
 @dataclasses.dataclass
 class PhaseRecord:
+    """A phase's loss at every step it ran; ``stopped_early``: it ended before its steps (by patience or
+    by the discrepancy principle); ``discrepancy_reached``: by the latter, which ends the inversion."""
+
     name: str
     losses: list
     stopped_early: bool
+    discrepancy_reached: bool = False
 
 
 @dataclasses.dataclass
@@ -297,16 +315,27 @@ def invert(
     generator: Optional[torch.Generator] = None,
     progress: Optional[Callable[[int, float], None]] = None,
     snapshot_every: int = 0,
+    discrepancy_sigma: Optional[float] = None,
 ) -> Restoration:
     """Fits ``redegrader(prior())`` to y [B, 3, H, W] in [0, 1] phase by phase (see ``Phase``).
 
     ``distance(a, b)`` -> scalar (default ``PyramidL1``); ``progress(steps_done, loss)`` is called after
-    every step. A prior whose image differs in shape from y raises ValueError.
+    every step. Only the prior's ``variables()`` and the re-degrader's code are optimised: the parameters
+    of the distance, of the re-degrader's modules and of the prior (those that are not its variables)
+    have requires_grad off during the phases and get their flags back after. A prior whose image
+    differs in shape from y raises ValueError.
+
+    ``discrepancy_sigma`` (the known standard deviation of y's noise, for a re-degrader without that
+    noise): the discrepancy principle; the inversion ends at the first iterate whose mean squared
+    residual per pixel, mean((y - redegrader(G))^2), is at most sigma^2, and returns that iterate.
     """
     _check_image("y", y)
+    if discrepancy_sigma is not None and not discrepancy_sigma > 0:
+        raise ValueError(f"discrepancy_sigma must be positive, got {discrepancy_sigma}")
     distance = PyramidL1() if distance is None else distance
     prior.initialise(y, generator)
-    record, snapshots, done = [], [], 0
+    record, snapshots = [], []
+    run = _PhaseRun(y, prior, redegrader, distance, discrepancy_sigma, progress, snapshot_every, snapshots)
     spaces = list(prior.spaces)
     entered = None
     with _frozen(distance, *(m for m in redegrader.children())):
@@ -316,7 +345,8 @@ def invert(
             if phase.space != entered:
                 prior.enter(phase.space)
                 entered = phase.space
-            groups = [{"params": prior.variables(), "lr": phase.lr}]
+            variables = prior.variables()
+            groups = [{"params": variables, "lr": phase.lr}]
             noise = redegrader.noise_variables()
             code = [v for v in redegrader.variables() if not any(v is n for n in noise)]
             noise_lr = phase.code_lr if phase.noise_lr is None else phase.noise_lr
@@ -324,42 +354,69 @@ def invert(
                 groups.append({"params": code, "lr": phase.code_lr})
             if noise_lr > 0 and noise:
                 groups.append({"params": noise, "lr": noise_lr})
-            optimiser = torch.optim.Adam(groups)
-            losses, best, since_best, stopped = [], math.inf, 0, False
-            for _ in range(phase.steps):
-                image = prior()
-                if image.shape != y.shape:
-                    raise ValueError(
-                        f"the prior returned an image of shape {list(image.shape)}, expected y's {list(y.shape)}"
-                    )
-                loss = distance(redegrader(image), y)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise RuntimeError(f"phase {phase.name!r}: the loss became {value} (lower the learning rates)")
-                losses.append(value)
-                done += 1
-                if progress is not None:
-                    progress(done, value)
-                if snapshot_every and done % snapshot_every == 0:
-                    with torch.no_grad():
-                        snapshots.append((done, prior().clamp(0, 1)))
-                if value < best * (1 - phase.tol):
-                    best, since_best = value, 0
-                else:
-                    since_best += 1
-                    if phase.patience and since_best >= phase.patience:
-                        stopped = True
-                        break
-            record.append(PhaseRecord(phase.name, losses, stopped))
+            with _frozen(prior, keep=variables):  # the prior's own weights, unless they are its latent
+                record.append(run.steps(phase, torch.optim.Adam(groups), sum(len(r.losses) for r in record)))
+            if record[-1].discrepancy_reached:
+                break
         with torch.no_grad():
             image = prior()
             redegraded = redegrader(image)
     for v in redegrader.variables():
         v.grad = None
     return Restoration(image.clamp(0, 1), redegraded.clamp(0, 1), prior.latent(), redegrader.code(), record, snapshots)
+
+
+@dataclasses.dataclass
+class _PhaseRun:
+    """The optimisation loop of ``invert``'s phases, with its fixed arguments."""
+
+    y: torch.Tensor
+    prior: Prior
+    redegrader: Redegrader
+    distance: nn.Module
+    discrepancy_sigma: Optional[float]
+    progress: Optional[Callable[[int, float], None]]
+    snapshot_every: int
+    snapshots: list
+
+    def steps(self, phase: Phase, optimiser: torch.optim.Optimizer, done: int) -> PhaseRecord:
+        """Runs ``phase``'s steps with ``optimiser``, ``done`` steps having run before."""
+        losses, best, since_best = [], math.inf, 0
+        for _ in range(phase.steps):
+            image = self.prior()
+            if image.shape != self.y.shape:
+                raise ValueError(
+                    f"the prior returned an image of shape {list(image.shape)}, expected y's {list(self.y.shape)}"
+                )
+            degraded = self.redegrader(image)
+            loss = self.distance(degraded, self.y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RuntimeError(f"phase {phase.name!r}: the loss became {value} (lower the learning rates)")
+            reached = (
+                self.discrepancy_sigma is not None
+                and float((degraded.detach() - self.y).pow(2).mean()) <= self.discrepancy_sigma**2
+            )
+            if not reached:  # the iterate that meets the discrepancy principle is kept as it is
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+            losses.append(value)
+            done += 1
+            if self.progress is not None:
+                self.progress(done, value)
+            if reached:
+                return PhaseRecord(phase.name, losses, True, discrepancy_reached=True)
+            if self.snapshot_every and done % self.snapshot_every == 0:
+                with torch.no_grad():
+                    self.snapshots.append((done, self.prior().clamp(0, 1)))
+            if value < best * (1 - phase.tol):
+                best, since_best = value, 0
+            else:
+                since_best += 1
+                if phase.patience and since_best >= phase.patience:
+                    return PhaseRecord(phase.name, losses, True)
+        return PhaseRecord(phase.name, losses, False)
 
 
 def check_size(y: torch.Tensor) -> None:
@@ -387,11 +444,14 @@ def restore(
     distance: Optional[nn.Module] = None,
     seed: int = 0,
     low_band_sigma: float = DEFAULT_LOW_BAND_SIGMA,
+    patience: int = 0,
+    tol: float = DEFAULT_TOL,
     progress: Optional[Callable[[int, float], None]] = None,
 ) -> Restoration:
     """Blind restoration of y [B, 3, H, W] in [0, 1]: ``invert`` with the degradation model (default: the
     bundled one) as re-degrader and ``prior`` (default: ``DeepImagePrior()``) under ``default_phases``
-    with ``steps`` in all (or explicit ``phases``); ``distance`` default from ``default_distance``.
+    with ``steps`` in all and early stopping by ``patience``, ``tol`` (or explicit ``phases``, which
+    carry their own); ``distance`` default from ``default_distance``.
     ``low_band_sigma`` > 0 wraps the re-degrader in ``LowBandCorrected`` of that width; 0 uses it as is."""
     from ..models.pretrained import default_model
 
@@ -407,5 +467,5 @@ def restore(
     redegrader = LearnedRedegrader(model, y, generator)
     if low_band_sigma > 0:
         redegrader = LowBandCorrected(redegrader, low_band_sigma)
-    phases = default_phases(prior, steps) if phases is None else phases
+    phases = default_phases(prior, steps, patience=patience, tol=tol) if phases is None else phases
     return invert(y, prior, redegrader, phases, distance=distance, generator=generator, progress=progress)

@@ -1,15 +1,16 @@
-"""Image priors for restoration by inversion: the protocol and the embedded deep image prior.
+"""Image priors for restoration by inversion: the protocol, an adapter for StyleGAN-like generators and
+the embedded deep image prior.
 
 A prior is a differentiable image generator whose latent lives in one of a few nested spaces,
 visited coarse to fine (for StyleGAN: W, W+, W++). The inverter (``udm_fast.restore.invert``) asks it
 to ``initialise`` for a degraded image, to ``enter`` each space in order, for the tensors to optimise
-in the current space (``variables``) and for the image (``forward``). Any user generator that
-implements these five members works; see ``tests/test_restore.py`` for a small StyleGAN-like one.
+in the current space (``variables``) and for the image (``forward``). ``StyleGANPrior`` implements
+these for any mapping and synthesis network pair; other generators implement the members themselves.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +18,8 @@ from torch.nn import functional as F
 
 
 class Prior(nn.Module):
-    """Protocol of an image prior for ``invert``.
+    """Protocol of an image prior for ``invert`` (``StyleGANPrior`` implements it for mapping and
+    synthesis networks).
 
     ``spaces``: the names of its latent spaces, coarse to fine (e.g. ``("W", "W+", "W++")``).
     ``initialise(y, generator)``: sets the starting latent in ``spaces[0]`` for the degraded image
@@ -42,6 +44,101 @@ class Prior(nn.Module):
 
     def latent(self) -> dict:
         raise NotImplementedError
+
+
+class StyleGANPrior(Prior):
+    """A StyleGAN-like generator as prior, from its two networks:
+
+    ``mapping``: z [N, z_dim] -> w [N, D]; ``synthesis``: styles [B, num_layers * styles_per_layer, D]
+    (one w per style input, layer by layer) -> image [B, 3, H, W] in [0, 1], called as
+    ``synthesis(styles, noise)`` when ``noise_shapes`` is given (``noise_shapes(B)``: the shapes of its
+    per-layer noise inputs, a list of tensors) and as ``synthesis(styles)`` otherwise. A generator with
+    images in [-1, 1] is wrapped to map them to [0, 1] first.
+
+    Spaces, coarse to fine (``latent()`` returns the current one as ``{space: w}``, plus ``"noise"``):
+    W: one w [B, D] for every style input; W+: one per layer [B, num_layers, D], copied to its
+    ``styles_per_layer`` inputs; W++: one per style input [B, num_layers, styles_per_layer, D], with
+    the noise inputs optimised too. ``enter`` copies the latent into the finer space, so the image
+    does not change. The start (``initialise``, the V phase's): ``start="mean"`` the mean of
+    ``mapping`` over ``mean_samples`` draws of z, ``"z"`` mapping(z) of one draw per image; the noise
+    inputs N(0, I), fixed until W++. ``initialise`` moves both networks to y's device and dtype; their
+    weights are never optimised (``invert`` turns their requires_grad off during the phases).
+    """
+
+    spaces = ("W", "W+", "W++")
+
+    def __init__(
+        self,
+        mapping: nn.Module,
+        synthesis: nn.Module,
+        num_layers: int,
+        *,
+        z_dim: int,
+        styles_per_layer: int = 1,
+        noise_shapes: Optional[Callable[[int], Sequence[Sequence[int]]]] = None,
+        start: str = "mean",
+        mean_samples: int = 256,
+    ):
+        super().__init__()
+        if start not in ("mean", "z"):
+            raise ValueError(f"StyleGANPrior: start must be 'mean' or 'z', got {start!r}")
+        if num_layers < 1 or styles_per_layer < 1 or z_dim < 1 or mean_samples < 1:
+            raise ValueError("StyleGANPrior: num_layers, styles_per_layer, z_dim and mean_samples must be >= 1")
+        self.mapping, self.synthesis = mapping, synthesis
+        self.num_layers, self.styles_per_layer, self.z_dim = num_layers, styles_per_layer, z_dim
+        self.noise_shapes, self.start, self.mean_samples = noise_shapes, start, mean_samples
+        self.w: Optional[torch.Tensor] = None
+        self.noise: list = []
+        self.space = "W"
+
+    def initialise(self, y: torch.Tensor, generator: Optional[torch.Generator] = None) -> None:
+        self.to(device=y.device, dtype=y.dtype)
+        b = y.shape[0]
+        with torch.no_grad():
+            if self.start == "mean":
+                z = torch.randn(self.mean_samples, self.z_dim, generator=generator, dtype=y.dtype).to(y.device)
+                w = self.mapping(z).mean(0, keepdim=True).expand(b, -1)
+            else:
+                w = self.mapping(torch.randn(b, self.z_dim, generator=generator, dtype=y.dtype).to(y.device))
+        self.w = w.clone().requires_grad_(True)
+        shapes = self.noise_shapes(b) if self.noise_shapes is not None else []
+        self.noise = [torch.randn(tuple(s), generator=generator, dtype=y.dtype).to(y.device) for s in shapes]
+        self.space = "W"
+
+    def enter(self, space: str) -> None:
+        self._check_initialised()
+        if space not in self.spaces or self.spaces.index(space) < self.spaces.index(self.space):
+            raise ValueError(f"StyleGANPrior: cannot enter {space!r} from {self.space!r} (spaces go W, W+, W++)")
+        w = self._per_style()
+        w = {"W": w[:, 0, 0], "W+": w[:, :, 0], "W++": w}[space]
+        self.w = w.detach().clone().requires_grad_(True)
+        self.noise = [n.detach().clone().requires_grad_(space == "W++") for n in self.noise]
+        self.space = space
+
+    def variables(self) -> list:
+        self._check_initialised()
+        return [self.w, *(self.noise if self.space == "W++" else [])]
+
+    def latent(self) -> dict:
+        self._check_initialised()
+        return {self.space: self.w.detach().clone(), "noise": [n.detach().clone() for n in self.noise]}
+
+    def forward(self) -> torch.Tensor:
+        self._check_initialised()
+        styles = self._per_style().flatten(1, 2)
+        return self.synthesis(styles, self.noise) if self.noise_shapes is not None else self.synthesis(styles)
+
+    def _per_style(self) -> torch.Tensor:
+        """The latent as one w per style input [B, num_layers, styles_per_layer, D] (copies in W, W+)."""
+        if self.space == "W":
+            return self.w[:, None, None].expand(-1, self.num_layers, self.styles_per_layer, -1)
+        if self.space == "W+":
+            return self.w[:, :, None].expand(-1, -1, self.styles_per_layer, -1)
+        return self.w
+
+    def _check_initialised(self) -> None:
+        if self.w is None:
+            raise RuntimeError("StyleGANPrior: call initialise(y) first")
 
 
 def _conv(c_in: int, c_out: int) -> nn.Sequential:

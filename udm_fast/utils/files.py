@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Mapping
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -16,21 +16,36 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     Missing parent folders are created; on any failure the temporary file is removed and the old
     file at ``path`` (if any) is left as it was.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    write_all_atomic({path: write})
+
+
+def write_all_atomic(writes: Mapping[str | os.PathLike, Callable[[BinaryIO], None]]) -> None:
+    """``write_atomic`` for a set of files, all or nothing: every ``write(f)`` fills a temporary file
+    next to its path, and only when all are written and synced are they renamed to their paths.
+
+    A failure or an interrupt (KeyboardInterrupt) while writing removes every temporary file and
+    leaves every target as it was; what remains is the instant of the renames themselves.
+    """
+    pending = []  # (temporary file, target path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(path))  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        for path, write in writes.items():
+            path = os.fspath(path)
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+            pending.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _mode_for(path))  # mkstemp creates 0600; give the file the usual permissions
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp, _ in pending:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
+    for tmp, path in pending:
+        os.replace(tmp, path)
 
 
 def _mode_for(path: str) -> int:

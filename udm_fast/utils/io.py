@@ -13,7 +13,7 @@ import os
 import struct
 import warnings
 import zlib
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 import torch
@@ -183,6 +183,14 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8, q
     The extension picks the format: ``.png`` (``bits`` = 8 or 16 per channel) or ``.jpg``/``.jpeg``
     (8 bits, ``quality`` 1..100). Missing parent folders are created.
     """
+    write_atomic(path, image_writer(image, path, bits=bits, quality=quality))
+
+
+def image_writer(
+    image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8, quality: int = 95
+) -> Callable[[BinaryIO], None]:
+    """``write(f)`` that encodes the image as ``save_image`` does for ``path`` (its arguments checked
+    now), for ``utils.files.write_all_atomic``."""
     path = os.fspath(path)
     file_format = format_for_path(path)
     if bits not in (8, 16):
@@ -201,7 +209,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8, q
         else:
             Image.fromarray(pixels).save(f, format="PNG")
 
-    write_atomic(path, write)
+    return write
 
 
 def _to_hwc(image: torch.Tensor, bits: int) -> np.ndarray:
