@@ -87,10 +87,11 @@ def test_bundled_model_file_from_before_the_move_loads():
 
 @pytest.mark.skipif(not pretrained.DEFAULT_WEIGHTS.is_file(), reason="no bundled weights")
 def test_code_written_before_the_move_decodes_and_is_reproduced():
-    """The flat-layout code compressed the 64x64 top-left crop of astronaut.jpg with the bundled model;
-    today's code parses it, decodes it, and writes the same bytes for the same crop."""
+    """The flat-layout code (commit 1b12a0d) compressed the 64x64 top-left crop of astronaut.jpg with the
+    placeholder model (fixed seed: independent of the bundled weights); today's code parses it, decodes it,
+    and writes the same bytes for the same crop."""
     old = PRE_LAYOUT_CODE.read_bytes()
-    model = udm_fast.default_model()
+    model = pretrained.placeholder_model()
     y = load_image(str(pretrained.SAMPLES / "astronaut.jpg"))[..., :64, :64].contiguous()
     assert degradation_code.compress(model, y) == old
     e_g, e_l = degradation_code.decompress(model, old)
