@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .invert import LearnedRedegrader, _frozen
+from .invert import LearnedRedegrader, frozen
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,7 +55,7 @@ def dps_sample(
     dtype, device = y.dtype, y.device
     x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     steps = len(abar)
-    with _frozen(denoiser, measurement):
+    with frozen(denoiser, measurement):
         for i, t in enumerate(range(steps - 1, -1, -1)):
             a_t = float(abar[t])
             a_prev = float(abar[t - 1]) if t > 0 else 1.0

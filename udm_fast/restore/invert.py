@@ -199,7 +199,7 @@ class LowBandCorrected(Redegrader):
 
 
 @contextlib.contextmanager
-def _frozen(*modules: nn.Module, keep: Sequence[torch.Tensor] = ()):
+def frozen(*modules: nn.Module, keep: Sequence[torch.Tensor] = ()):
     """Turns off requires_grad on the parameters of those arguments that are modules, except the
     tensors in ``keep``, for the block, then restores the flags."""
     params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters() if not any(p is k for k in keep)]
@@ -338,7 +338,7 @@ def invert(
     run = _PhaseRun(y, prior, redegrader, distance, discrepancy_sigma, progress, snapshot_every, snapshots)
     spaces = list(prior.spaces)
     entered = None
-    with _frozen(distance, *(m for m in redegrader.children())):
+    with frozen(distance, *(m for m in redegrader.children())):
         for phase in phases:
             if phase.space not in spaces:
                 raise ValueError(f"phase {phase.name!r}: the prior has no space {phase.space!r} (it has {spaces})")
@@ -354,7 +354,7 @@ def invert(
                 groups.append({"params": code, "lr": phase.code_lr})
             if noise_lr > 0 and noise:
                 groups.append({"params": noise, "lr": noise_lr})
-            with _frozen(prior, keep=variables):  # the prior's own weights, unless they are its latent
+            with frozen(prior, keep=variables):  # the prior's own weights, unless they are its latent
                 record.append(run.steps(phase, torch.optim.Adam(groups), sum(len(r.losses) for r in record)))
             if record[-1].discrepancy_reached:
                 break
