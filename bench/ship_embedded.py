@@ -22,7 +22,7 @@ import yaml
 
 from udm_fast import UDM
 from udm_fast.models.loading import load_model
-from udm_fast.models.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS, default_model, default_model_metadata
+from udm_fast.models.pretrained import DEFAULT_METADATA, DEFAULT_WEIGHTS, default_model_metadata
 from udm_fast.utils.files import write_bytes_atomic
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -71,15 +71,14 @@ def starting_point(init_weights) -> dict | None:
     replaces (hash, commit, steps), else the file's path and weights hash; None for a run from scratch."""
     if not init_weights:
         return None
-    if init_weights == "bundled":
+    source = None if init_weights == "bundled" else init_weights  # load_model's None is the bundled model
+    start = {"source": init_weights, "weights_hash": load_model(source, False, "cpu").weights_hash()}
+    if source is None:
         record = default_model_metadata()
-        return {
-            "source": "bundled",
-            "weights_hash": default_model("cpu").weights_hash(),
-            "commit": record["commit"] if record else None,
-            "steps": record["training_log"]["steps"] if record else None,
-        }
-    return {"source": init_weights, "weights_hash": load_model(init_weights, False, "cpu").weights_hash()}
+        start.update(
+            commit=record["commit"] if record else None, steps=record["training_log"]["steps"] if record else None
+        )
+    return start
 
 
 def main(argv=None) -> int:
