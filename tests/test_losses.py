@@ -12,6 +12,7 @@ from scipy import signal
 from torch import nn
 
 from udm_fast import losses as L
+from udm_fast.synthesis import degrade
 from udm_fast.entropy.bottleneck import EntropyBottleneck
 from udm_fast.losses import pretrained as P
 
@@ -220,6 +221,83 @@ def test_spectral_losses_gradients_and_float32():
         value = fn(a.float().bfloat16(), b.bfloat16())
         assert value.dtype == torch.float32
         assert value.item() == pytest.approx(fn(a.bfloat16().double(), b.bfloat16().double()).item(), rel=1e-4)
+
+
+def _numpy_windowed_fft(plane):
+    window = np.outer(np.hanning(plane.shape[0]), np.hanning(plane.shape[1]))
+    return np.fft.fft2((plane - plane.mean()) * window) / np.sqrt((window**2).sum())
+
+
+def _numpy_transfer_loss(y_hat, y, x, pool, floor):
+    """Reference for one image [C, H, W]: pooled cross spectra, reliability weight, mean |ΔH|."""
+    c, h, w = x.shape
+
+    def pooled(t):
+        return t.reshape(h // pool, pool, w // pool, pool).mean(axis=(1, 3))
+
+    fx = [_numpy_windowed_fft(x[k]) for k in range(c)]
+    fy = [_numpy_windowed_fft(y[k]) for k in range(c)]
+    fh = [_numpy_windowed_fft(y_hat[k]) for k in range(c)]
+    power = pooled(np.mean([np.abs(f) ** 2 for f in fx], axis=0))
+    cross_y = pooled(np.mean([(a * np.conj(b)).real for a, b in zip(fy, fx)], axis=0))
+    cross_hat = pooled(np.mean([(a * np.conj(b)).real for a, b in zip(fh, fx)], axis=0))
+    power_y = pooled(np.mean([np.abs(f) ** 2 for f in fy], axis=0))
+    unexplained = np.maximum(power_y - cross_y**2 / (power + floor), 0.0)
+    reliability = 1.0 / (1.0 + np.sqrt(unexplained / (pool * pool * c * (power + floor))))
+    return np.mean(reliability * np.abs(cross_hat - cross_y) / (power + floor)), cross_y / (power + floor)
+
+
+def test_transfer_loss_and_function_match_numpy():
+    y_hat, y, x = _rand(2, 3, 16, 24, seed=30), _rand(2, 3, 16, 24, seed=31), _rand(2, 3, 16, 24, seed=32)
+    floor = 1e-4
+    for i in range(2):
+        loss, transfer = _numpy_transfer_loss(y_hat[i].numpy(), y[i].numpy(), x[i].numpy(), 4, floor)
+        np.testing.assert_allclose(L.transfer_function(y, x, 4, floor)[i].numpy(), transfer, rtol=1e-10)
+        assert L.transfer_loss(y_hat, y, x, floor=floor, reduction="none")[i].item() == pytest.approx(loss, rel=1e-10)
+    assert L.transfer_loss(y, y, x).item() == 0.0
+
+
+def test_transfer_function_of_a_blur_is_its_frequency_response():
+    x = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    measured = L.transfer_function(degrade.gaussian_blur(x, 1.0), x, 4).mean(dim=0)
+    f = torch.fft.fftfreq(128, dtype=torch.float64)
+    response = torch.exp(-2 * math.pi**2 * (f[:, None] ** 2 + f[None, :] ** 2))  # Gaussian of sigma 1 pixel
+    expected = torch.nn.functional.avg_pool2d(response[None, None], 4)[0, 0]
+    assert (measured - expected).abs().max().item() < 0.03
+    # a horizontal motion blur keeps vertical frequencies (H = 1 along f_x = 0) and removes horizontal ones
+    motion = L.transfer_function(degrade.motion_blur(x, 9.0, 0.0), x, 4).mean(dim=0)
+    assert motion[4:12, 0].min().item() > 0.9 and motion[0, 4:12].abs().max().item() < 0.3
+
+
+def test_transfer_loss_sees_what_the_power_spectrum_cannot():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 64, 64, generator=gen, dtype=torch.float64), 3, 1, 1)
+    # the same power spectrum as x with random phases: detail of the right strength but not x's own
+    spectrum = torch.fft.fft2(x - x.mean(dim=(-2, -1), keepdim=True))
+    phases = torch.fft.fft2(torch.randn(x.shape, generator=gen, dtype=torch.float64)).angle()
+    scrambled = torch.fft.ifft2(spectrum.abs() * torch.exp(1j * phases)).real + x.mean(dim=(-2, -1), keepdim=True)
+    assert L.transfer_loss(scrambled, x, x) > 0.5 > 5 * L.transfer_loss(x + 0.001, x, x)
+    # noisy target: x with another noise sample of the same sigma beats a blurred x; blurred target: the reverse
+    noisy = [x + 0.04 * torch.randn(x.shape, generator=gen, dtype=torch.float64) for _ in range(2)]
+    blurred = degrade.gaussian_blur(x, 1.5)
+    assert L.transfer_loss(noisy[1], noisy[0], x) < L.transfer_loss(blurred, noisy[0], x)
+    assert L.transfer_loss(blurred, degrade.gaussian_blur(x, 1.4), x) < L.transfer_loss(noisy[1], blurred, x)
+
+
+def test_transfer_loss_gradients_errors_and_float32():
+    a = _rand(1, 2, 12, 12, seed=33).requires_grad_(True)
+    b, x = _rand(1, 2, 12, 12, seed=34), _rand(1, 2, 12, 12, seed=35)
+    assert torch.autograd.gradcheck(lambda p: L.transfer_loss(p, b, x, pool=2), (a,), fast_mode=True)
+    value = L.transfer_loss(a.float().bfloat16(), b.bfloat16(), x.bfloat16(), pool=2)
+    assert value.dtype == torch.float32
+    with pytest.raises(ValueError, match="pool must be an int in"):
+        L.transfer_loss(a, b, x, pool=0)
+    with pytest.raises(ValueError, match="pool must be an int in"):
+        L.transfer_function(b, x, 13)
+    with pytest.raises(ValueError, match="same shape"):
+        L.transfer_loss(a, b, x[..., :8, :8])
+    with pytest.raises(ValueError, match="floor must be > 0"):
+        L.transfer_loss(a, b, x, floor=-1.0)
 
 
 def test_spectral_loss_errors():

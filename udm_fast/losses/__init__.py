@@ -4,7 +4,8 @@ Images are [B, 3, H, W] in [0, 1] unless a function says otherwise (``domain=``)
 
 * perceptual: ``DISTS``, ``LPIPS`` (VGG16; pretrained files located by ``pretrained``);
 * pixel: ``l1_loss``, ``color_loss`` (rgbn), ``diversity_loss``;
-* spectral: ``lowpass_l1_loss``, ``spectrum_loss`` (content / degradation split, a DISTS stand-in);
+* spectral: ``lowpass_l1_loss``, ``spectrum_loss``, ``transfer_loss`` (content / degradation split, a DISTS
+  stand-in);
 * terms: ``info_nce_loss``, ``bits_from_likelihoods``, ``rate_loss``, ``entropy_aux_loss``,
   ``gradient_penalty``, ``wgan_critic_loss``, ``wgan_generator_loss``;
 * ``LossWeights``: the weights of the generator objective (film-grain defaults).
@@ -19,7 +20,14 @@ from .pretrained import (
     vgg16_cache_path,
     vgg16_features_state_dict,
 )
-from .spectral import lowpass_l1_loss, planar_power_spectrum, radial_power_spectrum, spectrum_loss
+from .spectral import (
+    lowpass_l1_loss,
+    planar_power_spectrum,
+    radial_power_spectrum,
+    spectrum_loss,
+    transfer_function,
+    transfer_loss,
+)
 from .terms import (
     CriticLoss,
     bits_from_likelihoods,
@@ -50,6 +58,8 @@ __all__ = [
     "planar_power_spectrum",
     "radial_power_spectrum",
     "spectrum_loss",
+    "transfer_function",
+    "transfer_loss",
     "CriticLoss",
     "bits_from_likelihoods",
     "entropy_aux_loss",

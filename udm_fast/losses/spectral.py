@@ -1,13 +1,16 @@
 """Losses that split an image into content (low frequencies) and degradation statistics (its spectrum).
 
 Pixel-wise L1 against a noisy y is minimised by a noise-free ŷ (the median), so on its own it teaches
-the generator to drop the noise it should reproduce. These two terms separate the jobs:
+the generator to drop the noise it should reproduce. These terms separate the jobs:
 
 * ``lowpass_l1_loss``: L1 after a Gaussian low-pass — the content, shading and colour of y, with the
   noise realisation averaged away;
 * ``spectrum_loss``: the L1 distance between log power spectra, ring-averaged or 2-D pooled — noise
   level, blur width (and, 2-D, its direction), ringing and block periodicity, independent of where the
-  noise samples fall.
+  noise samples fall;
+* ``transfer_loss``: the L1 distance between the transfer functions from x to ŷ and from x to y (cross
+  spectra against the clean image) — how much of x's own detail survives at each frequency and
+  orientation, which the power spectrum cannot tell from noise of the same power.
 
 They stand in for DISTS when its pretrained VGG16 weights are not available (the embedded model,
 ``configs/embedded.yaml``); the paper's configuration leaves them off. Images are [B, C, H, W] in
@@ -25,9 +28,9 @@ SPECTRUM_FLOOR = 1.0 / (12 * 255**2)  # power of 8-bit rounding noise: weaker de
 LOWPASS_SIGMA = 1.5  # pixels, default of ``lowpass_l1_loss``
 
 
-def _windowed_power(images: torch.Tensor, where: str) -> torch.Tensor:
-    """[B, H, W]: |FFT(Hann window * (image - its mean))|² averaged over channels, divided by the window's
-    energy so that white noise of variance s² has expected power s² at every frequency."""
+def _windowed_fft(images: torch.Tensor, where: str) -> torch.Tensor:
+    """[B, C, H, W] complex: FFT(Hann window * (image - its mean)) divided by the square root of the
+    window's energy, so that white noise of variance s² has expected power s² at every frequency."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise ValueError(
             f"{where}: expected a float image batch [B, C, H, W], got {getattr(images, 'shape', type(images).__name__)}"
@@ -38,7 +41,12 @@ def _windowed_power(images: torch.Tensor, where: str) -> torch.Tensor:
         torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device),
     )
-    return torch.fft.fft2(x * window).abs().pow(2).mean(dim=1) / window.pow(2).sum()
+    return torch.fft.fft2(x * window) / window.pow(2).sum().sqrt()
+
+
+def _windowed_power(images: torch.Tensor, where: str) -> torch.Tensor:
+    """[B, H, W]: the channel mean of |``_windowed_fft``|²."""
+    return _windowed_fft(images, where).abs().pow(2).mean(dim=1)
 
 
 def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +110,68 @@ def spectrum_loss(
         else:
             p_hat, p = radial_power_spectrum(y_hat.to(dtype))[1], radial_power_spectrum(y.to(dtype))[1]
         return reduce((torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
+
+
+def _pooled(t: torch.Tensor, pool: int) -> torch.Tensor:
+    return torch.nn.functional.avg_pool2d(t[:, None], pool)[:, 0]
+
+
+def _cross_spectra(degraded: torch.Tensor, clean: torch.Tensor, pool: int, where: str) -> tuple:
+    """(cross, clean power, degraded power), each [B, H // pool, W // pool]: channel means of
+    Re(D · conj(X)), |X|² and |D|² of the windowed spectra, pooled in pool x pool frequency blocks."""
+    check_pair(degraded, clean, where, min_size=4)
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or pool > min(clean.shape[-2:]):
+        raise ValueError(f"{where}: pool must be an int in [1, min(H, W)], got {pool!r}")
+    fd, fx = _windowed_fft(degraded, where), _windowed_fft(clean, where)
+    return tuple(
+        _pooled(t.mean(dim=1), pool) for t in ((fd * fx.conj()).real, fx.abs().pow(2), fd.abs().pow(2))
+    )
+
+
+def transfer_function(degraded: torch.Tensor, clean: torch.Tensor, pool: int, floor: float = SPECTRUM_FLOOR):
+    """[B, H // pool, W // pool]: the 2-D transfer function from ``clean`` to ``degraded`` estimated from
+    windowed spectra pooled in pool x pool frequency blocks (FFT order, channel mean),
+    ``H = pool(Re(D · conj(X))) / (pool(|X|²) + floor)``. For ``degraded = k * clean + n`` with n
+    independent of the image it tends to the kernel's frequency response (phase included: a motion
+    blur's direction and its negative lobes), while the noise only adds a zero-mean residue. Blocks
+    where the clean image is weaker than ``floor`` tend to 0."""
+    cross, power, _ = _cross_spectra(degraded, clean, pool, "transfer_function")
+    return cross / (power + floor)
+
+
+def transfer_loss(
+    y_hat: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    pool: int = 4,
+    floor: float = SPECTRUM_FLOOR,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """mean over frequency blocks of r · |H(x -> ŷ) - H(x -> y)|, H the ``transfer_function`` from the
+    clean x. Unlike the power spectrum it sees what ŷ keeps of x's own detail at each frequency and
+    orientation (a sharp y asks for x's edges, not for noise of the same power), and unlike pixel L1
+    it does not ask for y's noise realisation. r = 1 / (1 + s) (no gradient) discounts blocks where
+    H(x -> y) is uncertain: s = sqrt(N / (m · pool(|X|²))) is the standard deviation of its noise
+    residue, N = pool(|Y|²) - pool(Re(Y X̄))² / pool(|X|²) the power of y not explained by x and m the
+    number of averaged spectrum samples (pool² · channels). There the generator's own noise, which
+    the spectrum asks for, is penalised as little as y's. [B] per sample for reduction='none'.
+    Images at least 8x8."""
+    check_pair(y_hat, y, "transfer_loss", min_size=8)
+    check_pair(y, x, "transfer_loss", min_size=8)
+    if not floor > 0:
+        raise ValueError(f"transfer_loss: floor must be > 0, got {floor!r}")
+    with no_autocast(y.device.type):
+        dtype = stat_dtype(y)
+        clean = x.to(dtype)
+        cross_hat, power, _ = _cross_spectra(y_hat.to(dtype), clean, pool, "transfer_loss")
+        with torch.no_grad():
+            cross, _, power_y = _cross_spectra(y.to(dtype), clean, pool, "transfer_loss")
+            unexplained = (power_y - cross.pow(2) / (power + floor)).clamp_min(0.0)
+            samples = pool * pool * x.shape[1]
+            reliability = 1.0 / (1.0 + (unexplained / (samples * (power + floor))).sqrt())
+        diff = (cross_hat - cross) / (power + floor)
+        return reduce(reliability * diff.abs(), reduction, "transfer_loss")
 
 
 def lowpass_l1_loss(

@@ -18,6 +18,7 @@ TERMS = (
     "l1",
     "lowpass_l1",
     "spectrum",
+    "transfer",
     "color",
     "contrastive",
     "bits_global",
@@ -47,7 +48,9 @@ class LossWeights:
     * ``lpips`` 0 (available, off by default as in the reference);
     * ``lowpass_l1`` and ``spectrum`` 0: content and spectrum terms (``losses.spectral``) that stand in
       for DISTS when its VGG16 weights are unavailable; ``lowpass_sigma`` is the low-pass width (pixels),
-      ``spectrum_pool`` 0 compares ring-averaged spectra, N >= 1 2-D spectra pooled in N x N bins.
+      ``spectrum_pool`` 0 compares ring-averaged spectra, N >= 1 2-D spectra pooled in N x N bins;
+    * ``transfer`` 0: ``losses.spectral.transfer_loss``, the transfer function from x to ŷ against the one
+      from x to y (2-D, pooled in ``spectrum_pool`` x ``spectrum_pool`` bins, 4 when that is 0).
 
     Not carried over: the silent replacement of a failing loss by mean(y - y_hat), and the disabled
     latent loss (docs/architecture.md §14).
@@ -58,6 +61,7 @@ class LossWeights:
     l1: float = 20.0
     lowpass_l1: float = 0.0
     spectrum: float = 0.0
+    transfer: float = 0.0
     color: float = 10.0
     contrastive: float = 1e-4
     bits_global: float = 2e-3

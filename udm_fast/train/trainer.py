@@ -42,6 +42,7 @@ from ..losses import (
     l1_loss,
     lowpass_l1_loss,
     spectrum_loss,
+    transfer_loss,
     wgan_critic_loss,
     wgan_generator_loss,
 )
@@ -304,6 +305,8 @@ class Trainer:
             terms["lowpass_l1"] = lowpass_l1_loss(y_hat01, y01, sigma=w.lowpass_sigma)
         if w.spectrum > 0:
             terms["spectrum"] = spectrum_loss(y_hat01, y01, pool=w.spectrum_pool)
+        if w.transfer > 0:
+            terms["transfer"] = transfer_loss(y_hat01, y01, x01, pool=w.spectrum_pool or 4)
         if w.color > 0:
             terms["color"] = color_loss(y01, y_hat01)
         if y_hat_2 is not None:
