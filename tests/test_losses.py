@@ -12,9 +12,9 @@ from scipy import signal
 from torch import nn
 
 from udm_fast import losses as L
-from udm_fast.synthesis import degrade
 from udm_fast.entropy.bottleneck import EntropyBottleneck
 from udm_fast.losses import pretrained as P
+from udm_fast.synthesis import degrade
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):
