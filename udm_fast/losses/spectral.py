@@ -123,9 +123,7 @@ def _cross_spectra(degraded: torch.Tensor, clean: torch.Tensor, pool: int, where
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or pool > min(clean.shape[-2:]):
         raise ValueError(f"{where}: pool must be an int in [1, min(H, W)], got {pool!r}")
     fd, fx = _windowed_fft(degraded, where), _windowed_fft(clean, where)
-    return tuple(
-        _pooled(t.mean(dim=1), pool) for t in ((fd * fx.conj()).real, fx.abs().pow(2), fd.abs().pow(2))
-    )
+    return tuple(_pooled(t.mean(dim=1), pool) for t in ((fd * fx.conj()).real, fx.abs().pow(2), fd.abs().pow(2)))
 
 
 def transfer_function(degraded: torch.Tensor, clean: torch.Tensor, pool: int, floor: float = SPECTRUM_FLOOR):
