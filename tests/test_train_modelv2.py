@@ -10,7 +10,9 @@ from tiny_training import tiny as tiny_config
 
 from udm_fast.eval.leakage import leakage_loss
 from udm_fast.models.checkpoint import CheckpointError
+from udm_fast.models.udm import UDM
 from udm_fast.synthesis.degrade import DegradeConfig
+from udm_fast.train.batchnorm import encoder_batchnorms, recalibrate_encoders
 from udm_fast.train.config import ConfigError, load_config
 from udm_fast.train.data import FolderTriples, reduce_randomly
 from udm_fast.train.trainer import Trainer
@@ -118,3 +120,47 @@ def test_init_weights_starts_a_fresh_run_from_a_model_file_and_checks_its_shapes
         Trainer(tiny(tmp_path / "wide", **{"model.filters": 16, "run.init_weights": str(tmp_path / "start.pt")}))
     with pytest.raises(ConfigError, match="no file at"):
         Trainer(tiny(tmp_path / "missing", **{"run.init_weights": str(tmp_path / "nothing.pt")}))
+
+
+def test_recalibrate_encoders_sets_the_exact_average_of_batch_statistics():
+    model = UDM(load_config(TINY).model).eval()
+    layers = encoder_batchnorms(model)
+    first = layers[0]
+    inputs = []
+    hook = first.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach().double()))
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.rand(3, 3, 32, 32, generator=gen), torch.rand(3, 3, 32, 32, generator=gen)) for _ in range(4)]
+    momenta = [m.momentum for m in layers]
+    assert recalibrate_encoders(model, batches) == 4
+    hook.remove()
+    assert not model.training and not any(m.training for m in layers) and [m.momentum for m in layers] == momenta
+    means = torch.stack([t.mean(dim=(0, 2, 3)) for t in inputs])
+    variances = torch.stack([t.transpose(0, 1).flatten(1).var(dim=1) for t in inputs])  # unbiased, as BatchNorm
+    torch.testing.assert_close(first.running_mean.double(), means.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first.running_var.double(), variances.mean(0), rtol=1e-5, atol=1e-6)
+    # the code of an image changes with the statistics, the weights do not
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    with pytest.raises(ValueError, match="at least 2 images"):
+        recalibrate_encoders(model, [(batches[0][0][:1], batches[0][1][:1])])
+    torch.testing.assert_close(first.running_mean.double(), means.mean(0), rtol=1e-5, atol=1e-6)  # untouched
+    with pytest.raises(ValueError, match="no batches"):
+        recalibrate_encoders(model, [])
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_bn_recalibration_option_exports_recalibrated_encoders(tmp_path):
+    config = tiny(tmp_path / "run", **{"run.max_steps": 2, "run.bn_recalibration": 3})
+    trainer = Trainer(config)
+    trainer.run()
+    exported = UDM.load(tmp_path / "run" / "model.pt")
+    trained = trainer.model.state_dict()
+    name = [k for k in trained if k.startswith("local_encoder") and k.endswith("running_mean")][0]
+    assert not torch.equal(exported.state_dict()[name], trained[name])
+    counts = [int(m.num_batches_tracked) for m in encoder_batchnorms(exported)]
+    assert counts == [3] * len(counts)
+    weights = [k for k in trained if k.endswith("weight")]
+    assert all(torch.equal(exported.state_dict()[k], trained[k]) for k in weights)
+    with pytest.raises(ConfigError, match="at least 2 images per batch"):
+        Trainer(tiny(tmp_path / "one", **{"run.bn_recalibration": 3, "data.batch_size": 1}))
+    with pytest.raises(ConfigError, match="bn_recalibration must be >= 0"):
+        tiny(tmp_path / "neg", **{"run.bn_recalibration": -1})

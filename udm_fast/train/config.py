@@ -158,10 +158,11 @@ class RunConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     threads: int = 0  # torch CPU threads (0 = leave torch's choice)
     init_weights: Optional[str] = None  # a fresh run starts from these weights: "bundled", a model file or a checkpoint
+    bn_recalibration: int = 0  # batches over which model.pt's encoder BatchNorm statistics are re-estimated (0 = off)
 
     def __post_init__(self):
-        if self.epochs < 0 or self.max_steps < 0 or self.threads < 0:
-            raise ValueError("epochs, max_steps and threads must be >= 0")
+        if self.epochs < 0 or self.max_steps < 0 or self.threads < 0 or self.bn_recalibration < 0:
+            raise ValueError("epochs, max_steps, threads and bn_recalibration must be >= 0")
         if self.epochs == 0 and self.max_steps == 0:
             raise ValueError("set epochs or max_steps (both are 0: the run would never end)")
         if not 0.0 <= self.ema_decay < 1.0:

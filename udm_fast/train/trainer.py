@@ -62,6 +62,7 @@ from .checkpointing import (
     load_optimizer,
     param_group,
 )
+from .batchnorm import recalibrate_encoders
 from .config import ConfigError, TrainingConfig
 from .data import ResumableSampler, batch_generator, build_dataset, collate, make_triples
 from .rng import rng_state, seed_everything, set_rng_state
@@ -156,6 +157,11 @@ class Trainer:
         self.sampler = ResumableSampler(
             len(self.dataset), c.data.batch_size, seed=c.seed, rank=self.dist.rank, world_size=self.dist.world_size
         )
+        if c.run.bn_recalibration and self.sampler.per_rank < 2:
+            raise ConfigError(
+                f"run.bn_recalibration needs at least 2 images per batch and rank (BatchNorm statistics), "
+                f"got {self.sampler.per_rank} (data.batch_size {c.data.batch_size} over {self.dist.world_size} ranks)"
+            )
         self.total_steps = self._total_steps()
         per_epoch = self.sampler.batches_per_epoch
         self.scheduler_g = build_scheduler(self.optimizer_g, c.optim.generator_schedule, self.total_steps, per_epoch)
@@ -472,7 +478,7 @@ class Trainer:
                     self.save_checkpoint()
             self.save_checkpoint()
             if main and self.step >= self.total_steps:
-                self.export_weights()
+                self.export_weights(self._recalibrated_model(batches))
         finally:
             bar.close()
             for s, handler in previous.items():
@@ -575,11 +581,32 @@ class Trainer:
             seed_everything(self.config.seed * 1000003 + self.dist.rank + 7919 * self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
-    def export_weights(self) -> None:
-        """model.pt (and model_ema.pt with EMA): the trained UDM in udm_fast's model format."""
+    def _recalibrated_model(self, batches) -> Optional[UDM]:
+        """With ``run.bn_recalibration`` N > 0: a copy of the model whose encoder BatchNorm statistics are
+        re-estimated on the next N training batches (``train.batchnorm``); else None."""
+        count = self.config.run.bn_recalibration
+        if not count:
+            return None
+        model = copy.deepcopy(self.model)
+        global_from_key = self.config.loss.global_code_from == "y_key"
+
+        def inputs():
+            for _ in range(count):
+                batch = next(batches)
+                _, y, y_key = self._to_device(batch)
+                yield (y_key if global_from_key else y), y
+
+        used = recalibrate_encoders(model, inputs())
+        log.info("encoder BatchNorm statistics re-estimated on %d batches", used)
+        return model
+
+    def export_weights(self, model: Optional[UDM] = None) -> None:
+        """model.pt (and model_ema.pt with EMA): the trained UDM (or ``model``, e.g. recalibrated) in
+        udm_fast's model format."""
         extra = {"step": self.step}
-        self.model.save(os.path.join(self.out_dir, "model.pt"), extra=extra)
+        model = self.model if model is None else model
+        model.save(os.path.join(self.out_dir, "model.pt"), extra=extra)
         if self.ema is not None:
-            ema_model = copy.deepcopy(self.model)
+            ema_model = copy.deepcopy(model)
             ema_model.generator.load_state_dict(self.ema.state_dict())
             ema_model.save(os.path.join(self.out_dir, "model_ema.pt"), extra=extra)
