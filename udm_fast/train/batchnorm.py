@@ -39,7 +39,8 @@ def recalibrate_encoders(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
         for y_global, y_local in batches:
             if y_global.shape[0] < 2 or y_local.shape[0] < 2:
                 raise ValueError(
-                    f"recalibrate_encoders: batches need at least 2 images, got {y_global.shape[0]} and {y_local.shape[0]}"
+                    "recalibrate_encoders: batches need at least 2 images, "
+                    f"got {y_global.shape[0]} and {y_local.shape[0]}"
                 )
             model.global_encoder.encoder_q(y_global * 2 - 1)
             model.local_encoder(y_local * 2 - 1)

@@ -52,6 +52,7 @@ from ..models.loading import load_model
 from ..models.udm import UDM
 from ..utils.device import parse_device
 from . import distributed as dist_utils
+from .batchnorm import recalibrate_encoders
 from .checkpointing import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -62,7 +63,6 @@ from .checkpointing import (
     load_optimizer,
     param_group,
 )
-from .batchnorm import recalibrate_encoders
 from .config import ConfigError, TrainingConfig
 from .data import ResumableSampler, batch_generator, build_dataset, collate, make_triples
 from .rng import rng_state, seed_everything, set_rng_state
