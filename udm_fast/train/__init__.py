@@ -1,5 +1,6 @@
 """Training of the degradation model: config schema, datasets, the trainer (trainer.py: the loop;
-checkpointing.py: run folder, lock, resume; run_log.py: CSV/TensorBoard/PNG; schedules.py; rng.py), DDP helpers.
+checkpointing.py: run folder, lock, resume; run_log.py: CSV/TensorBoard/PNG; schedules.py; rng.py;
+batchnorm.py: encoder statistics after training), DDP helpers.
 
 Typical use: ``udm-fast train configs/default.yaml --data PHOTOS --out runs/x``, or in Python::
 
