@@ -85,7 +85,7 @@ def planar_power_spectrum(images: torch.Tensor, pool: int) -> torch.Tensor:
     h, w = power.shape[-2:]
     if pool < 1 or h < pool or w < pool:
         raise ValueError(f"planar_power_spectrum: pool must be in [1, min(H, W)], got {pool} for {h}x{w}")
-    return torch.nn.functional.avg_pool2d(power[:, None], pool)[:, 0]
+    return _pooled(power, pool)
 
 
 def spectrum_loss(
@@ -113,17 +113,23 @@ def spectrum_loss(
 
 
 def _pooled(t: torch.Tensor, pool: int) -> torch.Tensor:
+    """[B, H // pool, W // pool]: t [B, H, W] averaged over pool x pool blocks."""
     return torch.nn.functional.avg_pool2d(t[:, None], pool)[:, 0]
 
 
-def _cross_spectra(degraded: torch.Tensor, clean: torch.Tensor, pool: int, where: str) -> tuple:
-    """(cross, clean power, degraded power), each [B, H // pool, W // pool]: channel means of
-    Re(D · conj(X)), |X|² and |D|² of the windowed spectra, pooled in pool x pool frequency blocks."""
-    check_pair(degraded, clean, where, min_size=4)
-    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or pool > min(clean.shape[-2:]):
+def _check_pool(pool: int, images: torch.Tensor, where: str) -> None:
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or pool > min(images.shape[-2:]):
         raise ValueError(f"{where}: pool must be an int in [1, min(H, W)], got {pool!r}")
-    fd, fx = _windowed_fft(degraded, where), _windowed_fft(clean, where)
-    return tuple(_pooled(t.mean(dim=1), pool) for t in ((fd * fx.conj()).real, fx.abs().pow(2), fd.abs().pow(2)))
+
+
+def _pooled_cross(fd: torch.Tensor, fx: torch.Tensor, pool: int) -> torch.Tensor:
+    """pool(channel mean of Re(D · conj(X))) of two ``_windowed_fft`` results [B, C, H, W]."""
+    return _pooled((fd * fx.conj()).real.mean(dim=1), pool)
+
+
+def _pooled_power(f: torch.Tensor, pool: int) -> torch.Tensor:
+    """pool(channel mean of |F|²) of a ``_windowed_fft`` result [B, C, H, W]."""
+    return _pooled(f.abs().pow(2).mean(dim=1), pool)
 
 
 def transfer_function(degraded: torch.Tensor, clean: torch.Tensor, pool: int, floor: float = SPECTRUM_FLOOR):
@@ -133,8 +139,10 @@ def transfer_function(degraded: torch.Tensor, clean: torch.Tensor, pool: int, fl
     independent of the image it tends to the kernel's frequency response (phase included: a motion
     blur's direction and its negative lobes), while the noise only adds a zero-mean residue. Blocks
     where the clean image is weaker than ``floor`` tend to 0."""
-    cross, power, _ = _cross_spectra(degraded, clean, pool, "transfer_function")
-    return cross / (power + floor)
+    check_pair(degraded, clean, "transfer_function", min_size=4)
+    _check_pool(pool, clean, "transfer_function")
+    fx = _windowed_fft(clean, "transfer_function")
+    return _pooled_cross(_windowed_fft(degraded, "transfer_function"), fx, pool) / (_pooled_power(fx, pool) + floor)
 
 
 def transfer_loss(
@@ -157,19 +165,20 @@ def transfer_loss(
     Images at least 8x8."""
     check_pair(y_hat, y, "transfer_loss", min_size=8)
     check_pair(y, x, "transfer_loss", min_size=8)
+    _check_pool(pool, x, "transfer_loss")
     if not floor > 0:
         raise ValueError(f"transfer_loss: floor must be > 0, got {floor!r}")
     with no_autocast(y.device.type):
         dtype = stat_dtype(y)
-        clean = x.to(dtype)
-        cross_hat, power, _ = _cross_spectra(y_hat.to(dtype), clean, pool, "transfer_loss")
+        fx = _windowed_fft(x.to(dtype), "transfer_loss")  # the clean spectrum, shared by both sides
+        power = _pooled_power(fx, pool) + floor
+        cross_hat = _pooled_cross(_windowed_fft(y_hat.to(dtype), "transfer_loss"), fx, pool)
         with torch.no_grad():
-            cross, _, power_y = _cross_spectra(y.to(dtype), clean, pool, "transfer_loss")
-            unexplained = (power_y - cross.pow(2) / (power + floor)).clamp_min(0.0)
-            samples = pool * pool * x.shape[1]
-            reliability = 1.0 / (1.0 + (unexplained / (samples * (power + floor))).sqrt())
-        diff = (cross_hat - cross) / (power + floor)
-        return reduce(reliability * diff.abs(), reduction, "transfer_loss")
+            fy = _windowed_fft(y.to(dtype), "transfer_loss")
+            cross = _pooled_cross(fy, fx, pool)
+            unexplained = (_pooled_power(fy, pool) - cross.pow(2) / power).clamp_min(0.0)
+            reliability = 1.0 / (1.0 + (unexplained / (pool * pool * x.shape[1] * power)).sqrt())
+        return reduce(reliability * ((cross_hat - cross) / power).abs(), reduction, "transfer_loss")
 
 
 def lowpass_l1_loss(

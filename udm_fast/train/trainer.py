@@ -277,9 +277,7 @@ class Trainer:
         m, w = self.model, self.weights
         x, y, y_key = x01 * 2 - 1, y01 * 2 - 1, yk01 * 2 - 1
         moco = m.global_encoder
-        # global_code_from y_key: the query (the generator's e_g) comes from the other crop and the key from
-        # y, so e_g cannot carry content of the crop it reconstructs
-        query_from, key_from = (y_key, y) if self.config.loss.global_code_from == "y_key" else (y, y_key)
+        query_from, key_from = self._global_code_inputs(y, y_key)
         with self._autocast():
             q = moco.encoder_q(query_from)
             e_l = m.local_encoder(y)
@@ -581,6 +579,12 @@ class Trainer:
             seed_everything(self.config.seed * 1000003 + self.dist.rank + 7919 * self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _global_code_inputs(self, y: torch.Tensor, y_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the crop the global encoder codes for the generator, the MoCo key's crop). With
+        ``loss.global_code_from: y_key`` the code comes from the other crop and the key from y, so e_g
+        cannot carry content of the crop it reconstructs."""
+        return (y_key, y) if self.config.loss.global_code_from == "y_key" else (y, y_key)
+
     def _recalibrated_model(self, batches) -> Optional[UDM]:
         """With ``run.bn_recalibration`` N > 0: a copy of the model whose encoder BatchNorm statistics are
         re-estimated on the next N training batches (``train.batchnorm``); else None."""
@@ -588,13 +592,11 @@ class Trainer:
         if not count:
             return None
         model = copy.deepcopy(self.model)
-        global_from_key = self.config.loss.global_code_from == "y_key"
 
         def inputs():
             for _ in range(count):
-                batch = next(batches)
-                _, y, y_key = self._to_device(batch)
-                yield (y_key if global_from_key else y), y
+                _, y, y_key = self._to_device(next(batches))
+                yield self._global_code_inputs(y, y_key)[0], y
 
         used = recalibrate_encoders(model, inputs())
         log.info("encoder BatchNorm statistics re-estimated on %d batches", used)
