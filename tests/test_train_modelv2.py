@@ -12,7 +12,7 @@ from udm_fast.eval.leakage import leakage_loss
 from udm_fast.models.checkpoint import CheckpointError
 from udm_fast.models.udm import UDM
 from udm_fast.synthesis.degrade import DegradeConfig
-from udm_fast.train.batchnorm import encoder_batchnorms, recalibrate_encoders
+from udm_fast.train.batchnorm import encoder_batchnorms, freeze_encoder_batchnorms, recalibrate_encoders
 from udm_fast.train.config import ConfigError, load_config
 from udm_fast.train.data import FolderTriples, reduce_randomly
 from udm_fast.train.trainer import Trainer
@@ -164,3 +164,38 @@ def test_bn_recalibration_option_exports_recalibrated_encoders(tmp_path):
         Trainer(tiny(tmp_path / "one", **{"run.bn_recalibration": 3, "data.batch_size": 1}))
     with pytest.raises(ConfigError, match="bn_recalibration must be >= 0"):
         tiny(tmp_path / "neg", **{"run.bn_recalibration": -1})
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_freeze_encoder_batchnorm_trains_with_the_running_statistics(tmp_path, frozen):
+    trainer = Trainer(tiny(tmp_path / "run", **{"run.max_steps": 3, "run.freeze_encoder_batchnorm": frozen}))
+    layers = [m for e in (trainer.model.global_encoder, trainer.model.local_encoder) for m in e.modules()]
+    layers = [m for m in layers if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.weight.detach().clone()) for m in layers]
+    trainer.run()
+    stats_kept = [torch.equal(m.running_mean, mean) for m, (mean, _) in zip(layers, before)]
+    weights_moved = [not torch.equal(m.weight, weight) for m, (_, weight) in zip(layers, before)]
+    assert stats_kept == [frozen] * len(layers)
+    assert any(weights_moved)
+    # frozen, a code depends on its own image only: coded alone or beside others, the same
+    y = torch.rand(3, 3, 16, 16) * 2 - 1
+    encoder = trainer.model.local_encoder
+    with torch.no_grad():
+        together, alone = encoder(y)[:1], encoder(y[:1].repeat(2, 1, 1, 1))[:1]
+    assert torch.allclose(together, alone, atol=1e-6) == frozen
+
+
+def test_freeze_encoder_batchnorms_covers_both_encoders_and_the_key_encoder():
+    model = UDM(load_config(TINY).model)
+    generator_modes = [m.training for m in model.generator.modules()]
+    layers = freeze_encoder_batchnorms(model)
+    expected = [
+        m
+        for part in (model.global_encoder.encoder_q, model.global_encoder.encoder_k, model.local_encoder)
+        for m in part.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+    assert len(layers) == len(expected) > 0 and all(not m.training for m in expected)
+    assert [m.training for m in model.generator.modules()] == generator_modes
+    with pytest.raises(ConfigError, match="nothing to re-estimate"):
+        load_config(TINY, {"run.freeze_encoder_batchnorm": True, "run.bn_recalibration": 5})

@@ -1,9 +1,11 @@
-"""Re-estimation of the degradation encoders' BatchNorm statistics after training.
+"""The degradation encoders' BatchNorm statistics: re-estimated after training, or frozen during it.
 
 During training the encoders normalise each batch by its own statistics; the running averages used in
 eval mode follow them with momentum 0.1 while the weights move, so at the end they lag the final
 weights and, with small batches (4 on a CPU), carry the noise of the last few batches.
 ``recalibrate_encoders`` replaces them by the exact average over many batches with the final weights.
+``freeze_encoder_batchnorms`` instead makes training use the running statistics (fine-tuning a trained
+model): a code then depends on its own image only, as at inference, never on the rest of the batch.
 """
 
 from __future__ import annotations
@@ -14,10 +16,24 @@ import torch
 from torch import nn
 
 
+def _batchnorms(*modules: nn.Module) -> list:
+    return [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def encoder_batchnorms(model: nn.Module) -> list:
     """The BatchNorm layers of the encoders that code images (``global_encoder.encoder_q``, ``local_encoder``)."""
-    encoders = (model.global_encoder.encoder_q, model.local_encoder)
-    return [m for encoder in encoders for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return _batchnorms(model.global_encoder.encoder_q, model.local_encoder)
+
+
+def freeze_encoder_batchnorms(model: nn.Module) -> list:
+    """Puts every BatchNorm layer of the degradation encoders (``model.global_encoder`` with its MoCo key
+    encoder, ``model.local_encoder``) in eval mode: they normalise by their running statistics and stop
+    updating them, while their affine weights still train. A later ``model.train()`` undoes it (the
+    trainer never switches modes). Returns the layers."""
+    layers = _batchnorms(model.global_encoder, model.local_encoder)
+    for m in layers:
+        m.eval()
+    return layers
 
 
 @torch.no_grad()

@@ -159,6 +159,7 @@ class RunConfig:
     threads: int = 0  # torch CPU threads (0 = leave torch's choice)
     init_weights: Optional[str] = None  # a fresh run starts from these weights: "bundled", a model file or a checkpoint
     bn_recalibration: int = 0  # batches over which model.pt's encoder BatchNorm statistics are re-estimated (0 = off)
+    freeze_encoder_batchnorm: bool = False  # encoders normalise by their running statistics in training too
 
     def __post_init__(self):
         if self.epochs < 0 or self.max_steps < 0 or self.threads < 0 or self.bn_recalibration < 0:
@@ -167,6 +168,11 @@ class RunConfig:
             raise ValueError("set epochs or max_steps (both are 0: the run would never end)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.freeze_encoder_batchnorm and self.bn_recalibration:
+            raise ValueError(
+                "freeze_encoder_batchnorm keeps the encoders' BatchNorm statistics fixed, so there is nothing to "
+                "re-estimate: set bn_recalibration to 0"
+            )
 
 
 @dataclass

@@ -52,7 +52,7 @@ from ..models.loading import load_model
 from ..models.udm import UDM
 from ..utils.device import parse_device
 from . import distributed as dist_utils
-from .batchnorm import recalibrate_encoders
+from .batchnorm import freeze_encoder_batchnorms, recalibrate_encoders
 from .checkpointing import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -140,6 +140,8 @@ class Trainer:
             self.model.set_backend(c.run.backend)
         if c.run.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if c.run.freeze_encoder_batchnorm:
+            freeze_encoder_batchnorms(self.model)
         dist_utils.broadcast_module(self.model)
         self.critic = self.model.discriminator
         self.ema = None
