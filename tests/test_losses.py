@@ -216,6 +216,7 @@ def test_spectral_losses_gradients_and_float32():
     b = _rand(1, 2, 12, 10, seed=17)
     assert torch.autograd.gradcheck(lambda p: L.spectrum_loss(p, b), (a,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda p: L.spectrum_loss(p, b, pool=2), (a,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda p: L.spectrum_loss(p, b, pool=2, weighting="rings"), (a,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda p: L.lowpass_l1_loss(p, b, sigma=1.0), (a,), fast_mode=True)
     for fn in (L.spectrum_loss, L.lowpass_l1_loss):
         value = fn(a.float().bfloat16(), b.bfloat16())
@@ -228,8 +229,16 @@ def _numpy_windowed_fft(plane):
     return np.fft.fft2((plane - plane.mean()) * window) / np.sqrt((window**2).sum())
 
 
-def _numpy_transfer_loss(y_hat, y, x, pool, floor):
-    """Reference for one image [C, H, W]: pooled cross spectra, reliability weight, mean |ΔH|."""
+def _numpy_block_weights(h, w, pool, weighting):
+    if weighting == "bins":
+        return np.ones((h // pool, w // pool))
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    inverse = 1.0 / radius.reshape(h // pool, pool, w // pool, pool).mean(axis=(1, 3))
+    return inverse / inverse.mean()
+
+
+def _numpy_transfer_loss(y_hat, y, x, pool, floor, weighting="bins"):
+    """Reference for one image [C, H, W]: pooled cross spectra, reliability and block weights, mean |ΔH|."""
     c, h, w = x.shape
 
     def pooled(t):
@@ -244,17 +253,69 @@ def _numpy_transfer_loss(y_hat, y, x, pool, floor):
     power_y = pooled(np.mean([np.abs(f) ** 2 for f in fy], axis=0))
     unexplained = np.maximum(power_y - cross_y**2 / (power + floor), 0.0)
     reliability = 1.0 / (1.0 + np.sqrt(unexplained / (pool * pool * c * (power + floor))))
-    return np.mean(reliability * np.abs(cross_hat - cross_y) / (power + floor)), cross_y / (power + floor)
+    weights = _numpy_block_weights(h, w, pool, weighting)
+    return np.mean(weights * reliability * np.abs(cross_hat - cross_y) / (power + floor)), cross_y / (power + floor)
 
 
-def test_transfer_loss_and_function_match_numpy():
+@pytest.mark.parametrize("weighting", ["bins", "rings"])
+def test_transfer_loss_and_function_match_numpy(weighting):
     y_hat, y, x = _rand(2, 3, 16, 24, seed=30), _rand(2, 3, 16, 24, seed=31), _rand(2, 3, 16, 24, seed=32)
     floor = 1e-4
     for i in range(2):
-        loss, transfer = _numpy_transfer_loss(y_hat[i].numpy(), y[i].numpy(), x[i].numpy(), 4, floor)
+        loss, transfer = _numpy_transfer_loss(y_hat[i].numpy(), y[i].numpy(), x[i].numpy(), 4, floor, weighting)
         np.testing.assert_allclose(L.transfer_function(y, x, 4, floor)[i].numpy(), transfer, rtol=1e-10)
-        assert L.transfer_loss(y_hat, y, x, floor=floor, reduction="none")[i].item() == pytest.approx(loss, rel=1e-10)
-    assert L.transfer_loss(y, y, x).item() == 0.0
+        value = L.transfer_loss(y_hat, y, x, floor=floor, weighting=weighting, reduction="none")[i].item()
+        assert value == pytest.approx(loss, rel=1e-10)
+    assert L.transfer_loss(y, y, x, weighting=weighting).item() == 0.0
+
+
+def test_ring_weighting_matches_numpy_and_counts_every_ring_alike():
+    for h, w, pool in ((128, 128, 4), (48, 64, 2), (16, 24, 4)):
+        np.testing.assert_allclose(
+            L.block_weights(h, w, pool, "rings", dtype=torch.float64).numpy(),
+            _numpy_block_weights(h, w, pool, "rings"),
+            rtol=1e-12,
+        )
+    assert torch.equal(L.block_weights(16, 24, 4, "bins"), torch.ones(4, 6))
+    # the blocks of rings of equal width weigh the same in total, at low and at high frequencies
+    u = L.block_weights(128, 128, 4, "rings", dtype=torch.float64)
+    radius = torch.fft.fftfreq(128, dtype=torch.float64).abs()
+    block_radius = torch.nn.functional.avg_pool2d(torch.hypot(radius[:, None], radius[None, :])[None], 4)[0]
+    totals = [float(u[(block_radius >= lo) & (block_radius < lo + 0.05)].sum()) for lo in (0.05, 0.15, 0.25, 0.4)]
+    assert max(totals) / min(totals) < 1.15
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        L.block_weights(16, 16, 4, "octaves")
+
+
+def _band_attenuated(images, low, high, gain):
+    """images with the frequencies low <= |f| < high (cycles/px) scaled by gain (a real, symmetric mask)."""
+    f = torch.fft.fftfreq(images.shape[-1], dtype=torch.float64)
+    radius = torch.hypot(f[:, None], f[None, :])
+    mask = torch.where((radius >= low) & (radius < high), gain, 1.0)
+    return torch.fft.ifft2(torch.fft.fft2(images) * mask).real
+
+
+def test_ring_weighting_sees_a_lost_mid_band_as_much_as_a_lost_high_band():
+    y = 0.5 + 0.1 * torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    mid, high = _band_attenuated(y, 0.1, 0.15, 0.3), _band_attenuated(y, 0.4, 0.45, 0.3)
+    bins = L.spectrum_loss(high, y, pool=4) / L.spectrum_loss(mid, y, pool=4)
+    rings = L.spectrum_loss(high, y, pool=4, weighting="rings") / L.spectrum_loss(mid, y, pool=4, weighting="rings")
+    assert bins > 2.0  # the high ring holds ~3x as many blocks
+    assert 0.75 < rings < 1.33
+    # the 2-D weighted loss restated: weighted mean of |Δ log10| over the pooled planar spectra
+    floor = L.SPECTRUM_FLOOR
+    expected = (
+        L.block_weights(128, 128, 4, "rings", dtype=torch.float64)
+        * (
+            torch.log10(L.planar_power_spectrum(mid, 4) + floor) - torch.log10(L.planar_power_spectrum(y, 4) + floor)
+        ).abs()
+    ).mean(dim=(1, 2))
+    torch.testing.assert_close(L.spectrum_loss(mid, y, pool=4, weighting="rings", reduction="none"), expected)
+    assert L.spectrum_loss(mid, y, weighting="rings") == L.spectrum_loss(mid, y)  # rings already count alike
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        L.spectrum_loss(mid, y, pool=4, weighting="octaves")
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        L.transfer_loss(mid, y, y, weighting="ring")
 
 
 def test_transfer_function_of_a_blur_is_its_frequency_response():
@@ -314,6 +375,9 @@ def test_spectral_loss_errors():
         L.LossWeights(lowpass_sigma=0.0)
     with pytest.raises(ValueError, match="spectrum_pool"):
         L.LossWeights(spectrum_pool=1.5)
+    with pytest.raises(ValueError, match="spectrum_weighting must be one of"):
+        L.LossWeights(spectrum_weighting="octaves")
+    assert L.LossWeights(spectrum_weighting="rings").spectrum_weighting == "rings"
 
 
 # ----------------------------------------------------------------------------- training terms

@@ -9,6 +9,7 @@ from tiny_training import TINY
 from tiny_training import tiny as tiny_config
 
 from udm_fast.eval.leakage import leakage_loss
+from udm_fast.losses import spectrum_loss, transfer_loss
 from udm_fast.models.checkpoint import CheckpointError
 from udm_fast.models.udm import UDM
 from udm_fast.synthesis.degrade import DegradeConfig
@@ -199,3 +200,23 @@ def test_freeze_encoder_batchnorms_covers_both_encoders_and_the_key_encoder():
     assert [m.training for m in model.generator.modules()] == generator_modes
     with pytest.raises(ConfigError, match="nothing to re-estimate"):
         load_config(TINY, {"run.freeze_encoder_batchnorm": True, "run.bn_recalibration": 5})
+
+
+def test_spectrum_weighting_reaches_both_spectral_terms(tmp_path):
+    overrides = {
+        "loss.weights.spectrum": 1.0,
+        "loss.weights.transfer": 1.0,
+        "loss.weights.spectrum_pool": 4,
+        "loss.weights.spectrum_weighting": "rings",
+    }
+    trainer = Trainer(tiny(tmp_path / "run", **overrides))
+    batch = trainer._to_device(next(iter(trainer._loader())))
+    terms, extra = trainer.generator_terms(*batch)
+    x01, y01, y_hat01 = ((extra[k] + 1) / 2 for k in ("x", "y", "y_hat"))
+    for weighting, check in (("rings", torch.testing.assert_close), ("bins", _assert_differs)):
+        check(terms["spectrum"].detach(), spectrum_loss(y_hat01, y01, pool=4, weighting=weighting))
+        check(terms["transfer"].detach(), transfer_loss(y_hat01, y01, x01, pool=4, weighting=weighting))
+
+
+def _assert_differs(a, b):
+    assert not torch.allclose(a, b, rtol=1e-3)

@@ -21,6 +21,8 @@ from .pretrained import (
     vgg16_features_state_dict,
 )
 from .spectral import (
+    SPECTRUM_FLOOR,
+    block_weights,
     lowpass_l1_loss,
     planar_power_spectrum,
     radial_power_spectrum,
@@ -56,6 +58,8 @@ __all__ = [
     "vgg16_features_state_dict",
     "lowpass_l1_loss",
     "planar_power_spectrum",
+    "block_weights",
+    "SPECTRUM_FLOOR",
     "radial_power_spectrum",
     "spectrum_loss",
     "transfer_function",

@@ -12,6 +12,11 @@ the generator to drop the noise it should reproduce. These terms separate the jo
   spectra against the clean image) — how much of x's own detail survives at each frequency and
   orientation, which the power spectrum cannot tell from noise of the same power.
 
+A 2-D spectrum pooled in blocks has most of its blocks at high frequencies (the area within radius f
+grows as f²), so a plain mean lets the generator drop mid-band detail almost for free when the high band
+matches; ``weighting="rings"`` weights each block by 1 / (its radial frequency), so every ring of
+frequencies counts the same, as in the ring-averaged spectrum, while orientation is kept.
+
 They stand in for DISTS when its pretrained VGG16 weights are not available (the embedded model,
 ``configs/embedded.yaml``); the paper's configuration leaves them off. Images are [B, C, H, W] in
 [0, 1]; the statistics are computed in float32 (float64 for float64 inputs), outside autocast.
@@ -88,28 +93,61 @@ def planar_power_spectrum(images: torch.Tensor, pool: int) -> torch.Tensor:
     return _pooled(power, pool)
 
 
-def spectrum_loss(
-    y_hat: torch.Tensor, y: torch.Tensor, *, floor: float = SPECTRUM_FLOOR, pool: int = 0, reduction: str = "mean"
-) -> torch.Tensor:
-    """mean over frequency bins of |log10(P_ŷ + floor) - log10(P_y + floor)| (bels).
+WEIGHTINGS = ("bins", "rings")
 
-    P: the ring average of ``radial_power_spectrum`` (pool=0), or the 2-D spectrum pooled in pool x pool
-    blocks of ``planar_power_spectrum`` (pool >= 1), which also sees orientation and periodic artefacts.
-    The floor keeps frequencies weaker than 8-bit rounding noise from dominating. [B] per sample for
-    reduction='none'. Images at least 8x8.
+
+def block_weights(h: int, w: int, pool: int, weighting: str, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """[H // pool, W // pool] weights of the pool x pool frequency blocks (FFT order) of an H x W spectrum,
+    mean 1: all 1 for ``weighting="bins"``; for ``"rings"`` proportional to 1 / r with r the block's mean
+    radial frequency |(f_y, f_x)|, so that the blocks of each ring of radial frequency weigh as much in
+    total as those of any other ring of the same width."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"spectral weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    shape = (h // pool, w // pool)
+    if weighting == "bins":
+        return torch.ones(shape, dtype=dtype, device=device)
+    radius = torch.sqrt(
+        torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
+        + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2
+    )
+    weights = 1.0 / _pooled(radius[None], pool)[0]  # a block's mean radius is > 0 even where it holds DC
+    return weights / weights.mean()
+
+
+def spectrum_loss(
+    y_hat: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    floor: float = SPECTRUM_FLOOR,
+    pool: int = 0,
+    weighting: str = "bins",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """mean over frequency bins of u · |log10(P_ŷ + floor) - log10(P_y + floor)| (bels).
+
+    P: the ring average of ``radial_power_spectrum`` (pool=0, u = 1: every ring counts the same), or
+    the 2-D spectrum pooled in pool x pool blocks of ``planar_power_spectrum`` (pool >= 1), which also
+    sees orientation and periodic artefacts, with u the ``block_weights`` of ``weighting`` ("bins":
+    every block the same, so high frequencies dominate; "rings": every ring the same). The floor keeps
+    frequencies weaker than 8-bit rounding noise from dominating. [B] per sample for reduction='none'.
+    Images at least 8x8.
     """
     check_pair(y_hat, y, "spectrum_loss", min_size=8)
     if not floor > 0:
         raise ValueError(f"spectrum_loss: floor must be > 0, got {floor!r}")
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
         raise ValueError(f"spectrum_loss: pool must be an int >= 0, got {pool!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"spectrum_loss: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     with no_autocast(y.device.type):
         dtype = stat_dtype(y)
         if pool:
             p_hat, p = planar_power_spectrum(y_hat.to(dtype), pool), planar_power_spectrum(y.to(dtype), pool)
+            u = block_weights(*y.shape[-2:], pool, weighting, dtype=dtype, device=y.device)
         else:
             p_hat, p = radial_power_spectrum(y_hat.to(dtype))[1], radial_power_spectrum(y.to(dtype))[1]
-        return reduce((torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
+            u = 1.0
+        return reduce(u * (torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
 
 
 def _pooled(t: torch.Tensor, pool: int) -> torch.Tensor:
@@ -152,22 +190,25 @@ def transfer_loss(
     *,
     pool: int = 4,
     floor: float = SPECTRUM_FLOOR,
+    weighting: str = "bins",
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """mean over frequency blocks of r · |H(x -> ŷ) - H(x -> y)|, H the ``transfer_function`` from the
+    """mean over frequency blocks of u · r · |H(x -> ŷ) - H(x -> y)|, H the ``transfer_function`` from the
     clean x. Unlike the power spectrum it sees what ŷ keeps of x's own detail at each frequency and
     orientation (a sharp y asks for x's edges, not for noise of the same power), and unlike pixel L1
     it does not ask for y's noise realisation. r = 1 / (1 + s) (no gradient) discounts blocks where
     H(x -> y) is uncertain: s = sqrt(N / (m · pool(|X|²))) is the standard deviation of its noise
     residue, N = pool(|Y|²) - pool(Re(Y X̄))² / pool(|X|²) the power of y not explained by x and m the
     number of averaged spectrum samples (pool² · channels). There the generator's own noise, which
-    the spectrum asks for, is penalised as little as y's. [B] per sample for reduction='none'.
-    Images at least 8x8."""
+    the spectrum asks for, is penalised as little as y's. u: the ``block_weights`` of ``weighting``
+    (as in ``spectrum_loss``). [B] per sample for reduction='none'. Images at least 8x8."""
     check_pair(y_hat, y, "transfer_loss", min_size=8)
     check_pair(y, x, "transfer_loss", min_size=8)
     _check_pool(pool, x, "transfer_loss")
     if not floor > 0:
         raise ValueError(f"transfer_loss: floor must be > 0, got {floor!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"transfer_loss: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     with no_autocast(y.device.type):
         dtype = stat_dtype(y)
         fx = _windowed_fft(x.to(dtype), "transfer_loss")  # the clean spectrum, shared by both sides
@@ -178,6 +219,7 @@ def transfer_loss(
             cross = _pooled_cross(fy, fx, pool)
             unexplained = (_pooled_power(fy, pool) - cross.pow(2) / power).clamp_min(0.0)
             reliability = 1.0 / (1.0 + (unexplained / (pool * pool * x.shape[1] * power)).sqrt())
+            reliability = reliability * block_weights(*x.shape[-2:], pool, weighting, dtype=dtype, device=x.device)
         return reduce(reliability * ((cross_hat - cross) / power).abs(), reduction, "transfer_loss")
 
 

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 
 from ..utils.dataclass_dict import checked_fields
-from .spectral import LOWPASS_SIGMA
+from .spectral import LOWPASS_SIGMA, WEIGHTINGS
 
 # names of the generator-loss terms that ``LossWeights.weighted_sum`` accepts (the other fields are critic settings)
 TERMS = (
@@ -50,7 +50,10 @@ class LossWeights:
       for DISTS when its VGG16 weights are unavailable; ``lowpass_sigma`` is the low-pass width (pixels),
       ``spectrum_pool`` 0 compares ring-averaged spectra, N >= 1 2-D spectra pooled in N x N bins;
     * ``transfer`` 0: ``losses.spectral.transfer_loss``, the transfer function from x to ŷ against the one
-      from x to y (2-D, pooled in ``spectrum_pool`` x ``spectrum_pool`` bins, 4 when that is 0).
+      from x to y (2-D, pooled in ``spectrum_pool`` x ``spectrum_pool`` bins, 4 when that is 0);
+    * ``spectrum_weighting`` "bins": the 2-D spectral terms average their frequency blocks alike (high
+      frequencies dominate); "rings": each block weighs 1 / (its radial frequency), so every ring of
+      frequencies counts the same (``losses.spectral.block_weights``).
 
     Not carried over: the silent replacement of a failing loss by mean(y - y_hat), and the disabled
     latent loss (docs/architecture.md §14).
@@ -73,9 +76,16 @@ class LossWeights:
     gradient_penalty: float = 10.0
     lowpass_sigma: float = LOWPASS_SIGMA
     spectrum_pool: int = 0
+    spectrum_weighting: str = "bins"
 
     def __post_init__(self):
+        if self.spectrum_weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"LossWeights.spectrum_weighting must be one of {WEIGHTINGS}, got {self.spectrum_weighting!r}"
+            )
         for f in fields(self):
+            if f.name == "spectrum_weighting":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"LossWeights.{f.name} must be a finite number >= 0, got {value!r}")

@@ -310,9 +310,11 @@ class Trainer:
         if w.lowpass_l1 > 0:
             terms["lowpass_l1"] = lowpass_l1_loss(y_hat01, y01, sigma=w.lowpass_sigma)
         if w.spectrum > 0:
-            terms["spectrum"] = spectrum_loss(y_hat01, y01, pool=w.spectrum_pool)
+            terms["spectrum"] = spectrum_loss(y_hat01, y01, pool=w.spectrum_pool, weighting=w.spectrum_weighting)
         if w.transfer > 0:
-            terms["transfer"] = transfer_loss(y_hat01, y01, x01, pool=w.spectrum_pool or 4)
+            terms["transfer"] = transfer_loss(
+                y_hat01, y01, x01, pool=w.spectrum_pool or 4, weighting=w.spectrum_weighting
+            )
         if w.color > 0:
             terms["color"] = color_loss(y01, y_hat01)
         if y_hat_2 is not None:
