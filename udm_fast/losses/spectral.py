@@ -54,6 +54,14 @@ def _windowed_power(images: torch.Tensor, where: str) -> torch.Tensor:
     return _windowed_fft(images, where).abs().pow(2).mean(dim=1)
 
 
+def _radial_frequency(h: int, w: int, *, dtype, device) -> torch.Tensor:
+    """[H, W]: |(f_y, f_x)| in cycles per pixel of each frequency of an H x W FFT (FFT order)."""
+    return torch.sqrt(
+        torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
+        + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2
+    )
+
+
 def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(frequencies [n - 1], power [B, n - 1]) with n = min(H, W) // 2: the Hann-windowed power spectrum
     averaged over channels and over rings of radial frequency, in the input's dtype (differentiable).
@@ -68,10 +76,7 @@ def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         raise ValueError(f"radial_power_spectrum: images must be at least 4x4, got {h}x{w}")
     power = _windowed_power(images, "radial_power_spectrum")
     dtype, device = power.dtype, power.device
-    radius = torch.sqrt(
-        torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
-        + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2
-    )
+    radius = _radial_frequency(h, w, dtype=dtype, device=device)
     ring = torch.floor(radius * 2 * n).long().flatten()
     keep = (ring >= 1) & (ring < n)
     ring = ring[keep] - 1
@@ -96,20 +101,20 @@ def planar_power_spectrum(images: torch.Tensor, pool: int) -> torch.Tensor:
 WEIGHTINGS = ("bins", "rings")
 
 
+def _check_weighting(weighting: str, where: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"{where}: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
 def block_weights(h: int, w: int, pool: int, weighting: str, *, dtype=torch.float32, device=None) -> torch.Tensor:
     """[H // pool, W // pool] weights of the pool x pool frequency blocks (FFT order) of an H x W spectrum,
     mean 1: all 1 for ``weighting="bins"``; for ``"rings"`` proportional to 1 / r with r the block's mean
     radial frequency |(f_y, f_x)|, so that the blocks of each ring of radial frequency weigh as much in
     total as those of any other ring of the same width."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"spectral weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    shape = (h // pool, w // pool)
+    _check_weighting(weighting, "block_weights")
     if weighting == "bins":
-        return torch.ones(shape, dtype=dtype, device=device)
-    radius = torch.sqrt(
-        torch.fft.fftfreq(h, dtype=dtype, device=device)[:, None] ** 2
-        + torch.fft.fftfreq(w, dtype=dtype, device=device)[None, :] ** 2
-    )
+        return torch.ones((h // pool, w // pool), dtype=dtype, device=device)
+    radius = _radial_frequency(h, w, dtype=dtype, device=device)
     weights = 1.0 / _pooled(radius[None], pool)[0]  # a block's mean radius is > 0 even where it holds DC
     return weights / weights.mean()
 
@@ -137,8 +142,7 @@ def spectrum_loss(
         raise ValueError(f"spectrum_loss: floor must be > 0, got {floor!r}")
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
         raise ValueError(f"spectrum_loss: pool must be an int >= 0, got {pool!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"spectrum_loss: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    _check_weighting(weighting, "spectrum_loss")
     with no_autocast(y.device.type):
         dtype = stat_dtype(y)
         if pool:
@@ -207,8 +211,7 @@ def transfer_loss(
     _check_pool(pool, x, "transfer_loss")
     if not floor > 0:
         raise ValueError(f"transfer_loss: floor must be > 0, got {floor!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"transfer_loss: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    _check_weighting(weighting, "transfer_loss")
     with no_autocast(y.device.type):
         dtype = stat_dtype(y)
         fx = _windowed_fft(x.to(dtype), "transfer_loss")  # the clean spectrum, shared by both sides
