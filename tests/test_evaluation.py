@@ -201,6 +201,13 @@ def test_transfer_table_identity_row_and_baseline_layout():
     assert table["cross_leakage_by_degradation"] == pytest.approx(
         [np.mean([p["cross_content"]["leakage"] for p in table["per_pair"] if p["degradation"] == j]) for j in range(2)]
     )
+    assert table["spectrum_ratio_by_degradation"] == pytest.approx(
+        [
+            np.mean([p["model"]["spectrum_db"] for p in table["per_pair"] if p["degradation"] == j])
+            / np.mean([identity[2 * i + j]["spectrum_db"].item() for i in range(2)])
+            for j in range(2)
+        ]
+    )
     for key in identity[0]:
         expected = np.nanmean([r[key].item() for r in identity])
         assert table["methods"]["identity"][key] == pytest.approx(expected, rel=1e-9)
@@ -210,5 +217,6 @@ def test_transfer_table_identity_row_and_baseline_layout():
     assert table["codes"]["global_dim"] == 8 and 0 <= table["codes"]["active_dimensions"] <= 8
     text = ev.format_transfer_table(table)
     assert "mismatched" in text and "cross_content" in text and "spread ratio" in text and "leakage" in text
+    assert "model / identity" in text
     with pytest.raises(ValueError, match="m >= 2"):
         ev.transfer_table(model, contents, degraded[:, :1])

@@ -212,6 +212,7 @@ def transfer_table(
     modules ([0, 1] images, ``reduction="none"``) added to the measures; ``progress`` is called per pair.
     Returns {"methods": {method: {measure: mean}}, "leakage_reference": mean,
     "cross_leakage_by_degradation": [m] (cross_content leakage per degradation j, empty for n = 1),
+    "spectrum_ratio_by_degradation": [m] (the model's mean spectrum distance over the identity's, per j),
     "codes": {"spread_ratio", "active_dimensions", "global_dim", "bits_total", "bits_global", "bits_local"},
     "pairs": n * m, "per_pair": [{"content": i, "degradation": j, method: {measure: value}}]}.
     """
@@ -264,17 +265,24 @@ def transfer_table(
         for method, per in rows.items()
     }
     codes_grid = torch.stack(codes)  # [n, m, global_dim]
-    by_degradation = (
-        [float(np.mean([p["cross_content"]["leakage"] for p in per_pair if p["degradation"] == j])) for j in range(m)]
-        if n >= 2
-        else []
-    )
+
+    def mean_by_degradation(method: str, key: str) -> list:
+        return [float(np.nanmean([p[method][key] for p in per_pair if p["degradation"] == j])) for j in range(m)]
+
+    by_degradation = mean_by_degradation("cross_content", "leakage") if n >= 2 else []
+    spectrum_ratio = [
+        model_db / identity_db if identity_db > 0 else float("nan")
+        for model_db, identity_db in zip(
+            mean_by_degradation("model", "spectrum_db"), mean_by_degradation("identity", "spectrum_db")
+        )
+    ]
     return {
         "pairs": n * m,
         "methods": methods,
         "per_pair": per_pair,
         "leakage_reference": float(torch.cat(reference).mean()),
         "cross_leakage_by_degradation": by_degradation,
+        "spectrum_ratio_by_degradation": spectrum_ratio,
         "codes": {
             "spread_ratio": code_spread_ratio(torch.stack(raw_codes)),
             "active_dimensions": active_dimensions(codes_grid.flatten(0, 1)),
@@ -320,6 +328,15 @@ def format_transfer_table(table: dict) -> str:
                 + f" (worst {max(table['cross_leakage_by_degradation']):.3f})"
             ]
             if table.get("cross_leakage_by_degradation")
+            else []
+        ),
+        *(
+            [
+                "spectrum distance per degradation, model / identity: "
+                + " ".join(f"{v:.2f}" for v in table["spectrum_ratio_by_degradation"])
+                + f" (worst {np.nanmax(table['spectrum_ratio_by_degradation']):.2f})"
+            ]
+            if table.get("spectrum_ratio_by_degradation")
             else []
         ),
         f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",
