@@ -95,6 +95,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{model_path} missing: the run has not finished")
     model = UDM.load(model_path).update_entropy_tables(force=True)
     initialised_from = starting_point(config["run"].get("init_weights"))  # before the bundled file is replaced
+    commit = args.commit or git_commit()  # before the assets change the tree
     summary = log_summary(os.path.join(args.run, "log.csv"), config["data"]["batch_size"])
     model.save(DEFAULT_WEIGHTS, extra={"step": summary["steps"]})
     size = os.path.getsize(DEFAULT_WEIGHTS)
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         "weights": DEFAULT_WEIGHTS.name,
         "bytes": size,
         "weights_hash": shipped.weights_hash(),
-        "commit": args.commit or git_commit(),
+        "commit": commit,
         "config": config,
         "training_photos": args.photos,
         "training_log": summary,
