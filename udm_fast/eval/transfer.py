@@ -304,6 +304,13 @@ MEASURE_LABELS = {
 }
 
 
+def _per_degradation_line(label: str, values: Optional[list], digits: int) -> list:
+    """[] without values, else one line: the label, each degradation's value and the worst (largest) one."""
+    if not values:
+        return []
+    return [f"{label}: " + " ".join(f"{v:.{digits}f}" for v in values) + f" (worst {np.nanmax(values):.{digits}f})"]
+
+
 def format_transfer_table(table: dict) -> str:
     """``transfer_table``'s result as aligned text: one row per measure, one column per method."""
     width = max(len(label) for label in MEASURE_LABELS.values())
@@ -321,23 +328,9 @@ def format_transfer_table(table: dict) -> str:
         "",
         f"leakage of the true degraded pair (y - x against the other photo, the reference level): "
         f"{table['leakage_reference']:.4f}",
-        *(
-            [
-                "cross-content leakage per degradation: "
-                + " ".join(f"{v:.3f}" for v in table["cross_leakage_by_degradation"])
-                + f" (worst {max(table['cross_leakage_by_degradation']):.3f})"
-            ]
-            if table.get("cross_leakage_by_degradation")
-            else []
-        ),
-        *(
-            [
-                "spectrum distance per degradation, model / identity: "
-                + " ".join(f"{v:.2f}" for v in table["spectrum_ratio_by_degradation"])
-                + f" (worst {np.nanmax(table['spectrum_ratio_by_degradation']):.2f})"
-            ]
-            if table.get("spectrum_ratio_by_degradation")
-            else []
+        *_per_degradation_line("cross-content leakage per degradation", table.get("cross_leakage_by_degradation"), 3),
+        *_per_degradation_line(
+            "spectrum distance per degradation, model / identity", table.get("spectrum_ratio_by_degradation"), 2
         ),
         f"e_g spread ratio (contents / degradations, lower better): {c['spread_ratio']:.4f}",
         f"active e_g dimensions (variance > {ACTIVE_VARIANCE}): {c['active_dimensions']} of {c['global_dim']}",
