@@ -100,6 +100,23 @@ def test_forward_uses_module_mode_by_default():
     assert (y_train - x).abs().max() <= 0.5 and not torch.equal(y_train, y_eval)
 
 
+def test_straight_through_gives_the_inference_rounding_with_the_identity_gradient_and_the_noisy_rate():
+    _, ours = _perturbed_pair(4)
+    x = _inputs((5, 4, 3, 2)).requires_grad_(True)
+    rounded, _ = ours(x.detach(), training=False)
+    torch.manual_seed(3)
+    _, noisy_likelihoods = ours(x.detach(), training=True)
+    torch.manual_seed(3)  # the same noise draw: the rate must be the noisy one
+    y_hat, likelihoods = ours(x, training=True, straight_through=True)
+    torch.testing.assert_close(y_hat.detach(), rounded, rtol=0, atol=0)
+    torch.testing.assert_close(likelihoods, noisy_likelihoods, rtol=0, atol=0)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    (y_hat * weights).sum().backward()
+    torch.testing.assert_close(x.grad, weights, rtol=0, atol=0)
+    eval_again, _ = ours(x.detach(), training=False, straight_through=True)  # no effect in eval
+    torch.testing.assert_close(eval_again, rounded, rtol=0, atol=0)
+
+
 def test_likelihoods_float32_under_autocast():
     _, ours = _perturbed_pair(4)
     x = _inputs((2, 4, 3, 3))

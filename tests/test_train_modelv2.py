@@ -58,6 +58,8 @@ def test_rescale_range_is_checked():
         load_config(TINY, {"data.rescale": [0.5, 1.5]})
     with pytest.raises(ConfigError, match="cross_leakage"):
         load_config(TINY, {"loss.cross_leakage": -1.0})
+    with pytest.raises(ConfigError, match="global_code_quantization"):
+        load_config(TINY, {"loss.global_code_quantization": "round"})
 
 
 @pytest.mark.parametrize("source", ["y", "y_key"])
@@ -72,6 +74,23 @@ def test_global_code_from_selects_the_crop_behind_e_g(tmp_path, source):
         second = trainer.generator_terms(x, y, other_key)[1]["y_hat"]
     changed = not torch.allclose(first, second)
     assert changed == (source == "y_key")
+
+
+@pytest.mark.parametrize("mode", ["noise", "straight_through"])
+def test_global_code_quantization_decides_what_the_generator_sees_of_e_g(tmp_path, mode):
+    trainer = Trainer(tiny(tmp_path, **{"loss.global_code_quantization": mode}))
+    compressor, seen = trainer.model.global_compressor, []
+
+    def record(module, inputs, output):  # the latent and the medians before the step moves the quantiles
+        seen.append(inputs[0].detach() - compressor.model._get_medians().detach().reshape(1, -1))
+
+    compressor.tail.register_forward_hook(record)
+    g = torch.Generator().manual_seed(0)
+    x, y, y_key = (torch.rand(4, 3, 32, 32, generator=g) for _ in range(3))
+    trainer.train_step(x, y, y_key)
+    off_grid = (seen[0] - torch.round(seen[0])).abs().max()
+    assert (off_grid < 1e-5) if mode == "straight_through" else (off_grid > 0.1)
+    assert compressor.head.layers[0].block[0].weight.grad.abs().sum() > 0  # the encoder side still learns
 
 
 def test_quantiles_get_their_own_rate(tmp_path):

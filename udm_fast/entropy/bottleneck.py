@@ -309,11 +309,13 @@ class EntropyBottleneck(nn.Module):
             return inputs.type_as(means) + means
         return inputs.type(dtype)
 
-    def forward(self, x: Tensor, training: bool | None = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, training: bool | None = None, straight_through: bool = False) -> Tuple[Tensor, Tensor]:
         """x [B, C, *spatial] -> (y_hat in x's dtype, likelihoods), both x's shape.
 
         Training: y_hat = x + U(-1/2, 1/2); eval: y_hat = round(x - median) + median.
-        The likelihood math runs in float32 even under autocast (float64 for a float64 module).
+        ``straight_through`` (training only): y_hat is the eval rounding with the identity's gradient, so
+        what follows sees the values it will see at inference; the likelihoods (the rate) stay those of the
+        noisy values. The likelihood math runs in float32 even under autocast (float64 for a float64 module).
         """
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected input [B, {self.channels}, ...], got {tuple(x.shape)}")
@@ -327,6 +329,8 @@ class EntropyBottleneck(nn.Module):
             medians = self._get_medians().to(work)
             outputs = self.quantize(values, "noise" if training else "dequantize", medians)
             likelihood = self._bounded_likelihood(outputs)
+            if training and straight_through:
+                outputs = values + (self.quantize(values, "dequantize", medians) - values).detach()
         outputs = outputs.reshape(channels_first.shape).permute(*perm).contiguous().to(x.dtype)
         likelihood = likelihood.reshape(channels_first.shape).permute(*perm).contiguous()
         return outputs, likelihood

@@ -63,17 +63,22 @@ class Compressor(nn.Module):
         if e.dim() != 2 and (self.head is not None or self.tail is not None):
             raise ValueError("Compressor: head/tail MLPs act on the last axis and only accept 2-D codes [B, C]")
 
-    def forward_modifiable(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """head + entropy model: (quantised latent before the tail, likelihoods). For latent editing."""
+    def forward_modifiable(self, e: torch.Tensor, straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """head + entropy model: (quantised latent before the tail, likelihoods). For latent editing.
+
+        ``straight_through``: see ``EntropyBottleneck.forward`` (training: rounded latent, identity gradient).
+        """
         self._check(e)
         if self.head is not None:
             e = self.head(e)
-        return self.model(e)
+        return self.model(e, straight_through=straight_through)
 
     def forward_finish(self, latent: torch.Tensor) -> torch.Tensor:
         """Applies the tail to a (possibly edited) latent from ``forward_modifiable``."""
         return latent if self.tail is None else self.tail(latent)
 
-    def forward(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latent, likelihoods = self.forward_modifiable(e)
+    def forward(
+        self, e: torch.Tensor, straight_through: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latent, likelihoods = self.forward_modifiable(e, straight_through)
         return self.forward_finish(latent), likelihoods, bits_from_likelihoods(likelihoods)

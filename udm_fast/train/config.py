@@ -109,6 +109,9 @@ class LossConfig:
     download: bool = True  # fetch the VGG16 file when it is not cached (needs a network)
     global_code_from: Literal["y", "y_key"] = "y"  # y_key: the generator's e_g is encoded from the other crop
     cross_leakage: float = 0.0  # weight of leakage_loss on a second pass: x of another batch item, y's codes
+    # what the generator sees of e_g's latent in training: "noise" (compressai's x + U(-1/2, 1/2)) or
+    # "straight_through" (the inference rounding, identity gradient); the rate is the noisy one either way
+    global_code_quantization: Literal["noise", "straight_through"] = "noise"
 
     def __post_init__(self):
         if not self.cross_leakage >= 0:

@@ -287,7 +287,8 @@ class Trainer:
         with self._autocast():
             keys = moco.keys(key_from)
         logits = moco.logits(q, keys)
-        e_g_hat, _, bits_g = m.global_compressor(q.float())
+        straight = self.config.loss.global_code_quantization == "straight_through"
+        e_g_hat, _, bits_g = m.global_compressor(q.float(), straight_through=straight)
         e_l_hat, _, bits_l = m.local_compressor(e_l.float())
         with self._autocast():
             y_hat = self.generator_fn(x, e_g_hat, e_l_hat)
