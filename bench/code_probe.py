@@ -12,7 +12,6 @@ A gap between the last two says the rounding drops the distinction the nearly cl
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 
 import numpy as np
@@ -22,19 +21,24 @@ from PIL import Image
 
 from udm_fast.models.loading import load_model
 from udm_fast.synthesis.degrade import gaussian_blur, jpeg
+from udm_fast.train.data import DataError, list_images
 
 
 def crops(photos: str, samples: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(y [N, 3, size, size] in [0, 1], labels [N]: 1 = blurred) from random crops of the photos."""
-    files = sorted(f for f in glob.glob(os.path.join(photos, "*")) if f.lower().endswith((".png", ".jpg", ".jpeg")))
-    if not files:
-        raise SystemExit(f"code_probe: no .png/.jpg photos in {photos}")
+    try:  # the training loader's listing: the probe sees the photos a run on this folder trains on
+        files = [os.path.join(photos, f) for f in list_images(photos, (".png", ".jpg", ".jpeg"))]
+    except DataError as error:
+        raise SystemExit(f"code_probe: no .png/.jpg photos: {error}") from None
+    photos_rgb = []  # each photo decoded once; crop i comes from photo i mod len(files)
+    for path in files[:samples]:
+        photos_rgb.append(np.asarray(Image.open(path).convert("RGB")))
+        if min(photos_rgb[-1].shape[:2]) < size:
+            raise SystemExit(f"code_probe: {path} is smaller than {size} px")
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for i in range(samples):
-        image = np.asarray(Image.open(files[i % len(files)]).convert("RGB"))
-        if min(image.shape[:2]) < size:
-            raise SystemExit(f"code_probe: {files[i % len(files)]} is smaller than {size} px")
+        image = photos_rgb[i % len(photos_rgb)]
         top, left = (int(rng.integers(0, n - size + 1)) for n in image.shape[:2])
         x = torch.from_numpy(image[top : top + size, left : left + size].copy()).permute(2, 0, 1)[None] / 255.0
         blurred = i % 2
@@ -51,11 +55,12 @@ def features(model, y: torch.Tensor) -> dict:
     y_int = y * 2 - 1
     encoder, compressor = model.global_encoder.encoder_q, model.global_compressor
     fp, fl = encoder.features(y_int)
-    e_g = encoder(y_int)
+    pooled = torch.cat((fp.mean((2, 3)), fl.mean((2, 3))), 1)
+    e_g = encoder.head(pooled)  # = encoder(y_int), without running the branches again
     before = compressor.head(e_g) if compressor.head is not None else e_g
-    after, _ = compressor.forward_modifiable(e_g)
+    after, _ = compressor.model(before)  # eval mode: the inference rounding
     return {
-        "pooled encoder features": torch.cat((fp.mean((2, 3)), fl.mean((2, 3))), 1),
+        "pooled encoder features": pooled,
         "e_g latent before rounding": before,
         "e_g latent after rounding": after,
     }
