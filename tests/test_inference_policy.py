@@ -1,5 +1,5 @@
 """CPU inference precision of UDM.synthesize (udm_fast/models/inference.py): bf16 within its stated
-tolerance of float64, fp32 the float32 computation, the policy's choices, and the CLI flag."""
+tolerance of float64, fp32 the float32 computation, the policy's choices, and the CLI flags."""
 
 import os
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from udm_fast import UDM, build_info, default_model
 from udm_fast.cli import build_parser
-from udm_fast.cli.common import apply_precision_argument
+from udm_fast.cli.common import apply_inference_arguments
 from udm_fast.models.inference import BF16_TOLERANCE, cpu_has_native_bf16, synthesis_autocast_dtype
 from udm_fast.ops.backend import resolve
 
@@ -116,16 +116,19 @@ def test_unknown_precision_is_refused_by_name():
         ["eval", "--clean", "photos"],
     ],
 )
-def test_cli_precision_flag(command):
+def test_cli_inference_flags(command):
     parser = build_parser()
-    assert parser.parse_args(command).precision is None  # the model's default (UDM_FAST_PRECISION, else auto)
+    args = parser.parse_args(command)
+    assert args.precision is None and args.global_code is None  # the model's own settings
     model = UDM(filters=16)
-    apply_precision_argument(model, parser.parse_args(command))
-    assert model.precision == os.environ.get("UDM_FAST_PRECISION", "auto")
-    apply_precision_argument(model, parser.parse_args(command + ["--precision", "bf16"]))
-    assert model.precision == "bf16"
-    with pytest.raises(SystemExit):
-        parser.parse_args(command + ["--precision", "fp16"])
+    apply_inference_arguments(model, args)
+    assert model.precision == os.environ.get("UDM_FAST_PRECISION", "auto") and model.global_code == "rounded"
+    both = ["--precision", "bf16", "--global-code", "continuous"]
+    apply_inference_arguments(model, parser.parse_args(command + both))
+    assert model.precision == "bf16" and model.global_code == "continuous"
+    for bad in (["--precision", "fp16"], ["--global-code", "noisy"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(command + bad)
 
 
 def test_auto_backend_never_picks_the_cuda_tile_code_on_cpu():

@@ -13,7 +13,7 @@ import torch
 
 from ..models import pretrained
 from ..models.inference import PRECISIONS
-from ..models.udm import UDM
+from ..models.udm import GLOBAL_CODES, UDM
 from ..train.config import DataConfig
 from ..utils.io import ImageNote
 
@@ -109,8 +109,8 @@ def check_seed(flag: str, seed: int) -> None:
         raise ValueError(f"{flag} must be an integer from 0 to 2**64 - 1, got {seed}")
 
 
-def add_precision_argument(parser) -> None:
-    """The ``--precision`` option of the commands that synthesize (transfer, demo, eval)."""
+def add_inference_arguments(parser) -> None:
+    """``--precision`` and ``--global-code``: the options of the commands that synthesize (transfer, demo, eval)."""
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -119,9 +119,18 @@ def add_precision_argument(parser) -> None:
         "else float32; channels-last), fp32 (float32 eager) or bf16 "
         "(default: UDM_FAST_PRECISION, else auto)",
     )
+    parser.add_argument(
+        "--global-code",
+        choices=GLOBAL_CODES,
+        default=None,
+        help="e_g as the generator gets it: rounded (as a .udm file holds it) or continuous (the latent "
+        "left unrounded) (default: the model file's setting, rounded unless saved otherwise)",
+    )
 
 
-def apply_precision_argument(model, args) -> None:
-    """Sets ``model.precision`` from ``--precision`` when given (else the model keeps its default)."""
+def apply_inference_arguments(model, args) -> None:
+    """Sets ``model.precision`` and ``model.global_code`` from the options given (else the model keeps its own)."""
     if args.precision is not None:
         model.precision = args.precision
+    if args.global_code is not None:
+        model.global_code = args.global_code

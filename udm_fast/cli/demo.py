@@ -16,7 +16,13 @@ from ..models.loading import load_model
 from ..synthesis import degrade
 from ..utils.device import parse_device
 from ..utils.io import load_image, save_image
-from .common import TRANSFER_FIRST_SEED, ParentParsers, add_precision_argument, apply_precision_argument, set_tile_size
+from .common import (
+    TRANSFER_FIRST_SEED,
+    ParentParsers,
+    add_inference_arguments,
+    apply_inference_arguments,
+    set_tile_size,
+)
 
 DEMO_GRID_NAME = "transfer_grid.png"
 DEMO_TRAVERSAL_NAME = "traversals.png"
@@ -46,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
     )
     demo.add_argument("--out", default="udm_fast_demo", metavar="DIR", help="output folder (default ./udm_fast_demo)")
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the noise (default 0)")
-    add_precision_argument(demo)
+    add_inference_arguments(demo)
     demo.set_defaults(run=run)
 
 
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     degraded = [make(cleans[i % len(cleans)], generator) for i, (_, make) in enumerate(DEMO_DEGRADATIONS)]
     model = load_model(args.weights, args.official, device).eval()
     set_tile_size(model, args.tile_size)
-    apply_precision_argument(model, args)
+    apply_inference_arguments(model, args)
     contents = torch.cat([center_crop(x, min(DEMO_TABLE_CROP, *x.shape[-2:])) for x in cleans])
     seeds = [TRANSFER_FIRST_SEED + k for k in range(DEMO_TABLE_DEGRADATIONS)]
     table_degraded, _ = degradation_grid(contents, seeds)

@@ -25,8 +25,8 @@ from .common import (
     SYNTH_INDEX,
     TRANSFER_FIRST_SEED,
     ParentParsers,
-    add_precision_argument,
-    apply_precision_argument,
+    add_inference_arguments,
+    apply_inference_arguments,
     check_seed,
     report,
 )
@@ -100,7 +100,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
     evaluate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the generator noise")
     evaluate.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG16 file for DISTS/LPIPS")
     evaluate.add_argument("--no-download", action="store_true", help="never download the VGG16 weights")
-    add_precision_argument(evaluate)
+    add_inference_arguments(evaluate)
     evaluate.set_defaults(run=run)
 
 
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     index = _index_path(args.data) if args.clean is None else None
     model = load_model(args.weights, args.official, device)
-    apply_precision_argument(model, args)
+    apply_inference_arguments(model, args)
     perceptual, unavailable = _perceptual_metrics(args, device)
     for name, reason in unavailable.items():
         report("note", f"{name} not computed ({reason})")
@@ -220,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     results.update(
         weights=args.weights or "bundled",
         weights_hash=model.weights_hash(),
+        global_code=model.global_code,
         data=index or args.clean,
         crop=results.get("crop", args.crop or None),
         seed=args.seed,

@@ -12,8 +12,8 @@ from ..utils.device import parse_device
 from ..utils.io import format_for_path, load_image, save_image
 from .common import (
     ParentParsers,
-    add_precision_argument,
-    apply_precision_argument,
+    add_inference_arguments,
+    apply_inference_arguments,
     image_size,
     read_code,
     set_tile_size,
@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: ParentParsers) -> 
     source.add_argument("--code", metavar="C", help="a degradation code written by `udm-fast encode`")
     transfer.add_argument("--out", required=True, metavar="Z", help="output image (.png, .jpg or .jpeg)")
     transfer.add_argument("--seed", type=int, metavar="S", help="seed of the generator noise (default: random)")
-    add_precision_argument(transfer)
+    add_inference_arguments(transfer)
     transfer.set_defaults(run=run)
 
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     degraded = None if args.degraded is None else load_image(args.degraded)
     model = load_model(args.weights, args.official, device)
     set_tile_size(model, args.tile_size)
-    apply_precision_argument(model, args)
+    apply_inference_arguments(model, args)
     noise = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     with torch.no_grad():

@@ -77,6 +77,12 @@ class Compressor(nn.Module):
         """Applies the tail to a (possibly edited) latent from ``forward_modifiable``."""
         return latent if self.tail is None else self.tail(latent)
 
+    def continuous(self, e: torch.Tensor) -> torch.Tensor:
+        """head -> tail with the entropy model's rounding left out: the code whose noisy draws the tail saw in
+        training (their mean), for inference that does not go through a bitstream."""
+        self._check(e)
+        return self.forward_finish(e if self.head is None else self.head(e))
+
     def forward(
         self, e: torch.Tensor, straight_through: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -72,10 +72,12 @@ class VUNet(nn.Module):
     """Three-level U-Net of SFT residual blocks (K = filters, 2*filters, 4*filters).
 
     forward(clean [B, 3, H, W] (H, W multiples of 8), cond [B, cond_dim, h, w], noise) -> [B, 3, H, W].
+    ``residual``: the output is clean + the network's (the reference has no such skip).
     """
 
-    def __init__(self, filters: int = 64, proj_dim_noise: int = 8):
+    def __init__(self, filters: int = 64, proj_dim_noise: int = 8, residual: bool = False):
         super().__init__()
+        self.residual = residual
         k1, k2, k3 = filters, 2 * filters, 4 * filters
         lrelu, relu = nn.LeakyReLU(0.01), nn.ReLU()
         cond_dim = proj_dim_noise
@@ -154,7 +156,8 @@ class VUNet(nn.Module):
         y = run(self.blocks2_, y)
         y = self.conv_skip1(torch.cat((self.conv_up1(y), skip1), dim=1))
         y = run(self.blocks1_, y)
-        return self.conv_last(y)
+        out = self.conv_last(y)
+        return out + clean.to(out.dtype) if self.residual else out
 
 
 class Generator(nn.Module):
@@ -164,9 +167,16 @@ class Generator(nn.Module):
     A 4th input channel (the reference's random state) is dropped, as in the reference.
     """
 
-    def __init__(self, n_filter: int = 64, proj_dim_noise: int = 8, loc_emb_dim: int = 4, emb_dim: int = 256):
+    def __init__(
+        self,
+        n_filter: int = 64,
+        proj_dim_noise: int = 8,
+        loc_emb_dim: int = 4,
+        emb_dim: int = 256,
+        residual: bool = False,
+    ):
         super().__init__()
-        self.net = VUNet(n_filter, proj_dim_noise)
+        self.net = VUNet(n_filter, proj_dim_noise, residual)
         self.conv = nn.Conv2d(loc_emb_dim + emb_dim, proj_dim_noise, 3, padding=1)
         self.loc_emb_dim, self.emb_dim = loc_emb_dim, emb_dim
 

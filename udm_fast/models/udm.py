@@ -50,6 +50,7 @@ class UDMConfig:
     disc_channels: int = 3  # 3 = plain strategy, 6 = conditioned
     disc_ndf: int = 64
     disc_in_width: int = 128  # training patch width (selects the first convs' strides)
+    residual_output: bool = False  # ŷ = x + generator output (in [-1, 1]); the reference has no such skip [ours]
 
     @classmethod
     def from_dict(cls, values: dict) -> "UDMConfig":
@@ -105,6 +106,9 @@ def _resize_window(
     return top[..., c0] * (1 - wc) + top[..., c1] * wc
 
 
+GLOBAL_CODES = ("rounded", "continuous")  # UDM.global_code
+
+
 class UDM(nn.Module):
     """Universal degradation model.
 
@@ -132,11 +136,14 @@ class UDM(nn.Module):
         self.local_encoder = LPEL(c.encoder_dim, c.local_channels, 3)
         self.global_compressor = Compressor(c.global_dim, c.head_layers, c.tail_layers)
         self.local_compressor = Compressor(c.local_channels)
-        self.generator = Generator(c.filters, c.cond_dim, c.local_channels, c.global_dim)
+        self.generator = Generator(c.filters, c.cond_dim, c.local_channels, c.global_dim, c.residual_output)
         self.discriminator = Discriminator(c.disc_channels, c.disc_ndf, c.disc_in_width) if c.discriminator else None
         self.tile_size: Optional[int] = 512
         # CPU inference precision of synthesize: auto / fp32 / bf16 (udm_fast/models/inference.py)
         self.precision = os.environ.get("UDM_FAST_PRECISION", "auto")
+        # e_g at eval-mode encode: "rounded" (compressai's inference, what a .udm file holds) or "continuous"
+        # (the latent left unrounded, as the generator saw it in training under noise; bench/RESULTS.md session 8)
+        self.global_code = "rounded"
         self.encoder_halo = 16
         self.generator_halo = 64
 
@@ -151,11 +158,15 @@ class UDM(nn.Module):
         """Degradation codes of y [B, 3, H, W] in [0, 1]: (e_g [B, global_dim], e_l [B, c_l, ceil(H/2), ceil(W/2)]).
 
         quantize=True passes the codes through the compressors (rounding in eval mode, uniform noise in
-        training mode, as compressai does); quantize=False returns the raw encoder outputs. In training
+        training mode, as compressai does; with ``global_code = "continuous"`` e_g's latent is not rounded in
+        eval mode, so it differs from the code a ``.udm`` file holds); quantize=False returns the raw encoder
+        outputs. In training
         mode the encoders' BatchNorm layers also use and update batch statistics: call ``eval()`` first
         to code images (``UDM(...)`` starts in training mode; ``load`` and ``from_official`` return eval).
         """
         _check_images("y", y, self.dtype)
+        if self.global_code not in GLOBAL_CODES:
+            raise ValueError(f"global_code must be one of {GLOBAL_CODES}, got {self.global_code!r}")
         if min(y.shape[-2:]) < 4:
             raise ValueError(f"y must be at least 4x4 pixels, got {y.shape[-2]}x{y.shape[-1]}")
         y_int = _pad_to_multiple(y * 2 - 1, 2)
@@ -164,7 +175,9 @@ class UDM(nn.Module):
         else:
             e_g, e_l = self.global_encoder.encoder_q(y_int), self.local_encoder(y_int)
         if quantize:
-            e_g, e_l = self.global_compressor(e_g)[0], self.local_compressor(e_l)[0]
+            rounded = self.training or self.global_code == "rounded"
+            e_g = self.global_compressor(e_g)[0] if rounded else self.global_compressor.continuous(e_g)
+            e_l = self.local_compressor(e_l)[0]
         return e_g, e_l
 
     def synthesize(self, x: torch.Tensor, e_g: torch.Tensor, e_l: torch.Tensor, noise: Noise = None) -> torch.Tensor:
@@ -219,7 +232,8 @@ class UDM(nn.Module):
         return degradation_code.compress(self, y)
 
     def decompress_degradation(self, data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-        """(e_g, e_l) from ``compress_degradation`` bytes; equal to ``encode(y)`` in eval mode."""
+        """(e_g, e_l) from ``compress_degradation`` bytes; equal to ``encode(y)`` in eval mode with the rounded
+        global code."""
         return degradation_code.decompress(self, data)
 
     def noise_shapes(self, batch: int, height: int, width: int) -> list:
@@ -371,13 +385,16 @@ class UDM(nn.Module):
         return {"model": parts}
 
     def save(self, path: str | os.PathLike, extra: Optional[dict] = None) -> None:
-        """Writes {format, version, config, state_dict[, extra]} atomically."""
+        """Writes {format, version, config, state_dict[, global_code][, extra]} atomically (``global_code``
+        when not the default "rounded")."""
         payload = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "config": dataclasses.asdict(self.config),
             "state_dict": self.state_dict(),
         }
+        if self.global_code != "rounded":
+            payload["global_code"] = self.global_code
         if extra:
             payload["extra"] = extra
         ckpt.save_atomic(payload, path)
@@ -409,6 +426,9 @@ class UDM(nn.Module):
         if len(dtypes) == 1:  # a model saved in float64 / half comes back so (and keeps its weights hash)
             model = model.to(dtypes.pop())
         ckpt.check_and_load(model, state, where)
+        model.global_code = payload.get("global_code", "rounded")
+        if model.global_code not in GLOBAL_CODES:
+            raise ckpt.CheckpointError(f"{where}: global_code must be one of {GLOBAL_CODES}, got {model.global_code!r}")
         return model.eval()
 
 
