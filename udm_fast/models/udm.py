@@ -160,9 +160,9 @@ class UDM(nn.Module):
         quantize=True passes the codes through the compressors (rounding in eval mode, uniform noise in
         training mode, as compressai does; with ``global_code = "continuous"`` e_g's latent is not rounded in
         eval mode, so it differs from the code a ``.udm`` file holds); quantize=False returns the raw encoder
-        outputs. In training
-        mode the encoders' BatchNorm layers also use and update batch statistics: call ``eval()`` first
-        to code images (``UDM(...)`` starts in training mode; ``load`` and ``from_official`` return eval).
+        outputs. In training mode the encoders' BatchNorm layers also use and update batch statistics: call
+        ``eval()`` first to code images (``UDM(...)`` starts in training mode; ``load`` and ``from_official``
+        return eval).
         """
         _check_images("y", y, self.dtype)
         if self.global_code not in GLOBAL_CODES:
@@ -175,8 +175,8 @@ class UDM(nn.Module):
         else:
             e_g, e_l = self.global_encoder.encoder_q(y_int), self.local_encoder(y_int)
         if quantize:
-            rounded = self.training or self.global_code == "rounded"
-            e_g = self.global_compressor(e_g)[0] if rounded else self.global_compressor.continuous(e_g)
+            bottleneck = self.training or self.global_code == "rounded"  # noise in training, rounding in eval
+            e_g = self.global_compressor(e_g)[0] if bottleneck else self.global_compressor.continuous(e_g)
             e_l = self.local_compressor(e_l)[0]
         return e_g, e_l
 
