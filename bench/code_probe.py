@@ -57,7 +57,7 @@ def features(model, y: torch.Tensor) -> dict:
     fp, fl = encoder.features(y_int)
     pooled = torch.cat((fp.mean((2, 3)), fl.mean((2, 3))), 1)
     e_g = encoder.head(pooled)  # = encoder(y_int), without running the branches again
-    before = compressor.head(e_g) if compressor.head is not None else e_g
+    before = compressor.latent(e_g)
     after, _ = compressor.model(before)  # eval mode: the inference rounding
     return {
         "pooled encoder features": pooled,

@@ -61,7 +61,7 @@ def compress(model, y: torch.Tensor) -> bytes:
     with _eval_mode(model):
         e_g, e_l = model.encode(y, quantize=False)
     gc, lc = model.global_compressor, model.local_compressor
-    g_values = gc.head(e_g) if gc.head is not None else e_g
+    g_values = gc.latent(e_g)
     g_stream = coder.encode_parallel_values(g_values, gc.model._get_medians(), _tables(gc))
     l_stream = coder.encode_parallel_values(e_l, lc.model._get_medians(), _tables(lc))
     header = _HEADER.pack(

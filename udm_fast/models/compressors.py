@@ -63,15 +63,17 @@ class Compressor(nn.Module):
         if e.dim() != 2 and (self.head is not None or self.tail is not None):
             raise ValueError("Compressor: head/tail MLPs act on the last axis and only accept 2-D codes [B, C]")
 
+    def latent(self, e: torch.Tensor) -> torch.Tensor:
+        """The head applied to e (e itself without one): what the entropy model quantises and codes."""
+        self._check(e)
+        return e if self.head is None else self.head(e)
+
     def forward_modifiable(self, e: torch.Tensor, straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """head + entropy model: (quantised latent before the tail, likelihoods). For latent editing.
 
         ``straight_through``: see ``EntropyBottleneck.forward`` (training: rounded latent, identity gradient).
         """
-        self._check(e)
-        if self.head is not None:
-            e = self.head(e)
-        return self.model(e, straight_through=straight_through)
+        return self.model(self.latent(e), straight_through=straight_through)
 
     def forward_finish(self, latent: torch.Tensor) -> torch.Tensor:
         """Applies the tail to a (possibly edited) latent from ``forward_modifiable``."""
@@ -80,8 +82,7 @@ class Compressor(nn.Module):
     def continuous(self, e: torch.Tensor) -> torch.Tensor:
         """head -> tail with the entropy model's rounding left out: the code whose noisy draws the tail saw in
         training (their mean), for inference that does not go through a bitstream."""
-        self._check(e)
-        return self.forward_finish(e if self.head is None else self.head(e))
+        return self.forward_finish(self.latent(e))
 
     def forward(
         self, e: torch.Tensor, straight_through: bool = False
