@@ -142,11 +142,40 @@ def test_folder_triples_are_crops_of_one_degraded_region(clean_folder):
 
 def test_make_triples_batches_like_the_loader(clean_folder):
     raw = collate([_folder_dataset(clean_folder, degrade_on="device")[Item(i, 10 + i)] for i in range(3)])
-    x, y, y_key = make_triples(raw["window"], raw["positions"], CROP, HOMOGENEOUS, torch.Generator().manual_seed(0))
+    x, y, y_key, noise_free = make_triples(
+        raw["window"], raw["positions"], CROP, HOMOGENEOUS, torch.Generator().manual_seed(0)
+    )
     assert x.shape == y.shape == y_key.shape == (3, 3, CROP, CROP)
+    assert noise_free.dtype == torch.bool and noise_free.shape == (3,)
     loader_items = [_folder_dataset(clean_folder)[Item(i, 10 + i)] for i in range(3)]
     assert all(torch.equal(x[i], it["x"]) for i, it in enumerate(loader_items))
     assert not torch.equal(y, x)
+
+
+@pytest.mark.parametrize("p_noise", [0.0, 0.5, 1.0])
+def test_noise_free_flags_the_plans_without_noise(clean_folder, p_noise):
+    config = DegradeConfig(p_noise=p_noise, p_gaussian_blur=0.5, p_inhomogeneous=0.5)
+    raw = collate([_folder_dataset(clean_folder, degrade_on="device")[Item(i % 2, i)] for i in range(8)])
+    generator = torch.Generator().manual_seed(3)
+    _, _, _, noise_free = make_triples(raw["window"], raw["positions"], CROP, config, generator)
+    _, plan = degrade(raw["window"].float() / 255.0, config=config, generator=torch.Generator().manual_seed(3))
+    assert noise_free.tolist() == [not any(op["op"] == "noise" for op in image["ops"]) for image in plan]
+    if p_noise in (0.0, 1.0):
+        assert noise_free.tolist() == [p_noise == 0.0] * 8
+    # without noise y is a function of x: the same window degraded twice with fresh seeds gives one y
+    clean = DegradeConfig(
+        p_noise=0.0, p_gaussian_blur=0.0, p_motion_blur=0.0, p_contrast=0.0, p_jpeg=1.0, jpeg_quality=(50, 50)
+    )
+    ys = [make_triples(raw["window"], raw["positions"], CROP, clean, torch.Generator().manual_seed(k)) for k in (1, 2)]
+    assert ys[0][3].all()
+    ys = [triple[1] for triple in ys]
+    assert torch.equal(ys[0], ys[1])
+
+
+def test_loader_items_carry_noise_free(clean_folder):
+    dataset = _folder_dataset(clean_folder)
+    assert dataset[Item(0, 1)]["noise_free"].dtype == torch.bool
+    assert collate([dataset[Item(i, i)] for i in range(2)])["noise_free"].shape == (2,)
 
 
 def test_small_images_are_upscaled_to_the_window(tmp_path):

@@ -9,7 +9,7 @@ from tiny_training import TINY
 from tiny_training import tiny as tiny_config
 
 from udm_fast.eval.leakage import leakage_loss
-from udm_fast.losses import spectrum_loss, transfer_loss
+from udm_fast.losses import l1_loss, spectrum_loss, transfer_loss
 from udm_fast.models.checkpoint import CheckpointError
 from udm_fast.models.udm import UDM
 from udm_fast.synthesis.degrade import DegradeConfig
@@ -239,3 +239,41 @@ def test_spectrum_weighting_reaches_both_spectral_terms(tmp_path):
 
 def _assert_differs(a, b):
     assert not torch.allclose(a, b, rtol=1e-3)
+
+
+def test_l1_noise_free_averages_l1_over_the_noise_free_pairs(tmp_path):
+    trainer = Trainer(tiny(tmp_path / "run", **{"loss.weights.l1_noise_free": 5.0}))
+    x, y, y_key, _ = trainer._to_device(next(iter(trainer._loader())))
+    mask = torch.tensor([True, False] * (x.shape[0] // 2) + [True] * (x.shape[0] % 2))
+    torch.manual_seed(0)
+    terms, extra = trainer.generator_terms(x, y, y_key, mask)
+    per_image = l1_loss((extra["y_hat"] + 1) / 2, y, reduction="none").double()
+    expected = (per_image * mask.double()).sum() / x.shape[0]
+    torch.testing.assert_close(terms["l1_noise_free"].double(), expected, rtol=1e-3, atol=1e-6)
+    none_free = trainer.generator_terms(x, y, y_key, torch.zeros_like(mask))[0]["l1_noise_free"]
+    assert none_free.item() == 0.0
+    assert trainer.train_step(x, y, y_key, mask)[0]["l1_noise_free"].item() > 0
+    with pytest.raises(ValueError, match="l1_noise_free needs to know"):
+        trainer.generator_terms(x, y, y_key, None)
+
+
+def test_l1_noise_free_only_trains_on_the_noise_free_pairs(tmp_path):
+    trainer = Trainer(tiny(tmp_path / "run", **{"loss.weights.l1_noise_free": 1.0}))
+    x, y, y_key, _ = trainer._to_device(next(iter(trainer._loader())))
+    mask = torch.zeros(x.shape[0], dtype=torch.bool)
+    mask[0] = True
+    y_changed = y.clone()
+    y_changed[1:] = torch.rand_like(y[1:])  # only pairs with mask False change
+    trainer.model.eval()  # BatchNorm on running statistics: item 0's codes do not depend on the other items
+    grads = []
+    for target in (y, y_changed):
+        trainer.model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        trainer.generator_terms(x, target, y_key, mask)[0]["l1_noise_free"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.generator.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_l1_noise_free_needs_synthesised_pairs():
+    with pytest.raises(ConfigError, match="l1_noise_free needs synthesised pairs"):
+        load_config(TINY, {"loss.weights.l1_noise_free": 1.0, "data.kind": "csv", "data.csv": "pairs.csv"})

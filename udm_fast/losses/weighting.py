@@ -16,6 +16,7 @@ TERMS = (
     "dists",
     "lpips",
     "l1",
+    "l1_noise_free",
     "lowpass_l1",
     "spectrum",
     "transfer",
@@ -38,6 +39,9 @@ class LossWeights:
     * ``dists`` 10 on DISTS of [0, 1] images (the reference fed [-1, 1], a bug; docs/architecture.md §14);
     * ``l1`` 20 on mean |y - y_hat| of [0, 1] images = the reference's 10 on its [-1, 1] tensors
       (the same underlying term: the [-1, 1] difference is twice the [0, 1] one);
+    * ``l1_noise_free`` 0: L1 against y on the synthesised pairs drawn without noise only (their y is a
+      function of x, so pixel-exact reconstruction is learnable; against noise, L1 teaches dropping it),
+      averaged over the whole batch (noisy pairs count 0);
     * ``color`` 10 (rgbn, domain-independent); ``diversity`` 1 (``diversity_loss`` works in the
       reference's [-1, 1] units); ``contrastive`` 1e-4; ``bits_global`` 2e-3 (per image of e_g);
       ``bits_local`` 0.05 (per latent location of e_l); ``aux`` 1 (EntropyBottleneck quantile loss,
@@ -62,6 +66,7 @@ class LossWeights:
     dists: float = 10.0
     lpips: float = 0.0
     l1: float = 20.0
+    l1_noise_free: float = 0.0
     lowpass_l1: float = 0.0
     spectrum: float = 0.0
     transfer: float = 0.0

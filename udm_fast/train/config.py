@@ -228,6 +228,11 @@ class TrainingConfig:
                     f"model.disc_in_width ({self.model.disc_in_width}) must equal data.crop_size "
                     f"({self.data.crop_size}): it selects the critic's strides for that patch width"
                 )
+        if self.loss.weights.l1_noise_free > 0 and self.data.kind != "folder":
+            raise ValueError(
+                f"loss.weights.l1_noise_free needs synthesised pairs (data.kind: folder, which knows which pairs "
+                f"are noise-free); data.kind is {self.data.kind!r}: set the weight to 0"
+            )
         if self.model.queue_size < self.data.batch_size:
             raise ValueError(
                 f"model.queue_size ({self.model.queue_size}) must be >= data.batch_size "
