@@ -72,12 +72,13 @@ def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def spectrum_distance(a: torch.Tensor, b: torch.Tensor, floor: float = SPECTRUM_FLOOR) -> torch.Tensor:
     """RMS over frequency rings of 10 log10(max(P_a, floor) / max(P_b, floor)) in dB, per image [B]
-    (0 for equal spectra); the floor keeps invisible high-frequency residues from dominating."""
+    (~0 for equal spectra: 1e-10 at least, so the gradient stays finite there); the floor keeps invisible
+    high-frequency residues from dominating."""
     _check_same_shape(a, b, "spectrum_distance")
     _, pa = radial_power_spectrum(a)
     _, pb = radial_power_spectrum(b)
     ratio_db = 10.0 * torch.log10(pa.clamp_min(floor) / pb.clamp_min(floor))
-    return ratio_db.pow(2).mean(dim=1).sqrt()
+    return ratio_db.pow(2).mean(dim=1).clamp_min(1e-20).sqrt()
 
 
 def noise_level(images: torch.Tensor) -> torch.Tensor:
