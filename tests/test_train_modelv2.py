@@ -277,3 +277,13 @@ def test_l1_noise_free_only_trains_on_the_noise_free_pairs(tmp_path):
 def test_l1_noise_free_needs_synthesised_pairs():
     with pytest.raises(ConfigError, match="l1_noise_free needs synthesised pairs"):
         load_config(TINY, {"loss.weights.l1_noise_free": 1.0, "data.kind": "csv", "data.csv": "pairs.csv"})
+
+
+@pytest.mark.parametrize("degrade_on", ["loader", "device"])
+def test_both_synthesis_paths_flag_the_noise_free_pairs(tmp_path, degrade_on):
+    overrides = {"data.degrade_on": degrade_on, "data.degrade.p_noise": 0.0}
+    trainer = Trainer(tiny(tmp_path / "run", **overrides))
+    *_, noise_free = trainer._to_device(next(iter(trainer._loader())))
+    assert noise_free.dtype == torch.bool and noise_free.all()
+    trainer = Trainer(tiny(tmp_path / "noisy", **{**overrides, "data.degrade.p_noise": 1.0}))
+    assert not trainer._to_device(next(iter(trainer._loader())))[3].any()
