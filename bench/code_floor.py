@@ -24,13 +24,6 @@ from udm_fast.models.loading import load_model
 CODES = ("global", "local", "both")
 
 
-def _rounded(compressor, raw: torch.Tensor) -> torch.Tensor:
-    """The inference code of a raw encoder output, with the identity's gradient through the rounding."""
-    latent = compressor.latent(raw)
-    rounded, _ = compressor.model(latent, training=False)
-    return compressor.forward_finish(latent + (rounded - latent).detach())
-
-
 def local_bits(model, e_l: torch.Tensor) -> float:
     """Mean bits per location of the raw local code e_l [B, C, h, w] under eval-mode rounding."""
     with torch.no_grad():
@@ -46,9 +39,10 @@ def fit_codes(model, x: torch.Tensor, y: torch.Tensor, codes: str, steps: int, l
     with torch.no_grad():
         e_g, e_l = model.encode(y, quantize=False)
 
-    def transfer(e_g, e_l):
+    def transfer(e_g, e_l):  # the inference codes, with the identity's gradient through the rounding
         noise.manual_seed(0)
-        return model.synthesize(x, _rounded(model.global_compressor, e_g), _rounded(model.local_compressor, e_l), noise)
+        e_g = model.global_compressor(e_g, straight_through=True)[0]
+        return model.synthesize(x, e_g, model.local_compressor(e_l, straight_through=True)[0], noise)
 
     with torch.no_grad():
         encoded = spectrum_distance(transfer(e_g, e_l).clamp(0, 1), y).mean().item()

@@ -41,7 +41,7 @@ def test_a_transfer_of_another_code_is_approached():
     codes = torch.Generator().manual_seed(4)
     e_g, e_l = torch.randn(2, 16, generator=codes) * 4, torch.randn(2, 4, 16, 16, generator=codes) * 4
     with torch.no_grad():
-        e_g, e_l = code_floor._rounded(model.global_compressor, e_g), code_floor._rounded(model.local_compressor, e_l)
+        e_g, e_l = model.global_compressor(e_g)[0], model.local_compressor(e_l)[0]
         target = model.synthesize(x, e_g, e_l, noise=torch.Generator().manual_seed(0))
     r = code_floor.fit_codes(model, x, target.clamp(0, 1), "both", steps=40, lr=0.1, l1=20.0)
     assert r["encoded"] > 0.05 and r["fitted"] < 0.5 * r["encoded"]

@@ -113,8 +113,11 @@ def test_straight_through_gives_the_inference_rounding_with_the_identity_gradien
     weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     (y_hat * weights).sum().backward()
     torch.testing.assert_close(x.grad, weights, rtol=0, atol=0)
-    eval_again, _ = ours(x.detach(), training=False, straight_through=True)  # no effect in eval
-    torch.testing.assert_close(eval_again, rounded, rtol=0, atol=0)
+    x.grad = None
+    eval_again, _ = ours(x, training=False, straight_through=True)  # eval: the same values, the identity gradient
+    torch.testing.assert_close(eval_again.detach(), rounded, rtol=0, atol=0)
+    (eval_again * weights).sum().backward()
+    torch.testing.assert_close(x.grad, weights, rtol=0, atol=0)
 
 
 def test_likelihoods_float32_under_autocast():

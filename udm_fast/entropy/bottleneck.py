@@ -313,9 +313,10 @@ class EntropyBottleneck(nn.Module):
         """x [B, C, *spatial] -> (y_hat in x's dtype, likelihoods), both x's shape.
 
         Training: y_hat = x + U(-1/2, 1/2); eval: y_hat = round(x - median) + median.
-        ``straight_through`` (training only): y_hat is the eval rounding with the identity's gradient, so
-        what follows sees the values it will see at inference; the likelihoods (the rate) stay those of the
-        noisy values. The likelihood math runs in float32 even under autocast (float64 for a float64 module).
+        ``straight_through``: y_hat is the eval rounding with the identity's gradient, so what follows sees
+        the values it will see at inference (in eval mode only the gradient changes, for fitting codes); the
+        likelihoods (the rate) stay those of the noisy values in training, of the rounded ones in eval. The
+        likelihood math runs in float32 even under autocast (float64 for a float64 module).
         """
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected input [B, {self.channels}, ...], got {tuple(x.shape)}")
@@ -329,8 +330,9 @@ class EntropyBottleneck(nn.Module):
             medians = self._get_medians().to(work)
             outputs = self.quantize(values, "noise" if training else "dequantize", medians)
             likelihood = self._bounded_likelihood(outputs)
-            if training and straight_through:
-                outputs = values + (self.quantize(values, "dequantize", medians) - values).detach()
+            if straight_through:
+                rounded = self.quantize(values, "dequantize", medians) if training else outputs
+                outputs = values + (rounded - values).detach()
         outputs = outputs.reshape(channels_first.shape).permute(*perm).contiguous().to(x.dtype)
         likelihood = likelihood.reshape(channels_first.shape).permute(*perm).contiguous()
         return outputs, likelihood

@@ -71,7 +71,7 @@ class Compressor(nn.Module):
     def forward_modifiable(self, e: torch.Tensor, straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """head + entropy model: (quantised latent before the tail, likelihoods). For latent editing.
 
-        ``straight_through``: see ``EntropyBottleneck.forward`` (training: rounded latent, identity gradient).
+        ``straight_through``: see ``EntropyBottleneck.forward`` (the rounded latent, identity gradient).
         """
         return self.model(self.latent(e), straight_through=straight_through)
 
