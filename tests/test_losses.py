@@ -186,6 +186,42 @@ def test_spectrum_loss_matches_numpy_spectra_and_ignores_the_noise_realisation()
     assert L.spectrum_loss(n1, n2) < 0.1 < L.spectrum_loss(n1, x + 0.5 * (n2 - x))  # same sigma vs half sigma
 
 
+def test_relative_spectrum_loss_divides_by_the_identity_error():
+    x, y, y_hat = _rand(3, 3, 24, 31, seed=20), _rand(3, 3, 24, 31, seed=21) * 0.5, _rand(3, 3, 24, 31, seed=22)
+    floor, margin = 1e-4, 0.25
+
+    def numpy_distance(a, b):
+        return np.mean(np.abs(np.log10(numpy_radial_spectrum(a) + floor) - np.log10(numpy_radial_spectrum(b) + floor)))
+
+    expected = [
+        numpy_distance(y_hat[i].numpy(), y[i].numpy()) / (numpy_distance(x[i].numpy(), y[i].numpy()) + margin)
+        for i in range(3)
+    ]
+    got = L.relative_spectrum_loss(y_hat, y, x, margin=margin, floor=floor, reduction="none")
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+    assert L.relative_spectrum_loss(y_hat, y, x, margin=margin, floor=floor).item() == pytest.approx(np.mean(expected))
+    # y = x: the identity error is 0 and the pair weighs 1 / margin
+    torch.testing.assert_close(
+        L.relative_spectrum_loss(y_hat, x, x, margin=margin, pool=4, reduction="none"),
+        L.spectrum_loss(y_hat, x, pool=4, reduction="none") / margin,
+    )
+
+
+def test_relative_spectrum_loss_gradient_flows_to_y_hat_only():
+    y_hat = _rand(2, 2, 12, 10, seed=23).requires_grad_(True)
+    x = _rand(2, 2, 12, 10, seed=24).requires_grad_(True)
+    y = _rand(2, 2, 12, 10, seed=25)
+    assert torch.autograd.gradcheck(lambda p: L.relative_spectrum_loss(p, y, x, pool=2), (y_hat,), fast_mode=True)
+    L.relative_spectrum_loss(y_hat, y, x).backward()
+    assert x.grad is None and y_hat.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        L.relative_spectrum_loss(y_hat, y, x, margin=0.0)
+    with pytest.raises(ValueError, match="relative_spectrum_loss"):
+        L.relative_spectrum_loss(y_hat, y, x[..., :8])
+    with pytest.raises(ValueError, match="LossWeights.spectrum_margin must be > 0"):
+        L.LossWeights(spectrum_margin=0.0)
+
+
 def test_planar_spectrum_matches_numpy_and_sees_orientation():
     a = _rand(2, 3, 16, 24, seed=18)
     window = np.outer(np.hanning(16), np.hanning(24))

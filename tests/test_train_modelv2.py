@@ -9,7 +9,7 @@ from tiny_training import TINY
 from tiny_training import tiny as tiny_config
 
 from udm_fast.eval.leakage import leakage_loss
-from udm_fast.losses import l1_loss, spectrum_loss, transfer_loss
+from udm_fast.losses import l1_loss, relative_spectrum_loss, spectrum_loss, transfer_loss
 from udm_fast.models.checkpoint import CheckpointError
 from udm_fast.models.udm import UDM
 from udm_fast.synthesis.degrade import DegradeConfig
@@ -221,9 +221,11 @@ def test_freeze_encoder_batchnorms_covers_both_encoders_and_the_key_encoder():
         load_config(TINY, {"run.freeze_encoder_batchnorm": True, "run.bn_recalibration": 5})
 
 
-def test_spectrum_weighting_reaches_both_spectral_terms(tmp_path):
+def test_spectrum_weighting_reaches_all_spectral_terms(tmp_path):
     overrides = {
         "loss.weights.spectrum": 1.0,
+        "loss.weights.spectrum_relative": 1.0,
+        "loss.weights.spectrum_margin": 0.2,
         "loss.weights.transfer": 1.0,
         "loss.weights.spectrum_pool": 4,
         "loss.weights.spectrum_weighting": "rings",
@@ -235,6 +237,8 @@ def test_spectrum_weighting_reaches_both_spectral_terms(tmp_path):
     for weighting, check in (("rings", torch.testing.assert_close), ("bins", _assert_differs)):
         check(terms["spectrum"].detach(), spectrum_loss(y_hat01, y01, pool=4, weighting=weighting))
         check(terms["transfer"].detach(), transfer_loss(y_hat01, y01, x01, pool=4, weighting=weighting))
+        relative = relative_spectrum_loss(y_hat01, y01, x01, margin=0.2, pool=4, weighting=weighting)
+        check(terms["spectrum_relative"].detach(), relative)
 
 
 def _assert_differs(a, b):

@@ -4,8 +4,8 @@ Images are [B, 3, H, W] in [0, 1] unless a function says otherwise (``domain=``)
 
 * perceptual: ``DISTS``, ``LPIPS`` (VGG16; pretrained files located by ``pretrained``);
 * pixel: ``l1_loss``, ``color_loss`` (rgbn), ``diversity_loss``;
-* spectral: ``lowpass_l1_loss``, ``spectrum_loss``, ``transfer_loss`` (content / degradation split, a DISTS
-  stand-in);
+* spectral: ``lowpass_l1_loss``, ``spectrum_loss``, ``relative_spectrum_loss``, ``transfer_loss``
+  (content / degradation split, a DISTS stand-in);
 * terms: ``info_nce_loss``, ``bits_from_likelihoods``, ``rate_loss``, ``entropy_aux_loss``,
   ``gradient_penalty``, ``wgan_critic_loss``, ``wgan_generator_loss``;
 * ``LossWeights``: the weights of the generator objective (film-grain defaults).
@@ -26,6 +26,7 @@ from .spectral import (
     lowpass_l1_loss,
     planar_power_spectrum,
     radial_power_spectrum,
+    relative_spectrum_loss,
     spectrum_loss,
     transfer_function,
     transfer_loss,
@@ -61,6 +62,7 @@ __all__ = [
     "block_weights",
     "SPECTRUM_FLOOR",
     "radial_power_spectrum",
+    "relative_spectrum_loss",
     "spectrum_loss",
     "transfer_function",
     "transfer_loss",

@@ -8,6 +8,8 @@ the generator to drop the noise it should reproduce. These terms separate the jo
 * ``spectrum_loss``: the L1 distance between log power spectra, ring-averaged or 2-D pooled — noise
   level, blur width (and, 2-D, its direction), ringing and block periodicity, independent of where the
   noise samples fall;
+* ``relative_spectrum_loss``: that distance divided by the identity's (x against y), so nearly clean
+  pairs count as much as heavily degraded ones;
 * ``transfer_loss``: the L1 distance between the transfer functions from x to ŷ and from x to y (cross
   spectra against the clean image) — how much of x's own detail survives at each frequency and
   orientation, which the power spectrum cannot tell from noise of the same power.
@@ -31,6 +33,7 @@ from .image_ops import check_pair, no_autocast, reduce, separable_filter, stat_d
 
 SPECTRUM_FLOOR = 1.0 / (12 * 255**2)  # power of 8-bit rounding noise: weaker detail is not visible
 LOWPASS_SIGMA = 1.5  # pixels, default of ``lowpass_l1_loss``
+SPECTRUM_MARGIN = 0.1  # bels, default of ``relative_spectrum_loss``
 
 
 def _windowed_fft(images: torch.Tensor, where: str) -> torch.Tensor:
@@ -152,6 +155,32 @@ def spectrum_loss(
             p_hat, p = radial_power_spectrum(y_hat.to(dtype))[1], radial_power_spectrum(y.to(dtype))[1]
             u = 1.0
         return reduce(u * (torch.log10(p_hat + floor) - torch.log10(p + floor)).abs(), reduction, "spectrum_loss")
+
+
+def relative_spectrum_loss(
+    y_hat: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    margin: float = SPECTRUM_MARGIN,
+    floor: float = SPECTRUM_FLOOR,
+    pool: int = 0,
+    weighting: str = "bins",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``spectrum_loss(ŷ, y)`` of each pair divided by ``spectrum_loss(x, y) + margin`` (bels; no gradient
+    through the divisor): the spectrum error relative to returning the clean x unchanged. A nearly clean
+    pair, whose absolute error is small but easily larger than its identity error, then weighs as much
+    as a heavily degraded one; ``margin`` bounds the weight of pairs with y = x (1 / margin). Arguments
+    as in ``spectrum_loss``. [B] per sample for reduction='none'. Images at least 8x8."""
+    check_pair(y, x, "relative_spectrum_loss", min_size=8)
+    if not margin > 0:
+        raise ValueError(f"relative_spectrum_loss: margin must be > 0 (bels), got {margin!r}")
+    options = dict(floor=floor, pool=pool, weighting=weighting, reduction="none")
+    error = spectrum_loss(y_hat, y, **options)
+    with torch.no_grad():
+        identity = spectrum_loss(x, y, **options)
+    return reduce((error / (identity + margin))[:, None], reduction, "relative_spectrum_loss")
 
 
 def _pooled(t: torch.Tensor, pool: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 
 from ..utils.dataclass_dict import checked_fields
-from .spectral import LOWPASS_SIGMA, WEIGHTINGS
+from .spectral import LOWPASS_SIGMA, SPECTRUM_MARGIN, WEIGHTINGS
 
 # names of the generator-loss terms that ``LossWeights.weighted_sum`` accepts (the other fields are critic settings)
 TERMS = (
@@ -19,6 +19,7 @@ TERMS = (
     "l1_noise_free",
     "lowpass_l1",
     "spectrum",
+    "spectrum_relative",
     "transfer",
     "color",
     "contrastive",
@@ -53,6 +54,9 @@ class LossWeights:
     * ``lowpass_l1`` and ``spectrum`` 0: content and spectrum terms (``losses.spectral``) that stand in
       for DISTS when its VGG16 weights are unavailable; ``lowpass_sigma`` is the low-pass width (pixels),
       ``spectrum_pool`` 0 compares ring-averaged spectra, N >= 1 2-D spectra pooled in N x N bins;
+    * ``spectrum_relative`` 0: ``losses.spectral.relative_spectrum_loss``, the 2-D spectrum term of each pair
+      divided by the identity's (x against y) plus ``spectrum_margin`` bels, so nearly clean pairs count
+      as much as heavily degraded ones;
     * ``transfer`` 0: ``losses.spectral.transfer_loss``, the transfer function from x to ŷ against the one
       from x to y (2-D, pooled in ``spectrum_pool`` x ``spectrum_pool`` bins, 4 when that is 0);
     * ``spectrum_weighting`` "bins": the 2-D spectral terms average their frequency blocks alike (high
@@ -69,6 +73,7 @@ class LossWeights:
     l1_noise_free: float = 0.0
     lowpass_l1: float = 0.0
     spectrum: float = 0.0
+    spectrum_relative: float = 0.0
     transfer: float = 0.0
     color: float = 10.0
     contrastive: float = 1e-4
@@ -81,6 +86,7 @@ class LossWeights:
     gradient_penalty: float = 10.0
     lowpass_sigma: float = LOWPASS_SIGMA
     spectrum_pool: int = 0
+    spectrum_margin: float = SPECTRUM_MARGIN
     spectrum_weighting: str = "bins"
 
     def __post_init__(self):
@@ -96,6 +102,8 @@ class LossWeights:
                 raise ValueError(f"LossWeights.{f.name} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.spectrum_pool, int) or self.spectrum_pool < 0:
             raise ValueError(f"LossWeights.spectrum_pool must be an int >= 0, got {self.spectrum_pool!r}")
+        if self.spectrum_margin <= 0:
+            raise ValueError(f"LossWeights.spectrum_margin must be > 0 (bels), got {self.spectrum_margin!r}")
         if self.lowpass_sigma <= 0:
             raise ValueError(f"LossWeights.lowpass_sigma must be > 0 (pixels), got {self.lowpass_sigma!r}")
 

@@ -41,6 +41,7 @@ from ..losses import (
     info_nce_loss,
     l1_loss,
     lowpass_l1_loss,
+    relative_spectrum_loss,
     spectrum_loss,
     transfer_loss,
     wgan_critic_loss,
@@ -327,6 +328,10 @@ class Trainer:
             terms["lowpass_l1"] = lowpass_l1_loss(y_hat01, y01, sigma=w.lowpass_sigma)
         if w.spectrum > 0:
             terms["spectrum"] = spectrum_loss(y_hat01, y01, pool=w.spectrum_pool, weighting=w.spectrum_weighting)
+        if w.spectrum_relative > 0:
+            terms["spectrum_relative"] = relative_spectrum_loss(
+                y_hat01, y01, x01, margin=w.spectrum_margin, pool=w.spectrum_pool, weighting=w.spectrum_weighting
+            )
         if w.transfer > 0:
             terms["transfer"] = transfer_loss(
                 y_hat01, y01, x01, pool=w.spectrum_pool or 4, weighting=w.spectrum_weighting
