@@ -52,3 +52,27 @@ def test_arguments_are_checked(tmp_path):
         code_floor.main(["--clean", str(tmp_path), "--steps", "0"])
     with pytest.raises(ValueError, match="codes must be one of"):
         code_floor.fit_codes(_model(), _images(1), _images(2), "all", steps=1, lr=0.1, l1=0.0)
+
+
+def _global_target(model, x, e_g):
+    e_l = torch.zeros(x.shape[0], 4, 16, 16)
+    with torch.no_grad():
+        e_g, e_l = model.global_compressor(e_g)[0], model.local_compressor(e_l)[0]
+        return model.synthesize(x, e_g, e_l, noise=torch.Generator().manual_seed(0)).clamp(0, 1)
+
+
+def test_a_shared_global_code_fits_one_degradation_but_not_two():
+    model = _model()
+    x = _images(1)
+    codes = torch.randn(2, 16, generator=torch.Generator().manual_seed(5)) * 4
+    one = _global_target(model, x, codes[:1].expand(2, -1))
+    r = code_floor.fit_codes(model, x, one, "global", steps=40, lr=0.1, l1=20.0, shared=True)
+    assert r["encoded"] > 0.05 and r["fitted"] < 0.5 * r["encoded"]
+    two = _global_target(model, x, codes)  # each photo its own degradation: one code cannot fit both
+    shared = code_floor.fit_codes(model, x, two, "global", steps=40, lr=0.1, l1=20.0, shared=True)
+    separate = code_floor.fit_codes(model, x, two, "global", steps=40, lr=0.1, l1=20.0)
+    assert separate["fitted"] < 0.8 * shared["fitted"]
+    with pytest.raises(ValueError, match="a shared code is a global one"):
+        code_floor.fit_codes(model, x, one, "both", steps=1, lr=0.1, l1=0.0, shared=True)
+    with pytest.raises(SystemExit, match="--shared fits one global code"):
+        code_floor.main(["--clean", "unused", "--shared", "--codes", "local"])
