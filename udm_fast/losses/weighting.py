@@ -54,7 +54,7 @@ class LossWeights:
     * ``lowpass_l1`` and ``spectrum`` 0: content and spectrum terms (``losses.spectral``) that stand in
       for DISTS when its VGG16 weights are unavailable; ``lowpass_sigma`` is the low-pass width (pixels),
       ``spectrum_pool`` 0 compares ring-averaged spectra, N >= 1 2-D spectra pooled in N x N bins;
-    * ``spectrum_relative`` 0: ``losses.spectral.relative_spectrum_loss``, the 2-D spectrum term of each pair
+    * ``spectrum_relative`` 0: ``losses.spectral.relative_spectrum_loss``, the spectrum term of each pair
       divided by the identity's (x against y) plus ``spectrum_margin`` bels, so nearly clean pairs count
       as much as heavily degraded ones;
     * ``transfer`` 0: ``losses.spectral.transfer_loss``, the transfer function from x to ŷ against the one
