@@ -160,11 +160,32 @@ class VUNet(nn.Module):
         return out + clean.to(out.dtype) if self.residual else out
 
 
+class IdentityGate(nn.Module):
+    """g(e_g) in (0, 1), one per image: how much of the network's change the generator keeps [ours].
+
+    forward(e_g [B, emb_dim]) -> [B, 1, 1, 1]. Starts open (g = sigmoid(OPEN_BIAS) ~ 0.98 for every code), so a
+    model fine-tuned with a new gate starts where it was; g -> 0 returns the clean image unchanged, for every
+    photo, which the network alone cannot (bench/RESULTS.md, sessions 11 and 13).
+    """
+
+    OPEN_BIAS = 4.0
+
+    def __init__(self, emb_dim: int, hidden: int = 16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.constant_(self.mlp[2].bias, self.OPEN_BIAS)
+
+    def forward(self, e_g: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp(e_g.to(self.mlp[0].weight.dtype)))[:, :, None, None]
+
+
 class Generator(nn.Module):
     """ŷ = VUNet(x, conv3x3([e_l ; tile(e_g)])) — reference ``BasicWrapper`` (internal [-1, 1] domain).
 
     forward(x [B, 3 (or 4), H, W], e_g [B, emb_dim], e_l [B, loc_emb_dim, h, w], noise=None) -> [B, 3, H, W].
-    A 4th input channel (the reference's random state) is dropped, as in the reference.
+    A 4th input channel (the reference's random state) is dropped, as in the reference. With
+    ``identity_gate`` the output is x + g(e_g) (VUNet(...) - x) (``IdentityGate``; the reference has none).
     """
 
     def __init__(
@@ -174,11 +195,20 @@ class Generator(nn.Module):
         loc_emb_dim: int = 4,
         emb_dim: int = 256,
         residual: bool = False,
+        identity_gate: bool = False,
     ):
         super().__init__()
         self.net = VUNet(n_filter, proj_dim_noise, residual)
         self.conv = nn.Conv2d(loc_emb_dim + emb_dim, proj_dim_noise, 3, padding=1)
+        self.gate = IdentityGate(emb_dim) if identity_gate else None
         self.loc_emb_dim, self.emb_dim = loc_emb_dim, emb_dim
+
+    def gated(self, out: torch.Tensor, x: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
+        """x + g(e_g) (out - x) with the identity gate, else out (x, out [B, 3, H, W] in the [-1, 1] domain)."""
+        if self.gate is None:
+            return out
+        x = x[:, :3].to(out.dtype)
+        return x + self.gate(e_g).to(out.dtype) * (out - x)
 
     def condition(self, e_g: torch.Tensor, e_l: torch.Tensor) -> torch.Tensor:
         """The condition map [B, cond_dim, h, w] at e_l's resolution (before map_head)."""
@@ -200,4 +230,4 @@ class Generator(nn.Module):
         cond = self.condition(e_g, e_l)
         if cond.shape[0] != x.shape[0]:
             raise ValueError(f"Generator: x has batch {x.shape[0]} but the codes have batch {cond.shape[0]}")
-        return self.net(x, cond, noise)
+        return self.gated(self.net(x, cond, noise), x, e_g)

@@ -51,6 +51,7 @@ class UDMConfig:
     disc_ndf: int = 64
     disc_in_width: int = 128  # training patch width (selects the first convs' strides)
     residual_output: bool = False  # ŷ = x + generator output (in [-1, 1]); the reference has no such skip [ours]
+    identity_gate: bool = False  # ŷ = x + g(e_g) (generator output - x), g in (0, 1) per image (IdentityGate) [ours]
 
     @classmethod
     def from_dict(cls, values: dict) -> "UDMConfig":
@@ -136,7 +137,9 @@ class UDM(nn.Module):
         self.local_encoder = LPEL(c.encoder_dim, c.local_channels, 3)
         self.global_compressor = Compressor(c.global_dim, c.head_layers, c.tail_layers)
         self.local_compressor = Compressor(c.local_channels)
-        self.generator = Generator(c.filters, c.cond_dim, c.local_channels, c.global_dim, c.residual_output)
+        self.generator = Generator(
+            c.filters, c.cond_dim, c.local_channels, c.global_dim, c.residual_output, c.identity_gate
+        )
         self.discriminator = Discriminator(c.disc_channels, c.disc_ndf, c.disc_in_width) if c.discriminator else None
         self.tile_size: Optional[int] = 512
         # CPU inference precision of synthesize: auto / fp32 / bf16 (udm_fast/models/inference.py)
@@ -207,7 +210,7 @@ class UDM(nn.Module):
             def cond_at(hh: int, ww: int) -> torch.Tensor:
                 return _resize_window(mapped, hh, ww, slice(0, hh), slice(0, ww), (h * hh / hp, w * ww / wp))
 
-            out = self.generator.net(x_int, None, noise, cond_at=cond_at)
+            out = self.generator.gated(self.generator.net(x_int, None, noise, cond_at=cond_at), x_int, e_g)
         else:
             out = self.generator(x_int, e_g, e_l, noise)
         return (out[..., :h, :w] + 1) / 2
@@ -347,7 +350,7 @@ class UDM(nn.Module):
             out[..., rows, cols] = tile_out[
                 ..., rows.start - cr.start : rows.stop - cr.start, cols.start - cc.start : cols.stop - cc.start
             ]
-        return out
+        return gen.gated(out, x, e_g)
 
     # ------------------------------------------------------------------ checkpoints
 

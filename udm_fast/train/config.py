@@ -129,6 +129,7 @@ class OptimConfig:
     lr_local_compressor: float = 1e-3
     lr_critic: float = 1e-4
     lr_quantiles: float = 0.0  # the entropy models' quantiles in their own group (0 = the compressors' rates)
+    lr_identity_gate: float = 0.0  # model.identity_gate's MLP in its own group (0 = the generator's rate)
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-3
     grad_clip: float = 0.0  # max global gradient norm of the generator side (0 = off)

@@ -95,7 +95,11 @@ def load_initial_weights(model: UDM, source: str) -> None:
     else:
         weights = source
     initial = load_model(weights, official=False, device=torch.device("cpu"))
-    ckpt.check_and_load(model, initial.state_dict(), f"run.init_weights ({source})")
+    state = initial.state_dict()
+    if model.config.identity_gate and not initial.config.identity_gate:
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("generator.gate.")})
+        log.info("run.init_weights has no identity gate: model.identity_gate starts fresh (open, g ~ 0.98)")
+    ckpt.check_and_load(model, state, f"run.init_weights ({source})")
 
 
 class Trainer:
@@ -232,6 +236,13 @@ class Trainer:
                 if group["name"] in ("global_compressor", "local_compressor"):
                     group["params"] = [p for p in group["params"] if id(p) not in ids]
             param_groups.append({"params": quantiles, "lr": o.lr_quantiles, "name": "quantiles"})
+        if o.lr_identity_gate > 0 and m.generator.gate is not None:  # a gate starting open moves at its own rate
+            gate = [p for p in param_groups if p["name"] == "generator"][0]
+            ids = {id(p) for p in m.generator.gate.parameters()}
+            gate["params"] = [p for p in gate["params"] if id(p) not in ids]
+            param_groups.append(
+                {"params": list(m.generator.gate.parameters()), "lr": o.lr_identity_gate, "name": "identity_gate"}
+            )
         optimizer_g = torch.optim.Adam(param_groups, betas=tuple(o.betas), eps=o.eps)
         optimizer_d = None
         if self.critic is not None:
