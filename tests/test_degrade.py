@@ -303,6 +303,24 @@ def test_jpeg_is_last_and_alone_when_other_ops_are_off():
     assert torch.equal(y, D.jpeg(x, [p["jpeg_quality"] for p in params]))
 
 
+def test_p_clean_skips_every_op_and_keeps_the_other_draws():
+    x = _images(64, 16, 16, dtype=torch.float32)
+    busy = dict(p_noise=0.9, p_gaussian_blur=0.9, p_motion_blur=0.9, p_contrast=0.9, p_jpeg=0.5)
+    _, base = D.degrade(x, generator=7, config=D.DegradeConfig(**busy))
+    _, same = D.degrade(x, generator=7, config=D.DegradeConfig(**busy, p_clean=0.0))
+    assert same == base  # the default leaves every plan as it was
+    y, cleaned = D.degrade(x, generator=7, config=D.DegradeConfig(**busy, p_clean=0.5))
+    skipped = [b for b, p in enumerate(cleaned) if p["ops"] == [] and base[b]["ops"] != []]
+    assert 16 <= len(skipped) <= 48  # about half of the 64 images, each of which had ops drawn
+    for b, (p, q) in enumerate(zip(cleaned, base)):
+        assert p["jpeg_quality"] == q["jpeg_quality"]  # JPEG is still drawn as before
+        assert p["ops"] in ([], q["ops"])
+        if p["ops"] == [] and p["jpeg_quality"] is None:
+            assert torch.equal(y[b], x[b])
+    _, all_clean = D.degrade(x, generator=7, config=D.DegradeConfig(**busy, p_clean=1.0))
+    assert all(p["ops"] == [] for p in all_clean)
+
+
 def test_degrade_noise_only_adds_expected_noise():
     x = torch.full((2, 3, 64, 64), 0.5)
     config = D.DegradeConfig(p_noise=1, p_gaussian_blur=0, p_motion_blur=0, p_contrast=0, p_jpeg=0, p_inhomogeneous=0)
@@ -341,6 +359,7 @@ def test_bad_images_raise(bad, match):
         ({"motion_length": (3.0,)}, "pair"),
         ({"contrast": (float("nan"), 1.0)}, "finite"),
         ({"p_noise": True}, "probability"),
+        ({"p_clean": -0.1}, "p_clean must be a probability"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

@@ -75,6 +75,10 @@ class DegradeConfig:
     * ``p_jpeg`` = 1.0: the report applies JPEG to every image. Lower it only for experiments.
     * ``p_inhomogeneous`` = 0.2: the share of applied degradations made spatially varying. The
       reference data are homogeneous; a minority of varying ones teaches the local code e_l.
+    * ``p_clean`` = 0.0: the share of images that skip every op before the JPEG step (so they come out
+      clean, or JPEG-compressed only at ``p_jpeg``), on top of the images that draw no op anyway. Raising it
+      teaches a model to leave nearly clean images alone without lowering how often each heavy combination
+      occurs relative to the others.
     * ``jpeg_impl`` = "auto": how ``jpeg`` runs (``pillow``, ``tensor`` or ``auto``; same pixels).
     """
 
@@ -90,10 +94,11 @@ class DegradeConfig:
     jpeg_quality: tuple = (30, 95)
     p_jpeg: float = 1.0
     p_inhomogeneous: float = 0.2
+    p_clean: float = 0.0
     jpeg_impl: str = "auto"
 
     def __post_init__(self):
-        for name in ("p_noise", "p_gaussian_blur", "p_motion_blur", "p_contrast", "p_jpeg", "p_inhomogeneous"):
+        for name in ("p_noise", "p_gaussian_blur", "p_motion_blur", "p_contrast", "p_jpeg", "p_inhomogeneous", "p_clean"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"DegradeConfig.{name} must be a probability in [0, 1], got {value!r}")
@@ -604,6 +609,8 @@ def _sample_plan(batch: int, cfg: DegradeConfig, generator: torch.Generator) -> 
         keys = [r.uniform() for _ in OPS]
         order = sorted(present, key=lambda name: keys[OPS.index(name)])
         ops = [_random_op(r, name, cfg) for name in order]
+        if row[-1] < cfg.p_clean:  # the row's last draw is never consumed above: p_clean = 0 keeps every plan
+            ops = []
         quality = r.integer(*cfg.jpeg_quality)
         plan.append({"ops": ops, "jpeg_quality": quality if r.bernoulli(cfg.p_jpeg) else None})
     return plan
