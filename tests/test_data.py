@@ -142,11 +142,12 @@ def test_folder_triples_are_crops_of_one_degraded_region(clean_folder):
 
 def test_make_triples_batches_like_the_loader(clean_folder):
     raw = collate([_folder_dataset(clean_folder, degrade_on="device")[Item(i, 10 + i)] for i in range(3)])
-    x, y, y_key, noise_free = make_triples(
+    x, y, y_key, noise_free, op_free = make_triples(
         raw["window"], raw["positions"], CROP, HOMOGENEOUS, torch.Generator().manual_seed(0)
     )
     assert x.shape == y.shape == y_key.shape == (3, 3, CROP, CROP)
     assert noise_free.dtype == torch.bool and noise_free.shape == (3,)
+    assert op_free.dtype == torch.bool and op_free.shape == (3,)
     loader_items = [_folder_dataset(clean_folder)[Item(i, 10 + i)] for i in range(3)]
     assert all(torch.equal(x[i], it["x"]) for i, it in enumerate(loader_items))
     assert not torch.equal(y, x)
@@ -157,9 +158,10 @@ def test_noise_free_flags_the_plans_without_noise(clean_folder, p_noise):
     config = DegradeConfig(p_noise=p_noise, p_gaussian_blur=0.5, p_inhomogeneous=0.5)
     raw = collate([_folder_dataset(clean_folder, degrade_on="device")[Item(i % 2, i)] for i in range(8)])
     generator = torch.Generator().manual_seed(3)
-    _, _, _, noise_free = make_triples(raw["window"], raw["positions"], CROP, config, generator)
+    _, _, _, noise_free, op_free = make_triples(raw["window"], raw["positions"], CROP, config, generator)
     _, plan = degrade(raw["window"].float() / 255.0, config=config, generator=torch.Generator().manual_seed(3))
     assert noise_free.tolist() == [not any(op["op"] == "noise" for op in image["ops"]) for image in plan]
+    assert op_free.tolist() == [not image["ops"] for image in plan]
     if p_noise in (0.0, 1.0):
         assert noise_free.tolist() == [p_noise == 0.0] * 8
     # without noise y is a function of x: the same window degraded twice with fresh seeds gives one y

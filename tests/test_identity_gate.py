@@ -124,3 +124,49 @@ def test_fine_tune_from_ungated_weights_starts_with_an_open_gate_at_its_own_rate
     groups = {g["name"]: g for g in trainer.optimizer_g.param_groups}
     assert {id(p) for p in groups["identity_gate"]["params"]} == gate_ids and groups["identity_gate"]["lr"] == 0.02
     assert not any(id(p) in gate_ids for p in groups["generator"]["params"])
+
+
+def test_gate_clean_is_the_cross_entropy_of_the_gate_against_the_plans_ops(tmp_path):
+    overrides = {"model.identity_gate": True, "loss.weights.gate_clean": 1.0}
+    trainer = Trainer(tiny_config(tmp_path / "run", **overrides))
+    x, y, y_key, noise_free, op_free = trainer._to_device(next(iter(trainer._loader())))
+    assert op_free is not None and op_free.dtype == torch.bool
+    # a fresh gate is sigmoid(OPEN_BIAS) for every code: -log(1 - g) on op-free pairs, -log(g) on the others
+    open_gate = torch.sigmoid(torch.tensor(IdentityGate.OPEN_BIAS, dtype=torch.float64))
+    for mask in (torch.ones_like(op_free), torch.zeros_like(op_free), torch.arange(len(op_free)) % 2 == 0):
+        term = trainer.generator_terms(x, y, y_key, noise_free, mask)[0]["gate_clean"]
+        per_pair = torch.where(mask.double() > 0, -torch.log1p(-open_gate), -torch.log(open_gate))
+        torch.testing.assert_close(term.double(), per_pair.mean(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="gate_clean needs to know"):
+        trainer.generator_terms(x, y, y_key, noise_free, None)
+
+
+def test_gate_clean_closes_the_gate_on_op_free_pairs(tmp_path):
+    overrides = {
+        "model.identity_gate": True,
+        "loss.weights.gate_clean": 1.0,
+        "optim.lr_identity_gate": 0.1,
+    }
+    trainer = Trainer(tiny_config(tmp_path / "run", **overrides))
+    x, y, y_key, noise_free, _ = trainer._to_device(next(iter(trainer._loader())))
+    clean = torch.ones(x.shape[0], dtype=torch.bool)
+    first = trainer.train_step(x, y, y_key, noise_free, clean)[0]["gate_clean"].item()
+    for _ in range(5):
+        last = trainer.train_step(x, y, y_key, noise_free, clean)[0]["gate_clean"].item()
+    assert last < 0.5 * first
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"loss.weights.gate_clean": 1.0},
+        {"loss.weights.gate_clean": 1.0, "model.identity_gate": True, "data.kind": "csv", "data.csv": "pairs.csv"},
+    ],
+)
+def test_gate_clean_needs_a_gate_and_synthesised_pairs(overrides):
+    from tiny_training import TINY
+
+    from udm_fast.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="gate_clean needs model.identity_gate"):
+        load_config(TINY, overrides)

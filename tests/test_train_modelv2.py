@@ -247,7 +247,7 @@ def _assert_differs(a, b):
 
 def test_l1_noise_free_averages_l1_over_the_noise_free_pairs(tmp_path):
     trainer = Trainer(tiny(tmp_path / "run", **{"loss.weights.l1_noise_free": 5.0}))
-    x, y, y_key, _ = trainer._to_device(next(iter(trainer._loader())))
+    x, y, y_key, *_ = trainer._to_device(next(iter(trainer._loader())))
     mask = torch.tensor([True, False] * (x.shape[0] // 2) + [True] * (x.shape[0] % 2))
     torch.manual_seed(0)
     terms, extra = trainer.generator_terms(x, y, y_key, mask)
@@ -263,7 +263,7 @@ def test_l1_noise_free_averages_l1_over_the_noise_free_pairs(tmp_path):
 
 def test_l1_noise_free_only_trains_on_the_noise_free_pairs(tmp_path):
     trainer = Trainer(tiny(tmp_path / "run", **{"loss.weights.l1_noise_free": 1.0}))
-    x, y, y_key, _ = trainer._to_device(next(iter(trainer._loader())))
+    x, y, y_key, *_ = trainer._to_device(next(iter(trainer._loader())))
     mask = torch.zeros(x.shape[0], dtype=torch.bool)
     mask[0] = True
     y_changed = y.clone()
@@ -287,7 +287,7 @@ def test_l1_noise_free_needs_synthesised_pairs():
 def test_both_synthesis_paths_flag_the_noise_free_pairs(tmp_path, degrade_on):
     overrides = {"data.degrade_on": degrade_on, "data.degrade.p_noise": 0.0}
     trainer = Trainer(tiny(tmp_path / "run", **overrides))
-    *_, noise_free = trainer._to_device(next(iter(trainer._loader())))
+    *_, noise_free, _ = trainer._to_device(next(iter(trainer._loader())))
     assert noise_free.dtype == torch.bool and noise_free.all()
     trainer = Trainer(tiny(tmp_path / "noisy", **{**overrides, "data.degrade.p_noise": 1.0}))
     assert not trainer._to_device(next(iter(trainer._loader())))[3].any()

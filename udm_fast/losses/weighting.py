@@ -17,6 +17,7 @@ TERMS = (
     "lpips",
     "l1",
     "l1_noise_free",
+    "gate_clean",
     "lowpass_l1",
     "spectrum",
     "spectrum_relative",
@@ -43,6 +44,9 @@ class LossWeights:
     * ``l1_noise_free`` 0: L1 against y on the synthesised pairs drawn without noise only (their y is a
       function of x, so pixel-exact reconstruction is learnable; against noise, L1 teaches dropping it),
       averaged over the whole batch (noisy pairs count 0);
+    * ``gate_clean`` 0: binary cross-entropy of the identity gate (``model.identity_gate``) against what the
+      synthesis plan drew: 0 for the pairs without any op (y is x, or JPEG(x) only), 1 for the others, so
+      the gate learns to leave nearly clean images alone and to stay open on degraded ones [ours];
     * ``color`` 10 (rgbn, domain-independent); ``diversity`` 1 (``diversity_loss`` works in the
       reference's [-1, 1] units); ``contrastive`` 1e-4; ``bits_global`` 2e-3 (per image of e_g);
       ``bits_local`` 0.05 (per latent location of e_l); ``aux`` 1 (EntropyBottleneck quantile loss,
@@ -71,6 +75,7 @@ class LossWeights:
     lpips: float = 0.0
     l1: float = 20.0
     l1_noise_free: float = 0.0
+    gate_clean: float = 0.0
     lowpass_l1: float = 0.0
     spectrum: float = 0.0
     spectrum_relative: float = 0.0

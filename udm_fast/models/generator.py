@@ -176,8 +176,12 @@ class IdentityGate(nn.Module):
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.constant_(self.mlp[2].bias, self.OPEN_BIAS)
 
+    def logits(self, e_g: torch.Tensor) -> torch.Tensor:
+        """The gate before its sigmoid, [B]."""
+        return self.mlp(e_g.to(self.mlp[0].weight.dtype))[:, 0]
+
     def forward(self, e_g: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.mlp(e_g.to(self.mlp[0].weight.dtype)))[:, :, None, None]
+        return torch.sigmoid(self.logits(e_g))[:, None, None, None]
 
 
 class Generator(nn.Module):

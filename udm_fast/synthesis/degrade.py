@@ -98,7 +98,15 @@ class DegradeConfig:
     jpeg_impl: str = "auto"
 
     def __post_init__(self):
-        for name in ("p_noise", "p_gaussian_blur", "p_motion_blur", "p_contrast", "p_jpeg", "p_inhomogeneous", "p_clean"):
+        for name in (
+            "p_noise",
+            "p_gaussian_blur",
+            "p_motion_blur",
+            "p_contrast",
+            "p_jpeg",
+            "p_inhomogeneous",
+            "p_clean",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"DegradeConfig.{name} must be a probability in [0, 1], got {value!r}")

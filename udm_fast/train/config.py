@@ -234,6 +234,12 @@ class TrainingConfig:
                 f"loss.weights.l1_noise_free needs synthesised pairs (data.kind: folder, which knows which pairs "
                 f"are noise-free); data.kind is {self.data.kind!r}: set the weight to 0"
             )
+        if self.loss.weights.gate_clean > 0 and (self.data.kind != "folder" or not self.model.identity_gate):
+            raise ValueError(
+                "loss.weights.gate_clean needs model.identity_gate: true and synthesised pairs (data.kind: folder, "
+                f"which knows which pairs drew no op); got identity_gate {self.model.identity_gate}, data.kind "
+                f"{self.data.kind!r}: set the weight to 0"
+            )
         if self.model.queue_size < self.data.batch_size:
             raise ValueError(
                 f"model.queue_size ({self.model.queue_size}) must be >= data.batch_size "

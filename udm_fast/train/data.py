@@ -220,8 +220,9 @@ def list_images(root: str, extensions: Sequence[str]) -> list:
 
 
 class FolderTriples(_SkippingDataset):
-    """Clean images -> (x, y, y_key) uint8 crops [3, crop, crop] with y = degrade(x), and ``noise_free``
-    (bool scalar: the plan drew no noise, so y is a function of x).
+    """Clean images -> (x, y, y_key) uint8 crops [3, crop, crop] with y = degrade(x), ``noise_free``
+    (bool scalar: the plan drew no noise, so y is a function of x) and ``op_free`` (bool scalar: the plan
+    drew no op, so y is x or JPEG(x)).
 
     ``degrade_on="device"``: items hold the clean region ``window`` [3, W, W] and ``positions``
     [2, 2] instead, for ``make_triples`` on the training device. Images whose shorter side is
@@ -273,14 +274,14 @@ class FolderTriples(_SkippingDataset):
         degrade_seed = int(rng.integers(0, 2**62))
         if self.degrade_on == "device":
             return {"window": region, "positions": positions, "degrade_seed": degrade_seed}
-        x, y, y_key, noise_free = make_triples(
+        x, y, y_key, noise_free, op_free = make_triples(
             region[None],
             positions[None],
             self.crop_size,
             self.degrade_config,
             torch.Generator().manual_seed(degrade_seed),
         )
-        return {"x": x[0], "y": y[0], "y_key": y_key[0], "noise_free": noise_free[0]}
+        return {"x": x[0], "y": y[0], "y_key": y_key[0], "noise_free": noise_free[0], "op_free": op_free[0]}
 
 
 def reduce_randomly(image: np.ndarray, rng: np.random.Generator, scale_range: tuple, min_side: int) -> np.ndarray:
@@ -295,22 +296,24 @@ def reduce_randomly(image: np.ndarray, rng: np.random.Generator, scale_range: tu
 
 def make_triples(
     windows: torch.Tensor, positions: torch.Tensor, crop_size: int, config: DegradeConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Degrades clean regions and cuts the triples.
 
     windows uint8 [B, 3, W, W] (any device), positions int [B, 2, 2] (rows: the (x, y) crop, the
-    y_key crop) -> uint8 (x, y, y_key), each [B, 3, crop, crop], and ``noise_free`` bool [B] (no noise
-    in the image's plan: y is a deterministic function of x), all on the windows' device.
+    y_key crop) -> uint8 (x, y, y_key), each [B, 3, crop, crop], ``noise_free`` bool [B] (no noise
+    in the image's plan: y is a deterministic function of x) and ``op_free`` bool [B] (no op at all in
+    the plan: y is x or JPEG(x)), all on the windows' device.
     """
     degraded, plan = degrade(windows.float() / 255.0, config=config, generator=generator)
     noise_free = torch.tensor(
         [all(op["op"] != "noise" for op in image["ops"]) for image in plan], device=windows.device
     )
+    op_free = torch.tensor([not image["ops"] for image in plan], dtype=torch.bool, device=windows.device)
     degraded = (degraded * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     x = torch.stack([crop(w, p[0], crop_size) for w, p in zip(windows, positions)])
     y = torch.stack([crop(w, p[0], crop_size) for w, p in zip(degraded, positions)])
     y_key = torch.stack([crop(w, p[1], crop_size) for w, p in zip(degraded, positions)])
-    return x, y, y_key, noise_free
+    return x, y, y_key, noise_free, op_free
 
 
 def read_pairs(csv_path: str, distorted_column: str, reference_column: str) -> list:

@@ -27,6 +27,7 @@ import time
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -266,12 +267,13 @@ class Trainer:
     def _autocast(self, enabled: bool = True):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled and self.amp_dtype is not None)
 
-    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """uint8 batch -> float (x, y, y_key) in [0, 1] on the device (degraded here for degrade_on=device)
-        and ``noise_free`` bool [B] (synthesised pairs without noise; None for real pairs)."""
+    def _to_device(self, batch: dict) -> tuple:
+        """uint8 batch -> float (x, y, y_key) in [0, 1] on the device (degraded here for degrade_on=device),
+        ``noise_free`` and ``op_free`` bool [B] (synthesised pairs without noise / without any op; None for
+        real pairs)."""
         if "window" in batch:
             windows = batch["window"].to(self.device, non_blocking=True)
-            x, y, y_key, noise_free = make_triples(
+            x, y, y_key, noise_free, op_free = make_triples(
                 windows,
                 batch["positions"],
                 self.config.data.crop_size,
@@ -280,21 +282,27 @@ class Trainer:
             )
         else:
             x, y, y_key = (batch[k].to(self.device, non_blocking=True) for k in ("x", "y", "y_key"))
-            noise_free = batch["noise_free"].to(self.device) if "noise_free" in batch else None
+            noise_free, op_free = (batch[k].to(self.device) if k in batch else None for k in ("noise_free", "op_free"))
         fmt = torch.channels_last if self.config.run.channels_last else torch.contiguous_format
         images = tuple(t.float().div_(255.0).contiguous(memory_format=fmt) for t in (x, y, y_key))
-        return (*images, noise_free)
+        return (*images, noise_free, op_free)
 
     def _critic_input(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Critic input in the model's [-1, 1] domain: the image, or (x, image) for a 6-channel critic."""
         return torch.cat((x, image), dim=1) if self.critic.in_channels == 6 else image
 
     def generator_terms(
-        self, x01: torch.Tensor, y01: torch.Tensor, yk01: torch.Tensor, noise_free: Optional[torch.Tensor] = None
+        self,
+        x01: torch.Tensor,
+        y01: torch.Tensor,
+        yk01: torch.Tensor,
+        noise_free: Optional[torch.Tensor] = None,
+        op_free: Optional[torch.Tensor] = None,
     ) -> tuple[dict, dict]:
         """Loss terms (unweighted scalars) of the generator side and the tensors the rest of the step needs.
 
-        ``noise_free`` bool [B] marks the pairs whose y is a function of x (``l1_noise_free`` needs it)."""
+        ``noise_free`` bool [B] marks the pairs whose y is a function of x (``l1_noise_free`` needs it),
+        ``op_free`` bool [B] those whose plan drew no op (``gate_clean`` needs it)."""
         m, w = self.model, self.weights
         x, y, y_key = x01 * 2 - 1, y01 * 2 - 1, yk01 * 2 - 1
         moco = m.global_encoder
@@ -335,6 +343,14 @@ class Trainer:
                 )
             per_image = l1_loss(y_hat01, y01, reduction="none")
             terms["l1_noise_free"] = (per_image * noise_free.to(per_image.dtype)).mean()
+        if w.gate_clean > 0:
+            if op_free is None:
+                raise ValueError(
+                    "loss.weights.gate_clean needs to know which pairs drew no op: only pairs synthesised from "
+                    "clean images (data.kind: folder) say so; set the weight to 0 for real pairs"
+                )
+            logits = m.generator.gate.logits(e_g_hat).float()
+            terms["gate_clean"] = F.binary_cross_entropy_with_logits(logits, (~op_free).to(logits.dtype))
         if w.lowpass_l1 > 0:
             terms["lowpass_l1"] = lowpass_l1_loss(y_hat01, y01, sigma=w.lowpass_sigma)
         if w.spectrum > 0:
@@ -389,13 +405,18 @@ class Trainer:
             b_ema.copy_(b)
 
     def train_step(
-        self, x01: torch.Tensor, y01: torch.Tensor, yk01: torch.Tensor, noise_free: Optional[torch.Tensor] = None
+        self,
+        x01: torch.Tensor,
+        y01: torch.Tensor,
+        yk01: torch.Tensor,
+        noise_free: Optional[torch.Tensor] = None,
+        op_free: Optional[torch.Tensor] = None,
     ) -> tuple[dict, dict]:
         """One generator step and one critic step; returns (logged scalars as tensors, tensors for images)."""
         o = self.config.optim
         if self.critic is not None:
             self.critic.requires_grad_(False)
-        terms, extra = self.generator_terms(x01, y01, yk01, noise_free)
+        terms, extra = self.generator_terms(x01, y01, yk01, noise_free, op_free)
         loss = self.weights.weighted_sum(terms)
         if "cross_leakage" in extra:
             loss = loss + self.config.loss.cross_leakage * extra["cross_leakage"]
@@ -492,8 +513,8 @@ class Trainer:
             while self.step < self.total_steps and not self._stop_agreed():
                 batch = next(batches)
                 self._report_skipped(batch["skipped"])
-                x, y, y_key, noise_free = self._to_device(batch)
-                logged, extra = self.train_step(x, y, y_key, noise_free)
+                x, y, y_key, noise_free, op_free = self._to_device(batch)
+                logged, extra = self.train_step(x, y, y_key, noise_free, op_free)
                 self.step += 1
                 self._advance_schedulers(per_epoch)
                 for k, v in logged.items():
@@ -633,7 +654,7 @@ class Trainer:
 
         def inputs():
             for _ in range(count):
-                _, y, y_key, _ = self._to_device(next(batches))
+                _, y, y_key, *_ = self._to_device(next(batches))
                 yield self._global_code_inputs(y, y_key)[0], y
 
         used = recalibrate_encoders(model, inputs())
