@@ -170,3 +170,30 @@ def test_gate_clean_needs_a_gate_and_synthesised_pairs(overrides):
 
     with pytest.raises(ConfigError, match="gate_clean needs model.identity_gate"):
         load_config(TINY, overrides)
+
+
+@pytest.mark.parametrize("from_plan", [False, True])
+def test_gate_from_plan_keeps_the_reconstruction_losses_off_the_gate(tmp_path, from_plan):
+    overrides = {
+        "model.identity_gate": True,
+        "loss.weights.gate_clean": 1.0,
+        "loss.weights.lowpass_l1": 1.0,
+        "loss.gate_from_plan": from_plan,
+    }
+    trainer = Trainer(tiny_config(tmp_path / "run", **overrides))
+    batch = trainer._to_device(next(iter(trainer._loader())))
+    terms = trainer.generator_terms(*batch)[0]
+    gate = list(trainer.model.generator.gate.parameters())
+    for name, expect_grad in (("lowpass_l1", not from_plan), ("gate_clean", True)):
+        grads = torch.autograd.grad(terms[name], gate, retain_graph=True, allow_unused=True)
+        reached = any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert reached == expect_grad, name
+
+
+def test_gate_from_plan_needs_gate_clean():
+    from tiny_training import TINY
+
+    from udm_fast.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="gate_from_plan trains the identity gate"):
+        load_config(TINY, {"model.identity_gate": True, "loss.gate_from_plan": True})

@@ -205,6 +205,7 @@ class Generator(nn.Module):
         self.net = VUNet(n_filter, proj_dim_noise, residual)
         self.conv = nn.Conv2d(loc_emb_dim + emb_dim, proj_dim_noise, 3, padding=1)
         self.gate = IdentityGate(emb_dim) if identity_gate else None
+        self.detach_gate = False  # training: the gate's value passes no gradient back (loss.gate_from_plan)
         self.loc_emb_dim, self.emb_dim = loc_emb_dim, emb_dim
 
     def gated(self, out: torch.Tensor, x: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
@@ -212,7 +213,8 @@ class Generator(nn.Module):
         if self.gate is None:
             return out
         x = x[:, :3].to(out.dtype)
-        return x + self.gate(e_g).to(out.dtype) * (out - x)
+        gate = self.gate(e_g)
+        return x + (gate.detach() if self.detach_gate else gate).to(out.dtype) * (out - x)
 
     def condition(self, e_g: torch.Tensor, e_l: torch.Tensor) -> torch.Tensor:
         """The condition map [B, cond_dim, h, w] at e_l's resolution (before map_head)."""

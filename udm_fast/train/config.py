@@ -112,6 +112,9 @@ class LossConfig:
     # what the generator sees of e_g's latent in training: "noise" (compressai's x + U(-1/2, 1/2)) or
     # "straight_through" (the inference rounding, identity gradient); the rate is the noisy one either way
     global_code_quantization: Literal["noise", "straight_through"] = "noise"
+    # the identity gate learns from loss.weights.gate_clean only: the reconstruction losses see its value but
+    # do not train it (so it detects op-free pairs instead of trading noise against L1) [ours]
+    gate_from_plan: bool = False
 
     def __post_init__(self):
         if not self.cross_leakage >= 0:
@@ -239,6 +242,10 @@ class TrainingConfig:
                 "loss.weights.gate_clean needs model.identity_gate: true and synthesised pairs (data.kind: folder, "
                 f"which knows which pairs drew no op); got identity_gate {self.model.identity_gate}, data.kind "
                 f"{self.data.kind!r}: set the weight to 0"
+            )
+        if self.loss.gate_from_plan and self.loss.weights.gate_clean <= 0:
+            raise ValueError(
+                "loss.gate_from_plan trains the identity gate by loss.weights.gate_clean alone: set that > 0"
             )
         if self.model.queue_size < self.data.batch_size:
             raise ValueError(

@@ -153,6 +153,7 @@ class Trainer:
         self.ema = None
         if c.run.ema_decay:
             self.ema = copy.deepcopy(self.model.generator).requires_grad_(False)
+        self.model.generator.detach_gate = c.loss.gate_from_plan
         self.generator_fn = torch.compile(self.model.generator) if c.run.compile else self.model.generator
         self.weights = c.loss.weights
         self.perceptual = self._build_perceptual()
