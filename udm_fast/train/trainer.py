@@ -103,6 +103,16 @@ def load_initial_weights(model: UDM, source: str) -> None:
     ckpt.check_and_load(model, state, f"run.init_weights ({source})")
 
 
+def _plan_flag(flag: Optional[torch.Tensor], term: str, meaning: str) -> torch.Tensor:
+    """A per-pair flag of the synthesis plan that loss term ``term`` needs; real pairs have none."""
+    if flag is None:
+        raise ValueError(
+            f"loss.weights.{term} needs to know which pairs {meaning}: only pairs synthesised from clean images "
+            "(data.kind: folder) say so; set the weight to 0 for real pairs"
+        )
+    return flag
+
+
 class Trainer:
     """Trains a ``UDM`` as ``config`` says; ``run()`` trains until the step or epoch limit.
 
@@ -337,19 +347,11 @@ class Trainer:
         if w.l1 > 0:
             terms["l1"] = l1_loss(y_hat01, y01)
         if w.l1_noise_free > 0:
-            if noise_free is None:
-                raise ValueError(
-                    "loss.weights.l1_noise_free needs to know which pairs are noise-free: only pairs synthesised "
-                    "from clean images (data.kind: folder) say so; set the weight to 0 for real pairs"
-                )
+            noise_free = _plan_flag(noise_free, "l1_noise_free", "are noise-free")
             per_image = l1_loss(y_hat01, y01, reduction="none")
             terms["l1_noise_free"] = (per_image * noise_free.to(per_image.dtype)).mean()
         if w.gate_clean > 0:
-            if op_free is None:
-                raise ValueError(
-                    "loss.weights.gate_clean needs to know which pairs drew no op: only pairs synthesised from "
-                    "clean images (data.kind: folder) say so; set the weight to 0 for real pairs"
-                )
+            op_free = _plan_flag(op_free, "gate_clean", "drew no op")
             logits = m.generator.gate.logits(e_g_hat).float()
             terms["gate_clean"] = F.binary_cross_entropy_with_logits(logits, (~op_free).to(logits.dtype))
         if w.lowpass_l1 > 0:
