@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -80,12 +81,11 @@ def entropy_aux_loss(*modules: nn.Module) -> torch.Tensor:
     Accepts udm_fast's and compressai's EntropyBottleneck. Raises if none is found.
     """
     kinds: tuple = (EntropyBottleneck,)
-    try:
-        from compressai.entropy_models import EntropyBottleneck as CompressaiBottleneck
-
-        kinds += (CompressaiBottleneck,)
-    except ImportError:
-        pass
+    # a compressai bottleneck can only be in the modules if compressai is already imported: look it up
+    # instead of importing it (an import per call, and compressai's optional imports warn)
+    compressai_models = sys.modules.get("compressai.entropy_models")
+    if compressai_models is not None:
+        kinds += (compressai_models.EntropyBottleneck,)
     losses = [m.loss() for module in modules for m in module.modules() if isinstance(m, kinds)]
     if not losses:
         raise ValueError("entropy_aux_loss: no EntropyBottleneck found in the given modules")
