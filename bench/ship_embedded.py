@@ -95,6 +95,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"{model_path} missing: the run has not finished")
     model = UDM.load(model_path).update_entropy_tables(force=True)
     initialised_from = starting_point(config["run"].get("init_weights"))  # before the bundled file is replaced
+    if initialised_from and initialised_from["weights_hash"] == model.weights_hash():
+        raise SystemExit(
+            f"{args.run}: run.init_weights ({initialised_from['source']}) holds this run's own weights, so the record "
+            "would say it started from itself (shipped twice?): put the model it started from back "
+            "(git checkout -- udm_fast/assets) and ship again"
+        )
     commit = args.commit or git_commit()  # before the assets change the tree
     summary = log_summary(os.path.join(args.run, "log.csv"), config["data"]["batch_size"])
     model.save(DEFAULT_WEIGHTS, extra={"step": summary["steps"]})
